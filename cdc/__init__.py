@@ -1,0 +1,3 @@
+"""cdc: change data capture from PostgreSQL (pgoutput) to Kafka, with Avro."""
+
+__version__ = "0.1.0"

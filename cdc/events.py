@@ -1,0 +1,220 @@
+"""The change event model: what one row change means, independent of its encoding.
+
+A `Table` is one version of a table's shape (a Relation message with its
+column types resolved); a new Relation for the same table makes a new
+version. A `ChangeEvent` is one change to one row (or a truncate, or a
+logical message), positioned by ``(commit_lsn, total_order)``, which is
+unique and increasing across the stream so that consumers can drop repeats
+of at-least-once delivery.
+
+Values in ``before`` / ``after`` are wire values of `cdc.pgtypes`, aligned
+with ``table.columns``. The JSON envelope (`envelope`) is the contract of
+DESIGN.md; the Avro encoding in `cdc.avro` has the same shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from cdc import __version__
+from cdc.pgoutput import PG_EPOCH_US, Relation, ReplicaIdentity, format_lsn
+from cdc.pgtypes import ColumnType, TypeCatalog, column_type
+
+CONNECTOR: Final = "cdc"
+UNAVAILABLE_PLACEHOLDER: Final = "__cdc_unavailable_value"
+
+
+@dataclass(slots=True, frozen=True)
+class TableColumn:
+    name: str
+    type: ColumnType
+    is_key: bool
+
+
+@dataclass(slots=True)
+class Table:
+    """One version of a published table."""
+
+    relation_id: int
+    schema: str
+    name: str
+    replica_identity: int
+    columns: list[TableColumn]
+    version: int = 1
+    key_indexes: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.key_indexes = [i for i, c in enumerate(self.columns) if c.is_key]
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def has_key(self) -> bool:
+        return bool(self.key_indexes) and self.replica_identity != ReplicaIdentity.NOTHING
+
+    def same_shape(self, other: Table) -> bool:
+        """Would ``other`` produce the same schema? (Then it is not a new version.)"""
+        return (
+            self.schema == other.schema
+            and self.name == other.name
+            and self.replica_identity == other.replica_identity
+            and [(c.name, c.type.oid, c.type.typmod, c.is_key) for c in self.columns]
+            == [(c.name, c.type.oid, c.type.typmod, c.is_key) for c in other.columns]
+        )
+
+
+def table_from_relation(relation: Relation, catalog: TypeCatalog | None = None, version: int = 1) -> Table:
+    # the server sends "" as the namespace of pg_catalog relations
+    schema = relation.namespace or "pg_catalog"
+    columns = [
+        TableColumn(c.name, column_type(c.type_oid, c.type_modifier, catalog), c.is_key)
+        for c in relation.columns
+    ]
+    return Table(relation.relation_id, schema, relation.name, relation.replica_identity, columns, version)
+
+
+@dataclass(slots=True)
+class Transaction:
+    """What the events of one transaction share."""
+
+    xid: int
+    commit_lsn: int
+    commit_ts_ms: int
+    id: str = ""
+    events: int = 0  # events so far: the next event's total_order is events + 1
+    per_table: dict[int, int] = field(default_factory=dict)  # relation id -> events so far
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            self.id = f"{self.xid}:{self.commit_lsn}"
+
+    def next_order(self, relation_id: int) -> tuple[int, int]:
+        """(total_order, data_collection_order) of the next event, both from 1."""
+        self.events += 1
+        n = self.per_table.get(relation_id, 0) + 1
+        self.per_table[relation_id] = n
+        return self.events, n
+
+
+def pg_ts_to_ms(pg_ts: int) -> int:
+    """A protocol timestamp (microseconds since 2000-01-01) as Unix milliseconds."""
+    return (pg_ts + PG_EPOCH_US) // 1000
+
+
+@dataclass(slots=True)
+class ChangeEvent:
+    """One change: op is c (insert), u, d, r (snapshot read), t (truncate) or m (message)."""
+
+    op: str
+    table: Table | None
+    before: list[Any] | None
+    after: list[Any] | None
+    lsn: int
+    commit_lsn: int
+    xid: int
+    commit_ts_ms: int
+    total_order: int = 0
+    data_collection_order: int = 0
+    transaction_id: str | None = None
+    snapshot: str | None = None  # "true", "last" (snapshot reads), None when streamed
+    message_prefix: str | None = None
+    message_content: bytes | None = None
+
+    def key_values(self) -> list[Any] | None:
+        """The replica-identity key of the row as it is after the change (before, for deletes)."""
+        table = self.table
+        if table is None or not table.has_key:
+            return None
+        row = self.after if self.after is not None else self.before
+        if row is None:
+            return None
+        return [row[i] for i in table.key_indexes]
+
+    def old_key_values(self) -> list[Any] | None:
+        """For an update that changed the key: the old key; otherwise None."""
+        table = self.table
+        if self.op != "u" or table is None or not table.has_key or self.before is None or self.after is None:
+            return None
+        old = [self.before[i] for i in table.key_indexes]
+        new = [self.after[i] for i in table.key_indexes]
+        return old if old != new else None
+
+
+def render_row(table: Table, row: list[Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {
+        col.name: None if value is None else col.type.render(value)
+        for col, value in zip(table.columns, row, strict=True)
+    }
+
+
+def render_key(table: Table, key: list[Any]) -> dict[str, Any]:
+    return {
+        table.columns[i].name: table.columns[i].type.render(v)
+        for i, v in zip(table.key_indexes, key, strict=True)
+    }
+
+
+@dataclass(slots=True, frozen=True)
+class SourceInfo:
+    """The connector-level parts of every event's ``source`` block."""
+
+    name: str  # the connector's name (its --name)
+    db: str
+
+
+def source_block(event: ChangeEvent, info: SourceInfo) -> dict[str, Any]:
+    table = event.table
+    return {
+        "connector": CONNECTOR,
+        "version": __version__,
+        "name": info.name,
+        "db": info.db,
+        "schema": table.schema if table else None,
+        "table": table.name if table else None,
+        "txId": event.xid,
+        "lsn": event.lsn,
+        "commit_lsn": event.commit_lsn,
+        "ts_ms": event.commit_ts_ms,
+        "snapshot": event.snapshot,
+    }
+
+
+def envelope(event: ChangeEvent, info: SourceInfo, now_ms: int | None = None) -> dict[str, Any]:
+    """The event as the JSON-able envelope of DESIGN.md (values rendered per type)."""
+    value: dict[str, Any] = {}
+    if event.op == "m":
+        content = event.message_content or b""
+        value["message"] = {"prefix": event.message_prefix, "content": _b64(content)}
+    else:
+        table = event.table
+        assert table is not None
+        value["before"] = render_row(table, event.before)
+        value["after"] = render_row(table, event.after)
+    value["source"] = source_block(event, info)
+    value["op"] = event.op
+    value["ts_ms"] = int(time.time() * 1000) if now_ms is None else now_ms
+    value["transaction"] = (
+        None
+        if event.transaction_id is None
+        else {
+            "id": event.transaction_id,
+            "total_order": event.total_order,
+            "data_collection_order": event.data_collection_order,
+        }
+    )
+    return value
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def describe_position(event: ChangeEvent) -> str:
+    return f"{format_lsn(event.commit_lsn)}#{event.total_order}"

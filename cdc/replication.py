@@ -1,0 +1,441 @@
+"""The Postgres side: preconditions, publication, slot, and the replication stream.
+
+The stream runs on psycopg's libpq layer (`psycopg.pq.PGconn`) with
+``replication=database``, because psycopg's connection classes do not speak
+COPY BOTH. Catalog work (preconditions, publications, slot lookups) runs on a
+normal psycopg connection. Every server refusal becomes a `SourceError` whose
+message says what to change; a lost connection becomes `SourceUnavailable`.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import psycopg
+from psycopg import pq, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from cdc.errors import SourceError, SourceUnavailable
+from cdc.pgoutput import PG_EPOCH_US, encode_standby_status, format_lsn, parse_lsn
+
+log = logging.getLogger(__name__)
+
+#: Session settings that make the server's text output of values unambiguous
+#: for `cdc.pgtypes`: UTC offsets, ISO dates and intervals, exact floats, hex bytea.
+OUTPUT_SETTINGS: dict[str, str] = {
+    "TimeZone": "UTC",
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "iso_8601",
+    "extra_float_digits": "3",
+    "bytea_output": "hex",
+    "client_encoding": "UTF8",
+}
+
+#: The newest pgoutput protocol version this connector decodes.
+MAX_PROTOCOL_VERSION = 4
+
+
+def protocol_version_for(server_version: int) -> int:
+    """Highest pgoutput protocol version a server (``server_version_num``) speaks."""
+    if server_version >= 160000:
+        return 4
+    if server_version >= 150000:
+        return 3
+    if server_version >= 140000:
+        return 2
+    return 1
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with its password replaced, safe for logs and messages."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "<unparsable dsn>"
+    if "password" in params:
+        params["password"] = "***"
+    return make_conninfo("", **params)
+
+
+def session_conninfo(dsn: str, application_name: str, **extra: str) -> str:
+    """``dsn`` plus our output settings (appended to any ``options`` it has)."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise SourceError(f"invalid dsn: {_strip_password(str(exc), dsn)}; fix --dsn") from None
+    options = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in OUTPUT_SETTINGS.items())
+    if params.get("options"):
+        options = f"{params['options']} {options}"
+    params.update(options=options, **extra)
+    params.setdefault("application_name", application_name)
+    params.setdefault("connect_timeout", "10")
+    return make_conninfo("", **params)
+
+
+def _strip_password(text: str, dsn: str) -> str:
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:
+        password = None
+    return text.replace(str(password), "***") if password else text
+
+
+def _connect_error(exc: Exception, dsn: str) -> SourceError:
+    text = _strip_password(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc), dsn)
+    where = redact_dsn(dsn)
+    if "password authentication failed" in text or "no password supplied" in text:
+        return SourceError(f"cannot connect to postgres ({where}): {text}; check the user and password")
+    if "not allowed to log in" in text:
+        return SourceError(f"cannot connect to postgres ({where}): {text}; ALTER ROLE ... LOGIN")
+    if "database" in text and "does not exist" in text:
+        return SourceError(f"cannot connect to postgres ({where}): {text}; fix dbname in --dsn")
+    if "pg_hba.conf" in text:
+        return SourceError(f"cannot connect to postgres ({where}): {text}; allow it in pg_hba.conf")
+    return SourceUnavailable(f"cannot connect to postgres ({where}): {text}; is the server running?")
+
+
+def connect(dsn: str, application_name: str = "cdc") -> psycopg.Connection[Any]:
+    """A normal autocommit connection with the output settings, for catalog work."""
+    try:
+        return psycopg.connect(session_conninfo(dsn, application_name), autocommit=True)
+    except psycopg.Error as exc:
+        raise _connect_error(exc, dsn) from None
+
+
+# -- preconditions, publication, slot -------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class SlotInfo:
+    name: str
+    plugin: str | None
+    slot_type: str
+    database: str | None
+    active: bool
+    active_pid: int | None
+    confirmed_flush_lsn: int | None
+    restart_lsn: int | None
+
+
+def check_wal_level(conn: psycopg.Connection[Any]) -> None:
+    row = conn.execute("SHOW wal_level").fetchone()
+    level = row[0] if row else "?"
+    if level != "logical":
+        raise SourceError(
+            f"wal_level is {level!r}, logical replication needs 'logical': "
+            "ALTER SYSTEM SET wal_level = logical, then restart postgres"
+        )
+
+
+def check_role(conn: psycopg.Connection[Any]) -> None:
+    row = conn.execute(
+        "SELECT rolname, rolreplication, rolcanlogin, rolsuper FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    if row is None:
+        raise SourceError("cannot read the current role from pg_roles")
+    name, replication, login, superuser = row
+    if not login:
+        raise SourceError(f"role {name!r} lacks LOGIN: ALTER ROLE {name} LOGIN")
+    if not (replication or superuser):
+        raise SourceError(f"role {name!r} lacks REPLICATION: ALTER ROLE {name} REPLICATION")
+
+
+def check_tables(conn: psycopg.Connection[Any], tables: list[str]) -> None:
+    for table in tables:
+        row = conn.execute("SELECT to_regclass(%s)", (quote_table(table),)).fetchone()
+        if row is None or row[0] is None:
+            raise SourceError(f"table {table} does not exist: create it or fix --tables")
+
+
+def quote_table(table: str) -> str:
+    """``schema.table`` (or ``table``, in public) -> a quoted, qualified name."""
+    schema, table_name = split_table(table)
+    return sql.Identifier(schema, table_name).as_string(None)
+
+
+def split_table(table: str) -> tuple[str, str]:
+    schema, _, name = table.rpartition(".")
+    return schema or "public", name
+
+
+def find_slot(conn: psycopg.Connection[Any], slot: str) -> SlotInfo | None:
+    row = conn.execute(
+        """SELECT slot_name, plugin, slot_type, database, active, active_pid,
+                  confirmed_flush_lsn::text, restart_lsn::text
+             FROM pg_replication_slots WHERE slot_name = %s""",
+        (slot,),
+    ).fetchone()
+    if row is None:
+        return None
+    return SlotInfo(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        bool(row[4]),
+        row[5],
+        parse_lsn(row[6]) if row[6] else None,
+        parse_lsn(row[7]) if row[7] else None,
+    )
+
+
+def validate_slot(conn: psycopg.Connection[Any], slot: SlotInfo) -> None:
+    row = conn.execute("SELECT current_database()").fetchone()
+    database = row[0] if row else None
+    if slot.slot_type != "logical" or slot.plugin != "pgoutput":
+        raise SourceError(
+            f"slot {slot.name!r} uses plugin {slot.plugin or slot.slot_type!r}, not pgoutput: "
+            "drop it (SELECT pg_drop_replication_slot(...)) or choose another --slot"
+        )
+    if slot.database != database:
+        raise SourceError(
+            f"slot {slot.name!r} belongs to database {slot.database!r}, not {database!r}: "
+            "choose another --slot or connect to that database"
+        )
+    if slot.active:
+        raise SourceError(
+            f"slot {slot.name!r} is active in process {slot.active_pid}: another connector "
+            "reads it; stop that one or choose another --slot"
+        )
+
+
+def check_slot_capacity(conn: psycopg.Connection[Any]) -> None:
+    row = conn.execute(
+        "SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots)"
+    ).fetchone()
+    if row and row[1] >= row[0]:
+        raise SourceError(
+            f"max_replication_slots ({row[0]}) exhausted: drop an unused slot or raise "
+            "max_replication_slots and restart postgres"
+        )
+
+
+def publication_tables(conn: psycopg.Connection[Any], publication: str) -> tuple[bool, set[str]] | None:
+    """(all tables?, {schema.table}) of ``publication``, or None if it does not exist."""
+    row = conn.execute(
+        "SELECT puballtables FROM pg_publication WHERE pubname = %s", (publication,)
+    ).fetchone()
+    if row is None:
+        return None
+    rows = conn.execute(
+        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (publication,)
+    ).fetchall()
+    return bool(row[0]), {f"{s}.{t}" for s, t in rows}
+
+
+def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: list[str]) -> None:
+    """Create ``publication`` (listed tables, or all) or check that it covers ``tables``."""
+    existing = publication_tables(conn, publication)
+    wanted = {".".join(split_table(t)) for t in tables}
+    if existing is None:
+        name = sql.Identifier(publication)
+        target: sql.Composable
+        if tables:
+            target = sql.SQL("FOR TABLE {}").format(
+                sql.SQL(", ").join(sql.Identifier(*split_table(t)) for t in tables)
+            )
+        else:
+            target = sql.SQL("FOR ALL TABLES")
+        query = sql.SQL("CREATE PUBLICATION {} {} WITH (publish_via_partition_root = true)")
+        try:
+            conn.execute(query.format(name, target))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise SourceError(
+                f"cannot create publication {publication!r}: {exc.diag.message_primary}; "
+                "create it as a superuser or table owner, or list --tables you own"
+            ) from None
+        log.info("created publication %s for %s", publication, ", ".join(sorted(wanted)) or "all tables")
+        return
+    all_tables, covered = existing
+    missing = sorted(wanted - covered)
+    if missing and not all_tables:
+        raise SourceError(
+            f"publication {publication!r} does not publish {', '.join(missing)}: "
+            f"ALTER PUBLICATION {publication} ADD TABLE {', '.join(missing)}"
+        )
+
+
+# -- the replication connection --------------------------------------------------------
+
+
+def _result_error(result: pq.abc.PGresult | None, pgconn: pq.abc.PGconn) -> tuple[str, str]:
+    if result is not None:
+        message = (result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b"").decode(errors="replace")
+        state = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
+        if message:
+            return message, state
+    return pgconn.get_error_message().strip(), ""
+
+
+@dataclass(slots=True, frozen=True)
+class SystemInfo:
+    system_id: str
+    timeline: int
+    xlogpos: int
+    dbname: str | None
+
+
+class ReplicationConnection:
+    """One walsender connection (``replication=database``); a context manager."""
+
+    def __init__(self, dsn: str, application_name: str = "cdc") -> None:
+        self.dsn = dsn
+        conninfo = session_conninfo(dsn, application_name, replication="database")
+        try:
+            self.pgconn = pq.PGconn.connect(conninfo.encode())
+        except psycopg.Error as exc:
+            raise _connect_error(exc, dsn) from None
+        if self.pgconn.status != pq.ConnStatus.OK:
+            message = self.pgconn.get_error_message()
+            self.pgconn.finish()
+            raise _connect_error(Exception(message), dsn)
+        self.server_version = self.pgconn.server_version
+        self.streaming = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.pgconn.finish()
+
+    def command(self, query: str) -> list[tuple[str | None, ...]]:
+        """Run a replication command and return its rows as text."""
+        result = self.pgconn.exec_(query.encode())
+        if result.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
+            message, state = _result_error(result, self.pgconn)
+            if self.pgconn.status == pq.ConnStatus.BAD:
+                raise SourceUnavailable(f"replication connection lost: {message}")
+            raise _command_error(query, message, state)
+        return [
+            tuple(
+                None if (v := result.get_value(r, c)) is None else bytes(v).decode()
+                for c in range(result.nfields)
+            )
+            for r in range(result.ntuples)
+        ]
+
+    def identify_system(self) -> SystemInfo:
+        row = self.command("IDENTIFY_SYSTEM")[0]
+        return SystemInfo(str(row[0]), int(row[1] or 0), parse_lsn(row[2] or "0/0"), row[3])
+
+    def create_slot(self, slot: str, export_snapshot: bool = False) -> tuple[int, str | None]:
+        """Create a pgoutput slot; return (consistent point, exported snapshot name).
+
+        An exported snapshot stays valid only until the next command on this
+        connection, so a snapshot reader must use it before `start`.
+        """
+        name = sql.Identifier(slot).as_string(None)
+        if self.server_version >= 150000:
+            mode = "'export'" if export_snapshot else "'nothing'"
+            query = f"CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput (SNAPSHOT {mode})"
+        else:
+            mode = "EXPORT_SNAPSHOT" if export_snapshot else "NOEXPORT_SNAPSHOT"
+            query = f"CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput {mode}"
+        row = self.command(query)[0]
+        log.info("created slot %s at %s", slot, row[1])
+        return parse_lsn(row[1] or "0/0"), row[2]
+
+    def start(
+        self,
+        slot: str,
+        publication: str,
+        start_lsn: int = 0,
+        proto_version: int | None = None,
+        messages: bool = True,
+        extra_options: dict[str, str] | None = None,
+    ) -> int:
+        """START_REPLICATION; returns the protocol version in use."""
+        if proto_version is None:
+            proto_version = min(MAX_PROTOCOL_VERSION, protocol_version_for(self.server_version))
+        options = {
+            "proto_version": f"'{proto_version}'",
+            "publication_names": "'" + sql.Identifier(publication).as_string(None).replace("'", "''") + "'",
+        }
+        if messages:
+            options["messages"] = "'true'"
+        options.update(extra_options or {})
+        opts = ", ".join(f"{k} {v}" for k, v in options.items())
+        slot_name = sql.Identifier(slot).as_string(None)
+        query = f"START_REPLICATION SLOT {slot_name} LOGICAL {format_lsn(start_lsn)} ({opts})"
+        result = self.pgconn.exec_(query.encode())
+        if result.status != pq.ExecStatus.COPY_BOTH:
+            message, state = _result_error(result, self.pgconn)
+            raise _command_error("START_REPLICATION", message, state)
+        self.pgconn.nonblocking = 1
+        self.streaming = True
+        log.info(
+            "streaming slot %s from %s (pgoutput protocol %s)", slot, format_lsn(start_lsn), proto_version
+        )
+        return proto_version
+
+    def read(self, timeout: float) -> bytes | None:
+        """The next CopyData frame, or None if none arrived within ``timeout`` seconds."""
+        pgconn = self.pgconn
+        deadline = 0.0
+        while True:
+            try:
+                nbytes, data = pgconn.get_copy_data(1)
+            except psycopg.OperationalError as exc:
+                raise SourceUnavailable(f"replication stream lost: {str(exc).strip()}") from None
+            if nbytes > 0:
+                return bytes(data)
+            if nbytes == -1:
+                result = pgconn.get_result()
+                message, _ = _result_error(result, pgconn)
+                raise SourceUnavailable(
+                    f"replication stream ended by the server: {message or 'no reason given'}"
+                )
+            if not deadline:
+                deadline = time.monotonic() + timeout
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([pgconn.socket], [], [], remaining)
+            if not ready:
+                return None
+            try:
+                pgconn.consume_input()
+            except psycopg.OperationalError as exc:
+                raise SourceUnavailable(f"replication stream lost: {str(exc).strip()}") from None
+
+    def send_status(
+        self, written: int, flushed: int, applied: int | None = None, reply: bool = False
+    ) -> None:
+        """Standby status update: ``flushed`` is what the slot may forget."""
+        now = int(time.time() * 1_000_000) - PG_EPOCH_US
+        message = encode_standby_status(written, flushed, flushed if applied is None else applied, now, reply)
+        try:
+            if self.pgconn.put_copy_data(message) != 1:
+                raise SourceUnavailable(f"cannot send status update: {self.pgconn.get_error_message()}")
+            deadline = time.monotonic() + 10
+            while self.pgconn.flush() == 1:
+                if time.monotonic() > deadline:
+                    raise SourceUnavailable("cannot send status update: socket stuck for 10 s")
+                select.select([], [self.pgconn.socket], [], 1)
+        except psycopg.OperationalError as exc:
+            raise SourceUnavailable(f"cannot send status update: {str(exc).strip()}") from None
+
+
+def _command_error(query: str, message: str, state: str) -> SourceError:
+    verb = query.split(maxsplit=1)[0]
+    if state == "55006":  # object_in_use
+        return SourceError(f"{message}: another connector reads this slot; stop it or choose another --slot")
+    if state == "53400":  # configuration_limit_exceeded
+        return SourceError(f"{message}: drop an unused slot or raise max_replication_slots")
+    if state == "42501":  # insufficient_privilege
+        return SourceError(f"{message}: grant the role REPLICATION (ALTER ROLE ... REPLICATION)")
+    if state == "42710":  # duplicate_object
+        return SourceError(f"{message}: the slot already exists; reuse it or choose another --slot")
+    if state.startswith("08") or not state:
+        return SourceUnavailable(f"{verb} failed: {message}")
+    return SourceError(f"{verb} failed: {message}")

