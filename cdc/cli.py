@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from cdc.config import Settings
 from cdc.errors import CdcError
 
 app = typer.Typer(
@@ -40,6 +41,160 @@ def _root(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+# -- start / stop / status -------------------------------------------------------------
+
+Name = Annotated[
+    str | None, typer.Option("--name", help="Connector name (state, slot and publication default to it).")
+]
+StateDir = Annotated[
+    Path | None, typer.Option("--state-dir", help="Where connectors keep offsets and status.")
+]
+
+
+def _settings(flags: dict[str, object], config: Path | None) -> Settings:
+    from cdc import config as config_module  # noqa: PLC0415
+
+    return config_module.build(flags, config)
+
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def start(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML file with any of these settings.")
+    ] = None,
+    dsn: Annotated[
+        str | None, typer.Option("--dsn", help="Postgres connection string (env CDC_DSN).")
+    ] = None,
+    bootstrap_servers: Annotated[
+        str | None, typer.Option("--bootstrap-servers", help="Kafka brokers, host:port,...")
+    ] = None,
+    name: Name = None,
+    tables: Annotated[
+        str | None, typer.Option("--tables", help="schema.table,... to capture (default: all).")
+    ] = None,
+    topic_prefix: Annotated[
+        str | None, typer.Option("--topic-prefix", help="Topics are PREFIX.schema.table.")
+    ] = None,
+    slot: Annotated[str | None, typer.Option("--slot", help="Replication slot (default cdc_NAME).")] = None,
+    publication: Annotated[
+        str | None, typer.Option("--publication", help="Publication (default cdc_NAME).")
+    ] = None,
+    snapshot: Annotated[str | None, typer.Option("--snapshot", help="initial | never | initial-only")] = None,
+    format: Annotated[str | None, typer.Option("--format", help="avro | json")] = None,
+    state_dir: StateDir = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Run in the background (log in the state dir).")
+    ] = False,
+    status_interval: Annotated[
+        float | None, typer.Option("--status-interval", help="Seconds between confirmations.")
+    ] = None,
+    tombstones: Annotated[
+        bool | None, typer.Option("--tombstones/--no-tombstones", help="Tombstone after each delete.")
+    ] = None,
+    messages: Annotated[
+        bool | None, typer.Option("--messages/--no-messages", help="Stream pg_logical_emit_message.")
+    ] = None,
+    producer: Annotated[str | None, typer.Option("--producer", help="kafka-python | confluent")] = None,
+    topic_partitions: Annotated[
+        int | None, typer.Option("--topic-partitions", help="Partitions of new topics.")
+    ] = None,
+    topic_replication_factor: Annotated[
+        int | None,
+        typer.Option("--topic-replication-factor", help="Replicas of new topics (-1: broker default)."),
+    ] = None,
+    topic_config: Annotated[
+        list[str] | None, typer.Option("--topic-config", help="key=value for new topics (repeatable).")
+    ] = None,
+    producer_config: Annotated[
+        list[str] | None, typer.Option("--producer-config", help="key=value producer setting (repeatable).")
+    ] = None,
+    unavailable_placeholder: Annotated[
+        str | None,
+        typer.Option("--unavailable-placeholder", help="Stands for unchanged TOAST values not sent."),
+    ] = None,
+    max_buffer_mb: Annotated[
+        int | None, typer.Option("--max-buffer-mb", help="Producer buffer; reading pauses when full.")
+    ] = None,
+    snapshot_workers: Annotated[
+        int | None, typer.Option("--snapshot-workers", help="Tables snapshotted in parallel.")
+    ] = None,
+) -> None:
+    """Stream changes from Postgres to Kafka until stopped."""
+    from cdc import config as config_module  # noqa: PLC0415
+    from cdc import control  # noqa: PLC0415
+    from cdc.connector import Connector  # noqa: PLC0415
+
+    flags: dict[str, object] = {
+        "dsn": dsn, "bootstrap_servers": bootstrap_servers, "name": name, "tables": tables,
+        "topic_prefix": topic_prefix, "slot": slot, "publication": publication, "snapshot": snapshot,
+        "format": format, "state_dir": state_dir, "status_interval": status_interval,
+        "tombstones": tombstones, "messages": messages, "producer": producer,
+        "topic_partitions": topic_partitions, "topic_replication_factor": topic_replication_factor,
+        "topic_configs": ",".join(topic_config) if topic_config else None,
+        "producer_configs": ",".join(producer_config) if producer_config else None,
+        "unavailable_placeholder": unavailable_placeholder, "max_buffer_mb": max_buffer_mb,
+        "snapshot_workers": snapshot_workers,
+    }  # fmt: skip
+    settings = _settings(flags, config)
+    config_module.require_dsn(settings)
+    directory = settings.instance_dir
+    if detach:
+        if control.running_pid(directory) is not None:
+            raise control.AlreadyRunning(f"connector {settings.name!r} is already running")
+        argv = [a for a in sys.argv[1:] if a != "--detach"]
+        pid = control.detach(argv, directory, settings.name)
+        typer.echo(f"started {settings.name} (pid {pid}); log: {directory / 'cdc.log'}")
+        return
+    with control.InstanceLock(directory, settings.name):
+        connector = Connector(settings, on_status=control.StatusFile(directory, settings.name))
+        control.install_signal_handlers(connector)
+        connector.run()
+
+
+@app.command()
+def stop(
+    name: Name = None,
+    state_dir: StateDir = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for a graceful stop.")] = 60.0,
+) -> None:
+    """Stop a running connector gracefully (flush, confirm, exit)."""
+    from cdc import control  # noqa: PLC0415
+
+    settings = _settings({"name": name, "state_dir": state_dir}, None)
+    pid = control.request_stop(settings.instance_dir, settings.name, timeout)
+    typer.echo(f"stopped {settings.name} (pid {pid})")
+
+
+@app.command()
+def status(
+    name: Name = None,
+    state_dir: StateDir = None,
+    json: Annotated[bool, typer.Option("--json", help="One JSON object, for machines.")] = False,
+) -> None:
+    """Show a connector's state, positions and event counts."""
+    import orjson  # noqa: PLC0415
+
+    from cdc import control  # noqa: PLC0415
+
+    settings = _settings({"name": name, "state_dir": state_dir}, None)
+    info = control.read_status(settings.instance_dir, settings.name)
+    if json:
+        typer.echo(orjson.dumps(info).decode())
+        return
+    typer.echo(f"{settings.name}: {info.get('state')} (pid {info.get('pid') or '-'})")
+    typer.echo(f"  slot           {info.get('slot') or '-'}")
+    typer.echo(f"  received lsn   {info.get('received_lsn') or '-'}")
+    typer.echo(f"  confirmed lsn  {info.get('confirmed_lsn') or '-'}")
+    typer.echo(
+        f"  lag            {info.get('lag_bytes') if info.get('lag_bytes') is not None else '-'} bytes"
+    )
+    typer.echo(f"  events         {info.get('events_total', 0)}")
+    for table, count in sorted((info.get("events_per_table") or {}).items()):
+        typer.echo(f"    {table:<30} {count}")
+    if info.get("last_error"):
+        typer.echo(f"  last error     {info['last_error']}")
 
 
 DevDir = Annotated[

@@ -17,7 +17,9 @@ from __future__ import annotations
 import base64
 import time
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
+
+import orjson
 
 from cdc import __version__
 from cdc.pgoutput import PG_EPOCH_US, Relation, ReplicaIdentity, format_lsn
@@ -36,7 +38,13 @@ class TableColumn:
 
 @dataclass(slots=True)
 class Table:
-    """One version of a published table."""
+    """One version of a published table.
+
+    The Kafka key is the replica identity (primary key or the identity index).
+    With REPLICA IDENTITY FULL the server flags every column as identity, which
+    would make the key change on every update, so FULL (and NOTHING) tables
+    are keyed by their primary key, given as ``primary_key``, or have no key.
+    """
 
     relation_id: int
     schema: str
@@ -44,10 +52,16 @@ class Table:
     replica_identity: int
     columns: list[TableColumn]
     version: int = 1
+    primary_key: list[str] | None = None
     key_indexes: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.key_indexes = [i for i, c in enumerate(self.columns) if c.is_key]
+        if self.replica_identity in (ReplicaIdentity.FULL, ReplicaIdentity.NOTHING):
+            wanted = self.primary_key or []
+            names = [c.name for c in self.columns]
+            self.key_indexes = [names.index(n) for n in wanted] if set(wanted) <= set(names) else []
+        else:
+            self.key_indexes = [i for i, c in enumerate(self.columns) if c.is_key]
 
     @property
     def qualified_name(self) -> str:
@@ -55,7 +69,7 @@ class Table:
 
     @property
     def has_key(self) -> bool:
-        return bool(self.key_indexes) and self.replica_identity != ReplicaIdentity.NOTHING
+        return bool(self.key_indexes)
 
     def same_shape(self, other: Table) -> bool:
         """Would ``other`` produce the same schema? (Then it is not a new version.)"""
@@ -65,17 +79,25 @@ class Table:
             and self.replica_identity == other.replica_identity
             and [(c.name, c.type.oid, c.type.typmod, c.is_key) for c in self.columns]
             == [(c.name, c.type.oid, c.type.typmod, c.is_key) for c in other.columns]
+            and self.key_indexes == other.key_indexes
         )
 
 
-def table_from_relation(relation: Relation, catalog: TypeCatalog | None = None, version: int = 1) -> Table:
+def table_from_relation(
+    relation: Relation,
+    catalog: TypeCatalog | None = None,
+    version: int = 1,
+    primary_key: list[str] | None = None,
+) -> Table:
     # the server sends "" as the namespace of pg_catalog relations
     schema = relation.namespace or "pg_catalog"
     columns = [
         TableColumn(c.name, column_type(c.type_oid, c.type_modifier, catalog), c.is_key)
         for c in relation.columns
     ]
-    return Table(relation.relation_id, schema, relation.name, relation.replica_identity, columns, version)
+    return Table(
+        relation.relation_id, schema, relation.name, relation.replica_identity, columns, version, primary_key
+    )
 
 
 @dataclass(slots=True)
@@ -218,3 +240,55 @@ def _b64(data: bytes) -> str:
 
 def describe_position(event: ChangeEvent) -> str:
     return f"{format_lsn(event.commit_lsn)}#{event.total_order}"
+
+
+# -- topics and the JSON format ---------------------------------------------------------
+
+
+def table_topic(prefix: str, table: Table) -> str:
+    return f"{prefix}.{table.schema}.{table.name}"
+
+
+def messages_topic(prefix: str) -> str:
+    return f"{prefix}.messages"
+
+
+def schemas_topic(prefix: str) -> str:
+    return f"{prefix}.schemas"
+
+
+def event_topic(prefix: str, event: ChangeEvent) -> str:
+    return messages_topic(prefix) if event.table is None else table_topic(prefix, event.table)
+
+
+class Serializer(Protocol):
+    """Turns events into Kafka keys and values (JSON here, Avro in `cdc.avro`)."""
+
+    def encode(self, event: ChangeEvent) -> tuple[bytes | None, bytes]: ...
+
+    def encode_key(self, table: Table, key: list[Any]) -> bytes | None: ...
+
+    def take_schema_records(self) -> list[tuple[bytes, bytes]]: ...
+
+
+class JsonSerializer:
+    """``--format json``: the envelope as UTF-8 JSON, values rendered per type."""
+
+    def __init__(self, topic_prefix: str, source: SourceInfo) -> None:
+        self.topic_prefix = topic_prefix
+        self.source = source
+
+    def encode(self, event: ChangeEvent) -> tuple[bytes | None, bytes]:
+        value = orjson.dumps(envelope(event, self.source))
+        if event.table is None:
+            return orjson.dumps({"prefix": event.message_prefix}), value
+        key = event.key_values()
+        if key is None or event.op == "t":
+            return None, value
+        return orjson.dumps(render_key(event.table, key)), value
+
+    def encode_key(self, table: Table, key: list[Any]) -> bytes | None:
+        return orjson.dumps(render_key(table, key)) if table.has_key else None
+
+    def take_schema_records(self) -> list[tuple[bytes, bytes]]:
+        return []

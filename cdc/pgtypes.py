@@ -51,6 +51,10 @@ class ColumnType:
     avro: Any  # the Avro type of a non-null value (a JSON-able schema fragment)
     render: Render
 
+    def unavailable(self, placeholder: str) -> Any:
+        """The wire value standing for an unchanged TOAST value the server did not send."""
+        return placeholder
+
 
 def _str(value: bytes) -> str:
     return value.decode()

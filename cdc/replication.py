@@ -260,6 +260,21 @@ def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: 
         )
 
 
+def primary_key(conn: psycopg.Connection[Any], relation_id: int) -> list[str]:
+    """The primary key columns of a table, in key order ([] when it has none)."""
+    try:
+        rows = conn.execute(
+            """SELECT a.attname FROM pg_index i
+                 CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.n""",
+            (relation_id,),
+        ).fetchall()
+    except psycopg.OperationalError as exc:
+        raise SourceUnavailable(f"catalog connection lost: {str(exc).strip()}") from None
+    return [str(r[0]) for r in rows]
+
+
 # -- the replication connection --------------------------------------------------------
 
 

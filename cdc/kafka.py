@@ -1,0 +1,363 @@
+"""The Kafka side: an idempotent producer with delivery tracking, and topic creation.
+
+The only module that imports a Kafka client. Two producers share one small
+interface: kafka-python (pure Python, the default) and confluent-kafka
+(librdkafka, optional and several times faster; ``--producer confluent``).
+
+Delivery reports carry the caller's token (the checkpoint's `InFlight`
+entry) back to the main thread through a deque: `Producer.poll` drains it and
+decrements each entry's count there, so the checkpoint needs no lock. A failed
+delivery is kept and raised from `poll` as a `SinkError`; nothing after it is
+confirmed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any, Protocol
+
+from cdc.checkpoint import InFlight
+from cdc.errors import ConfigError, SinkError
+
+log = logging.getLogger(__name__)
+
+
+class Producer(Protocol):
+    def send(self, topic: str, key: bytes | None, value: bytes | None, token: InFlight) -> None:
+        """Queue one record; blocks while the buffer is full (that pauses the replication read)."""
+
+    def send_and_wait(self, topic: str, key: bytes | None, value: bytes | None, timeout: float) -> None:
+        """Produce one record and return only once the broker acknowledged it."""
+
+    def poll(self) -> int:
+        """Apply delivery reports to their tokens; raise `SinkError` on a failed delivery."""
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every queued record is delivered or failed; False on timeout."""
+
+    def close(self) -> None: ...
+
+    def ensure_topic(self, topic: str, compact: bool = False) -> None:
+        """Create ``topic`` unless it exists (once per process per topic)."""
+
+
+class _Deliveries:
+    """Acks from any thread, applied on the main thread."""
+
+    def __init__(self) -> None:
+        self.acked: deque[InFlight] = deque()
+        self.failures: deque[tuple[InFlight | None, BaseException | str]] = deque()
+
+    def apply(self) -> int:
+        acked = self.acked
+        n = 0
+        while acked:
+            acked.popleft().pending -= 1
+            n += 1
+        if self.failures:
+            token, error = self.failures[0]
+            if token is not None:
+                token.failed = True
+            retriable = bool(getattr(error, "retriable", True))
+            raise SinkError(f"kafka did not take a record: {error}", retriable=retriable)
+        return n
+
+
+class KafkaPythonProducer:
+    """kafka-python's KafkaProducer, acks=all and idempotent."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        client_id: str,
+        max_buffer_mb: int,
+        topic_partitions: int = 1,
+        topic_replication_factor: int = -1,
+        topic_configs: dict[str, str] | None = None,
+        overrides: dict[str, str] | None = None,
+    ) -> None:
+        from kafka import KafkaProducer  # noqa: PLC0415 - kept local: this module is the only importer
+        from kafka.errors import KafkaError  # noqa: PLC0415
+
+        config: dict[str, Any] = {
+            "bootstrap_servers": bootstrap_servers.split(","),
+            "client_id": client_id,
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": 5,
+            "batch_size": 256 * 1024,
+            "max_block_ms": 60_000,
+            "max_request_size": 16 * 1024 * 1024,
+            "delivery_timeout_ms": 120_000,
+            "request_timeout_ms": 30_000,
+            "reconnect_backoff_max_ms": 2_000,
+        }
+        config.update(_typed(overrides or {}))
+        self.bootstrap_servers = bootstrap_servers
+        self.topic_defaults = (topic_partitions, topic_replication_factor, dict(topic_configs or {}))
+        self.known_topics: set[str] = set()
+        self.deliveries = _Deliveries()
+        # kafka-python 3 has no buffer_memory: bound the bytes in flight here
+        self.max_buffer = max_buffer_mb * 1024 * 1024
+        self.buffered = 0
+        self.sizes: deque[int] = deque()
+        self._kafka_error = KafkaError
+        try:
+            self.producer = KafkaProducer(**config)
+        except KafkaError as exc:
+            raise SinkError(
+                f"cannot reach the broker at {bootstrap_servers}: {exc}; "
+                "is it running? fix --bootstrap-servers",
+                retriable=True,
+            ) from None
+        except (TypeError, ValueError, AssertionError) as exc:
+            raise ConfigError(f"invalid producer setting: {exc}") from None
+        self.admin: Any = None
+
+    def _on_done(self, token: InFlight, size: int, result: Any) -> None:
+        # runs on kafka-python's sender thread: only deque appends here
+        if isinstance(result, BaseException):
+            self.deliveries.failures.append((token, result))
+        else:
+            self.sizes.append(size)
+            self.deliveries.acked.append(token)
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, token: InFlight) -> None:
+        size = (len(key) if key else 0) + (len(value) if value else 0) + 64
+        if self.buffered + size > self.max_buffer:
+            self._wait_for_room(size)
+        token.pending += 1
+        try:
+            future = self.producer.send(topic, value=value, key=key)
+        except self._kafka_error as exc:
+            token.pending -= 1
+            raise SinkError(f"cannot produce to {topic}: {exc}", retriable=bool(exc.retriable)) from None
+        self.buffered += size
+        future.add_both(self._on_done, token, size)
+
+    def _wait_for_room(self, size: int) -> None:
+        """Block (and so pause the replication read) until acknowledgements free the buffer."""
+        deadline = time.monotonic() + 60
+        while self.buffered + size > self.max_buffer and self.buffered:
+            self.poll()
+            if self.buffered + size <= self.max_buffer:
+                return
+            if time.monotonic() > deadline:
+                raise SinkError("kafka acknowledged nothing for 60 s with the buffer full", retriable=True)
+            time.sleep(0.002)
+
+    def send_and_wait(self, topic: str, key: bytes | None, value: bytes | None, timeout: float) -> None:
+        try:
+            self.producer.send(topic, value=value, key=key).get(timeout=timeout)
+        except self._kafka_error as exc:
+            raise SinkError(f"cannot produce to {topic}: {exc}", retriable=bool(exc.retriable)) from None
+
+    def poll(self) -> int:
+        sizes = self.sizes
+        while sizes:
+            self.buffered -= sizes.popleft()
+        return self.deliveries.apply()
+
+    def flush(self, timeout: float) -> bool:
+        try:
+            self.producer.flush(timeout=timeout)
+        except self._kafka_error:
+            return False
+        return True
+
+    def close(self) -> None:
+        try:
+            self.producer.close(timeout=5)
+        except Exception as exc:
+            log.debug("closing the producer: %s", exc)
+        if self.admin is not None:
+            self.admin.close()
+
+    def ensure_topic(self, topic: str, compact: bool = False) -> None:
+        if topic in self.known_topics:
+            return
+        from kafka.admin import KafkaAdminClient, NewTopic  # noqa: PLC0415
+        from kafka.errors import TopicAlreadyExistsError  # noqa: PLC0415
+
+        partitions, replication, configs = self.topic_defaults
+        if compact:
+            configs = {**configs, "cleanup.policy": "compact"}
+            partitions = 1
+        try:
+            if self.admin is None:
+                self.admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers.split(","))
+            self.admin.create_topics([NewTopic(topic, partitions, replication, topic_configs=configs)])
+            log.info("created topic %s (%s partitions)", topic, partitions)
+        except TopicAlreadyExistsError:
+            pass
+        except self._kafka_error as exc:
+            raise SinkError(
+                f"cannot create topic {topic}: {exc}", retriable=bool(getattr(exc, "retriable", True))
+            ) from None
+        self.known_topics.add(topic)
+
+
+class ConfluentProducer:
+    """confluent-kafka's Producer (librdkafka): idempotent, acks=all."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        client_id: str,
+        max_buffer_mb: int,
+        topic_partitions: int = 1,
+        topic_replication_factor: int = -1,
+        topic_configs: dict[str, str] | None = None,
+        overrides: dict[str, str] | None = None,
+    ) -> None:
+        try:
+            import confluent_kafka  # noqa: PLC0415
+        except ImportError:
+            raise ConfigError("producer 'confluent' needs confluent-kafka: pip install 'cdc[fast]'") from None
+        self._ck = confluent_kafka
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            "client.id": client_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "batch.size": 1024 * 1024,
+            "queue.buffering.max.kbytes": max_buffer_mb * 1024,
+            "queue.buffering.max.messages": 1_000_000,
+            "message.timeout.ms": 120_000,
+            "message.max.bytes": 16 * 1024 * 1024,
+            "error_cb": self._on_error,
+        }
+        config.update(overrides or {})
+        self.bootstrap_servers = bootstrap_servers
+        self.topic_defaults = (topic_partitions, topic_replication_factor, dict(topic_configs or {}))
+        self.known_topics: set[str] = set()
+        self.deliveries = _Deliveries()
+        try:
+            self.producer = confluent_kafka.Producer(config)
+        except confluent_kafka.KafkaException as exc:
+            raise ConfigError(f"invalid producer setting: {exc}") from None
+        self.admin: Any = None
+
+    def _on_error(self, error: Any) -> None:
+        if error.fatal():
+            self.deliveries.failures.append((None, _ConfluentFailure(error)))
+        else:
+            log.debug("kafka: %s", error)
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, token: InFlight) -> None:
+        deliveries = self.deliveries
+
+        def done(error: Any, _message: Any) -> None:
+            if error is None:
+                deliveries.acked.append(token)
+            else:
+                deliveries.failures.append((token, _ConfluentFailure(error)))
+
+        token.pending += 1
+        deadline = 0.0
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, on_delivery=done)
+                return
+            except BufferError:
+                # the local queue is full: serve delivery reports, which frees it
+                if not deadline:
+                    deadline = time.monotonic() + 60
+                elif time.monotonic() > deadline:
+                    token.pending -= 1
+                    raise SinkError(
+                        "kafka queue full for 60 s: is the broker reachable?", retriable=True
+                    ) from None
+                self.producer.poll(0.05)
+            except self._ck.KafkaException as exc:
+                token.pending -= 1
+                raise SinkError(f"cannot produce to {topic}: {exc}", retriable=True) from None
+
+    def send_and_wait(self, topic: str, key: bytes | None, value: bytes | None, timeout: float) -> None:
+        result: list[Any] = []
+        self.producer.produce(topic, value=value, key=key, on_delivery=lambda e, _m: result.append(e))
+        deadline = time.monotonic() + timeout
+        while not result and time.monotonic() < deadline:
+            self.producer.poll(0.05)
+        if not result:
+            raise SinkError(f"no acknowledgement from kafka for {topic} within {timeout} s", retriable=True)
+        if result[0] is not None:
+            raise SinkError(f"cannot produce to {topic}: {result[0]}", retriable=bool(result[0].retriable()))
+
+    def poll(self) -> int:
+        self.producer.poll(0)
+        return self.deliveries.apply()
+
+    def flush(self, timeout: float) -> bool:
+        return int(self.producer.flush(timeout)) == 0
+
+    def close(self) -> None:
+        self.producer.flush(5)
+
+    def ensure_topic(self, topic: str, compact: bool = False) -> None:
+        if topic in self.known_topics:
+            return
+        from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # noqa: PLC0415
+
+        partitions, replication, configs = self.topic_defaults
+        if compact:
+            configs = {**configs, "cleanup.policy": "compact"}
+            partitions = 1
+        if self.admin is None:
+            self.admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        futures = self.admin.create_topics(
+            [NewTopic(topic, partitions, replication, config=configs)], request_timeout=30
+        )
+        try:
+            futures[topic].result(timeout=30)
+            log.info("created topic %s (%s partitions)", topic, partitions)
+        except self._ck.KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if error is None or error.code() != self._ck.KafkaError.TOPIC_ALREADY_EXISTS:
+                raise SinkError(f"cannot create topic {topic}: {exc}", retriable=True) from None
+        self.known_topics.add(topic)
+
+
+class _ConfluentFailure(Exception):
+    def __init__(self, error: Any) -> None:
+        super().__init__(str(error))
+        self.retriable = bool(error.retriable()) or not bool(error.fatal())
+
+
+def _typed(overrides: dict[str, str]) -> dict[str, Any]:
+    """kafka-python wants ints for its numeric settings; config values arrive as strings."""
+    typed: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value.isdigit():
+            typed[key] = int(value)
+        elif value.lower() in ("true", "false"):
+            typed[key] = value.lower() == "true"
+        else:
+            typed[key] = value
+    return typed
+
+
+def make_producer(
+    kind: str,
+    bootstrap_servers: str,
+    client_id: str,
+    max_buffer_mb: int,
+    topic_partitions: int = 1,
+    topic_replication_factor: int = -1,
+    topic_configs: dict[str, str] | None = None,
+    overrides: dict[str, str] | None = None,
+) -> Producer:
+    cls: type[KafkaPythonProducer] | type[ConfluentProducer]
+    cls = ConfluentProducer if kind == "confluent" else KafkaPythonProducer
+    return cls(
+        bootstrap_servers,
+        client_id,
+        max_buffer_mb,
+        topic_partitions,
+        topic_replication_factor,
+        topic_configs,
+        overrides,
+    )
