@@ -222,8 +222,19 @@ def dev_down(directory: DevDir = Path(".cdc-dev")) -> None:
 
 
 def main() -> None:
+    """Entry point: every expected failure is one line on stderr and a non-zero exit."""
     try:
-        app()
+        result = app(standalone_mode=False)
+    except typer.TyperException as exc:  # usage errors: unknown flag, bad value
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        if exc.format_message():  # empty when the help was shown for a bare command
+            print(f"cdc: error: {exc.format_message()}{hint}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
     except CdcError as exc:
         if _debug:
             raise
@@ -231,3 +242,4 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -131,6 +131,7 @@ class Connector:
         self.on_status = on_status
         self.store = OffsetStore(settings.instance_dir)
         self.serializer: Serializer | None = None
+        self.streamed = False  # set once a session reached START_REPLICATION
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -146,6 +147,8 @@ class Connector:
             except (SourceUnavailable, SinkError) as exc:
                 if isinstance(exc, SinkError) and not exc.retriable:
                     raise
+                if not self.streamed:
+                    raise  # never streamed: a bad address or a server that is down is reported, not retried
                 if time.monotonic() - started > 60:
                     delay = 0.5  # the last session ran a while: start the backoff over
                 self.stats.state = "reconnecting"
@@ -169,12 +172,12 @@ class Connector:
             replication.check_wal_level(conn)
             replication.check_role(conn)
             replication.check_tables(conn, s.tables)
-            replication.ensure_publication(conn, s.publication, s.tables)
             slot = replication.find_slot(conn, s.slot)
             if slot is not None:
                 replication.validate_slot(conn, slot)
             else:
                 replication.check_slot_capacity(conn)
+            replication.ensure_publication(conn, s.publication, s.tables)
             row = conn.execute("SELECT current_database()").fetchone()
             database = str(row[0]) if row else ""
             catalog = TypeCatalog()
@@ -259,6 +262,7 @@ class _Session:
         s = self.settings
         repl = self.repl
         repl.start(s.slot, s.publication, self.offsets.lsn, messages=s.messages)
+        self.connector.streamed = True
         self.stats.state = "running"
         self.stats.confirmed_lsn = self.offsets.lsn
         self.stats.last_error = ""

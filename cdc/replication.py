@@ -10,6 +10,7 @@ message says what to change; a lost connection becomes `SourceUnavailable`.
 from __future__ import annotations
 
 import logging
+import re
 import select
 import time
 from dataclasses import dataclass
@@ -86,12 +87,17 @@ def _strip_password(text: str, dsn: str) -> str:
 
 
 def _connect_error(exc: Exception, dsn: str) -> SourceError:
-    text = _strip_password(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc), dsn)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+    # libpq says 'connection to server at "h", port p failed: FATAL:  <reason>': keep the reason
+    text = re.sub(r'^connection to server at "[^"]*", port \d+ failed: (FATAL:\s+)?', "", text)
+    text = _strip_password(text, dsn)
     where = redact_dsn(dsn)
     if "password authentication failed" in text or "no password supplied" in text:
         return SourceError(f"cannot connect to postgres ({where}): {text}; check the user and password")
-    if "not allowed to log in" in text:
-        return SourceError(f"cannot connect to postgres ({where}): {text}; ALTER ROLE ... LOGIN")
+    if "not permitted to log in" in text or "not allowed to log in" in text:
+        return SourceError(
+            f"cannot connect to postgres ({where}): {text}; the role lacks LOGIN: ALTER ROLE ... LOGIN"
+        )
     if "database" in text and "does not exist" in text:
         return SourceError(f"cannot connect to postgres ({where}): {text}; fix dbname in --dsn")
     if "pg_hba.conf" in text:

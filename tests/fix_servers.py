@@ -193,6 +193,30 @@ def db_latest(pg_latest: PostgresServer) -> Iterator[TestDb]:
     test_db.drop()
 
 
+@pytest.fixture(scope="session")
+def make_server() -> Iterator[Callable[[dict[str, str]], PostgresServer]]:
+    """Start an extra cluster of the newest version with other settings (e.g. wal_level)."""
+    started: list[PostgresServer] = []
+
+    def start(settings: dict[str, str]) -> PostgresServer:
+        if not PG_INSTALLS:
+            pytest.fail(_INSTALL_ERROR, pytrace=False)
+        error = ""
+        server = PostgresServer.create(PG_INSTALLS[0], settings=settings)
+        started.append(server)
+        try:
+            server.start()
+        except ServerError as exc:
+            error = str(exc)
+        if error:
+            pytest.fail(error, pytrace=False)
+        return server
+
+    yield start
+    for server in started:
+        server.destroy()
+
+
 @dataclass
 class BrokerHandle:
     """Where the broker is, and (for the local Tansu) control over its process."""

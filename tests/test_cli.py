@@ -1,0 +1,190 @@
+"""The `cdc` command as users run it: real subprocesses, real servers, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+
+from cdc.devservers import PostgresServer
+from cdc.replication import ReplicationConnection
+from tests.fix_servers import BrokerHandle, TestDb, wait_until
+
+
+def cdc(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CDC_") or k.startswith("CDC_TEST_")}
+    return subprocess.run(
+        [sys.executable, "-m", "cdc", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env={**clean, **(env or {})},
+        check=False,
+    )
+
+
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The failure as users see it: non-zero exit, one `cdc: error:` line, last, no traceback."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("cdc: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    return errors[0]
+
+
+def start_args(db: TestDb, broker: BrokerHandle, prefix: str, state: Path, name: str) -> list[str]:
+    return [
+        "start", "--dsn", db.dsn, "--bootstrap-servers", broker.bootstrap_servers, "--name", name,
+        "--topic-prefix", prefix, "--state-dir", str(state), "--format", "json", "--snapshot", "never",
+        "--status-interval", "0.2",
+    ]  # fmt: skip
+
+
+def status(state: Path, name: str) -> dict[str, Any]:
+    proc = cdc("status", "--name", name, "--state-dir", str(state), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = orjson.loads(proc.stdout)
+    return result
+
+
+def test_detached_start_status_stop(db: TestDb, broker: BrokerHandle, prefix: str, tmp_path: Path) -> None:
+    db.execute("CREATE TABLE items (id int PRIMARY KEY, label text)")
+    name = "n" + secrets.token_hex(3)
+    started = cdc(*start_args(db, broker, prefix, tmp_path, name), "--detach")
+    assert started.returncode == 0, started.stderr
+    try:
+        info = status(tmp_path, name)
+        assert info["state"] == "running" and isinstance(info["pid"], int)
+        assert info["slot"] == f"cdc_{name}"
+
+        # a second connector with the same name refuses, in one line
+        second = cdc(*start_args(db, broker, prefix, tmp_path, name))
+        assert "already running" in error_line(second)
+
+        db.execute("INSERT INTO items SELECT g, 'x' FROM generate_series(1, 25) g")
+        wait_until(lambda: status(tmp_path, name)["events_total"] >= 25, timeout=30, message="25 events")
+        running = status(tmp_path, name)
+        assert running["events_per_table"] == {"public.items": 25}
+        assert running["lag_bytes"] >= 0
+    finally:
+        stopped = cdc("stop", "--name", name, "--state-dir", str(tmp_path), "--timeout", "60")
+    assert stopped.returncode == 0, stopped.stderr
+    final = status(tmp_path, name)
+    assert final["state"] == "stopped" and final["pid"] is None
+    confirmed = db.scalar(
+        "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+        (final["confirmed_lsn"], f"cdc_{name}"),
+    )
+    assert confirmed is True
+    human = cdc("status", "--name", name, "--state-dir", str(tmp_path))
+    assert f"{name}: stopped" in human.stdout and "public.items" in human.stdout
+    # nothing left to stop
+    assert "is running" in error_line(cdc("stop", "--name", name, "--state-dir", str(tmp_path)))
+    log = (tmp_path / name / "cdc.log").read_text()
+    assert db.server.password not in log
+
+
+def test_bad_input_is_one_line(tmp_path: Path) -> None:
+    assert "No such option" in error_line(cdc("start", "--no-such-flag"))
+    assert "--status-interval" in error_line(cdc("start", "--status-interval", "soon"))
+    bad_key = tmp_path / "bad_key.toml"
+    bad_key.write_text('dsn = "host=x"\ncolour = "blue"\n')
+    assert "unknown key 'colour'" in error_line(cdc("start", "--config", str(bad_key)))
+    bad_type = tmp_path / "bad_type.toml"
+    bad_type.write_text('dsn = "host=x"\nstatus_interval = "often"\n')
+    assert "status_interval" in error_line(cdc("start", "--config", str(bad_type)))
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("dsn = \n")
+    assert "not valid TOML" in error_line(cdc("start", "--config", str(bad_toml)))
+    assert "does not exist" in error_line(cdc("start", "--config", str(tmp_path / "missing.toml")))
+    assert "--dsn" in error_line(cdc("start", "--state-dir", str(tmp_path)))
+    env_error = error_line(cdc("start", env={"CDC_DSN": "host=x", "CDC_TOPIC_PARTITIONS": "many"}))
+    assert "CDC_TOPIC_PARTITIONS" in env_error
+
+
+def test_wrong_password_never_printed(
+    db_latest: TestDb, broker: BrokerHandle, prefix: str, tmp_path: Path
+) -> None:
+    secret = "s3cret-" + secrets.token_hex(4)
+    args = start_args(db_latest, broker, prefix, tmp_path, "pw")
+    args[args.index("--dsn") + 1] = db_latest.dsn.replace(db_latest.server.password, secret)
+    proc = cdc(*args, "--debug")
+    assert proc.returncode != 0
+    assert secret not in proc.stdout + proc.stderr
+    line = error_line(cdc(*args))
+    assert "password authentication failed" in line and secret not in line
+
+
+def test_preconditions_on_a_database(db: TestDb, broker: BrokerHandle, prefix: str, tmp_path: Path) -> None:
+    db.execute("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)")
+    base = start_args(db, broker, prefix, tmp_path, "pre")
+
+    assert "table public.nope does not exist" in error_line(cdc(*base, "--tables", "public.nope"))
+
+    db.execute("CREATE PUBLICATION only_a FOR TABLE a")
+    line = error_line(cdc(*base, "--tables", "a,b", "--publication", "only_a"))
+    assert "does not publish public.b" in line and "ALTER PUBLICATION" in line
+
+    db.execute("CREATE ROLE plain LOGIN PASSWORD 'plainpw'")
+    plain = [*base]
+    plain[plain.index("--dsn") + 1] = db.dsn.replace("user=postgres", "user=plain").replace(
+        db.server.password, "plainpw"
+    )
+    assert "lacks REPLICATION" in error_line(cdc(*plain))
+    db.execute("ALTER ROLE plain NOLOGIN REPLICATION")
+    assert "lacks LOGIN" in error_line(cdc(*plain))
+
+    db.execute("SELECT pg_create_logical_replication_slot('other_plugin', 'test_decoding')")
+    assert "not pgoutput" in error_line(cdc(*base, "--slot", "other_plugin"))
+
+    with ReplicationConnection(db.dsn) as holder:
+        holder.create_slot("busy")
+        holder.start("busy", "only_a")
+        line = error_line(cdc(*base, "--slot", "busy", "--publication", "only_a"))
+    assert "active in process" in line and "another connector" in line
+
+
+@pytest.fixture(scope="module")
+def replica_server(make_server: Any) -> PostgresServer:
+    server: PostgresServer = make_server({"wal_level": "replica"})
+    return server
+
+
+@pytest.fixture(scope="module")
+def one_slot_server(make_server: Any) -> PostgresServer:
+    server: PostgresServer = make_server({"max_replication_slots": "1", "max_wal_senders": "5"})
+    return server
+
+
+def test_wal_level_must_be_logical(
+    replica_server: PostgresServer, broker: BrokerHandle, tmp_path: Path
+) -> None:
+    proc = cdc("start", "--dsn", replica_server.dsn(), "--bootstrap-servers", broker.bootstrap_servers,
+               "--state-dir", str(tmp_path), "--snapshot", "never")  # fmt: skip
+    line = error_line(proc)
+    assert "wal_level is 'replica'" in line and "ALTER SYSTEM SET wal_level = logical" in line
+
+
+def test_slots_exhausted(one_slot_server: PostgresServer, broker: BrokerHandle, tmp_path: Path) -> None:
+    with psycopg.connect(one_slot_server.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot('taken', 'pgoutput')")
+    proc = cdc("start", "--dsn", one_slot_server.dsn(), "--bootstrap-servers", broker.bootstrap_servers,
+               "--state-dir", str(tmp_path), "--snapshot", "never")  # fmt: skip
+    assert "max_replication_slots (1) exhausted" in error_line(proc)
+
+
+def test_broker_unreachable_at_start(db_latest: TestDb, prefix: str, tmp_path: Path) -> None:
+    args = start_args(db_latest, BrokerHandle("127.0.0.1:9"), prefix, tmp_path, "nobroker")
+    line = error_line(cdc(*args, "--producer-config", "bootstrap_timeout_ms=2000", timeout=120))
+    assert "cannot reach the broker at 127.0.0.1:9" in line and "--bootstrap-servers" in line
