@@ -1,0 +1,106 @@
+"""The checkpoint invariant under lost connections: nothing confirmed that Kafka does not hold."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from cdc.devservers import Broker, PostgresServer
+from cdc.pgoutput import parse_lsn
+from tests.fix_servers import BrokerHandle, TestDb, new_db, wait_until
+from tests.pipeline import read_topics, running, settings_for, wait_caught_up
+
+#: fail fast while the broker is gone, so the test sees the reconnect loop in seconds
+FAST_FAILING_PRODUCER = {
+    "delivery_timeout_ms": "4000",
+    "request_timeout_ms": "1500",
+    "max_block_ms": "3000",
+    "bootstrap_timeout_ms": "2000",
+    "reconnect_backoff_max_ms": "500",
+}
+
+
+def slot_confirmed(db: TestDb, slot: str) -> int:
+    text = db.scalar(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+    )
+    return parse_lsn(text)
+
+
+def test_broker_outage_confirms_nothing_unacknowledged(
+    db_latest: TestDb, own_broker: Broker, prefix: str, state_dir: Path
+) -> None:
+    db = db_latest
+    db.execute("CREATE TABLE items (id int PRIMARY KEY, batch text)")
+    settings = settings_for(
+        db, own_broker.bootstrap_servers, prefix, state_dir,
+        producer_configs=FAST_FAILING_PRODUCER, reconnect_max_seconds=1.0,
+    )  # fmt: skip
+    topic = f"{prefix}.public.items"
+    with running(settings) as run:
+        db.execute("INSERT INTO items SELECT g, 'a' FROM generate_series(1, 100) g")
+        wait_caught_up(db, run)
+
+        own_broker.stop()
+        before_b = parse_lsn(db.scalar("SELECT pg_current_wal_lsn()::text"))
+        db.execute("INSERT INTO items SELECT g, 'b' FROM generate_series(101, 200) g")
+        wait_until(
+            lambda: run.connector.stats.state == "reconnecting", timeout=60, message="a failed delivery"
+        )
+        for _ in range(3):  # a few rounds of the reconnect loop, still without a broker
+            assert slot_confirmed(db, settings.slot) <= before_b
+            offsets = orjson.loads((settings.instance_dir / "offsets.json").read_bytes())
+            assert parse_lsn(offsets["lsn"]) <= before_b
+            wait_until(lambda: run.connector.stats.sessions >= 2, timeout=30, message="a retry")
+
+        own_broker.start()  # same port, empty: Tansu keeps nothing across restarts
+        wait_caught_up(db, run, timeout=90)
+        assert slot_confirmed(db, settings.slot) > before_b
+    ids = {r.key["id"] for r in read_topics(own_broker.bootstrap_servers, [topic]) if r.value}
+    assert set(range(101, 201)) <= ids, "batch b was confirmed without being in Kafka"
+
+
+def test_walsender_terminated_reconnects(
+    db: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path
+) -> None:
+    db.execute("CREATE TABLE items (id int PRIMARY KEY)")
+    settings = settings_for(db, broker.bootstrap_servers, prefix, state_dir)
+    with running(settings) as run:
+        db.execute("INSERT INTO items SELECT generate_series(1, 50)")
+        wait_caught_up(db, run)
+        for round_ in range(2):
+            db.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s",
+                (settings.slot,),
+            )
+            db.execute(
+                "INSERT INTO items SELECT generate_series(%s::int, %s::int)",
+                (100 * (round_ + 1), 100 * (round_ + 1) + 49),
+            )
+            wait_caught_up(db, run)
+        assert run.connector.stats.sessions >= 3
+    ids = [r.key["id"] for r in read_topics(broker.bootstrap_servers, [f"{prefix}.public.items"])]
+    assert set(ids) == set(range(1, 51)) | set(range(100, 150)) | set(range(200, 250))
+
+
+def test_postgres_restart_reconnects(
+    make_server: Callable[[dict[str, str]], PostgresServer],
+    broker: BrokerHandle,
+    prefix: str,
+    state_dir: Path,
+) -> None:
+    server = make_server({})
+    db = new_db(server)
+    db.execute("CREATE TABLE items (id int PRIMARY KEY)")
+    settings = settings_for(db, broker.bootstrap_servers, prefix, state_dir, reconnect_max_seconds=1.0)
+    with running(settings) as run:
+        db.execute("INSERT INTO items SELECT generate_series(1, 50)")
+        wait_caught_up(db, run)
+        for mode, first in (("fast", 100), ("immediate", 200)):
+            server.restart(mode)
+            db.execute("INSERT INTO items SELECT generate_series(%s::int, %s::int)", (first, first + 49))
+            wait_caught_up(db, run, timeout=90)
+    ids = {r.key["id"] for r in read_topics(broker.bootstrap_servers, [f"{prefix}.public.items"])}
+    assert ids == set(range(1, 51)) | set(range(100, 150)) | set(range(200, 250))
