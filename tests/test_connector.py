@@ -7,6 +7,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from kafka import KafkaAdminClient
+
 from tests.fix_servers import BrokerHandle, TestDb, wait_until
 from tests.pipeline import read_topics, rebuild, running, settings_for, source_rows, wait_caught_up
 
@@ -217,3 +219,38 @@ def test_idle_publication_does_not_pin_wal(
         # about 16 MB of noise was written; the slot must not hold it back
         wait_until(lambda: 0 <= retained() < 2 * 1024 * 1024, timeout=30, message="the slot to release WAL")
         assert written is not None
+
+
+def test_schema_change_and_topic_settings(
+    db: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path
+) -> None:
+    db.execute("CREATE TABLE items (id int PRIMARY KEY, label text)")
+    settings = settings_for(
+        db, broker.bootstrap_servers, prefix, state_dir,
+        topic_partitions=3, topic_configs={"retention.ms": "3600000"}, messages=False,
+    )  # fmt: skip
+    with running(settings) as run:
+        db.execute("INSERT INTO items SELECT g, 'v1' FROM generate_series(1, 30) g")
+        db.execute("ALTER TABLE items ADD COLUMN price int DEFAULT 7")
+        db.execute("UPDATE items SET label = 'v2' WHERE id <= 30")
+        db.execute("ALTER TABLE items DROP COLUMN label")
+        db.execute("INSERT INTO items VALUES (31, 8)")
+        db.execute("SELECT pg_logical_emit_message(true, 'ignored', 'x')")
+        wait_caught_up(db, run)
+    topic = f"{prefix}.public.items"
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    try:
+        described = admin.describe_topics([topic])
+    finally:
+        admin.close()
+    assert len(described[0]["partitions"]) == 3
+    records = read_topics(broker.bootstrap_servers, [topic])
+    assert {r.partition for r in records} != {0}, "keys should spread over the partitions"
+    partition_of: dict[int, int] = {}
+    for r in records:  # every change of one row stays in one partition
+        assert partition_of.setdefault(r.key["id"], r.partition) == r.partition
+    shapes = {tuple(r.value["after"]) for r in records if r.value}
+    assert shapes == {("id", "label"), ("id", "label", "price"), ("id", "price")}
+    updated = [r.value["after"] for r in records if r.value and r.value["op"] == "u"]
+    assert len(updated) == 30 and all(a["price"] == 7 and a["label"] == "v2" for a in updated)
+    assert records and all(not r.topic.endswith(".messages") for r in records)
