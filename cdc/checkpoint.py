@@ -31,13 +31,15 @@ STATE_VERSION = 1
 class InFlight:
     """One transaction (or non-transactional message) whose events are not all acknowledged."""
 
-    __slots__ = ("commit_lsn", "end_lsn", "failed", "pending")
+    __slots__ = ("commit_lsn", "commit_ts_ms", "done_at", "end_lsn", "failed", "pending")
 
-    def __init__(self, commit_lsn: int) -> None:
+    def __init__(self, commit_lsn: int, commit_ts_ms: int = 0) -> None:
         self.commit_lsn = commit_lsn
+        self.commit_ts_ms = commit_ts_ms
         self.end_lsn = 0  # set by Commit; 0 while the transaction is still arriving
         self.pending = 0
         self.failed = False
+        self.done_at = 0.0  # wall clock when the last event was acknowledged after Commit
 
 
 class Tracker:
@@ -46,15 +48,19 @@ class Tracker:
     def __init__(self, confirmed: int = 0) -> None:
         self.entries: deque[InFlight] = deque()
         self.confirmed = confirmed
+        #: commit-to-acknowledgement times (ms) of recent transactions
+        self.latencies: deque[float] = deque(maxlen=4096)
 
-    def begin(self, commit_lsn: int) -> InFlight:
-        entry = InFlight(commit_lsn)
+    def begin(self, commit_lsn: int, commit_ts_ms: int = 0) -> InFlight:
+        entry = InFlight(commit_lsn, commit_ts_ms)
         self.entries.append(entry)
         return entry
 
     @staticmethod
     def commit(entry: InFlight, end_lsn: int) -> None:
         entry.end_lsn = end_lsn
+        if not entry.pending:
+            entry.done_at = time.time()
 
     def safe_lsn(self) -> int:
         """The highest LSN that every acknowledged prefix of transactions allows."""
@@ -62,6 +68,8 @@ class Tracker:
         while entries and entries[0].end_lsn and not entries[0].pending:
             done = entries.popleft()
             self.confirmed = max(self.confirmed, done.end_lsn)
+            if done.commit_ts_ms and done.done_at:
+                self.latencies.append(done.done_at * 1000 - done.commit_ts_ms)
         return self.confirmed
 
     def idle(self) -> bool:

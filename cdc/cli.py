@@ -96,7 +96,10 @@ def start(
     messages: Annotated[
         bool | None, typer.Option("--messages/--no-messages", help="Stream pg_logical_emit_message.")
     ] = None,
-    producer: Annotated[str | None, typer.Option("--producer", help="kafka-python | confluent")] = None,
+    producer: Annotated[
+        str | None,
+        typer.Option("--producer", help="auto | kafka-python | confluent (auto: confluent when installed)"),
+    ] = None,
     topic_partitions: Annotated[
         int | None, typer.Option("--topic-partitions", help="Partitions of new topics.")
     ] = None,

@@ -20,7 +20,7 @@ from cdc.errors import ConfigError
 
 SnapshotMode = Literal["initial", "never", "initial-only"]
 Format = Literal["avro", "json"]
-ProducerKind = Literal["kafka-python", "confluent"]
+ProducerKind = Literal["auto", "kafka-python", "confluent"]
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -52,7 +52,7 @@ class Settings:
     topic_partitions: int = 1
     topic_replication_factor: int = -1  # -1: the broker's default
     topic_configs: dict[str, str] = field(default_factory=dict)
-    producer: ProducerKind = "kafka-python"
+    producer: ProducerKind = "auto"  # confluent-kafka when installed, else kafka-python
     producer_configs: dict[str, str] = field(default_factory=dict)
     max_buffer_mb: int = 64
     snapshot_workers: int = 2

@@ -16,7 +16,7 @@ import logging
 import struct
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +81,9 @@ class Stats:
     sessions: int = 0
     last_error: str = ""
     started_at: float = field(default_factory=time.time)
+    first_event_at: float = 0.0  # wall clock of the first change read from the slot
+    last_ack_at: float = 0.0  # wall clock of the latest acknowledgement from Kafka
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -94,7 +97,22 @@ class Stats:
             "sessions": self.sessions,
             "last_error": self.last_error,
             "started_at": self.started_at,
+            "first_event_at": self.first_event_at,
+            "last_ack_at": self.last_ack_at,
+            "latency_ms": _percentiles(self.latencies),
         }
+
+
+def _percentiles(samples: deque[float]) -> dict[str, float | int]:
+    """p50/p99 commit-to-acknowledgement over the recent transactions."""
+    ordered = sorted(samples)
+    if not ordered:
+        return {"samples": 0}
+    return {
+        "p50": round(ordered[len(ordered) // 2], 1),
+        "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 1),
+        "samples": len(ordered),
+    }
 
 
 @dataclass(slots=True)
@@ -246,6 +264,7 @@ class _Session:
         self.serializer = connector.serializer
         self.decoder = Decoder()
         self.tracker = Tracker(confirmed=offsets.lsn)
+        self.tracker.latencies = self.stats.latencies
         self.tables: dict[int, _TableState] = {}
         self.versions: dict[str, tuple[Table, int]] = {}
         self.txn: Transaction | None = None
@@ -293,7 +312,8 @@ class _Session:
                     force = force or keepalive.reply_requested
                     break
                 frame = repl.read(0)
-            self.producer.poll()
+            if self.producer.poll():
+                self.stats.last_ack_at = time.time()
             now = time.monotonic()
             if force or now >= next_status:
                 self._confirm(force=force)
@@ -305,7 +325,8 @@ class _Session:
         self.stats.state = "stopping"
         if not self.producer.flush(30):
             log.warning("kafka did not acknowledge everything within 30 s; confirming only what it did")
-        self.producer.poll()
+        if self.producer.poll():
+            self.stats.last_ack_at = time.time()
         self._confirm(force=True)
         log.info("stopped at %s", format_lsn(self.offsets.lsn))
 
@@ -346,7 +367,9 @@ class _Session:
         elif kind is Begin:
             assert isinstance(message, Begin)
             self.txn = Transaction(message.xid, message.final_lsn, pg_ts_to_ms(message.commit_ts))
-            self.entry = self.tracker.begin(message.final_lsn)
+            self.entry = self.tracker.begin(message.final_lsn, self.txn.commit_ts_ms)
+            if not self.stats.first_event_at:
+                self.stats.first_event_at = time.time()
         elif kind is Commit:
             assert isinstance(message, Commit)
             if self.entry is None:

@@ -53,8 +53,12 @@ class _Deliveries:
     def apply(self) -> int:
         acked = self.acked
         n = 0
+        now = time.time() if acked else 0.0
         while acked:
-            acked.popleft().pending -= 1
+            entry = acked.popleft()
+            entry.pending -= 1
+            if not entry.pending and entry.end_lsn:
+                entry.done_at = now
             n += 1
         if self.failures:
             token, error = self.failures[0]
@@ -229,6 +233,8 @@ class ConfluentProducer:
             "message.timeout.ms": 120_000,
             "message.max.bytes": 16 * 1024 * 1024,
             "error_cb": self._on_error,
+            # librdkafka's own log lines go through Python logging, not raw stderr
+            "logger": logging.getLogger("cdc.kafka.librdkafka"),
         }
         config.update(overrides or {})
         self.bootstrap_servers = bootstrap_servers
@@ -239,6 +245,15 @@ class ConfluentProducer:
             self.producer = confluent_kafka.Producer(config)
         except confluent_kafka.KafkaException as exc:
             raise ConfigError(f"invalid producer setting: {exc}") from None
+        try:
+            # librdkafka connects lazily: ask for metadata so a wrong address fails now
+            self.producer.list_topics(timeout=10)
+        except confluent_kafka.KafkaException as exc:
+            raise SinkError(
+                f"cannot reach the broker at {bootstrap_servers}: {exc.args[0] if exc.args else exc}; "
+                "is it running? fix --bootstrap-servers",
+                retriable=True,
+            ) from None
         self.admin: Any = None
 
     def _on_error(self, error: Any) -> None:
@@ -307,7 +322,11 @@ class ConfluentProducer:
             configs = {**configs, "cleanup.policy": "compact"}
             partitions = 1
         if self.admin is None:
-            self.admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+            admin_config: dict[str, Any] = {
+                "bootstrap.servers": self.bootstrap_servers,
+                "logger": logging.getLogger("cdc.kafka.librdkafka"),
+            }
+            self.admin = AdminClient(admin_config)
         futures = self.admin.create_topics(
             [NewTopic(topic, partitions, replication, config=configs)], request_timeout=30
         )
@@ -340,6 +359,17 @@ def _typed(overrides: dict[str, str]) -> dict[str, Any]:
     return typed
 
 
+def resolve_producer_kind(kind: str) -> str:
+    """``auto`` means confluent-kafka (librdkafka) when it is installed, else kafka-python."""
+    if kind != "auto":
+        return kind
+    try:
+        import confluent_kafka  # noqa: F401, PLC0415
+    except ImportError:
+        return "kafka-python"
+    return "confluent"
+
+
 def make_producer(
     kind: str,
     bootstrap_servers: str,
@@ -351,7 +381,7 @@ def make_producer(
     overrides: dict[str, str] | None = None,
 ) -> Producer:
     cls: type[KafkaPythonProducer] | type[ConfluentProducer]
-    cls = ConfluentProducer if kind == "confluent" else KafkaPythonProducer
+    cls = ConfluentProducer if resolve_producer_kind(kind) == "confluent" else KafkaPythonProducer
     return cls(
         bootstrap_servers,
         client_id,

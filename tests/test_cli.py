@@ -184,7 +184,13 @@ def test_slots_exhausted(one_slot_server: PostgresServer, broker: BrokerHandle, 
     assert "max_replication_slots (1) exhausted" in error_line(proc)
 
 
-def test_broker_unreachable_at_start(db_latest: TestDb, prefix: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "producer", [["--producer", "kafka-python", "--producer-config", "bootstrap_timeout_ms=2000"],
+                 ["--producer", "confluent"]], ids=["kafka-python", "confluent"]
+)  # fmt: skip
+def test_broker_unreachable_at_start(
+    db_latest: TestDb, prefix: str, tmp_path: Path, producer: list[str]
+) -> None:
     args = start_args(db_latest, BrokerHandle("127.0.0.1:9"), prefix, tmp_path, "nobroker")
-    line = error_line(cdc(*args, "--producer-config", "bootstrap_timeout_ms=2000", timeout=120))
+    line = error_line(cdc(*args, *producer, timeout=120))
     assert "cannot reach the broker at 127.0.0.1:9" in line and "--bootstrap-servers" in line

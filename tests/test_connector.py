@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kafka import KafkaAdminClient
 
 from tests.fix_servers import BrokerHandle, TestDb, wait_until
@@ -62,9 +63,15 @@ def workload(db: TestDb) -> None:
         conn.execute("UPDATE orders SET status = 'shipped' WHERE id BETWEEN 150 AND 199")
 
 
-def test_stream_rebuilds_tables(db: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path) -> None:
+PRODUCERS = pytest.mark.parametrize("producer", ["kafka-python", "confluent"])
+
+
+@PRODUCERS
+def test_stream_rebuilds_tables(
+    db: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path, producer: str
+) -> None:
     db.execute(SCHEMA)
-    settings = settings_for(db, broker.bootstrap_servers, prefix, state_dir)
+    settings = settings_for(db, broker.bootstrap_servers, prefix, state_dir, producer=producer)
     with running(settings) as run:
         workload(db)
         wait_caught_up(db, run)
@@ -140,9 +147,12 @@ def test_truncate_and_envelope(db: TestDb, broker: BrokerHandle, prefix: str, st
     assert records[2].key == {"prefix": "outbox"}
 
 
-def test_restart_repeats_nothing(db: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path) -> None:
+@PRODUCERS
+def test_restart_repeats_nothing(
+    db: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path, producer: str
+) -> None:
     db.execute(SCHEMA)
-    settings = settings_for(db, broker.bootstrap_servers, prefix, state_dir)
+    settings = settings_for(db, broker.bootstrap_servers, prefix, state_dir, producer=producer)
     for batch in range(3):
         with running(settings) as run:
             with db.connect() as conn:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import pytest
 
 from cdc.devservers import Broker, PostgresServer
 from cdc.pgoutput import parse_lsn
@@ -14,11 +15,18 @@ from tests.pipeline import read_topics, running, settings_for, wait_caught_up
 
 #: fail fast while the broker is gone, so the test sees the reconnect loop in seconds
 FAST_FAILING_PRODUCER = {
-    "delivery_timeout_ms": "4000",
-    "request_timeout_ms": "1500",
-    "max_block_ms": "3000",
-    "bootstrap_timeout_ms": "2000",
-    "reconnect_backoff_max_ms": "500",
+    "kafka-python": {
+        "delivery_timeout_ms": "4000",
+        "request_timeout_ms": "1500",
+        "max_block_ms": "3000",
+        "bootstrap_timeout_ms": "2000",
+        "reconnect_backoff_max_ms": "500",
+    },
+    "confluent": {
+        "message.timeout.ms": "4000",
+        "socket.timeout.ms": "1500",
+        "reconnect.backoff.max.ms": "500",
+    },
 }
 
 
@@ -29,14 +37,15 @@ def slot_confirmed(db: TestDb, slot: str) -> int:
     return parse_lsn(text)
 
 
+@pytest.mark.parametrize("producer", ["kafka-python", "confluent"])
 def test_broker_outage_confirms_nothing_unacknowledged(
-    db_latest: TestDb, own_broker: Broker, prefix: str, state_dir: Path
+    db_latest: TestDb, own_broker: Broker, prefix: str, state_dir: Path, producer: str
 ) -> None:
     db = db_latest
     db.execute("CREATE TABLE items (id int PRIMARY KEY, batch text)")
     settings = settings_for(
-        db, own_broker.bootstrap_servers, prefix, state_dir,
-        producer_configs=FAST_FAILING_PRODUCER, reconnect_max_seconds=1.0,
+        db, own_broker.bootstrap_servers, prefix, state_dir, producer=producer,
+        producer_configs=FAST_FAILING_PRODUCER[producer], reconnect_max_seconds=1.0,
     )  # fmt: skip
     topic = f"{prefix}.public.items"
     with running(settings) as run:
