@@ -1,0 +1,64 @@
+"""The producers against a real broker: acknowledgements reach their tokens, the buffer stays bounded."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+
+import pytest
+
+from cdc.checkpoint import InFlight
+from cdc.devservers import Broker
+from cdc.kafka import make_producer
+from tests.fix_servers import BrokerHandle, wait_until
+
+PRODUCERS = pytest.mark.parametrize("kind", ["kafka-python", "confluent"])
+
+
+@PRODUCERS
+def test_acks_reach_their_tokens(broker: BrokerHandle, kind: str) -> None:
+    producer = make_producer(kind, broker.bootstrap_servers, "test", max_buffer_mb=8)
+    topic = "acks-" + secrets.token_hex(4)
+    try:
+        producer.ensure_topic(topic)
+        producer.ensure_topic(topic)  # the second call is a no-op
+        first, second = InFlight(1), InFlight(2)
+        for i in range(500):
+            producer.send(topic, str(i).encode(), b"v" * 100, first if i < 300 else second)
+        assert first.pending + second.pending == 500  # counted at send time, applied by poll()
+        assert producer.flush(30)
+        wait_until(lambda: producer.poll() >= 0 and first.pending == 0 and second.pending == 0, timeout=30)
+        assert not first.failed and not second.failed
+    finally:
+        producer.close()
+
+
+@PRODUCERS
+def test_buffer_is_bounded_while_the_broker_stalls(own_broker: Broker, kind: str) -> None:
+    overrides = {"queue.buffering.max.kbytes": "1024"} if kind == "confluent" else {}
+    producer = make_producer(kind, own_broker.bootstrap_servers, "test", max_buffer_mb=1, overrides=overrides)
+    topic = "bounded-" + secrets.token_hex(4)
+    token = InFlight(1)
+    sent = [0]
+    try:
+        producer.ensure_topic(topic)
+        own_broker.pause()  # SIGSTOP: connections stay open, nothing is acknowledged
+
+        def produce() -> None:
+            for i in range(20_000):  # 20 MB, twenty times the buffer
+                producer.send(topic, str(i).encode(), b"x" * 1000, token)
+                sent[0] += 1
+
+        thread = threading.Thread(target=produce, daemon=True)
+        thread.start()
+        thread.join(5)
+        assert thread.is_alive(), "send() never blocked: the buffer is not bounded"
+        assert sent[0] < 5_000, f"{sent[0]} records queued into a 1 MB buffer"
+        own_broker.resume()
+        thread.join(120)
+        assert not thread.is_alive() and sent[0] == 20_000
+        assert producer.flush(60)
+        wait_until(lambda: producer.poll() >= 0 and token.pending == 0, timeout=60)
+    finally:
+        own_broker.resume()
+        producer.close()
