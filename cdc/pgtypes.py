@@ -369,7 +369,10 @@ def _array_parser(element: Parse, delimiter: bytes) -> Parse:
         if body[0] == 0x7B:  # several dimensions: keep the exact text
             return value.decode()
         if 0x22 not in body:  # no quoted element: split
-            return [None if e == b"NULL" else element(e) for e in body.split(delimiter)]
+            parts = body.split(delimiter)
+            if b"" in parts:  # the server quotes empty strings
+                raise ValueError("empty unquoted array element")
+            return [None if e == b"NULL" else element(e) for e in parts]
         out: list[Any] = []
         pos, end = 0, len(body)
         while True:
@@ -383,6 +386,8 @@ def _array_parser(element: Parse, delimiter: bytes) -> Parse:
                 stop = body.find(delimiter, pos)
                 stop = end if stop < 0 else stop
                 token = body[pos:stop]
+                if not token:
+                    raise ValueError("empty unquoted array element")
                 out.append(None if token == b"NULL" else element(token))
                 pos = stop
             if pos == end:
