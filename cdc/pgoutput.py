@@ -140,8 +140,11 @@ TRUNCATE_RESTART_IDENTITY: Final = 2
 
 
 # -- messages -------------------------------------------------------------------------
-# `xid` on change messages is the streamed transaction's id inside a stream
-# block (protocol >= 2) and None otherwise.
+# `xid` on Relation, Type, Message and change messages is set only inside a
+# stream block (protocol >= 2): the xid of the (sub)transaction that made the
+# change, as the server sends it. The top-level transaction is the enclosing
+# StreamStart's xid; a StreamAbort whose subxid differs from its xid discards
+# only that subtransaction's changes. Outside stream blocks it is None.
 
 
 @dataclass(slots=True)

@@ -599,12 +599,10 @@ _MAX_DEPTH: Final = 16  # domains of arrays of domains ...: far beyond real sche
 _WARNED: set[int] = set()
 
 
-def _warn_once(oid: int, what: str) -> None:
+def _warn_once(oid: int) -> None:
     if oid not in _WARNED:
         _WARNED.add(oid)
-        log.warning(
-            "no converter for type %s (oid %s): its values are streamed as their text output", what, oid
-        )
+        log.warning("unknown type oid %s: its values are streamed as their text output", oid)
 
 
 def numeric_typmod(typmod: int) -> tuple[int, int] | None:
@@ -675,7 +673,7 @@ def column_type(oid: int, typmod: int = -1, catalog: TypeCatalog | None = None) 
         return built
     if catalog is not None:
         return catalog.column_type(oid, typmod)
-    _warn_once(oid, f"oid {oid}")
+    _warn_once(oid)
     return _string_type(oid, typmod, f"oid {oid}")
 
 
@@ -823,7 +821,7 @@ class TypeCatalog:
             return builtin
         info = self.info(oid) if depth < _MAX_DEPTH else None
         if info is None:
-            _warn_once(oid, f"oid {oid}")
+            _warn_once(oid)
             return _string_type(oid, typmod, f"oid {oid}")
         name = info.qualified_name
         if info.typtype == "d":
