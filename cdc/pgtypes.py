@@ -285,7 +285,12 @@ def _timestamp(value: bytes) -> int | str:
     # fast path: "YYYY-MM-DD HH:MM:SS[.ffffff]" of a date seen before
     days = _DAYS_CACHE.get(value[:10])
     size = len(value)
-    if days is not None and (size == 19 or 21 <= size <= 26) and value[13] == value[16] == 0x3A:
+    if (
+        days is not None
+        and (size == 19 or 21 <= size <= 26)
+        and value[10] == 0x20
+        and value[13] == value[16] == 0x3A
+    ):
         us = (
             days * 86_400 + int(value[11:13]) * 3600 + int(value[14:16]) * 60 + int(value[17:19])
         ) * 1_000_000
@@ -300,7 +305,7 @@ def _timestamptz(value: bytes) -> int | str:
     # fast path: "YYYY-MM-DD HH:MM:SS[.ffffff]+00" (UTC) of a date seen before
     days = _DAYS_CACHE.get(value[:10])
     size = len(value)
-    if days is not None and value[-3:] == b"+00" and value[13] == value[16] == 0x3A:
+    if days is not None and value[-3:] == b"+00" and value[10] == 0x20 and value[13] == value[16] == 0x3A:
         us = (
             days * 86_400 + int(value[11:13]) * 3600 + int(value[14:16]) * 60 + int(value[17:19])
         ) * 1_000_000

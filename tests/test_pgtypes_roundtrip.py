@@ -47,7 +47,7 @@ from tests.pgstream import SlotReader
 from tests.typecheck import avro_round_trip, renders_as_json, same
 
 EXAMPLES = settings(
-    max_examples=25,
+    max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     derandomize=False,
