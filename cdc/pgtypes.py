@@ -102,7 +102,11 @@ _PLACEHOLDER_KINDS: Final = frozenset({"numeric", "decimal", "text", "json", "ar
 class ColumnType:
     """How one column's values are converted, encoded and rendered.
 
-    ``kind`` names the converter family (see `KINDS`); ``element`` is the
+    ``parse`` takes the server's text output (bytes) and returns the wire
+    value; on text that is not that output it raises only `PARSE_ERRORS`
+    (ValueError, TypeError, ArithmeticError). ``render`` takes a wire value
+    and returns its JSON rendering. ``kind`` names the converter family
+    (see `KINDS`); ``element`` is the
     element's ColumnType for arrays; ``delimiter`` separates array elements in
     the text output of this type (``;`` for box, ``,`` otherwise).
     """
@@ -187,10 +191,12 @@ def format_year(year: int) -> str:
 _text: Final[Parse] = bytes.decode  # UTF-8, strict
 
 
-_BOOLS: Final = {b"t": True, b"f": False}
-
-
-_bool: Final[Parse] = _BOOLS.__getitem__  # KeyError for anything but t / f
+def _bool(value: bytes) -> bool:
+    if value == b"t":
+        return True
+    if value == b"f":
+        return False
+    raise ValueError("bool output is t or f")
 
 
 _float: Final[Parse] = float  # takes bytes; reads "NaN", "Infinity", "-Infinity", "-0"
@@ -305,7 +311,13 @@ def _timestamptz(value: bytes) -> int | str:
     # fast path: "YYYY-MM-DD HH:MM:SS[.ffffff]+00" (UTC) of a date seen before
     days = _DAYS_CACHE.get(value[:10])
     size = len(value)
-    if days is not None and value[-3:] == b"+00" and value[10] == 0x20 and value[13] == value[16] == 0x3A:
+    if (
+        days is not None
+        and size >= 22
+        and value[-3:] == b"+00"
+        and value[10] == 0x20
+        and value[13] == value[16] == 0x3A
+    ):
         us = (
             days * 86_400 + int(value[11:13]) * 3600 + int(value[14:16]) * 60 + int(value[17:19])
         ) * 1_000_000
@@ -323,7 +335,7 @@ def _timestamp_us(value: bytes, tz: bool) -> int | str:
     """
     head = value[:10]
     days = _DAYS_CACHE.get(head)
-    if days is not None and value[10] == 0x20 and value[-1] != 0x43:  # not " BC"
+    if days is not None and len(value) > 19 and value[10] == 0x20 and value[-1] != 0x43:  # not " BC"
         rest = value[11:]
     else:
         if value == b"infinity":
@@ -861,7 +873,8 @@ def _not_text(value: ColumnValue) -> Any:
     raise DecodeError(f"TupleData: not a column value: {type(value).__name__}")
 
 
-_PARSE_ERRORS: Final = (ValueError, TypeError, KeyError, IndexError, ArithmeticError)
+#: What a ``parse`` function raises for text that is not its type's output (and nothing else).
+PARSE_ERRORS: Final = (ValueError, TypeError, ArithmeticError)
 
 
 def row_parser(types: Sequence[ColumnType]) -> RowParser:
@@ -881,7 +894,7 @@ def row_parser(types: Sequence[ColumnType]) -> RowParser:
             return [
                 p(v) if v.__class__ is bytes else _not_text(v) for p, v in zip(parsers, values, strict=False)
             ]
-        except _PARSE_ERRORS as exc:
+        except PARSE_ERRORS as exc:
             raise _row_error(types, values) from exc
 
     return parse
@@ -892,7 +905,7 @@ def _row_error(types: Sequence[ColumnType], values: Sequence[ColumnValue]) -> De
         if value.__class__ is bytes:
             try:
                 column.parse(value)
-            except _PARSE_ERRORS as exc:
+            except PARSE_ERRORS as exc:
                 return DecodeError(
                     f"TupleData column {index} ({column.name}): {len(value)} bytes that are not "
                     f"its text output ({type(exc).__name__}); are the session settings of "

@@ -39,7 +39,7 @@ from cdc.pgoutput import (
     Update,
     decode_copy_data,
 )
-from cdc.pgtypes import RowParser, column_type, row_parser
+from cdc.pgtypes import BUILTIN_ARRAYS, BUILTIN_NAMES, PARSE_ERRORS, RowParser, column_type, row_parser
 from tests.fix_servers import new_db
 from tests.pgstream import SlotReader
 
@@ -267,4 +267,43 @@ def test_random_bytes_after_a_tag(tag: int, body: bytes, in_stream: bool) -> Non
         assert exc.kind and 0 <= exc.offset <= len(payload)
     with contextlib.suppress(DecodeError):
         decode_copy_data(payload)
+    assert time.perf_counter() - start < 0.05
+
+
+_OUTPUTS = [
+    b"t", b"-12", b"1.5e+300", b"NaN", b"-0.50", b"\\x00ff", b"2024-02-29", b"0044-03-15 BC", b"24:00:00",
+    b"12:00:00.5+05:30:15", b"2024-01-01 12:34:56.789+00", b"294276-12-31 23:59:59.999999 BC",
+    b"P1Y-2DT3.5S", b'{"a\\"b",NULL,{1}}', b"[0:1]={1,2}", b"infinity",
+    b"2024-01-01+00", b"2024-01-01 1:+00", b"2024-01-01 BC", b"2024-01-01",  # date seen before, odd rest
+]  # fmt: skip
+_NUMERIC_TYPMOD = (10 << 16 | 2) + 4
+
+
+def _mutated_output(draw: st.DrawFn) -> bytes:
+    base = bytearray(draw(st.sampled_from(_OUTPUTS)))
+    for _ in range(draw(st.integers(0, 3))):
+        if base and draw(st.booleans()):
+            del base[draw(st.integers(0, len(base) - 1))]
+        else:
+            base.insert(draw(st.integers(0, len(base))), draw(st.sampled_from(b' -+.:{}",0129TZBC\xff')))
+    return bytes(base)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.sampled_from(sorted(BUILTIN_NAMES) + sorted(BUILTIN_ARRAYS)),
+    st.booleans(),
+    st.one_of(st.binary(max_size=40), st.composite(_mutated_output)()),
+)
+def test_parsers_raise_only_parse_errors(oid: int, typmod: bool, text: bytes) -> None:
+    column = column_type(oid, _NUMERIC_TYPMOD if typmod and oid in (1700, 1231) else -1)
+    column_type(1184).parse(b"2024-01-01 12:34:56.789+00")  # the date is cached: fast paths engage
+    start = time.perf_counter()
+    try:
+        wire = column.parse(text)
+    except PARSE_ERRORS:
+        pass
+    else:
+        if wire is not None:
+            column.render(wire)  # what parses also renders
     assert time.perf_counter() - start < 0.05
