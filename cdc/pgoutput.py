@@ -5,6 +5,9 @@ Pure: no I/O, no psycopg. `Decoder` keeps the only state the protocol needs
 follow the PostgreSQL manual, "Logical Replication Message Formats" and
 "Streaming Replication Protocol". Anything that does not parse raises
 `DecodeError` naming the message kind and byte offset; nothing is skipped.
+Also errors, not guesses: a change for a relation whose Relation message was
+not seen, a tuple whose width differs from the cached relation's, a
+transaction message inside a stream block.
 
 Tuple values stay as the server sent them: ``None`` (null), `UNCHANGED`
 (an unchanged TOASTed value the server did not send), ``bytes`` (text

@@ -44,7 +44,12 @@ prepends ``"null"`` for nullable columns and flattens the union.
 The replication and snapshot connections set the session output settings of
 `cdc.replication.OUTPUT_SETTINGS` (UTC, ISO dates, iso_8601 intervals, hex
 bytea, extra_float_digits=3); the parsers rely on them and reject text that
-does not match (``ValueError``, which `row_parser` turns into `DecodeError`).
+does not match with `PARSE_ERRORS`, which `row_parser` turns into `DecodeError`.
+
+Non-built-in types (enums, domains, arrays of them, extension types such as
+citext) are resolved by `TypeCatalog`, one catalog query per batch of OIDs,
+cached per OID: build it with `TypeCatalog.from_connection` and call
+`TypeCatalog.prefetch` with a Relation's column OIDs before `column_type`.
 """
 
 from __future__ import annotations
