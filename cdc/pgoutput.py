@@ -5,6 +5,9 @@ Pure: no I/O, no psycopg. `Decoder` keeps the only state the protocol needs
 follow the PostgreSQL manual, "Logical Replication Message Formats" and
 "Streaming Replication Protocol". Anything that does not parse raises
 `DecodeError` naming the message kind and byte offset; nothing is skipped.
+Also errors, not guesses: a change for a relation whose Relation message was
+not seen, a tuple whose width differs from the cached relation's, a
+transaction message inside a stream block.
 
 Tuple values stay as the server sent them: ``None`` (null), `UNCHANGED`
 (an unchanged TOASTed value the server did not send), ``bytes`` (text
@@ -57,12 +60,15 @@ def format_lsn(lsn: int) -> str:
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
+_LSN_TEXT = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
+
+
 def parse_lsn(text: str) -> int:
     """``"16/B374D848"`` -> int; raises `ValueError` on anything else."""
-    hi, sep, lo = text.strip().partition("/")
-    if not sep or not hi or not lo or len(hi) > 8 or len(lo) > 8:
+    match = _LSN_TEXT.fullmatch(text.strip())
+    if match is None:
         raise ValueError(f"not an LSN: {text!r} (expected hex X/X, like 0/16B3748)")
-    return (int(hi, 16) << 32) | int(lo, 16)
+    return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
 
 
 def pg_timestamp_to_unix_us(ts: int) -> int:
@@ -137,8 +143,11 @@ TRUNCATE_RESTART_IDENTITY: Final = 2
 
 
 # -- messages -------------------------------------------------------------------------
-# `xid` on change messages is the streamed transaction's id inside a stream
-# block (protocol >= 2) and None otherwise.
+# `xid` on Relation, Type, Message and change messages is set only inside a
+# stream block (protocol >= 2): the xid of the (sub)transaction that made the
+# change, as the server sends it. The top-level transaction is the enclosing
+# StreamStart's xid; a StreamAbort whose subxid differs from its xid discards
+# only that subtransaction's changes. Outside stream blocks it is None.
 
 
 @dataclass(slots=True)
@@ -367,25 +376,36 @@ def decode_copy_data(frame: bytes) -> XLogData | Keepalive:
     """One CopyData frame of START_REPLICATION: XLogData ('w') or a keepalive ('k')."""
     if not frame:
         raise DecodeError("empty CopyData frame", kind="CopyData", offset=0)
+    if frame.__class__ is not bytes:
+        frame = bytes(frame)
     tag = frame[0]
-    try:
-        if tag == 0x77:  # 'w'
-            start, end, sent = _XLOGDATA.unpack_from(frame, 1)
-            return XLogData(start, end, sent, frame[25:])
-        if tag == 0x6B:  # 'k'
-            if len(frame) != 18:
-                raise DecodeError(f"keepalive of {len(frame)} bytes, expected 18", kind="Keepalive", offset=0)
-            end, sent, reply = _KEEPALIVE.unpack_from(frame, 1)
-            return Keepalive(end, sent, bool(reply))
-    except struct.error as exc:
-        raise DecodeError(f"truncated frame: {exc}", kind=chr(tag), offset=len(frame)) from None
+    if tag == 0x77:  # 'w'
+        if len(frame) < 25:
+            raise DecodeError(
+                f"XLogData frame of {len(frame)} bytes, its header alone is 25",
+                kind="XLogData",
+                offset=len(frame),
+            )
+        start, end, sent = _XLOGDATA.unpack_from(frame, 1)
+        return XLogData(start, end, sent, frame[25:])
+    if tag == 0x6B:  # 'k'
+        if len(frame) != 18:
+            raise DecodeError(f"keepalive of {len(frame)} bytes, expected 18", kind="Keepalive", offset=0)
+        end, sent, reply = _KEEPALIVE.unpack_from(frame, 1)
+        if reply > 1:
+            raise DecodeError(f"reply-requested flag {reply}, expected 0 or 1", kind="Keepalive", offset=17)
+        return Keepalive(end, sent, bool(reply))
     raise DecodeError(f"unknown CopyData frame type {tag:#04x}", kind="CopyData", offset=0)
 
 
 def encode_standby_status(
     written: int, flushed: int, applied: int, send_time: int, reply_requested: bool = False
 ) -> bytes:
-    """The Standby status update ('r') that confirms ``flushed`` to the slot."""
+    """The Standby status update ('r') that confirms ``flushed`` to the slot.
+
+    ``send_time`` is in microseconds since 2000-01-01 (see `PG_EPOCH_US`);
+    ``reply_requested`` asks the server to answer at once with a keepalive.
+    """
     return _STATUS.pack(b"r", written, flushed, applied, send_time, 1 if reply_requested else 0)
 
 
@@ -397,7 +417,12 @@ class Decoder:
     """Turns pgoutput payloads into messages, keeping the relation cache.
 
     ``relations`` maps relation OIDs to the latest Relation message; ``types``
-    the OIDs of non-built-in types to their Type message.
+    the OIDs of non-built-in types to their Type message. ``in_stream`` is
+    true between Stream Start and Stream Stop, where change messages carry the
+    streamed transaction's xid (protocol >= 2). The decoder does not need to
+    know the protocol version: every message is self-describing given that
+    state (a Stream Abort carries its abort LSN and time exactly when it is
+    25 bytes long, protocol 4 with ``streaming 'parallel'``).
     """
 
     relations: dict[int, Relation] = field(default_factory=dict)
@@ -405,28 +430,36 @@ class Decoder:
     in_stream: bool = False
 
     def decode(self, payload: bytes) -> Message:
-        """Decode one message; raise `DecodeError` if it is malformed or unknown."""
+        """Decode one message; raise `DecodeError` if it is malformed, unknown or out of place."""
         if not payload:
             raise DecodeError("empty message", kind="pgoutput", offset=0)
+        if payload.__class__ is not bytes:
+            payload = bytes(payload)
         tag = payload[0]
         handler = _HANDLERS.get(tag)
         if handler is None:
             raise DecodeError(f"unknown message type {tag:#04x}", kind="pgoutput", offset=0)
         try:
             return handler(self, payload)
-        except DecodeError:
-            raise
-        except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
+        except (struct.error, IndexError, ValueError) as exc:
+            if isinstance(exc, DecodeError):
+                raise
             offset = _offset_of(exc, len(payload))
             raise DecodeError(f"malformed message: {exc}", kind=Tag(tag).name, offset=offset) from None
 
     # One handler per message, reading fields in protocol order. `pos` is the
-    # offset of the next unread byte.
+    # offset of the next unread byte. The three change handlers inline their
+    # helpers: they run once per row.
 
     def _xid(self, buf: bytes, pos: int) -> tuple[int | None, int]:
+        """Int32 xid of the streamed transaction, present only inside a stream block."""
         if self.in_stream:
             return _U32.unpack_from(buf, pos)[0], pos + 4
         return None, pos
+
+    def _outside_stream(self, kind: str) -> None:
+        if self.in_stream:
+            raise DecodeError("transaction message inside a stream block", kind=kind, offset=0)
 
     def _relation_for(self, relation_id: int, kind: str, pos: int) -> Relation:
         relation = self.relations.get(relation_id)
@@ -437,22 +470,30 @@ class Decoder:
         return relation
 
     def _begin(self, buf: bytes) -> Begin:
+        self._outside_stream("BEGIN")
         _expect_len(buf, 21, "BEGIN")
+        # Int64 final (commit) LSN, Int64 commit time, Int32 xid
         final_lsn, commit_ts, xid = _BEGIN.unpack_from(buf, 1)
         return Begin(final_lsn, commit_ts, xid)
 
     def _commit(self, buf: bytes) -> Commit:
+        self._outside_stream("COMMIT")
         _expect_len(buf, 26, "COMMIT")
+        # Int8 flags (unused), Int64 commit LSN, Int64 end LSN, Int64 commit time
         flags, commit_lsn, end_lsn, commit_ts = _COMMIT.unpack_from(buf, 1)
         return Commit(flags, commit_lsn, end_lsn, commit_ts)
 
     def _origin(self, buf: bytes) -> Origin:
+        # Int64 commit LSN on the origin server, String origin name
         commit_lsn = _U64.unpack_from(buf, 1)[0]
         name, pos = _string(buf, 9, "ORIGIN")
         _expect_end(buf, pos, "ORIGIN")
         return Origin(commit_lsn, name)
 
     def _relation(self, buf: bytes) -> Relation:
+        # [Int32 xid], Int32 relation OID, String namespace, String name,
+        # Int8 replica identity, Int16 column count, then per column:
+        # Int8 flags, String name, Int32 type OID, Int32 type modifier
         xid, pos = self._xid(buf, 1)
         relation_id = _U32.unpack_from(buf, pos)[0]
         namespace, pos = _string(buf, pos + 4, "RELATION")
@@ -479,6 +520,7 @@ class Decoder:
         return relation
 
     def _type(self, buf: bytes) -> Type:
+        # [Int32 xid], Int32 type OID, String namespace, String name
         xid, pos = self._xid(buf, 1)
         type_oid = _U32.unpack_from(buf, pos)[0]
         namespace, pos = _string(buf, pos + 4, "TYPE")
@@ -489,6 +531,7 @@ class Decoder:
         return message
 
     def _message(self, buf: bytes) -> LogicalMessage:
+        # [Int32 xid], Int8 flags, Int64 LSN, String prefix, Int32 length, Byte[n] content
         xid, pos = self._xid(buf, 1)
         flags = buf[pos]
         lsn = _U64.unpack_from(buf, pos + 1)[0]
@@ -501,45 +544,74 @@ class Decoder:
                 kind="MESSAGE",
                 offset=pos - 4,
             )
-        return LogicalMessage(flags, lsn, prefix, bytes(buf[pos:]), xid)
+        return LogicalMessage(flags, lsn, prefix, buf[pos:], xid)
 
     def _insert(self, buf: bytes) -> Insert:
-        xid, pos = self._xid(buf, 1)
-        relation = self._relation_for(_U32.unpack_from(buf, pos)[0], "INSERT", pos)
+        # [Int32 xid], Int32 relation OID, Byte1 'N', TupleData
+        if self.in_stream:
+            xid: int | None = _U32.unpack_from(buf, 1)[0]
+            pos = 5
+        else:
+            xid = None
+            pos = 1
+        relation = self.relations.get(_U32.unpack_from(buf, pos)[0])
+        if relation is None:
+            raise _unknown_relation(buf, pos, "INSERT")
         if buf[pos + 4] != 0x4E:  # 'N'
             raise DecodeError(f"expected 'N', got {buf[pos + 4]:#04x}", kind="INSERT", offset=pos + 4)
-        new, pos = _tuple(buf, pos + 5, "INSERT")
-        _expect_end(buf, pos, "INSERT")
+        new, pos = _tuple(buf, pos + 5, "INSERT", len(relation.columns))
+        if pos != len(buf):
+            raise _trailing(buf, pos, "INSERT")
         return Insert(relation, new, xid)
 
     def _update(self, buf: bytes) -> Update:
-        xid, pos = self._xid(buf, 1)
-        relation = self._relation_for(_U32.unpack_from(buf, pos)[0], "UPDATE", pos)
+        # [Int32 xid], Int32 relation OID, [Byte1 'K' or 'O', TupleData], Byte1 'N', TupleData
+        if self.in_stream:
+            xid: int | None = _U32.unpack_from(buf, 1)[0]
+            pos = 5
+        else:
+            xid = None
+            pos = 1
+        relation = self.relations.get(_U32.unpack_from(buf, pos)[0])
+        if relation is None:
+            raise _unknown_relation(buf, pos, "UPDATE")
         pos += 4
+        ncols = len(relation.columns)
         old = None
         old_kind = buf[pos]
-        if old_kind in (0x4B, 0x4F):  # 'K', 'O'
-            old, pos = _tuple(buf, pos + 1, "UPDATE")
+        if old_kind == 0x4B or old_kind == 0x4F:  # 'K' or 'O'  # noqa: PLR1714 - faster than `in`
+            old, pos = _tuple(buf, pos + 1, "UPDATE", ncols)
         else:
             old_kind = 0
         if buf[pos] != 0x4E:
             raise DecodeError(f"expected 'K', 'O' or 'N', got {buf[pos]:#04x}", kind="UPDATE", offset=pos)
-        new, pos = _tuple(buf, pos + 1, "UPDATE")
-        _expect_end(buf, pos, "UPDATE")
+        new, pos = _tuple(buf, pos + 1, "UPDATE", ncols)
+        if pos != len(buf):
+            raise _trailing(buf, pos, "UPDATE")
         return Update(relation, new, old, old_kind, xid)
 
     def _delete(self, buf: bytes) -> Delete:
-        xid, pos = self._xid(buf, 1)
-        relation = self._relation_for(_U32.unpack_from(buf, pos)[0], "DELETE", pos)
+        # [Int32 xid], Int32 relation OID, Byte1 'K' or 'O', TupleData
+        if self.in_stream:
+            xid: int | None = _U32.unpack_from(buf, 1)[0]
+            pos = 5
+        else:
+            xid = None
+            pos = 1
+        relation = self.relations.get(_U32.unpack_from(buf, pos)[0])
+        if relation is None:
+            raise _unknown_relation(buf, pos, "DELETE")
         pos += 4
         old_kind = buf[pos]
-        if old_kind not in (0x4B, 0x4F):
+        if old_kind != 0x4B and old_kind != 0x4F:  # noqa: PLR1714
             raise DecodeError(f"expected 'K' or 'O', got {old_kind:#04x}", kind="DELETE", offset=pos)
-        old, pos = _tuple(buf, pos + 1, "DELETE")
-        _expect_end(buf, pos, "DELETE")
+        old, pos = _tuple(buf, pos + 1, "DELETE", len(relation.columns))
+        if pos != len(buf):
+            raise _trailing(buf, pos, "DELETE")
         return Delete(relation, old, old_kind, xid)
 
     def _truncate(self, buf: bytes) -> Truncate:
+        # [Int32 xid], Int32 relation count, Int8 options, Int32 relation OID per relation
         xid, pos = self._xid(buf, 1)
         count = _I32.unpack_from(buf, pos)[0]
         options = buf[pos + 4]
@@ -555,9 +627,12 @@ class Decoder:
         return Truncate(options, relations, xid)
 
     def _stream_start(self, buf: bytes) -> StreamStart:
+        # Int32 xid, Int8 1 if this is the transaction's first segment
         _expect_len(buf, 6, "STREAM_START")
         if self.in_stream:
             raise DecodeError("Stream Start inside an open stream block", kind="STREAM_START", offset=0)
+        if buf[5] > 1:
+            raise DecodeError(f"first-segment flag {buf[5]}, expected 0 or 1", kind="STREAM_START", offset=5)
         self.in_stream = True
         return StreamStart(_U32.unpack_from(buf, 1)[0], buf[5] == 1)
 
@@ -569,20 +644,27 @@ class Decoder:
         return StreamStop()
 
     def _stream_commit(self, buf: bytes) -> StreamCommit:
+        # Int32 xid, Int8 flags (unused), Int64 commit LSN, Int64 end LSN, Int64 commit time
+        self._outside_stream("STREAM_COMMIT")
         _expect_len(buf, 30, "STREAM_COMMIT")
         xid = _U32.unpack_from(buf, 1)[0]
         flags, commit_lsn, end_lsn, commit_ts = _COMMIT.unpack_from(buf, 5)
         return StreamCommit(xid, flags, commit_lsn, end_lsn, commit_ts)
 
     def _stream_abort(self, buf: bytes) -> StreamAbort:
+        # Int32 xid, Int32 subtransaction xid, and with protocol 4 and
+        # streaming = parallel: Int64 abort LSN, Int64 abort time
+        self._outside_stream("STREAM_ABORT")
         if len(buf) == 9:
-            xid, subxid = struct.unpack_from(">II", buf, 1)
+            xid, subxid = _XIDS.unpack_from(buf, 1)
             return StreamAbort(xid, subxid)
         _expect_len(buf, 25, "STREAM_ABORT")
-        xid, subxid, abort_lsn, abort_ts = struct.unpack_from(">IIQq", buf, 1)
+        xid, subxid, abort_lsn, abort_ts = _ABORT.unpack_from(buf, 1)
         return StreamAbort(xid, subxid, abort_lsn, abort_ts)
 
     def _begin_prepare(self, buf: bytes) -> BeginPrepare:
+        # Int64 prepare LSN, Int64 end LSN, Int64 prepare time, Int32 xid, String gid
+        self._outside_stream("BEGIN_PREPARE")
         lsn, end_lsn, ts = _LSN_TS.unpack_from(buf, 1)
         xid = _U32.unpack_from(buf, 25)[0]
         gid, pos = _string(buf, 29, "BEGIN_PREPARE")
@@ -590,6 +672,8 @@ class Decoder:
         return BeginPrepare(lsn, end_lsn, ts, xid, gid)
 
     def _prepare_like(self, buf: bytes, kind: str) -> tuple[int, int, int, int, int, str]:
+        # Int8 flags, Int64 LSN, Int64 end LSN, Int64 time, Int32 xid, String gid
+        self._outside_stream(kind)
         flags = buf[1]
         lsn, end_lsn, ts = _LSN_TS.unpack_from(buf, 2)
         xid = _U32.unpack_from(buf, 26)[0]
@@ -607,8 +691,11 @@ class Decoder:
         return StreamPrepare(*self._prepare_like(buf, "STREAM_PREPARE"))
 
     def _rollback_prepared(self, buf: bytes) -> RollbackPrepared:
+        # Int8 flags, Int64 prepare end LSN, Int64 rollback end LSN,
+        # Int64 prepare time, Int64 rollback time, Int32 xid, String gid
+        self._outside_stream("ROLLBACK_PREPARED")
         flags = buf[1]
-        prepare_end, rollback_end, prepare_ts, rollback_ts = struct.unpack_from(">QQqq", buf, 2)
+        prepare_end, rollback_end, prepare_ts, rollback_ts = _ROLLBACK.unpack_from(buf, 2)
         xid = _U32.unpack_from(buf, 34)[0]
         gid, pos = _string(buf, 38, "ROLLBACK_PREPARED")
         _expect_end(buf, pos, "ROLLBACK_PREPARED")
@@ -616,6 +703,9 @@ class Decoder:
 
 
 _RELCOL = struct.Struct(">Ii")
+_XIDS = struct.Struct(">II")
+_ABORT = struct.Struct(">IIQq")
+_ROLLBACK = struct.Struct(">QQqq")
 _IDENTITIES = frozenset(int(r) for r in ReplicaIdentity)
 
 
@@ -626,28 +716,44 @@ def _expect_len(buf: bytes, size: int, kind: str) -> None:
 
 def _expect_end(buf: bytes, pos: int, kind: str) -> None:
     if pos != len(buf):
-        raise DecodeError(f"{len(buf) - pos} unexpected trailing bytes", kind=kind, offset=pos)
+        raise _trailing(buf, pos, kind)
+
+
+def _trailing(buf: bytes, pos: int, kind: str) -> DecodeError:
+    return DecodeError(f"{len(buf) - pos} unexpected trailing bytes", kind=kind, offset=pos)
+
+
+def _unknown_relation(buf: bytes, pos: int, kind: str) -> DecodeError:
+    relation_id = _U32.unpack_from(buf, pos)[0]
+    return DecodeError(
+        f"change for relation {relation_id} before its Relation message", kind=kind, offset=pos
+    )
 
 
 def _string(buf: bytes, pos: int, kind: str) -> tuple[str, int]:
+    """A NUL-terminated string (UTF-8: the connection sets client_encoding)."""
     end = buf.find(b"\0", pos)
     if end < 0:
         raise DecodeError("unterminated string", kind=kind, offset=pos)
     return buf[pos:end].decode(), end + 1
 
 
-def _tuple(buf: bytes, pos: int, kind: str) -> tuple[TupleData, int]:
-    """TupleData: Int16 column count, then per column a kind byte and maybe a value."""
+def _tuple(buf: bytes, pos: int, kind: str, expected: int) -> tuple[TupleData, int]:
+    """TupleData: Int16 column count, then per column a kind byte and maybe a value.
+
+    The count must be the relation's: a tuple that does not line up with the
+    cached columns would put values under the wrong names.
+    """
     ncols = _I16.unpack_from(buf, pos)[0]
-    if ncols < 0:
-        raise DecodeError(f"negative column count {ncols}", kind=kind, offset=pos)
+    if ncols != expected:
+        raise DecodeError(f"tuple of {ncols} columns, the relation has {expected}", kind=kind, offset=pos)
     pos += 2
     values: TupleData = [None] * ncols
     unpack_len = _I32.unpack_from
     size = len(buf)
     for i in range(ncols):
         col_kind = buf[pos]
-        if col_kind == 0x74:  # 't': text
+        if col_kind == 0x74:  # 't': text, Int32 length, Byte[n]
             length = unpack_len(buf, pos + 1)[0]
             pos += 5
             end = pos + length
@@ -660,13 +766,13 @@ def _tuple(buf: bytes, pos: int, kind: str) -> tuple[TupleData, int]:
         elif col_kind == 0x75:  # 'u': unchanged TOAST value, not sent
             values[i] = UNCHANGED
             pos += 1
-        elif col_kind == 0x62:  # 'b': binary
+        elif col_kind == 0x62:  # 'b': binary, Int32 length, Byte[n]
             length = unpack_len(buf, pos + 1)[0]
             pos += 5
             end = pos + length
             if length < 0 or end > size:
                 raise DecodeError(f"column {i} length {length} beyond the message", kind=kind, offset=pos - 4)
-            values[i] = Binary(bytes(buf[pos:end]))
+            values[i] = Binary(buf[pos:end])
             pos = end
         else:
             raise DecodeError(f"unknown column kind {col_kind:#04x} in column {i}", kind=kind, offset=pos)
