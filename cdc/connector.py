@@ -60,7 +60,7 @@ from cdc.pgoutput import (
     decode_copy_data,
     format_lsn,
 )
-from cdc.pgtypes import TypeCatalog
+from cdc.pgtypes import RowParser, TypeCatalog, row_parser
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class _TableState:
 
     table: Table
     topic: str
-    parsers: list[Callable[[bytes], Any]]
+    parse: RowParser
 
 
 def make_serializer(settings: Settings, source: SourceInfo) -> Serializer:
@@ -198,7 +198,7 @@ class Connector:
             replication.ensure_publication(conn, s.publication, s.tables)
             row = conn.execute("SELECT current_database()").fetchone()
             database = str(row[0]) if row else ""
-            catalog = TypeCatalog()
+            catalog = TypeCatalog.from_connection(conn)
             source = SourceInfo(name=s.name, db=database)
             if self.serializer is None:
                 self.serializer = make_serializer(s, source)
@@ -352,14 +352,16 @@ class _Session:
         if kind is Insert:
             assert isinstance(message, Insert)
             state = self._table(message.relation)
-            self._emit("c", state, None, self._parse(state, message.new), lsn)
+            self._emit("c", state, None, state.parse(message.new), lsn)
         elif kind is Update:
             assert isinstance(message, Update)
             self._update(message, lsn)
         elif kind is Delete:
             assert isinstance(message, Delete)
             state = self._table(message.relation)
-            before = self._parse(state, message.old)
+            before = state.parse(message.old)
+            if UNCHANGED in before:
+                before = self._unchanged(state, before, None)
             self._emit("d", state, before, None, lsn)
             if self.tombstones and state.table.has_key:
                 key = [before[i] for i in state.table.key_indexes]
@@ -386,7 +388,10 @@ class _Session:
         elif kind is LogicalMessage:
             assert isinstance(message, LogicalMessage)
             self._message(message, lsn)
-        elif kind is Type or kind is Origin:
+        elif kind is Type:
+            assert isinstance(message, Type)
+            self.catalog.forget(message.type_oid)  # it may have changed since we looked it up
+        elif kind is Origin:
             log.debug("%s", message)
         else:
             # streaming and two-phase are never requested, so their messages mean a protocol bug
@@ -398,6 +403,7 @@ class _Session:
         primary_key = None
         if relation.replica_identity in (ReplicaIdentity.FULL, ReplicaIdentity.NOTHING):
             primary_key = replication.primary_key(self.conn, relation.relation_id)
+        self.catalog.prefetch(c.type_oid for c in relation.columns)
         table = table_from_relation(relation, self.catalog, primary_key=primary_key)
         name = table.qualified_name
         previous = self.versions.get(name)
@@ -410,7 +416,7 @@ class _Session:
             if previous is not None:
                 log.info("table %s changed: schema version %s", name, version)
         self.tables[relation.relation_id] = _TableState(
-            table, table_topic(self.prefix, table), [c.type.parse for c in table.columns]
+            table, table_topic(self.prefix, table), row_parser([c.type for c in table.columns])
         )
         self.producer.ensure_topic(table_topic(self.prefix, table))
 
@@ -421,27 +427,6 @@ class _Session:
             self._relation(relation)
             state = self.tables[relation.relation_id]
         return state
-
-    def _parse(self, state: _TableState, values: list[Any]) -> list[Any]:
-        try:
-            return [
-                None if v is None else (p(v) if v.__class__ is bytes else self._odd(state, i, v))
-                for i, (p, v) in enumerate(zip(state.parsers, values, strict=True))
-            ]
-        except (ValueError, TypeError, ArithmeticError, UnicodeDecodeError) as exc:
-            raise DecodeError(
-                f"cannot convert a value of {state.table.qualified_name}: {exc}", kind="TupleData"
-            ) from None
-
-    def _odd(self, state: _TableState, index: int, value: Any) -> Any:
-        """A value that is not plain text: an unchanged TOAST marker."""
-        if value is UNCHANGED:
-            return UNCHANGED
-        raise DecodeError(
-            f"column {state.table.columns[index].name} of {state.table.qualified_name} arrived in binary "
-            "format, which cdc never requests",
-            kind="TupleData",
-        )
 
     def _unchanged(self, state: _TableState, row: list[Any], old: list[Any] | None) -> list[Any]:
         """Fill unchanged TOAST values from the old row when it has them, else the placeholder."""
@@ -455,10 +440,10 @@ class _Session:
 
     def _update(self, message: Update, lsn: int) -> None:
         state = self._table(message.relation)
-        after = self._parse(state, message.new)
+        after = state.parse(message.new)
         before = None
         if message.old is not None:
-            before = self._parse(state, message.old)
+            before = state.parse(message.old)
             if UNCHANGED in before:
                 before = self._unchanged(state, before, None)
         full = message.old_kind == ord("O") or state.table.replica_identity == ReplicaIdentity.FULL
