@@ -433,7 +433,10 @@ class _Checker:
             ]
             if len(same_kind) == 1:
                 return same_kind[0]
-            return [Incompatibility(path, f"{_describe(writer)} cannot be read as {_describe(reader)}")]
+            # a null branch does not matter to a non-null value: leave it out of the message
+            wanted = [b for b in reader if b != "null"] if writer != "null" else reader
+            target = _describe(wanted[0] if len(wanted) == 1 else wanted)
+            return [Incompatibility(path, f"{_describe(writer)} cannot be read as {target}")]
         return self._check_one(reader, rns, writer, wns, path, rkind, wkind)
 
     def _check_one(

@@ -229,6 +229,13 @@ def dev_down(directory: DevDir = Path(".cdc-dev")) -> None:
 schemas_app = typer.Typer(help="The Avro schemas on the schema topic.", no_args_is_help=True)
 app.add_typer(schemas_app, name="schemas")
 
+
+def _quiet_kafka() -> None:
+    """kafka-python narrates every connection at INFO: keep stderr for our per-record errors."""
+    if not _debug:
+        logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
 BootstrapServers = Annotated[
     str,
     typer.Option(
@@ -273,6 +280,7 @@ def consume(
     """Print records as JSON lines {"topic", "partition", "offset", "key", "value"}; bad ones on stderr."""
     from cdc.consume import ChangeConsumer  # noqa: PLC0415
 
+    _quiet_kafka()
     try:
         with ChangeConsumer(
             topics,
@@ -305,6 +313,7 @@ def schemas_export(
     """Write every registered schema to OUT/<subject>.v<version>.avsc."""
     from cdc.consume import export_schemas  # noqa: PLC0415
 
+    _quiet_kafka()
     for path in export_schemas(bootstrap_servers, topic_prefix, out):
         typer.echo(str(path))
 
