@@ -321,12 +321,14 @@ def _plain_fastavro_first_row(types_run: TypesRun) -> tuple[dict[str, Any], dict
     key, value = _raw_records(types_run.bootstrap_servers, types_run.topic)[0]
     assert key is not None
     assert value is not None
-    decoded = []
+    decoded: list[dict[str, Any]] = []
     for data in (key, value):
         assert data[:2] == b"\xc3\x01"
         body = io.BytesIO(data[10:])
-        decoded.append(schemaless_reader(body, writers[data[2:10]]))
+        record = schemaless_reader(body, writers[data[2:10]])
+        assert isinstance(record, dict)
         assert body.read() == b""
+        decoded.append(record)
     return decoded[0], decoded[1]
 
 
