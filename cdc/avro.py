@@ -279,8 +279,9 @@ def read_body(body: bytes | memoryview, parsed: Any) -> Any:
     try:
         datum = schemaless_reader(stream, parsed, None)
     except Exception as exc:  # fastavro raises EOFError, ValueError, UnicodeDecodeError, ...
-        reason = "truncated" if isinstance(exc, EOFError | StopIteration) else f"{type(exc).__name__}: {exc}"
-        raise SchemaError(f"the Avro body does not match its schema ({reason})") from None
+        if isinstance(exc, EOFError | StopIteration):
+            raise SchemaError("the Avro body ends early: the record is truncated") from None
+        raise SchemaError(f"the Avro body does not match its schema ({type(exc).__name__}: {exc})") from None
     left = len(body) - stream.tell()
     if left:
         raise SchemaError(

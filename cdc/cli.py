@@ -231,9 +231,9 @@ app.add_typer(schemas_app, name="schemas")
 
 
 def _quiet_kafka() -> None:
-    """kafka-python narrates every connection at INFO: keep stderr for our per-record errors."""
+    """kafka-python logs every connection attempt: its failures reach the user as our one-line errors."""
     if not _debug:
-        logging.getLogger("kafka").setLevel(logging.WARNING)
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 
 BootstrapServers = Annotated[

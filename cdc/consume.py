@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import math
+import socket
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -375,15 +376,40 @@ def _json_default(value: Any) -> Any:
 
 
 def _sink_error(exc: Exception, bootstrap_servers: str) -> SinkError:
-    from kafka.errors import KafkaError, NoBrokersAvailable  # noqa: PLC0415
-
-    if isinstance(exc, NoBrokersAvailable):
+    """A kafka-python error as one line (its classes differ between 2.x and 3.x: go by name)."""
+    text = str(exc)
+    if type(exc).__name__ == "NoBrokersAvailable" or "bootstrap" in text.lower():
         return SinkError(
-            f"cannot reach the broker at {bootstrap_servers}: check --bootstrap-servers", retriable=True
+            f"cannot reach the broker at {bootstrap_servers}: check --bootstrap-servers and that Kafka runs",
+            retriable=True,
         )
-    retriable = isinstance(exc, KafkaError) and exc.retriable
     return SinkError(
-        f"kafka ({bootstrap_servers}): {exc}; check the broker and the topic names", retriable=retriable
+        f"kafka ({bootstrap_servers}): {text}; check the broker and the topic names",
+        retriable=bool(getattr(exc, "retriable", False)),
+    )
+
+
+def check_reachable(bootstrap_servers: str, timeout: float = 5.0) -> None:
+    """Fail fast, with a clear message, when no bootstrap server accepts a connection.
+
+    kafka-python retries for 30 s before giving up (and then leaks the sockets
+    of its attempts); a plain TCP connect answers in milliseconds.
+    """
+    reasons = []
+    for server in (s.strip() for s in bootstrap_servers.split(",")):
+        host, sep, port = server.rpartition(":")
+        if not sep or not port.isdigit():
+            host, port = server, "9092"
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        except OSError as exc:
+            reasons.append(f"{server}: {exc.strerror or exc}")
+        else:
+            return
+    raise SinkError(
+        f"cannot reach the broker at {bootstrap_servers} ({'; '.join(reasons)}): "
+        "check --bootstrap-servers and that Kafka runs",
+        retriable=True,
     )
 
 
@@ -489,6 +515,7 @@ class ChangeConsumer:
 
         if not topics:
             raise SinkError("no topics to consume: name at least one")
+        check_reachable(bootstrap_servers)
         self.topics = list(topics)
         self.bootstrap_servers = bootstrap_servers
         self.decoder = RecordDecoder()
@@ -615,6 +642,7 @@ def read_schema_records(
     """Every record of ``<prefix>.schemas`` (for `cdc.avro.AvroSerializer.load_schema_records`)."""
     from kafka.errors import KafkaError  # noqa: PLC0415
 
+    check_reachable(bootstrap_servers)
     try:
         reader = SchemaTopicReader(
             bootstrap_servers, [avro.schema_topic(topic_prefix)], avro.SchemaRegistry(), **config

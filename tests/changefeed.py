@@ -196,7 +196,8 @@ def _read_events(repl: ReplicationConnection, timeout: float) -> _EventBuilder:
     return builder
 
 
-def _ensure_topic(admin: KafkaAdminClient, topic: str, config: dict[str, str] | None = None) -> None:
+def ensure_topic(admin: KafkaAdminClient, topic: str, config: dict[str, str] | None = None) -> None:
+    """One partition: brokers that create topics on first use (Tansu) give them several."""
     with contextlib.suppress(TopicAlreadyExistsError):
         admin.create_topics([NewTopic(topic, 1, 1, topic_configs=config or {})])
 
@@ -206,11 +207,11 @@ def _produce(captured: Captured, bootstrap_servers: str) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
     producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5)
     try:
-        _ensure_topic(admin, serializer.schema_topic, dict(avro.SCHEMA_TOPIC_CONFIG))
+        ensure_topic(admin, serializer.schema_topic, dict(avro.SCHEMA_TOPIC_CONFIG))
         for event in captured.events:
             topic = serializer.topic_for(event)
             if topic not in captured.topics:
-                _ensure_topic(admin, topic)
+                ensure_topic(admin, topic)
                 captured.topics[topic] = 0
             key, value = serializer.encode(event)
             for schema_key, schema_value in serializer.take_schema_records():
