@@ -371,6 +371,10 @@ class NamedTypes:
                 continue
             if isinstance(schema, dict) and schema.get("type") in _PRIMITIVE and len(schema) == 1:
                 return schema["type"], namespace
+            if isinstance(schema, dict) and schema.get("type") in _NAMED:
+                # names inside a named type are relative to its own namespace
+                own = full_name(schema["name"], schema.get("namespace", namespace)).rpartition(".")[0]
+                return schema, own
             return schema, namespace
 
 

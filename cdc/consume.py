@@ -181,7 +181,7 @@ class _Compiler:
         if ctype is None:
             return convert
         render = ctype.render
-        return lambda value: render(convert(value))
+        return lambda value: _jsonable(render(convert(value)))
 
     def _avro_column_type(self, schema: Any, namespace: str) -> ColumnType | None:
         """The built-in Postgres type a bare Avro type stands for (None: render items one by one)."""
@@ -255,12 +255,25 @@ class _Compiler:
                 return None
             if passthrough and value.__class__ is str:
                 return value  # the string branch: a TOAST placeholder, or NaN of numeric(p,s)
-            return render(convert(value))
+            return _jsonable(render(convert(value)))
 
         return column
 
 
 def _same(value: Any) -> Any:
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    """What the type table says for values a render left as Python objects (bytes, Decimal, NaN)."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
     return value
 
 
@@ -297,7 +310,7 @@ class RecordDecoder:
     """Single-object encoded bytes -> rendered, JSON-able values, for every registered schema."""
 
     def __init__(self, registry: avro.SchemaRegistry | None = None) -> None:
-        self.registry = registry or avro.SchemaRegistry()
+        self.registry = avro.SchemaRegistry() if registry is None else registry
         self._readers: dict[bytes, _Reader] = {}
         schema = avro.fixed_schema("schema_record")  # the schema topic's own records decode too
         canonical = avro.canonical_form(schema)
