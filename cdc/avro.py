@@ -896,6 +896,7 @@ class AvroSerializer:
         self._now_ms = -1
         self._now_bytes = b""
         self._message_header: bytes | None = None
+        message_schema()  # the fixed pieces load now: a broken installation fails here, not mid-stream
         self._message_source_head = (
             _string(CONNECTOR)
             + _string(__version__)

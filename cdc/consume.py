@@ -495,12 +495,10 @@ def schema_topics_for(topics: Sequence[str], topic_prefix: str | None, existing:
     for topic in topics:
         parts = topic.split(".")
         # <prefix>.<schema>.<table>, <prefix>.messages, <prefix>.schemas
-        for cut in (2, 1):
-            if len(parts) > cut:
-                candidate = avro.schema_topic(".".join(parts[:-cut]))
-                if candidate in existing and candidate not in found:
-                    found.append(candidate)
-                    break
+        for cut in (2, 1):  # both when both exist: reading a schema topic too many is harmless
+            candidate = avro.schema_topic(".".join(parts[:-cut]))
+            if len(parts) > cut and candidate in existing and candidate not in found:
+                found.append(candidate)
     return found
 
 

@@ -149,6 +149,24 @@ def test_library_reads_new_schemas_as_they_come(broker: BrokerHandle, prefix: st
     )
 
 
+def test_the_schema_topic_itself_is_readable(broker: BrokerHandle, prefix: str) -> None:
+    serializer = avro.AvroSerializer(prefix, SourceInfo("test", "db"))
+    serializer.encode(_insert(_items(), 1, "one"))
+    _produce(
+        broker.bootstrap_servers,
+        [(serializer.schema_topic, k, v) for k, v in serializer.take_schema_records()],
+    )
+    bootstrap = ["--bootstrap-servers", broker.bootstrap_servers]
+    lines, errors = consume([serializer.schema_topic, *bootstrap, "--from-beginning", "--idle-timeout", "1"])
+    assert errors == []
+    entries = {entry.subject: entry for entry in serializer.registry}
+    assert [(line["key"], line["value"]["subject"], line["value"]["version"]) for line in lines] == [
+        (entries[subject].fingerprint.hex(), subject, 1)
+        for subject in (f"{prefix}.public.items-value", f"{prefix}.public.items-key")
+    ]
+    assert lines[0]["value"]["canonical"] == entries[f"{prefix}.public.items-value"].canonical
+
+
 def test_consumer_group_commits_what_it_read(broker: BrokerHandle, prefix: str) -> None:
     serializer = avro.AvroSerializer(prefix, SourceInfo("test", "db"))
     table = _items()
