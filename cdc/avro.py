@@ -49,19 +49,28 @@ from fastavro.schema import to_parsing_canonical_form
 
 from cdc import __version__
 from cdc.errors import SchemaError
-from cdc.events import CONNECTOR, ChangeEvent, SourceInfo, Table, TableColumn
+from cdc.events import (
+    CONNECTOR,
+    ChangeEvent,
+    SourceInfo,
+    Table,
+    TableColumn,
+    event_topic,
+    messages_topic,
+    schemas_topic,
+    table_topic,
+)
 
 log = logging.getLogger(__name__)
 
 MAGIC: Final = b"\xc3\x01"
 HEADER_SIZE: Final = 10  # magic + fingerprint
-FIXED_SCHEMAS: Final = ("source", "transaction", "envelope", "message", "schema_record")
+FIXED_SCHEMAS: Final = ("source", "transaction", "envelope", "message", "message_key", "schema_record")
 #: Topic settings for ``<prefix>.schemas``: the fingerprint is the key, so compaction keeps one per schema.
 SCHEMA_TOPIC_CONFIG: Final = {"cleanup.policy": "compact"}
 
 _NAME_OK = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _NAME_BAD_CHAR = re.compile(r"[^A-Za-z0-9_]")
-_TOPIC_BAD_CHAR = re.compile(r"[^A-Za-z0-9._-]")
 _NAMED: Final = frozenset({"record", "error", "enum", "fixed"})
 _PRIMITIVE: Final = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 
@@ -148,19 +157,6 @@ def field_names(columns: list[TableColumn]) -> list[str]:
         taken.add(candidate)
         names.append(candidate)
     return names
-
-
-def table_topic(prefix: str, table: Table) -> str:
-    """``<prefix>.<schema>.<table>``, with characters Kafka refuses replaced by ``_``."""
-    return _TOPIC_BAD_CHAR.sub("_", f"{prefix}.{table.schema}.{table.name}")
-
-
-def messages_topic(prefix: str) -> str:
-    return f"{prefix}.messages"
-
-
-def schema_topic(prefix: str) -> str:
-    return f"{prefix}.schemas"
 
 
 def _namespace(topic: str) -> str:
@@ -886,7 +882,7 @@ class AvroSerializer:
     def __init__(self, topic_prefix: str, source: SourceInfo) -> None:
         self.topic_prefix = topic_prefix
         self.source = source
-        self.schema_topic = schema_topic(topic_prefix)
+        self.schema_topic = schemas_topic(topic_prefix)
         self.registry = SchemaRegistry()
         self.registrations: list[Registration] = []
         self._pending: list[tuple[bytes, bytes]] = []
@@ -895,7 +891,7 @@ class AvroSerializer:
         self._txn_parts: tuple[bytes, bytes, bytes] = (b"", b"", b"")
         self._now_ms = -1
         self._now_bytes = b""
-        self._message_header: bytes | None = None
+        self._message_headers: tuple[bytes, bytes] | None = None
         message_schema()  # the fixed pieces load now: a broken installation fails here, not mid-stream
         self._message_source_head = (
             _string(CONNECTOR)
@@ -911,7 +907,7 @@ class AvroSerializer:
         """(key, value) of ``event`` for its topic (`topic_for`); key None without one."""
         table = event.table
         if table is None:
-            return None, self._encode_message(event, now_ms)
+            return self._encode_message(event, now_ms)
         codec = self._codecs.get(table.relation_id)
         if codec is None or codec.table is not table:
             codec = self._codec(table)
@@ -943,9 +939,7 @@ class AvroSerializer:
     # -- also useful
 
     def topic_for(self, event: ChangeEvent) -> str:
-        if event.table is None:
-            return messages_topic(self.topic_prefix)
-        return table_topic(self.topic_prefix, event.table)
+        return event_topic(self.topic_prefix, event)
 
     def load_schema_records(self, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
         """Start from what the schema topic already holds (after a restart), so versions continue."""
@@ -989,14 +983,20 @@ class AvroSerializer:
         order = _long(event.total_order) + _long(event.data_collection_order)
         return txid, lsn, source_tail, op, self._now_bytes, txn_head, order
 
-    def _encode_message(self, event: ChangeEvent, now_ms: int | None) -> bytes:
-        if self._message_header is None:
+    def _encode_message(self, event: ChangeEvent, now_ms: int | None) -> tuple[bytes, bytes]:
+        """A logical message: keyed by its prefix, the value in the fixed message envelope."""
+        if self._message_headers is None:
             topic = messages_topic(self.topic_prefix)
-            self._message_header = self._register(topic, "value", lambda _variant: message_schema())[1]
-        message = _string(event.message_prefix or "") + _bytes(event.message_content or b"")
-        return b"".join(
-            (self._message_header, message, self._message_source_head, *self._tail(event, now_ms))
-        )
+            value_header = self._register(topic, "value", lambda _variant: message_schema())[1]
+            key_header = self._register(
+                topic, "key", lambda _variant: copy.deepcopy(fixed_schema("message_key"))
+            )[1]
+            self._message_headers = (key_header, value_header)
+        key_header, value_header = self._message_headers
+        prefix = _string(event.message_prefix or "")
+        message = prefix + _bytes(event.message_content or b"")
+        value = b"".join((value_header, message, self._message_source_head, *self._tail(event, now_ms)))
+        return key_header + prefix, value
 
     def _codec(self, table: Table) -> _TableCodec:
         topic = table_topic(self.topic_prefix, table)

@@ -307,7 +307,7 @@ def schemas_export(
     topic_prefix: Annotated[
         str,
         typer.Option("--topic-prefix", help="The schemas of <prefix>.schemas.", envvar="CDC_TOPIC_PREFIX"),
-    ],
+    ] = "cdc",
     bootstrap_servers: BootstrapServers = "localhost:9092",
 ) -> None:
     """Write every registered schema to OUT/<subject>.v<version>.avsc."""

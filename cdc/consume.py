@@ -40,6 +40,7 @@ import orjson
 
 from cdc import avro
 from cdc.errors import SchemaError, SinkError
+from cdc.events import schemas_topic
 from cdc.pgtypes import ColumnType, column_type
 
 log = logging.getLogger(__name__)
@@ -490,13 +491,13 @@ class SchemaTopicReader:
 def schema_topics_for(topics: Sequence[str], topic_prefix: str | None, existing: set[str]) -> list[str]:
     """The schema topics of ``topics``: ``<prefix>.schemas``, the prefix given or guessed from the names."""
     if topic_prefix is not None:
-        return [avro.schema_topic(topic_prefix)]
+        return [schemas_topic(topic_prefix)]
     found: list[str] = []
     for topic in topics:
         parts = topic.split(".")
         # <prefix>.<schema>.<table>, <prefix>.messages, <prefix>.schemas
         for cut in (2, 1):  # both when both exist: reading a schema topic too many is harmless
-            candidate = avro.schema_topic(".".join(parts[:-cut]))
+            candidate = schemas_topic(".".join(parts[:-cut]))
             if len(parts) > cut and candidate in existing and candidate not in found:
                 found.append(candidate)
     return found
@@ -656,7 +657,7 @@ def read_schema_records(
     check_reachable(bootstrap_servers)
     try:
         reader = SchemaTopicReader(
-            bootstrap_servers, [avro.schema_topic(topic_prefix)], avro.SchemaRegistry(), **config
+            bootstrap_servers, [schemas_topic(topic_prefix)], avro.SchemaRegistry(), **config
         )
     except KafkaError as exc:
         raise _sink_error(exc, bootstrap_servers) from None
@@ -678,7 +679,7 @@ def export_schemas(bootstrap_servers: str, topic_prefix: str, out_dir: Path) -> 
             log.warning("skipping a record of the schema topic: %s", exc)
     if not len(registry):
         raise SchemaError(
-            f"no schemas in {avro.schema_topic(topic_prefix)} on {bootstrap_servers}"
+            f"no schemas in {schemas_topic(topic_prefix)} on {bootstrap_servers}"
             f"{f' ({errors} unreadable records)' if errors else ''}: check --topic-prefix"
         )
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -152,10 +152,8 @@ def test_names_are_avro_safe_unique_and_keep_the_original() -> None:
     ]
 
 
-def test_topics_and_namespaces() -> None:
+def test_namespaces_are_the_topic_in_avro_names() -> None:
     tbl = table([("id", "int4")], name="Order Lines")
-    assert avro.table_topic("shop.cdc", tbl) == "shop.cdc.public.Order_Lines"
-    assert (avro.messages_topic("p"), avro.schema_topic("p")) == ("p.messages", "p.schemas")
     value = avro.value_schema(tbl, "9shop.public.Order Lines")
     assert value["namespace"] == "_9shop.public.Order_Lines"
     assert avro.canonical_form(value).startswith('{"name":"_9shop.public.Order_Lines.Envelope"')
@@ -402,10 +400,13 @@ def test_logical_messages_go_to_the_fixed_message_envelope() -> None:
     serializer = avro.AvroSerializer("shop", SOURCE)
     ev = event(None, "m", None, None, message_prefix="app", message_content=b"\x00hi")
     key, value = serializer.encode(ev, now_ms=NOW_MS)
-    assert key is None
+    assert key is not None
     assert serializer.topic_for(ev) == "shop.messages"
     assert registered(serializer, value).subject == "shop.messages-value"
-    assert RecordDecoder(serializer.registry).decode(value) == _json(envelope(ev, SOURCE, NOW_MS))
+    assert registered(serializer, key).subject == "shop.messages-key"
+    decoder = RecordDecoder(serializer.registry)
+    assert decoder.decode(value) == _json(envelope(ev, SOURCE, NOW_MS))
+    assert decoder.decode(key) == {"prefix": "app"}  # as --format json keys it
     untransacted = event(None, "m", None, None, message_prefix="p", transaction_id=None, xid=0)
     decoded = RecordDecoder(serializer.registry).decode(serializer.encode(untransacted, now_ms=NOW_MS)[1])
     assert (decoded["transaction"], decoded["message"]) == (None, {"prefix": "p", "content": ""})

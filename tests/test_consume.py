@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cdc import avro, cli
 from cdc.consume import ChangeConsumer
 from cdc.errors import SinkError
-from cdc.events import ChangeEvent, SourceInfo, Table, TableColumn
+from cdc.events import ChangeEvent, SourceInfo, Table, TableColumn, table_topic
 from cdc.pgoutput import ReplicaIdentity
 from cdc.pgtypes import column_type
 from tests.changefeed import ensure_topic
@@ -65,7 +65,7 @@ def test_bad_records_are_reported_one_by_one(broker: BrokerHandle, prefix: str) 
     table = _items()
     key, value = serializer.encode(_insert(table, 1, "one"))
     assert key is not None
-    topic = avro.table_topic(prefix, table)
+    topic = table_topic(prefix, table)
     unknown = avro.MAGIC + bytes(8) + value[avro.HEADER_SIZE :]
     records: list[tuple[str, bytes | None, bytes | None]] = [
         (serializer.schema_topic, k, v) for k, v in serializer.take_schema_records()
@@ -113,7 +113,7 @@ def test_library_reads_new_schemas_as_they_come(broker: BrokerHandle, prefix: st
     """A schema registered after the consumer started is fetched when a record needs it."""
     serializer = avro.AvroSerializer(prefix, SourceInfo("test", "db"))
     table = _items()
-    topic = avro.table_topic(prefix, table)
+    topic = table_topic(prefix, table)
     key, value = serializer.encode(_insert(table, 1, "one"))
     _produce(
         broker.bootstrap_servers,
@@ -170,7 +170,7 @@ def test_the_schema_topic_itself_is_readable(broker: BrokerHandle, prefix: str) 
 def test_consumer_group_commits_what_it_read(broker: BrokerHandle, prefix: str) -> None:
     serializer = avro.AvroSerializer(prefix, SourceInfo("test", "db"))
     table = _items()
-    topic = avro.table_topic(prefix, table)
+    topic = table_topic(prefix, table)
     events = [serializer.encode(_insert(table, i, f"n{i}")) for i in (1, 2, 3)]
     _produce(
         broker.bootstrap_servers,
