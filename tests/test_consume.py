@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
 import pytest
 from kafka import KafkaProducer
-from kafka.admin import KafkaAdminClient
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
 from typer.testing import CliRunner
 
 from cdc import avro, cli
@@ -16,7 +18,6 @@ from cdc.errors import SinkError
 from cdc.events import ChangeEvent, SourceInfo, Table, TableColumn, table_topic
 from cdc.pgoutput import ReplicaIdentity
 from cdc.pgtypes import column_type
-from tests.changefeed import ensure_topic
 from tests.consuming import consume
 from tests.fix_servers import BrokerHandle
 
@@ -43,6 +44,12 @@ def _insert(table: Table, row_id: int, name: str) -> ChangeEvent:
         data_collection_order=row_id,
         transaction_id="42:2000",
     )
+
+
+def ensure_topic(admin: KafkaAdminClient, topic: str) -> None:
+    """One partition: brokers that create topics on first use (Tansu) give them several."""
+    with contextlib.suppress(TopicAlreadyExistsError):
+        admin.create_topics([NewTopic(topic, 1, 1)])
 
 
 def _produce(bootstrap_servers: str, records: list[tuple[str, bytes | None, bytes | None]]) -> None:

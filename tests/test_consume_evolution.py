@@ -37,13 +37,17 @@ STATEMENTS = [
 
 
 def test_alter_table_mid_stream(
-    db_latest: TestDb, broker: BrokerHandle, prefix: str, caplog: pytest.LogCaptureFixture, tmp_path: Path
+    db_latest: TestDb,
+    broker: BrokerHandle,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    state_dir: Path,
 ) -> None:
     db_latest.execute("CREATE TABLE evo (id int PRIMARY KEY, a int4, b text)")
     with caplog.at_level(logging.INFO, logger="cdc.avro"):
-        captured = capture(db_latest, broker.bootstrap_servers, prefix, ["evo"], STATEMENTS)
+        captured = capture(db_latest, broker.bootstrap_servers, prefix, ["public.evo"], STATEMENTS, state_dir)
     topic = f"{prefix}.public.evo"
-    assert captured.topics == {topic: 10, f"{prefix}.messages": 1}  # 8 changes, a tombstone, a truncate
 
     # one schema version per table shape, each checked against the one before
     value_versions = [r for r in captured.serializer.registrations if r.schema.subject == f"{topic}-value"]
@@ -56,7 +60,9 @@ def test_alter_table_mid_stream(
         (5, []),  # DROP COLUMN b: the reader ignores it
         (6, []),  # RENAME a: a new nullable field
     ]
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "cdc.avro"
+    ]
     assert len(warnings) == 1
     assert f"{topic}-value v4 is not backward compatible with v3" in warnings[0]
     assert "column c: int cannot be read as string" in warnings[0]
@@ -93,6 +99,7 @@ def test_alter_table_mid_stream(
     ]
     keys = [line["key"] for line in lines if line["topic"] == topic]
     assert keys == [{"id": i} for i in (1, 2, 3, 4, 5, 6, 1, 2, 2)] + [None]
+    assert [line["key"] for line in lines if line["topic"] == f"{prefix}.messages"] == [{"prefix": "app"}]
     (message,) = values(lines, f"{prefix}.messages")
     assert message["message"] == {"prefix": "app", "content": base64.b64encode("héllo".encode()).decode()}
     assert message["op"] == "m"
@@ -110,7 +117,7 @@ def test_alter_table_mid_stream(
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(
-        [f"{topic}-key.v1.avsc", f"{prefix}.messages-value.v1.avsc"]
+        [f"{topic}-key.v1.avsc", f"{prefix}.messages-key.v1.avsc", f"{prefix}.messages-value.v1.avsc"]
         + [f"{topic}-value.v{v}.avsc" for v in range(1, 7)]
     )
     by_version = {r.schema.version: r.schema for r in value_versions}
