@@ -128,7 +128,7 @@ def _with_pieces(schema: dict[str, Any]) -> dict[str, Any]:
     return inlined
 
 
-# -- names and topics -----------------------------------------------------------------------
+# -- names ------------------------------------------------------------------------------------------
 
 
 def avro_name(text: str) -> str:
@@ -792,13 +792,11 @@ def _special_decimal(value: Any) -> str | None:
 
 def column_encoder(avro_type: Any) -> Encoder:
     """The encoder of a column value (None included when ``avro_type`` is a union with null)."""
-    branches = avro_type if isinstance(avro_type, list) else [avro_type]
-    index = {i: _long(i) for i in range(len(branches))}
-    null_at = next((i for i, b in enumerate(branches) if b == "null"), None)
-    others = [(i, b) for i, b in enumerate(branches) if b != "null"]
     if not isinstance(avro_type, list):
         return _branch_encoder(avro_type)
-    null = None if null_at is None else index[null_at]
+    index = [_long(i) for i in range(len(avro_type))]
+    null = next((index[i] for i, b in enumerate(avro_type) if b == "null"), None)
+    others = [(i, b) for i, b in enumerate(avro_type) if b != "null"]
     if len(others) == 1:
         ((at, branch),) = others
         tag, encode = index[at], _branch_encoder(branch)
@@ -848,7 +846,6 @@ class _TableCodec:
     table: Table
     topic: str
     value_fields: list[dict[str, Any]]
-    key_fields: list[dict[str, Any]]
     row: Callable[[list[Any]], bytes]
     key: Callable[[list[Any]], bytes] | None
     value_header: bytes
@@ -1002,18 +999,15 @@ class AvroSerializer:
         topic = table_topic(self.topic_prefix, table)
         value, value_header = self._register(topic, "value", lambda v: value_schema(table, topic, v))
         value_fields: list[dict[str, Any]] = value.schema["fields"][0]["type"][1]["fields"]
-        key_fields: list[dict[str, Any]] = []
         key_header = key = None
         if table.has_key:
             entry, key_header = self._register(topic, "key", lambda v: key_schema(table, topic, v) or {})
-            key_fields = entry.schema["fields"]
-            key = _row_encoder([column_encoder(f["type"]) for f in key_fields])
+            key = _row_encoder([column_encoder(f["type"]) for f in entry.schema["fields"]])
         source = self.source
         codec = _TableCodec(
             table=table,
             topic=topic,
             value_fields=value_fields,
-            key_fields=key_fields,
             row=_row_encoder([column_encoder(f["type"]) for f in value_fields]),
             key=key,
             value_header=value_header,
