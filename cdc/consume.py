@@ -11,6 +11,7 @@ infinities, BC or years past 9999) and rendered with `cdc.pgtypes`: each
 column field carries ``pg.oid`` / ``pg.typmod``, whose `ColumnType.render` is
 the one the JSON format uses. A column whose type this cdc does not know
 (another database's enum, a domain) is rendered from its Avro type instead.
+Records of ``--format json`` topics are already rendered: they pass as they are.
 
 Use it from Python::
 
@@ -635,8 +636,13 @@ class ChangeConsumer:
     def _decode(self, data: bytes | None, part: str, errors: list[str]) -> Any:
         if data is None:
             return None
+        if data[:1] in (b"{", b"[", b'"'):
+            # --format json writes the rendered envelope already: print it as it is
+            with contextlib.suppress(orjson.JSONDecodeError):
+                return orjson.loads(data)
         try:
-            if not self.decoder.knows(data) and self._schemas is not None:
+            is_avro = data[:2] == avro.MAGIC
+            if is_avro and not self.decoder.knows(data) and self._schemas is not None:
                 self._schemas.refresh()
             return self.decoder.decode(data)
         except SchemaError as exc:

@@ -6,6 +6,7 @@ import contextlib
 import sys
 import time
 
+import orjson
 import pytest
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 from cdc import avro, cli
 from cdc.consume import ChangeConsumer
 from cdc.errors import SinkError
-from cdc.events import ChangeEvent, SourceInfo, Table, TableColumn, table_topic
+from cdc.events import ChangeEvent, JsonSerializer, SourceInfo, Table, TableColumn, table_topic
 from cdc.pgoutput import ReplicaIdentity
 from cdc.pgtypes import column_type
 from tests.consuming import consume
@@ -113,6 +114,26 @@ def test_bad_records_are_reported_one_by_one(broker: BrokerHandle, prefix: str) 
         "it does not match its schema",
         f"{where}5: cannot decode the key: not Avro single-object encoding (starts 6a756e6b, expected c301): "
         + not_avro,
+    ]
+
+
+def test_json_format_records_print_as_they_are(broker: BrokerHandle, prefix: str) -> None:
+    """A topic written with --format json needs no schema: consume prints its records unchanged."""
+    table = _items()
+    serializer = JsonSerializer(prefix, SourceInfo("test", "db"))
+    key, value = serializer.encode(_insert(table, 1, "one"))
+    topic = table_topic(prefix, table)
+    _produce(broker.bootstrap_servers, [(topic, key, value), (topic, key, b"{not json")])
+    bootstrap = ["--bootstrap-servers", broker.bootstrap_servers]
+    lines, errors = consume(
+        [topic, *bootstrap, "--from-beginning", "--max-messages", "2", "--idle-timeout", "10"]
+    )
+    assert [(line["key"], line["value"]) for line in lines] == [
+        (orjson.loads(key or b""), orjson.loads(value))
+    ]
+    assert errors == [
+        f"cdc: {topic}[0]@1: cannot decode the value: not Avro single-object encoding (starts 7b6e6f74, "
+        "expected c301): is this topic written by cdc with --format avro?"
     ]
 
 
