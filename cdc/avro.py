@@ -66,8 +66,6 @@ log = logging.getLogger(__name__)
 MAGIC: Final = b"\xc3\x01"
 HEADER_SIZE: Final = 10  # magic + fingerprint
 FIXED_SCHEMAS: Final = ("source", "transaction", "envelope", "message", "message_key", "schema_record")
-#: Topic settings for ``<prefix>.schemas``: the fingerprint is the key, so compaction keeps one per schema.
-SCHEMA_TOPIC_CONFIG: Final = {"cleanup.policy": "compact"}
 
 _NAME_OK = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _NAME_BAD_CHAR = re.compile(r"[^A-Za-z0-9_]")
