@@ -1,8 +1,9 @@
 """Every type of DESIGN.md's table, from a real Postgres through Avro in Kafka to `cdc consume`.
 
-One table with a column per type, written once per Postgres version (a
-module fixture); the tests read what `cdc consume` printed and what plain
-fastavro makes of the raw records.
+One table with a column per type, streamed once per Postgres version (a
+module fixture) by the connector in --format avro and by a --format json twin;
+the tests compare what `cdc consume` printed with the JSON records and with
+the type table, and decode the raw records with plain fastavro.
 """
 
 from __future__ import annotations
