@@ -105,7 +105,7 @@ ROWS: list[dict[str, tuple[str, Any]]] = [
         "at": ('{"a b",NULL,"NULL",""}', ["a b", None, "NULL", ""]),
         "an": ("{1.5,NULL,-2}", ["1.50", None, "-2.00"]),
         "af": ("{NaN,Infinity,1.5}", ["NaN", "Infinity", 1.5]),
-        "ad": ("{2024-02-29,infinity}", ["2024-02-29", "infinity"]),
+        "ad": ("{2024-02-29,NULL}", ["2024-02-29", None]),
         "e": ("happy", "happy"),
         "dm": ("5", 5),
         "inet_col": ("192.168.0.1/24", "192.168.0.1/24"),
@@ -129,6 +129,7 @@ ROWS: list[dict[str, tuple[str, Any]]] = [
         "ba": ("\\x", ""),
         "t": ("", ""),
         "at": ("{}", []),
+        "ad": ("{infinity,-infinity}", ["infinity", "-infinity"]),
     },
     {
         "f4": ("-Infinity", "-Infinity"),
@@ -309,7 +310,12 @@ def _raw_records(bootstrap_servers: str, topic: str) -> list[tuple[bytes | None,
 
 
 def _plain_fastavro_first_row(types_run: TypesRun) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(key, value) of the first record, decoded by fastavro with only what the schema topic holds."""
+    """(key, value) of the first record, decoded by fastavro with only what the schema topic holds.
+
+    Row 1 has no infinite dates or timestamps: fastavro's logical types turn
+    them into Python dates, which cannot hold int32/int64 max (decode raw, as
+    cdc.consume does, to read those).
+    """
     schema_record = json.loads(schemas_dir().joinpath("schema_record.avsc").read_text())
     record_schema = parse_schema(schema_record)
     writers: dict[bytes, Any] = {}
