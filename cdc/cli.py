@@ -224,6 +224,100 @@ def dev_down(directory: DevDir = Path(".cdc-dev")) -> None:
     dev.down(directory)
 
 
+# -- consume, schemas export (issue 6) --------------------------------------------------------
+
+schemas_app = typer.Typer(help="The Avro schemas on the schema topic.", no_args_is_help=True)
+app.add_typer(schemas_app, name="schemas")
+
+
+def _quiet_kafka() -> None:
+    """kafka-python logs every connection attempt: its failures reach the user as our one-line errors."""
+    if not _debug:
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+
+BootstrapServers = Annotated[
+    str,
+    typer.Option(
+        "--bootstrap-servers", help="Kafka brokers, host:port[,host:port].", envvar="CDC_BOOTSTRAP_SERVERS"
+    ),
+]
+
+
+@app.command("consume")
+def consume(
+    topics: Annotated[list[str], typer.Argument(help="Topics to read (<prefix>.<schema>.<table>, ...).")],
+    bootstrap_servers: BootstrapServers = "localhost:9092",
+    from_beginning: Annotated[
+        bool,
+        typer.Option(
+            "--from-beginning", help="Start at the oldest record, not the end.", envvar="CDC_FROM_BEGINNING"
+        ),
+    ] = False,
+    max_messages: Annotated[
+        int | None,
+        typer.Option("--max-messages", min=1, help="Stop after N records.", envvar="CDC_MAX_MESSAGES"),
+    ] = None,
+    idle_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--idle-timeout", min=0, help="Stop when no record came for SECONDS.", envvar="CDC_IDLE_TIMEOUT"
+        ),
+    ] = None,
+    group: Annotated[
+        str | None,
+        typer.Option("--group", help="Consume in this consumer group (commits offsets).", envvar="CDC_GROUP"),
+    ] = None,
+    topic_prefix: Annotated[
+        str | None,
+        typer.Option(
+            "--topic-prefix",
+            help="Where the schemas are (<prefix>.schemas); guessed from the topic names if not given.",
+            envvar="CDC_TOPIC_PREFIX",
+        ),
+    ] = None,
+) -> None:
+    """Print records as JSON lines {"topic", "partition", "offset", "key", "value"}; bad ones on stderr."""
+    from cdc.consume import ChangeConsumer  # noqa: PLC0415
+
+    _quiet_kafka()
+    try:
+        with ChangeConsumer(
+            topics,
+            bootstrap_servers,
+            topic_prefix=topic_prefix,
+            from_beginning=from_beginning,
+            group=group,
+        ) as consumer:
+            for record in consumer.records(max_messages, idle_timeout):
+                if record.error is None:
+                    typer.echo(record.to_json().decode())
+                else:
+                    typer.echo(f"cdc: {record.error}", err=True)
+    except BrokenPipeError:
+        # the reader went away (| head): stop quietly, and keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+@schemas_app.command("export")
+def schemas_export(
+    out: Annotated[
+        Path, typer.Option("--out", help="Directory for the .avsc files.", envvar="CDC_SCHEMAS_OUT")
+    ],
+    topic_prefix: Annotated[
+        str,
+        typer.Option("--topic-prefix", help="The schemas of <prefix>.schemas.", envvar="CDC_TOPIC_PREFIX"),
+    ] = "cdc",
+    bootstrap_servers: BootstrapServers = "localhost:9092",
+) -> None:
+    """Write every registered schema to OUT/<subject>.v<version>.avsc."""
+    from cdc.consume import export_schemas  # noqa: PLC0415
+
+    _quiet_kafka()
+    for path in export_schemas(bootstrap_servers, topic_prefix, out):
+        typer.echo(str(path))
+
+
 def main() -> None:
     """Entry point: every expected failure is one line on stderr and a non-zero exit."""
     try:

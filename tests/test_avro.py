@@ -1,0 +1,632 @@
+"""cdc.avro without servers: schemas, the byte-exact encoding, the registry, backward compatibility."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import struct
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.read import SchemaResolutionError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cdc import avro
+from cdc.consume import RecordDecoder
+from cdc.errors import SchemaError
+from cdc.events import (
+    UNAVAILABLE_PLACEHOLDER,
+    ChangeEvent,
+    SourceInfo,
+    Table,
+    TableColumn,
+    envelope,
+    render_key,
+    source_block,
+)
+from cdc.pgoutput import ReplicaIdentity
+from cdc.pgtypes import ColumnType, column_type
+
+SOURCE = SourceInfo("test", "shop")
+NOW_MS = 1_700_000_000_123
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def ctype(oid: int, name: str, avro_type: Any, typmod: int = -1) -> ColumnType:
+    """A column type as cdc.pgtypes documents it (its parse and render do not matter here)."""
+    return ColumnType(oid, typmod, name, _same, avro_type, _same)
+
+
+def decimal_type(precision: int, scale: int) -> dict[str, Any]:
+    return {"type": "bytes", "logicalType": "decimal", "precision": precision, "scale": scale}
+
+
+NUMERIC_10_2 = ctype(1700, "numeric", [decimal_type(10, 2), "string"], ((10 << 16) | 2) + 4)
+TYPES = {
+    "int4": column_type(23),
+    "int8": column_type(20),
+    "text": column_type(25),
+    "bool": column_type(16),
+    "float4": ctype(700, "float4", "float"),
+    "float8": ctype(701, "float8", "double"),
+    "numeric(10,2)": NUMERIC_10_2,
+    "numeric": ctype(1700, "numeric", "string"),
+    "bytea": ctype(17, "bytea", "bytes"),
+    "date": ctype(1082, "date", {"type": "int", "logicalType": "date"}),
+    "time": ctype(1083, "time", {"type": "long", "logicalType": "time-micros"}),
+    "timestamp": ctype(1114, "timestamp", {"type": "long", "logicalType": "local-timestamp-micros"}),
+    "timestamptz": ctype(1184, "timestamptz", {"type": "long", "logicalType": "timestamp-micros"}),
+    "uuid": ctype(2950, "uuid", {"type": "string", "logicalType": "uuid"}),
+    "int4[]": ctype(1007, "_int4", [{"type": "array", "items": ["null", "int"]}, "string"]),
+    "text[]": ctype(1009, "_text", [{"type": "array", "items": ["null", "string"]}, "string"]),
+}
+
+
+def table(
+    columns: list[tuple[str, str]],
+    keys: tuple[str, ...] = ("id",),
+    identity: int = ReplicaIdentity.DEFAULT,
+    relation_id: int = 100,
+    name: str = "orders",
+) -> Table:
+    cols = [TableColumn(n, TYPES[t], n in keys) for n, t in columns]
+    return Table(relation_id, "public", name, identity, cols)
+
+
+def event(
+    tbl: Table | None, op: str, before: list[Any] | None, after: list[Any] | None, **kw: Any
+) -> ChangeEvent:
+    fields: dict[str, Any] = {
+        "lsn": 0x16B3748,
+        "commit_lsn": 0x16B3800,
+        "xid": 777,
+        "commit_ts_ms": 1_700_000_000_000,
+        "total_order": 1,
+        "data_collection_order": 1,
+        "transaction_id": "777:23803904",
+    }
+    fields.update(kw)
+    return ChangeEvent(op, tbl, before, after, **fields)
+
+
+def registered(serializer: avro.AvroSerializer, data: bytes) -> avro.RegisteredSchema:
+    entry = serializer.registry.get(data[2:10])
+    assert entry is not None
+    return entry
+
+
+def fastavro_body(schema: dict[str, Any], datum: Any) -> bytes:
+    buf = io.BytesIO()
+    schemaless_writer(buf, parse_schema(schema), datum)
+    return buf.getvalue()
+
+
+def _json(value: Any) -> Any:
+    return orjson.loads(orjson.dumps(value, default=str))
+
+
+# -- fixed pieces, names ----------------------------------------------------------------------
+
+
+def test_fingerprint_is_the_specifications_crc64() -> None:
+    # the values of the Avro specification's test suite, as Java's parsingFingerprint64 gives them
+    assert avro.fingerprint('"null"') == (7195948357588979594).to_bytes(8, "little", signed=True)
+    assert avro.fingerprint('"int"') == (8247732601305521295).to_bytes(8, "little", signed=True)
+
+
+def test_fixed_schemas_load_from_the_checkout_and_parse() -> None:
+    location = avro.schemas_dir()
+    assert Path(str(location)) == Path(__file__).resolve().parent.parent / "schemas"
+    for name in avro.FIXED_SCHEMAS:
+        assert avro.fixed_schema(name)["type"] == "record"
+    for standalone in ("source", "transaction", "schema_record"):
+        parse_schema(avro.fixed_schema(standalone))
+    assert avro.canonical_form(avro.message_schema()).startswith('{"name":"cdc.MessageEnvelope"')
+    with pytest.raises(SchemaError, match="no fixed Avro schema 'nope'"):
+        avro.fixed_schema("nope")
+
+
+def test_names_are_avro_safe_unique_and_keep_the_original() -> None:
+    assert [avro.avro_name(n) for n in ("ok_1", "a b", "1st", "ü", "")] == ["ok_1", "a_b", "_1st", "_", "_"]
+    cols = [TableColumn(n, TYPES["int4"], False) for n in ("a b", "a_b", "a-b", "1x", "id")]
+    tbl = Table(1, "public", "t", ReplicaIdentity.DEFAULT, cols)
+    # names that are already valid never change; the others get a suffix when taken
+    assert avro.field_names(tbl.columns) == ["a_b_2", "a_b", "a_b_3", "_1x", "id"]
+    fields = avro.value_schema(tbl, "p.public.t")["fields"][0]["type"][1]["fields"]
+    assert [(f["name"], f.get("pg.name")) for f in fields] == [
+        ("a_b_2", "a b"),
+        ("a_b", None),
+        ("a_b_3", "a-b"),
+        ("_1x", "1x"),
+        ("id", None),
+    ]
+
+
+def test_namespaces_are_the_topic_in_avro_names() -> None:
+    tbl = table([("id", "int4")], name="Order Lines")
+    value = avro.value_schema(tbl, "9shop.public.Order Lines")
+    assert value["namespace"] == "_9shop.public.Order_Lines"
+    assert avro.canonical_form(value).startswith('{"name":"_9shop.public.Order_Lines.Envelope"')
+
+
+# -- schemas of a table version ----------------------------------------------------------------
+
+
+def test_key_schema_is_the_replica_identity_non_null() -> None:
+    tbl = table([("id", "int4"), ("region", "text"), ("total", "numeric(10,2)")], keys=("id", "region"))
+    key = avro.key_schema(tbl, "p.public.orders")
+    assert key == {
+        "type": "record",
+        "name": "Key",
+        "namespace": "p.public.orders",
+        "fields": [
+            {"name": "id", "type": "int", "pg.type": "int4", "pg.oid": 23, "pg.typmod": -1},
+            {"name": "region", "type": "string", "pg.type": "text", "pg.oid": 25, "pg.typmod": -1},
+        ],
+    }
+    assert avro.key_schema(table([("id", "int4")], keys=()), "p.public.orders") is None
+    nothing = table([("id", "int4")], identity=ReplicaIdentity.NOTHING)
+    assert avro.key_schema(nothing, "p.public.orders") is None
+
+
+def test_value_columns_are_nullable_and_unions_flattened() -> None:
+    tbl = table([("id", "int4"), ("total", "numeric(10,2)"), ("tags", "int4[]"), ("at", "timestamptz")])
+    schema = avro.value_schema(tbl, "p.public.orders")
+    assert [f["name"] for f in schema["fields"]] == [
+        "before",
+        "after",
+        "source",
+        "op",
+        "ts_ms",
+        "transaction",
+    ]
+    assert schema["name"] == "Envelope"
+    assert schema["fields"][1]["type"] == ["null", "Value"]
+    row = schema["fields"][0]["type"][1]
+    assert row["name"] == "Value"
+    assert [(f["type"], f["default"]) for f in row["fields"]] == [
+        (["null", "int"], None),
+        (["null", decimal_type(10, 2), "string"], None),
+        (["null", {"type": "array", "items": ["null", "int"]}, "string"], None),
+        (["null", {"type": "long", "logicalType": "timestamp-micros"}], None),
+    ]
+    assert row["fields"][1]["pg.typmod"] == ((10 << 16) | 2) + 4
+    parse_schema(schema)  # self-contained: Source and Transaction are inlined
+
+
+def test_a_column_type_with_a_nested_union_is_a_schema_error() -> None:
+    bad = Table(
+        1, "public", "t", ReplicaIdentity.DEFAULT, [TableColumn("x", ctype(1, "x", ["int", ["long"]]), False)]
+    )
+    with pytest.raises(
+        SchemaError, match=r"invalid Avro type for a column: \['int', \['long'\]\]; fix cdc.pgtypes"
+    ):
+        avro.value_schema(bad, "p.public.t")
+
+
+# -- the encoding: byte for byte what fastavro writes ---------------------------------------------
+
+WIDE = [
+    ("id", "int4"),
+    ("qty", "int8"),
+    ("note", "text"),
+    ("ok", "bool"),
+    ("f4", "float4"),
+    ("f8", "float8"),
+    ("total", "numeric(10,2)"),
+    ("exact", "numeric"),
+    ("blob", "bytea"),
+    ("day", "date"),
+    ("at_time", "time"),
+    ("local", "timestamp"),
+    ("at", "timestamptz"),
+    ("uid", "uuid"),
+    ("tags", "int4[]"),
+    ("labels", "text[]"),
+]
+PLACEHOLDER = st.just(UNAVAILABLE_PLACEHOLDER)
+INT4 = st.integers(-(2**31), 2**31 - 1)
+INT8 = st.integers(-(2**63), 2**63 - 1)
+VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "int4": INT4,
+    "int8": INT8,
+    "text": st.text(),
+    "bool": st.booleans(),
+    "float4": st.floats(width=32),
+    "float8": st.floats(),
+    "numeric(10,2)": st.decimals(min_value=-99999999, max_value=99999999, places=2)
+    | st.sampled_from([Decimal("NaN"), Decimal("Infinity"), Decimal("-Infinity")])
+    | PLACEHOLDER,
+    "numeric": st.sampled_from(["NaN", "0", "-1.5", "123456789012345678901234567890.5"]),
+    "bytea": st.binary(),
+    "date": INT4,
+    "time": st.integers(0, 86_400_000_000),
+    "timestamp": INT8,
+    "timestamptz": INT8,
+    "uuid": st.uuids().map(str),
+    "int4[]": st.lists(st.none() | INT4, max_size=5) | PLACEHOLDER,
+    "text[]": st.lists(st.none() | st.text(max_size=5), max_size=5) | PLACEHOLDER,
+}
+
+
+@st.composite
+def rows(draw: st.DrawFn) -> list[Any]:
+    row: list[Any] = [draw(INT4)]
+    for _, type_name in WIDE[1:]:
+        row.append(draw(st.none() | VALUES[type_name]))
+    return row
+
+
+def _special(value: Any) -> Any:
+    """What the reference writer gets for the NaN and infinities of numeric(p,s): their text."""
+    if isinstance(value, Decimal) and not value.is_finite():
+        return "NaN" if value.is_nan() else ("-Infinity" if value.is_signed() else "Infinity")
+    return value
+
+
+def _reference_value(schema: dict[str, Any], names: list[str], ev: ChangeEvent) -> bytes:
+    def row(values: list[Any] | None) -> dict[str, Any] | None:
+        return None if values is None else {n: _special(v) for n, v in zip(names, values, strict=True)}
+
+    datum = {
+        "before": row(ev.before),
+        "after": row(ev.after),
+        "source": source_block(ev, SOURCE),
+        "op": ev.op,
+        "ts_ms": NOW_MS,
+        "transaction": None
+        if ev.transaction_id is None
+        else {
+            "id": ev.transaction_id,
+            "total_order": ev.total_order,
+            "data_collection_order": ev.data_collection_order,
+        },
+    }
+    return fastavro_body(schema, datum)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    before=st.none() | rows(),
+    after=rows(),
+    op=st.sampled_from(["c", "u", "d", "r"]),
+    snapshot=st.sampled_from([None, "true", "last"]),
+    transaction=st.booleans(),
+    lsn=st.integers(0, 2**63 - 1),
+    order=st.integers(1, 2**40),
+)
+def test_encoding_is_what_fastavro_writes(
+    before: list[Any] | None,
+    after: list[Any],
+    op: str,
+    snapshot: str | None,
+    transaction: bool,
+    lsn: int,
+    order: int,
+) -> None:
+    tbl = table(WIDE)
+    serializer = avro.AvroSerializer("shop", SOURCE)
+    if op == "d":  # a delete has the old row (or its key) and nothing after
+        before, after_row = before or after, None
+    else:
+        after_row = after
+    ev = event(
+        tbl,
+        op,
+        before,
+        after_row,
+        lsn=lsn,
+        snapshot=snapshot,
+        total_order=order,
+        data_collection_order=order,
+        transaction_id="777:23803904" if transaction else None,
+    )
+    key, value = serializer.encode(ev, now_ms=NOW_MS)
+    entry = registered(serializer, value)
+    assert value[:10] == avro.MAGIC + entry.fingerprint
+    assert value[10:] == _reference_value(entry.schema, avro.field_names(tbl.columns), ev)
+    assert key is not None
+    key_values = ev.key_values()
+    assert key_values is not None
+    assert key[10:] == fastavro_body(registered(serializer, key).schema, {"id": key_values[0]})
+
+    # and back: the raw decoding gives the wire values again (NaN and infinities as their text)
+    _, raw = RecordDecoder(serializer.registry).decode_raw(value)
+    if ev.after is not None:
+        decoded = list(raw["after"].values())
+        for column, got, value in zip(WIDE, decoded, ev.after, strict=True):
+            sent = _special(value)
+            if isinstance(sent, float) and math.isnan(sent):
+                assert math.isnan(got)
+            elif column[1] == "float4" and isinstance(sent, float):
+                assert got == struct.unpack("<f", struct.pack("<f", sent))[0]
+            elif column[1] == "numeric(10,2)" and isinstance(sent, Decimal):
+                assert Decimal(f"{int.from_bytes(got, 'big', signed=True)}e-2") == sent
+            else:
+                assert got == sent, column
+
+
+def test_a_key_alone_is_the_key_of_the_tombstone() -> None:
+    tbl = table([("id", "int4"), ("note", "text")])
+    serializer = avro.AvroSerializer("shop", SOURCE)
+    key, _ = serializer.encode(event(tbl, "d", [5, None], None))
+    assert serializer.encode_key(tbl, [5]) == key
+    assert serializer.encode_key(table([("id", "int4")], keys=()), [5]) is None
+
+
+def test_truncates_and_tables_without_a_key_have_no_key() -> None:
+    tbl = table([("id", "int4"), ("note", "text")])
+    serializer = avro.AvroSerializer("shop", SOURCE)
+    key, value = serializer.encode(event(tbl, "t", None, None), now_ms=NOW_MS)
+    assert key is None
+    decoded = RecordDecoder(serializer.registry).decode(value)
+    assert (decoded["op"], decoded["before"], decoded["after"]) == ("t", None, None)
+    full = table([("id", "int4"), ("note", "text")], keys=(), relation_id=101, name="log")
+    assert serializer.encode(event(full, "c", None, [1, "x"]))[0] is None
+    subjects = {entry.subject for entry in serializer.registry}
+    assert subjects == {"shop.public.orders-key", "shop.public.orders-value", "shop.public.log-value"}
+
+
+def test_decoded_records_render_as_the_json_envelope() -> None:
+    """With the types cdc.pgtypes has today, consume's rendering equals `envelope`'s."""
+    tbl = table([("id", "int4"), ("qty", "int8"), ("note", "text"), ("ok", "bool")])
+    serializer = avro.AvroSerializer("shop", SOURCE)
+    decoder = RecordDecoder(serializer.registry)
+    events = [
+        event(tbl, "c", None, [1, 2**40, "héllo", True]),
+        event(tbl, "u", [1, None, None, None], [1, -5, None, False], snapshot="true", transaction_id=None),
+        event(tbl, "d", [1, 7, "bye", None], None, total_order=9, data_collection_order=3),
+    ]
+    for ev in events:
+        key, value = serializer.encode(ev, now_ms=NOW_MS)
+        assert key is not None
+        assert decoder.decode(value) == _json(envelope(ev, SOURCE, NOW_MS))
+        key_values = ev.key_values()
+        assert key_values is not None
+        assert decoder.decode(key) == render_key(tbl, key_values)
+
+
+def test_logical_messages_go_to_the_fixed_message_envelope() -> None:
+    serializer = avro.AvroSerializer("shop", SOURCE)
+    ev = event(None, "m", None, None, message_prefix="app", message_content=b"\x00hi")
+    key, value = serializer.encode(ev, now_ms=NOW_MS)
+    assert key is not None
+    assert serializer.topic_for(ev) == "shop.messages"
+    assert registered(serializer, value).subject == "shop.messages-value"
+    assert registered(serializer, key).subject == "shop.messages-key"
+    decoder = RecordDecoder(serializer.registry)
+    assert decoder.decode(value) == _json(envelope(ev, SOURCE, NOW_MS))
+    assert decoder.decode(key) == {"prefix": "app"}  # as --format json keys it
+    untransacted = event(None, "m", None, None, message_prefix="p", transaction_id=None, xid=0)
+    decoded = RecordDecoder(serializer.registry).decode(serializer.encode(untransacted, now_ms=NOW_MS)[1])
+    assert (decoded["transaction"], decoded["message"]) == (None, {"prefix": "p", "content": ""})
+
+
+def test_a_value_that_does_not_fit_names_its_column() -> None:
+    serializer = avro.AvroSerializer("shop", SOURCE)
+    tbl = table([("id", "int4"), ("qty", "int8")])
+    with pytest.raises(
+        SchemaError, match=r"^cannot encode column qty \(int8\) of public.orders: str .*cdc.pgtypes"
+    ):
+        serializer.encode(event(tbl, "c", None, [1, "12"]))
+    with pytest.raises(SchemaError, match=r"^cannot encode a row of public.orders \(version 1\)"):
+        serializer.encode(event(tbl, "c", None, [1]))
+    with pytest.raises(SchemaError, match="unknown op 'x'"):
+        serializer.encode(event(tbl, "x", None, [1, 2]))
+
+
+def test_encode_throughput(capsys: pytest.CaptureFixture[str]) -> None:
+    """The per-row path of a 6-column row; the floor is far below the measured rate (shared machines)."""
+    columns = [("id", "int4"), ("note", "text"), ("qty", "int8"), ("total", "numeric(10,2)")]
+    tbl = table([*columns, ("at", "timestamptz"), ("ok", "bool")])
+    serializer = avro.AvroSerializer("shop", SOURCE)
+    ev = event(tbl, "c", None, [1, "hello world", 42, Decimal("12.50"), 1_700_000_000_000_000, True])
+    serializer.encode(ev)
+    count = 20_000
+    started = time.perf_counter()
+    for i in range(count):
+        ev.lsn = 0x16B3748 + i * 100
+        ev.total_order = ev.data_collection_order = i + 1
+        serializer.encode(ev)
+    rate = count / (time.perf_counter() - started)
+    with capsys.disabled():
+        print(f"\nencode: {rate:,.0f} events/s (6 columns, key and value)")
+    assert rate > 20_000
+
+
+# -- the registry, versions, variants -----------------------------------------------------------
+
+
+def test_schema_records_round_trip_and_are_checked() -> None:
+    serializer = avro.AvroSerializer("shop", SOURCE)
+    serializer.encode(event(table([("id", "int4")]), "c", None, [1]))
+    records = serializer.take_schema_records()
+    assert serializer.take_schema_records() == []
+    assert len(records) == 2
+    registry = avro.SchemaRegistry()
+    for key, value in records:
+        entry = registry.load(key, value)
+        assert entry is not None
+        assert entry == serializer.registry.get(key)
+    key, value = records[0]
+    with pytest.raises(SchemaError, match="differs from its fingerprint"):
+        registry.load(bytes(8), value)
+    with pytest.raises(SchemaError, match=r"does not start with the cdc\.SchemaRecord header"):
+        registry.load(key, b"\xc3\x01" + bytes(8) + value[10:])
+    with pytest.raises(SchemaError, match="malformed schema topic record: the Avro body ends early"):
+        registry.load(key, value[:-20])
+    assert registry.load(key, None) is None  # a deletion marker of the compacted topic
+    assert registry.get(key) is None
+
+
+def test_versions_continue_after_a_restart(caplog: pytest.LogCaptureFixture) -> None:
+    v1 = table([("id", "int4"), ("a", "int4")])
+    v2 = table([("id", "int4"), ("a", "int4"), ("b", "text")])
+    v3 = table([("id", "int4"), ("a", "text"), ("b", "text")])
+    first = avro.AvroSerializer("shop", SOURCE)
+    first.encode(event(v1, "c", None, [1, 1]))
+    first.encode(event(v2, "c", None, [2, 2, "x"]))
+    records = first.take_schema_records()
+    assert [(r.schema.subject, r.schema.version) for r in first.registrations] == [
+        ("shop.public.orders-value", 1),
+        ("shop.public.orders-key", 1),
+        ("shop.public.orders-value", 2),
+    ]
+
+    restarted = avro.AvroSerializer("shop", SOURCE)
+    restarted.load_schema_records(records)
+    restarted.encode(event(table([("id", "int4"), ("a", "int4"), ("b", "text")]), "c", None, [3, 3, "y"]))
+    assert restarted.take_schema_records() == []  # v2 is known: nothing to publish
+    with caplog.at_level(logging.INFO, logger="cdc.avro"):
+        restarted.encode(event(v3, "c", None, [4, "4", "z"]))
+    (registration,) = restarted.registrations
+    assert (registration.schema.version, registration.previous_version) == (3, 2)
+    assert [str(p) for p in registration.problems] == ["a: int cannot be read as string"]
+    assert caplog.records[-1].levelno == logging.WARNING
+    assert "shop.public.orders-value v3 is not backward compatible with v2" in caplog.records[-1].getMessage()
+
+
+def test_a_change_of_meaning_only_gets_its_own_fingerprint() -> None:
+    """numeric(10,2) -> numeric(10,4): the canonical form is the same, so the second version moves
+    its Value record to another namespace rather than overwrite the first on the compacted topic."""
+    scaled = ctype(1700, "numeric", [decimal_type(10, 4), "string"], ((10 << 16) | 4) + 4)
+    v1 = table([("id", "int4"), ("total", "numeric(10,2)")])
+    v2 = Table(
+        100, "public", "orders", ReplicaIdentity.DEFAULT, [v1.columns[0], TableColumn("total", scaled, False)]
+    )
+    serializer = avro.AvroSerializer("shop", SOURCE)
+    old = serializer.encode(event(v1, "c", None, [1, Decimal("1.50")]))[1]
+    new = serializer.encode(event(v2, "c", None, [2, Decimal("1.5000")]))[1]
+    first, second = registered(serializer, old), registered(serializer, new)
+    assert first.fingerprint != second.fingerprint
+    assert (first.version, second.version) == (1, 2)
+    assert second.schema["fields"][0]["type"][1]["namespace"] == "shop.public.orders.variant1"
+    assert [str(p) for p in serializer.registrations[-1].problems] == [
+        "total: decimal scale changes: bytes decimal(10,2) -> bytes decimal(10,4)"
+    ]
+    decoder = RecordDecoder(serializer.registry)
+    assert decoder.decode_raw(old)[1]["after"]["total"] == (150).to_bytes(2, "big", signed=True)
+    assert decoder.decode_raw(new)[1]["after"]["total"] == (15000).to_bytes(2, "big", signed=True)
+
+
+# -- backward compatibility against the Avro specification (and fastavro's resolution) ----------
+
+
+def rec(name: str, *fields: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"type": "record", "name": name, "fields": list(fields), **extra}
+
+
+def fld(name: str, type_: Any, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "type": type_, **extra}
+
+
+ENUM = {"type": "enum", "name": "E", "symbols": ["A", "B"]}
+# (writer, reader, a datum of the writer, compatible?)
+STRUCTURAL: list[tuple[Any, Any, Any, bool]] = [
+    ("int", "long", 5, True),
+    ("int", "double", 5, True),
+    ("long", "float", 5, True),
+    ("float", "double", 1.5, True),
+    ("string", "bytes", "x", True),
+    ("bytes", "string", b"x", True),
+    ("long", "int", 5, False),
+    ("double", "float", 1.5, False),
+    ("int", "string", 5, False),
+    (["null", "int"], ["null", "long"], 5, True),
+    (["null", "int", "string"], ["null", "int"], "x", False),
+    ("int", ["null", "string"], 5, False),
+    ("int", ["null", "int"], 5, True),
+    (["null", "int"], "int", None, False),  # the null branch has nowhere to go
+    (
+        rec("R", fld("a", "int")),
+        rec("R", fld("a", "int"), fld("b", ["null", "int"], default=None)),
+        {"a": 1},
+        True,
+    ),
+    (rec("R", fld("a", "int")), rec("R", fld("a", "int"), fld("b", "int")), {"a": 1}, False),
+    (rec("R", fld("a", "int"), fld("b", "int")), rec("R", fld("a", "int")), {"a": 1, "b": 2}, True),
+    (rec("R", fld("a", "int")), rec("S", fld("a", "int")), {"a": 1}, False),
+    (rec("R", fld("a", "int")), rec("S", fld("a", "int"), aliases=["R"]), {"a": 1}, True),
+    (rec("R", fld("a", "int")), rec("R", fld("b", "int", aliases=["a"])), {"a": 1}, True),
+    (ENUM, {**ENUM, "symbols": ["A", "B", "C"]}, "A", True),
+    (ENUM, {**ENUM, "symbols": ["A"]}, "B", False),
+    ({"type": "fixed", "name": "F", "size": 4}, {"type": "fixed", "name": "F", "size": 8}, b"abcd", False),
+    ({"type": "array", "items": "int"}, {"type": "array", "items": "long"}, [1], True),
+    ({"type": "map", "values": "long"}, {"type": "map", "values": "int"}, {"k": 1}, False),
+]
+
+
+@pytest.mark.parametrize(("writer", "reader", "datum", "compatible"), STRUCTURAL)
+def test_compatibility_follows_schema_resolution(
+    writer: Any, reader: Any, datum: Any, compatible: bool
+) -> None:
+    problems = avro.check_backward(reader, writer)
+    assert (not problems) is compatible, problems
+    # the verdict agrees with what fastavro's resolving reader does with real data
+    buf = io.BytesIO()
+    schemaless_writer(buf, parse_schema(writer), datum)
+    try:
+        schemaless_reader(io.BytesIO(buf.getvalue()), parse_schema(writer), parse_schema(reader))
+        read = True
+    except (SchemaResolutionError, ValueError, KeyError, TypeError):
+        read = False
+    assert read is compatible
+
+
+def test_enum_default_lets_symbols_go() -> None:
+    reader = {**ENUM, "symbols": ["A"], "default": "A"}
+    assert avro.check_backward(reader, ENUM) == []
+
+
+@pytest.mark.parametrize(
+    ("writer", "reader", "problem"),
+    [
+        ({"type": "int", "logicalType": "date"}, "int", "int date would be read as int"),
+        (
+            "long",
+            {"type": "long", "logicalType": "timestamp-micros"},
+            "long would be read as long timestamp-micros",
+        ),
+        (
+            {"type": "long", "logicalType": "local-timestamp-micros"},
+            {"type": "long", "logicalType": "timestamp-micros"},
+            "long local-timestamp-micros would be read as long timestamp-micros",
+        ),
+        (
+            decimal_type(10, 2),
+            decimal_type(10, 3),
+            "decimal scale changes: bytes decimal(10,2) -> bytes decimal(10,3)",
+        ),
+        (
+            decimal_type(10, 2),
+            decimal_type(8, 2),
+            "decimal precision shrinks: bytes decimal(10,2) -> bytes decimal(8,2)",
+        ),
+        (decimal_type(10, 2), decimal_type(12, 2), None),
+        ({"type": "string", "logicalType": "uuid"}, "string", None),  # uuid only annotates a string
+    ],
+)
+def test_a_changed_meaning_of_the_same_bytes_is_incompatible(
+    writer: Any, reader: Any, problem: str | None
+) -> None:
+    problems = [str(p) for p in avro.check_backward(reader, writer)]
+    assert problems == ([] if problem is None else [f"<root>: {problem}"])
+
+
+def test_problems_name_the_column() -> None:
+    old = avro.value_schema(table([("id", "int4"), ("Weird Name", "int4")]), "p.public.t")
+    new = avro.value_schema(table([("id", "int4"), ("Weird Name", "text")]), "p.public.t")
+    assert [str(p) for p in avro.check_backward(new, old)] == [
+        "before.Weird Name: int cannot be read as string",
+        "after.Weird Name: int cannot be read as string",
+    ]
