@@ -125,11 +125,19 @@ class _TableState:
 
 
 def make_serializer(settings: Settings, source: SourceInfo) -> Serializer:
+    """The serializer of ``--format``; Avro starts from what the schema topic already holds.
+
+    Made anew for every session: after a broker restart (or a new cluster) the
+    schema topic may have lost schemas this process published, and a fresh
+    registry publishes them again before the first record that needs them.
+    """
     if settings.format == "json":
         return JsonSerializer(settings.topic_prefix, source)
-    from cdc.avro import AvroSerializer  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
+    from cdc.avro import AvroSerializer  # noqa: PLC0415 - fastavro only when used
+    from cdc.consume import read_schema_records  # noqa: PLC0415
 
-    serializer: Serializer = AvroSerializer(settings.topic_prefix, source)
+    serializer = AvroSerializer(settings.topic_prefix, source)
+    serializer.load_schema_records(read_schema_records(settings.bootstrap_servers, settings.topic_prefix))
     return serializer
 
 
@@ -200,8 +208,7 @@ class Connector:
             database = str(row[0]) if row else ""
             catalog = TypeCatalog.from_connection(conn)
             source = SourceInfo(name=s.name, db=database)
-            if self.serializer is None:
-                self.serializer = make_serializer(s, source)
+            self.serializer = make_serializer(s, source)
             producer = make_producer(
                 s.producer,
                 s.bootstrap_servers,

@@ -15,6 +15,7 @@ DESIGN.md; the Avro encoding in `cdc.avro` has the same shape.
 from __future__ import annotations
 
 import base64
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -245,8 +246,12 @@ def describe_position(event: ChangeEvent) -> str:
 # -- topics and the JSON format ---------------------------------------------------------
 
 
+_TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
 def table_topic(prefix: str, table: Table) -> str:
-    return f"{prefix}.{table.schema}.{table.name}"
+    """``<prefix>.<schema>.<table>``; characters Kafka does not allow in names become ``_``."""
+    return _TOPIC_UNSAFE.sub("_", f"{prefix}.{table.schema}.{table.name}")[:249]
 
 
 def messages_topic(prefix: str) -> str:
