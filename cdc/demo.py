@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import orjson
 import psycopg
 
 from cdc import dev
@@ -81,14 +82,14 @@ def main() -> None:
         with psycopg.connect(env["CDC_DSN"], autocommit=True) as conn:
             conn.execute(SCHEMA)
         say("cdc start --detach")
-        print(run(["start", "--detach", "--snapshot", "never", "--format", "json"], env).stdout.strip())
+        print(run(["start", "--detach", "--snapshot", "never"], env).stdout.strip())
         say("the order service at work")
         with psycopg.connect(env["CDC_DSN"], autocommit=True) as conn:
             for statement in BUSINESS:
                 print("  " + " ".join(statement.split())[:100] + " ...")
                 conn.execute(statement)
         time.sleep(2)
-        say("change events, as consumers see them")
+        say("change events, decoded from Avro as `cdc consume` prints them (in commit order)")
         topics = [f"shop.public.{t}" for t in TOPICS] + ["shop.messages"]
         print(_consume(topics, env), end="")
         say("cdc status")
@@ -102,29 +103,26 @@ def main() -> None:
 
 
 def _consume(topics: list[str], env: dict[str, str]) -> str:
-    """One line per event: topic, op, key and the row after (or before) the change."""
-    import orjson  # noqa: PLC0415
-    from kafka import KafkaConsumer, TopicPartition  # noqa: PLC0415
+    """One line per event, decoded from Avro with `cdc.consume`, in commit order across topics."""
+    from cdc.consume import ChangeConsumer  # noqa: PLC0415
 
-    consumer = KafkaConsumer(bootstrap_servers=env["CDC_BOOTSTRAP_SERVERS"], enable_auto_commit=False)
-    consumer.assign([TopicPartition(t, 0) for t in topics])
-    consumer.seek_to_beginning()
     lines: list[tuple[tuple[int, int, int], str]] = []
-    while batch := consumer.poll(timeout_ms=1500):
-        for records in batch.values():
-            position = (0, 0, 0)
-            for r in records:  # in offset order: a tombstone follows its delete
-                value = orjson.loads(r.value) if r.value else None
-                if value is None:
-                    position = (*position[:2], position[2] + 1)
-                    lines.append((position, f"{r.topic:<24} tombstone key={r.key.decode()}"))
-                    continue
-                source, txn = value["source"], value.get("transaction") or {}
-                position = (int(source["commit_lsn"]), int(txn.get("total_order", 0)), 0)
-                row = value.get("after") or value.get("before") or value.get("message")
-                lines.append((position, f"{r.topic:<24} op={value['op']} {orjson.dumps(row).decode()}"))
-    consumer.close()
-    # commit order across topics: (commit_lsn, order in the transaction)
+    last: dict[tuple[str, int], tuple[int, int, int]] = {}
+    with ChangeConsumer(topics, env["CDC_BOOTSTRAP_SERVERS"], topic_prefix="shop", from_beginning=True) as c:
+        for r in c.records(idle_timeout=2):
+            if r.error:
+                lines.append(((0, 0, 0), f"{r.topic:<24} error: {r.error}"))
+                continue
+            if r.value is None:  # a tombstone follows its delete in the same partition
+                previous = last.get((r.topic, r.partition), (0, 0, 0))
+                position = (*previous[:2], previous[2] + 1)
+                lines.append((position, f"{r.topic:<24} tombstone key={orjson.dumps(r.key).decode()}"))
+                continue
+            source, txn = r.value["source"], r.value.get("transaction") or {}
+            position = (int(source["commit_lsn"]), int(txn.get("total_order", 0)), 0)
+            last[(r.topic, r.partition)] = position
+            row = r.value.get("after") or r.value.get("before") or r.value.get("message")
+            lines.append((position, f"{r.topic:<24} op={r.value['op']} {orjson.dumps(row).decode()}"))
     return "".join(f"  {text}\n" for _, text in sorted(lines))
 
 
