@@ -1,7 +1,217 @@
-"""`make bench`: not yet; the benchmark issue builds it."""
+"""`make bench`: every figure of the benchmark issue from one run, as a table and as JSON.
 
-import sys
+Starts its own Postgres (the newest build found) and Tansu, then measures,
+for the same workload (a six-column table of mixed types):
+
+- the limit: pg_recvlogical (pgoutput, same publication) to /dev/null;
+- the connector end to end, events acknowledged per second from the first
+  event read to the last acknowledgement, for one 200k-row transaction and
+  for 10-row transactions, with both producers;
+- commit-to-ack latency p50/p99 at a steady 1,000 transactions/s;
+- RSS: peak over the runs, and during a 1M-row transaction;
+- seconds from `cdc start` to the first event acknowledged;
+- the snapshot rate of a 1M-row table (bench/snapshot.py) and the decoder
+  micro-benchmark (bench/decoder.py).
+
+Throughput and latency figures are medians of ``--runs`` runs (3). Results go
+to ``bench/results/latest.json`` (and a timestamped copy) for comparing runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import stream
+from bench.common import median, servers
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PRODUCERS = ("confluent", "kafka-python")
+
+#: the issue's targets: (figure key, comparison, threshold, text)
+TARGETS: list[tuple[str, str, float, str]] = [
+    ("stream_one_txn_confluent_ratio", ">=", 0.3, ">= 0.3 of pg_recvlogical"),
+    ("snapshot_rows_per_s", ">=", 90_000, ">= 90,000 rows/s"),
+    ("latency_p99_ms_confluent", "<", 50, "p99 < 50 ms at 1,000 txn/s"),
+    ("peak_rss_mb", "<", 150, "peak RSS < 150 MB"),
+    ("start_to_first_event_s", "<", 1.0, "first event < 1 s after start"),
+]
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+        "load_average": os.getloadavg(),
+    }
+
+
+def optional(module: str, function: str) -> Callable[..., float] | None:
+    """A figure from a sibling benchmark module, if it exists in this checkout."""
+    try:
+        found: Callable[..., float] = getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError):
+        return None
+    return found
+
+
+def run(runs: int, rows: int, big_rows: int, quick: bool) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    samples: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        samples.setdefault(key, []).append(value)
+        print(f"  {key}: {value:,.2f}", flush=True)
+
+    peak_rss: list[float] = []
+    with servers() as s, tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp:
+        state = Path(tmp)
+        for i in range(runs):
+            print(f"run {i + 1}/{runs}", flush=True)
+            for small in (False, True):
+                workload = "small_txns" if small else "one_txn"
+                add(f"limit_{workload}_rows_per_s", stream.limit_rate(s, rows, small))
+                for producer in PRODUCERS:
+                    result = stream.connector_rate(s, state, rows, small, producer, "avro")
+                    add(f"stream_{workload}_{producer}_events_per_s", result["events_per_s"])
+                    peak_rss.append(result["peak_rss_mb"])
+            for producer in PRODUCERS:
+                lat = stream.latency(s, state, producer, "avro", seconds=4 if quick else 8)
+                add(f"latency_p50_ms_{producer}", lat["p50_ms"] or 0.0)
+                add(f"latency_p99_ms_{producer}", lat["p99_ms"] or 0.0)
+                add(f"latency_txn_per_s_{producer}", lat["txn_per_s"])
+            add("start_to_first_event_s", stream.start_to_first_event(s, state, "auto", "avro"))
+        for producer in PRODUCERS:
+            big = stream.big_transaction_rss(s, state, producer, "avro", rows=big_rows)
+            figures[f"big_txn_rows_{producer}"] = big["rows"]
+            figures[f"big_txn_max_rss_mb_{producer}"] = big["max_rss_mb"]
+            figures[f"big_txn_idle_rss_mb_{producer}"] = big["idle_rss_mb"]
+            peak_rss.append(big["peak_rss_mb"])
+            print(f"  big transaction ({producer}): {big}", flush=True)
+    for key, values in samples.items():
+        figures[key] = median(values)
+    figures["peak_rss_mb"] = max(peak_rss)
+    for workload in ("one_txn", "small_txns"):
+        limit = figures[f"limit_{workload}_rows_per_s"]
+        for producer in PRODUCERS:
+            rate = figures[f"stream_{workload}_{producer}_events_per_s"]
+            figures[f"stream_{workload}_{producer}_ratio"] = rate / limit
+    snapshot = optional("bench.snapshot", "snapshot_rows_per_second")
+    if snapshot is not None:
+        figures["snapshot_rows_per_s"] = median([snapshot(rows=big_rows) for _ in range(runs)])
+    decoder = optional("bench.decoder", "decoder_rows_per_second")
+    if decoder is not None:
+        figures["decoder_rows_per_s"] = decoder()
+    return figures
+
+
+def table(figures: dict[str, Any]) -> str:
+    def fig(key: str, fmt: str = "{:,.0f}") -> str:
+        return fmt.format(figures[key]) if key in figures else "n/a"
+
+    def ratio(key: str) -> str:
+        return f"{figures[key]:.2f}" if key in figures else ""
+
+    rows = [
+        ("pg_recvlogical, one 200k-row transaction (rows/s)", fig("limit_one_txn_rows_per_s"), "1.00"),
+        ("pg_recvlogical, 10-row transactions (rows/s)", fig("limit_small_txns_rows_per_s"), "1.00"),
+    ]
+    for producer in PRODUCERS:
+        for workload, label in (
+            ("one_txn", "one 200k-row transaction"),
+            ("small_txns", "10-row transactions"),
+        ):
+            key = f"stream_{workload}_{producer}"
+            rows.append(
+                (f"cdc ({producer}), {label} (events/s)", fig(f"{key}_events_per_s"), ratio(f"{key}_ratio"))
+            )
+    for producer in PRODUCERS:
+        p50, p99 = fig(f"latency_p50_ms_{producer}", "{:.1f}"), fig(f"latency_p99_ms_{producer}", "{:.1f}")
+        rows.append((f"commit-to-ack p50 / p99 at 1,000 txn/s, {producer} (ms)", f"{p50} / {p99}", ""))
+    rows += [
+        ("snapshot of a 1M-row table (rows/s)", fig("snapshot_rows_per_s"), ""),
+        ("peak RSS over all runs (MB)", fig("peak_rss_mb", "{:.0f}"), ""),
+    ]
+    for producer in PRODUCERS:
+        during = fig(f"big_txn_max_rss_mb_{producer}", "{:.0f}")
+        idle = fig(f"big_txn_idle_rss_mb_{producer}", "{:.0f}")
+        rows.append(
+            (
+                f"RSS during a {fig(f'big_txn_rows_{producer}')}-row transaction, {producer} (MB)",
+                f"{during} (idle {idle})",
+                "",
+            )
+        )
+    rows += [
+        ("cdc start to first event (s)", fig("start_to_first_event_s", "{:.2f}"), ""),
+        ("decoder micro-benchmark, no I/O (rows/s)", fig("decoder_rows_per_s"), ""),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [
+        f"| {'figure':<{width}} | {'value':>16} | {'vs limit':>8} |",
+        f"|{'-' * (width + 2)}|{'-' * 18}|{'-' * 10}|",
+    ]
+    lines += [f"| {name:<{width}} | {value:>16} | {r:>8} |" for name, value, r in rows]
+    lines.append("")
+    for key, op, threshold, text in TARGETS:
+        if key not in figures:
+            lines.append(f"target {text}: not measured")
+            continue
+        value = figures[key]
+        met = value >= threshold if op == ">=" else value < threshold
+        lines.append(f"target {text}: {'met' if met else 'NOT met'} ({value:,.2f})")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--big-rows", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="1 run, smaller loads: checks the harness")
+    args = parser.parse_args()
+    if args.quick:
+        args.runs, args.rows, args.big_rows = 1, 20_000, 100_000
+    started = time.monotonic()
+    figures = run(args.runs, args.rows, args.big_rows, args.quick)
+    report = {
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "runs": args.runs,
+        "rows": args.rows,
+        "seconds": round(time.monotonic() - started, 1),
+        "figures": figures,
+    }
+    text = table(figures)
+    print()
+    print(text)
+    print(f"\n{report['seconds']} s on {report['machine']['cores']} cores ({report['machine']['cpu']})")
+    RESULTS.mkdir(exist_ok=True)
+    payload = orjson.dumps(report, option=orjson.OPT_INDENT_2)
+    (RESULTS / "latest.json").write_bytes(payload)
+    (RESULTS / f"{report['when'].replace(':', '')}.json").write_bytes(payload)
+    (RESULTS / "latest.md").write_text(text + "\n")
+
 
 if __name__ == "__main__":
-    print("make bench: not yet (the benchmark issue adds it)", file=sys.stderr)
-    sys.exit(0)
+    main()
