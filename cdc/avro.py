@@ -34,7 +34,7 @@ import logging
 import re
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
@@ -999,8 +999,10 @@ class AvroSerializer:
             codec = self._codec(table)
         return self._encode_key(codec, key)
 
-    def take_schema_records(self) -> list[tuple[bytes, bytes]]:
+    def take_schema_records(self) -> Sequence[tuple[bytes, bytes]]:
         """(key, value) records for the schema topic registered since the last call."""
+        if not self._pending:
+            return ()  # the per-event case: no allocation
         records, self._pending = self._pending, []
         return records
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -273,7 +274,7 @@ class Serializer(Protocol):
 
     def encode_key(self, table: Table, key: list[Any]) -> bytes | None: ...
 
-    def take_schema_records(self) -> list[tuple[bytes, bytes]]: ...
+    def take_schema_records(self) -> Sequence[tuple[bytes, bytes]]: ...
 
 
 class JsonSerializer:
@@ -295,5 +296,5 @@ class JsonSerializer:
     def encode_key(self, table: Table, key: list[Any]) -> bytes | None:
         return orjson.dumps(render_key(table, key)) if table.has_key else None
 
-    def take_schema_records(self) -> list[tuple[bytes, bytes]]:
-        return []
+    def take_schema_records(self) -> Sequence[tuple[bytes, bytes]]:
+        return ()

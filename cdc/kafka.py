@@ -107,6 +107,8 @@ class KafkaPythonProducer:
         self.max_buffer = max_buffer_mb * 1024 * 1024
         self.buffered = 0
         self.sizes: deque[int] = deque()
+        self._token: InFlight | None = None
+        self._token_callbacks: tuple[Any, Any] = (None, None)
         self._kafka_error = KafkaError
         try:
             self.producer = KafkaProducer(**config)
@@ -120,13 +122,27 @@ class KafkaPythonProducer:
             raise ConfigError(f"invalid producer setting: {exc}") from None
         self.admin: Any = None
 
-    def _on_done(self, token: InFlight, size: int, result: Any) -> None:
-        # runs on kafka-python's sender thread: only deque appends here
-        if isinstance(result, BaseException):
-            self.deliveries.failures.append((token, result))
-        else:
-            self.sizes.append(size)
-            self.deliveries.acked.append(token)
+    def _callbacks(self, token: InFlight) -> tuple[Any, Any]:
+        """Delivery callbacks for ``token``, made once per transaction rather than per record.
+
+        They run on kafka-python's sender thread: deque appends only.
+        """
+        if token is not self._token:
+            acked, sizes, failures = (
+                self.deliveries.acked.append,
+                self.sizes.append,
+                self.deliveries.failures.append,
+            )
+
+            def ok(metadata: Any) -> None:
+                sizes(max(metadata.serialized_key_size, 0) + max(metadata.serialized_value_size, 0) + 64)
+                acked(token)
+
+            def failed(error: BaseException) -> None:
+                failures((token, error))
+
+            self._token, self._token_callbacks = token, (ok, failed)
+        return self._token_callbacks
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, token: InFlight) -> None:
         size = (len(key) if key else 0) + (len(value) if value else 0) + 64
@@ -139,7 +155,9 @@ class KafkaPythonProducer:
             token.pending -= 1
             raise SinkError(f"cannot produce to {topic}: {exc}", retriable=bool(exc.retriable)) from None
         self.buffered += size
-        future.add_both(self._on_done, token, size)
+        ok, failed = self._callbacks(token)
+        future.add_callback(ok)
+        future.add_errback(failed)
 
     def _wait_for_room(self, size: int) -> None:
         """Block (and so pause the replication read) until acknowledgements free the buffer."""
@@ -241,6 +259,8 @@ class ConfluentProducer:
         self.topic_defaults = (topic_partitions, topic_replication_factor, dict(topic_configs or {}))
         self.known_topics: set[str] = set()
         self.deliveries = _Deliveries()
+        self._token: InFlight | None = None
+        self._token_callback: Any = None
         try:
             self.producer = confluent_kafka.Producer(config)
         except confluent_kafka.KafkaException as exc:
@@ -262,15 +282,22 @@ class ConfluentProducer:
         else:
             log.debug("kafka: %s", error)
 
+    def _callback(self, token: InFlight) -> Any:
+        """The delivery callback for ``token``, made once per transaction rather than per record."""
+        if token is not self._token:
+            acked, failures = self.deliveries.acked.append, self.deliveries.failures.append
+
+            def done(error: Any, _message: Any) -> None:
+                if error is None:
+                    acked(token)
+                else:
+                    failures((token, _ConfluentFailure(error)))
+
+            self._token, self._token_callback = token, done
+        return self._token_callback
+
     def send(self, topic: str, key: bytes | None, value: bytes | None, token: InFlight) -> None:
-        deliveries = self.deliveries
-
-        def done(error: Any, _message: Any) -> None:
-            if error is None:
-                deliveries.acked.append(token)
-            else:
-                deliveries.failures.append((token, _ConfluentFailure(error)))
-
+        done = self._callback(token)
         token.pending += 1
         deadline = 0.0
         while True:
