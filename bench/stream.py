@@ -5,11 +5,13 @@ Run alone with ``python -m bench.stream``; `bench.__main__` runs it as part of `
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,53 +36,64 @@ def _next_range(rows: int) -> int:
     return next(_ids) * 10_000_000 + 1
 
 
-def limit_rate(s: Servers, rows: int, small: bool) -> float:
-    """pg_recvlogical (pgoutput, same publication) reading the workload to /dev/null, rows/s."""
-    name = f"limit_{next(_ids)}"
+@contextlib.contextmanager
+def _fresh_slot(s: Servers, kind: str) -> Iterator[str]:
+    """An empty workload table and a new slot + publication, dropped afterwards."""
+    name = f"{kind}_{next(_ids)}"
     with s.connect() as conn:
         reset_table(conn)
         new_slot(conn, name)
-        load = load_small_transactions if small else load_one_transaction
-        end = load(conn, _next_range(rows), rows)
-    env = dict(os.environ, PGPASSWORD=s.pg.password)
-    started = time.perf_counter()
-    subprocess.run(
-        [
-            s.pg.install.tool("pg_recvlogical"), "-h", "127.0.0.1", "-p", str(s.pg.port), "-U", "postgres",
-            "-d", "postgres", "--slot", name, "--start", "--no-loop", "-o", "proto_version=1",
-            "-o", f"publication_names={name}", "-E", end, "-f", "/dev/null",
-        ],
-        env=env, check=True, stdin=subprocess.DEVNULL,
+    try:
+        yield name
+    finally:
+        with s.connect() as conn:
+            drop_slot(conn, name)
+
+
+def _connector(s: Servers, state_dir: Path, name: str, producer: str, fmt: str) -> ConnectorProcess:
+    return ConnectorProcess(
+        s, state_dir, name, "--slot", name, "--publication", name, "--snapshot", "never",
+        "--producer", producer, "--format", fmt,
     )  # fmt: skip
-    elapsed = time.perf_counter() - started
-    with s.connect() as conn:
-        drop_slot(conn, name)
-    return rows / elapsed
+
+
+def _confirmed(end: int) -> Any:
+    return lambda st: parse_lsn(st.get("confirmed_lsn") or "0/0") >= end
+
+
+def limit_rate(s: Servers, rows: int, small: bool) -> float:
+    """pg_recvlogical (pgoutput, same publication) reading the workload to /dev/null, rows/s."""
+    with _fresh_slot(s, "limit") as name:
+        with s.connect() as conn:
+            load = load_small_transactions if small else load_one_transaction
+            end = load(conn, _next_range(rows), rows)
+        env = dict(os.environ, PGPASSWORD=s.pg.password)
+        started = time.perf_counter()
+        subprocess.run(
+            [
+                s.pg.install.tool("pg_recvlogical"), "-h", "127.0.0.1", "-p", str(s.pg.port),
+                "-U", "postgres", "-d", "postgres", "--slot", name, "--start", "--no-loop", "-o", "proto_version=1",
+                "-o", f"publication_names={name}", "-E", end, "-f", "/dev/null",
+            ],
+            env=env, check=True, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        return rows / (time.perf_counter() - started)
 
 
 def connector_rate(
     s: Servers, state_dir: Path, rows: int, small: bool, producer: str, fmt: str
 ) -> dict[str, Any]:
     """The connector on the same workload: events acknowledged per second, first event to last ack."""
-    name = f"run_{next(_ids)}"
-    with s.connect() as conn:
-        reset_table(conn)
-        new_slot(conn, name)
-        load = load_small_transactions if small else load_one_transaction
-        end = parse_lsn(load(conn, _next_range(rows), rows))
-    proc = ConnectorProcess(
-        s, state_dir, name, "--slot", name, "--publication", name, "--snapshot", "never",
-        "--producer", producer, "--format", fmt,
-    )  # fmt: skip
-    try:
-        status = proc.wait(
-            "the backlog to be confirmed", lambda st: parse_lsn(st.get("confirmed_lsn") or "0/0") >= end
-        )
-        proc.sample()
-    finally:
-        proc.stop()
+    with _fresh_slot(s, "run") as name:
         with s.connect() as conn:
-            drop_slot(conn, name)
+            load = load_small_transactions if small else load_one_transaction
+            end = parse_lsn(load(conn, _next_range(rows), rows))
+        proc = _connector(s, state_dir, name, producer, fmt)
+        try:
+            status = proc.wait("the backlog to be confirmed", _confirmed(end))
+            proc.sample()
+        finally:
+            proc.stop()
     elapsed = status["last_ack_at"] - status["first_event_at"]
     return {
         "events_per_s": status["events_total"] / elapsed if elapsed > 0 else 0.0,
@@ -93,41 +106,30 @@ def latency(
     s: Servers, state_dir: Path, producer: str, fmt: str, rate: int = 1000, seconds: float = 8
 ) -> dict[str, Any]:
     """Commit-to-ack p50/p99 with the connector following a steady load of ``rate`` txn/s."""
-    name = f"lat_{next(_ids)}"
-    with s.connect() as conn:
-        reset_table(conn)
-        new_slot(conn, name)
-    proc = ConnectorProcess(
-        s, state_dir, name, "--slot", name, "--publication", name, "--snapshot", "never",
-        "--producer", producer, "--format", fmt,
-    )  # fmt: skip
-    try:
-        proc.wait("streaming", lambda st: st.get("state") == "running")
-        first = _next_range(0)
-        interval = 1.0 / rate
-        with s.connect() as conn:
-            conn.execute("INSERT INTO bench_rows VALUES (%s, 'warm', 1, now(), true, 1)", (first,))
-            proc.wait("warm-up", lambda st: st.get("events_total", 0) >= 1)
-            started = time.perf_counter()
-            sent = 0
-            while (elapsed := time.perf_counter() - started) < seconds:
-                due = int(elapsed * rate)
-                while sent < due:
-                    sent += 1
-                    conn.execute(
-                        "INSERT INTO bench_rows VALUES (%s, 'n', 1.5, now(), true, 1)", (first + sent,)
-                    )
-                proc.sample()
-                time.sleep(max(0.0, interval - (time.perf_counter() - started - elapsed)))
-            end = parse_lsn(current_lsn(conn))
-        achieved = sent / (time.perf_counter() - started)
-        status = proc.wait(
-            "the load to be confirmed", lambda st: parse_lsn(st.get("confirmed_lsn") or "0/0") >= end
-        )
-    finally:
-        proc.stop()
-        with s.connect() as conn:
-            drop_slot(conn, name)
+    with _fresh_slot(s, "lat") as name:
+        proc = _connector(s, state_dir, name, producer, fmt)
+        try:
+            proc.wait("streaming", lambda st: st.get("state") == "running")
+            first = _next_range(0)
+            interval = 1.0 / rate
+            with s.connect() as conn:
+                conn.execute("INSERT INTO bench_rows VALUES (%s, 'warm', 1, now(), true, 1)", (first,))
+                proc.wait("warm-up", lambda st: st.get("events_total", 0) >= 1)
+                started = time.perf_counter()
+                sent = 0
+                while (elapsed := time.perf_counter() - started) < seconds:
+                    while sent < int(elapsed * rate):
+                        sent += 1
+                        conn.execute(
+                            "INSERT INTO bench_rows VALUES (%s, 'n', 1.5, now(), true, 1)", (first + sent,)
+                        )
+                    proc.sample()
+                    time.sleep(max(0.0, interval - (time.perf_counter() - started - elapsed)))
+                end = parse_lsn(current_lsn(conn))
+            achieved = sent / (time.perf_counter() - started)
+            status = proc.wait("the load to be confirmed", _confirmed(end))
+        finally:
+            proc.stop()
     figures = status.get("latency_ms", {})
     return {
         "txn_per_s": achieved,
@@ -141,56 +143,36 @@ def big_transaction_rss(
     s: Servers, state_dir: Path, producer: str, fmt: str, rows: int = 1_000_000
 ) -> dict[str, Any]:
     """RSS of the connector while it streams one transaction of ``rows`` rows."""
-    name = f"rss_{next(_ids)}"
-    with s.connect() as conn:
-        reset_table(conn)
-        new_slot(conn, name)
-    proc = ConnectorProcess(
-        s, state_dir, name, "--slot", name, "--publication", name, "--snapshot", "never",
-        "--producer", producer, "--format", fmt,
-    )  # fmt: skip
-    try:
-        idle = proc.wait("streaming", lambda st: st.get("state") == "running")
-        proc.sample()
-        idle_rss = proc.max_sampled_rss_kb
-        with s.connect() as conn:
-            end = parse_lsn(load_one_transaction(conn, _next_range(rows), rows))
-        idle = proc.wait(
-            "the transaction to be confirmed",
-            lambda st: parse_lsn(st.get("confirmed_lsn") or "0/0") >= end,
-            600,
-        )
-    finally:
-        proc.stop()
-        with s.connect() as conn:
-            drop_slot(conn, name)
-            reset_table(conn)
+    with _fresh_slot(s, "rss") as name:
+        proc = _connector(s, state_dir, name, producer, fmt)
+        try:
+            proc.wait("streaming", lambda st: st.get("state") == "running")
+            proc.sample()
+            idle_rss = proc.max_sampled_rss_kb
+            with s.connect() as conn:
+                end = parse_lsn(load_one_transaction(conn, _next_range(rows), rows))
+            done = proc.wait("the transaction to be confirmed", _confirmed(end), 600)
+        finally:
+            proc.stop()
     return {
         "rows": rows,
         "idle_rss_mb": idle_rss / 1024,
         "max_rss_mb": proc.max_sampled_rss_kb / 1024,
         "peak_rss_mb": proc.peak_rss_kb / 1024,
-        "events": idle["events_total"],
+        "events": done["events_total"],
     }
 
 
 def start_to_first_event(s: Servers, state_dir: Path, producer: str, fmt: str) -> float:
     """Seconds from `cdc start` to the first event acknowledged by Kafka (a change is waiting)."""
-    name = f"start_{next(_ids)}"
-    with s.connect() as conn:
-        reset_table(conn)
-        new_slot(conn, name)
-        load_one_transaction(conn, _next_range(1), 1)
-    proc = ConnectorProcess(
-        s, state_dir, name, "--slot", name, "--publication", name, "--snapshot", "never",
-        "--producer", producer, "--format", fmt,
-    )  # fmt: skip
-    try:
-        status = proc.wait("the first event", lambda st: st.get("last_ack_at", 0) > 0)
-    finally:
-        proc.stop()
+    with _fresh_slot(s, "start") as name:
         with s.connect() as conn:
-            drop_slot(conn, name)
+            load_one_transaction(conn, _next_range(1), 1)
+        proc = _connector(s, state_dir, name, producer, fmt)
+        try:
+            status = proc.wait("the first event", lambda st: st.get("last_ack_at", 0) > 0)
+        finally:
+            proc.stop()
     return float(status["last_ack_at"] - proc.started_at)
 
 

@@ -40,7 +40,7 @@ from cdc.events import (
     table_from_relation,
     table_topic,
 )
-from cdc.kafka import Producer, make_producer
+from cdc.kafka import Producer, TopicSettings, make_producer
 from cdc.pgoutput import (
     UNCHANGED,
     Begin,
@@ -214,9 +214,7 @@ class Connector:
                 s.bootstrap_servers,
                 f"cdc-{s.name}",
                 s.max_buffer_mb,
-                s.topic_partitions,
-                s.topic_replication_factor,
-                s.topic_configs,
+                TopicSettings(s.topic_partitions, s.topic_replication_factor, s.topic_configs),
                 s.producer_configs,
             )
             try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cdc.checkpoint import InFlight
@@ -41,6 +42,20 @@ class Producer(Protocol):
 
     def ensure_topic(self, topic: str, compact: bool = False) -> None:
         """Create ``topic`` unless it exists (once per process per topic)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSettings:
+    """How new topics are created: the table topics' settings; the schema topic is compacted."""
+
+    partitions: int = 1
+    replication_factor: int = -1  # -1: the broker's default
+    configs: dict[str, str] = field(default_factory=dict)
+
+    def for_topic(self, compact: bool) -> tuple[int, int, dict[str, str]]:
+        if compact:
+            return 1, self.replication_factor, {**self.configs, "cleanup.policy": "compact"}
+        return self.partitions, self.replication_factor, dict(self.configs)
 
 
 class _Deliveries:
@@ -77,9 +92,7 @@ class KafkaPythonProducer:
         bootstrap_servers: str,
         client_id: str,
         max_buffer_mb: int,
-        topic_partitions: int = 1,
-        topic_replication_factor: int = -1,
-        topic_configs: dict[str, str] | None = None,
+        topics: TopicSettings | None = None,
         overrides: dict[str, str] | None = None,
     ) -> None:
         from kafka import KafkaProducer  # noqa: PLC0415 - kept local: this module is the only importer
@@ -100,7 +113,7 @@ class KafkaPythonProducer:
         }
         config.update(_typed(overrides or {}))
         self.bootstrap_servers = bootstrap_servers
-        self.topic_defaults = (topic_partitions, topic_replication_factor, dict(topic_configs or {}))
+        self.topics = topics or TopicSettings()
         self.known_topics: set[str] = set()
         self.deliveries = _Deliveries()
         # kafka-python 3 has no buffer_memory: bound the bytes in flight here
@@ -203,10 +216,7 @@ class KafkaPythonProducer:
         from kafka.admin import KafkaAdminClient, NewTopic  # noqa: PLC0415
         from kafka.errors import TopicAlreadyExistsError  # noqa: PLC0415
 
-        partitions, replication, configs = self.topic_defaults
-        if compact:
-            configs = {**configs, "cleanup.policy": "compact"}
-            partitions = 1
+        partitions, replication, configs = self.topics.for_topic(compact)
         try:
             if self.admin is None:
                 self.admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers.split(","))
@@ -229,9 +239,7 @@ class ConfluentProducer:
         bootstrap_servers: str,
         client_id: str,
         max_buffer_mb: int,
-        topic_partitions: int = 1,
-        topic_replication_factor: int = -1,
-        topic_configs: dict[str, str] | None = None,
+        topics: TopicSettings | None = None,
         overrides: dict[str, str] | None = None,
     ) -> None:
         try:
@@ -256,7 +264,7 @@ class ConfluentProducer:
         }
         config.update(overrides or {})
         self.bootstrap_servers = bootstrap_servers
-        self.topic_defaults = (topic_partitions, topic_replication_factor, dict(topic_configs or {}))
+        self.topics = topics or TopicSettings()
         self.known_topics: set[str] = set()
         self.deliveries = _Deliveries()
         self._token: InFlight | None = None
@@ -344,10 +352,7 @@ class ConfluentProducer:
             return
         from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # noqa: PLC0415
 
-        partitions, replication, configs = self.topic_defaults
-        if compact:
-            configs = {**configs, "cleanup.policy": "compact"}
-            partitions = 1
+        partitions, replication, configs = self.topics.for_topic(compact)
         if self.admin is None:
             admin_config: dict[str, Any] = {
                 "bootstrap.servers": self.bootstrap_servers,
@@ -402,19 +407,9 @@ def make_producer(
     bootstrap_servers: str,
     client_id: str,
     max_buffer_mb: int,
-    topic_partitions: int = 1,
-    topic_replication_factor: int = -1,
-    topic_configs: dict[str, str] | None = None,
+    topics: TopicSettings | None = None,
     overrides: dict[str, str] | None = None,
 ) -> Producer:
     cls: type[KafkaPythonProducer] | type[ConfluentProducer]
     cls = ConfluentProducer if resolve_producer_kind(kind) == "confluent" else KafkaPythonProducer
-    return cls(
-        bootstrap_servers,
-        client_id,
-        max_buffer_mb,
-        topic_partitions,
-        topic_replication_factor,
-        topic_configs,
-        overrides,
-    )
+    return cls(bootstrap_servers, client_id, max_buffer_mb, topics, overrides)
