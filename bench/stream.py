@@ -72,8 +72,8 @@ def limit_rate(s: Servers, rows: int, small: bool) -> float:
         subprocess.run(
             [
                 s.pg.install.tool("pg_recvlogical"), "-h", "127.0.0.1", "-p", str(s.pg.port),
-                "-U", "postgres", "-d", "postgres", "--slot", name, "--start", "--no-loop", "-o", "proto_version=1",
-                "-o", f"publication_names={name}", "-E", end, "-f", "/dev/null",
+                "-U", "postgres", "-d", "postgres", "--slot", name, "--start", "--no-loop",
+                "-o", "proto_version=1", "-o", f"publication_names={name}", "-E", end, "-f", "/dev/null",
             ],
             env=env, check=True, stdin=subprocess.DEVNULL,
         )  # fmt: skip
