@@ -1270,6 +1270,7 @@ class IncrementalSnapshots:
         self.settling: deque[tuple[InFlight, IncrementalTask, list[str] | None, int, bool]] = deque()
         self.ready = bool(self.state.incremental)
         self.retry_at = 0.0
+        self.dropped = 0  # buffered rows a newer streamed change replaced
         self._publish_stats()
 
     def close(self) -> None:
@@ -1288,11 +1289,13 @@ class IncrementalSnapshots:
         if chunk is None or not chunk.snapshot.invisible(xid):
             return  # the read saw this transaction: its rows already include the change
         if op == "t":
+            self.dropped += len(chunk.rows)
             chunk.rows.clear()
             return
+        rows = chunk.rows
         for row in (before, after):
-            if row is not None:
-                chunk.rows.pop(freeze([row[i] for i in table.key_indexes]), None)
+            if row is not None and rows.pop(freeze([row[i] for i in table.key_indexes]), None) is not None:
+                self.dropped += 1
 
     def watermark(self, message: LogicalMessage, txn: Transaction | None, entry: InFlight | None) -> None:
         """A watermark in the stream: at the high one, emit what is left of the buffered chunk."""
@@ -1319,6 +1322,7 @@ class IncrementalSnapshots:
             )  # fmt: skip
             self.produce(event, entry, topic)
         self.connector.stats.events_per_table[table.qualified_name] += len(chunk.rows)
+        self.connector.stats.snapshot["incremental_dropped"] = self.dropped
         self.settling.append((entry, chunk.task, chunk.last_key, len(chunk.rows), chunk.final))
         log.debug(
             "chunk %s of %s: %d rows read, %d emitted",
