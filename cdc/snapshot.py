@@ -612,6 +612,7 @@ class _Worker:
             self.conn.read_only = True
             # the first statement of the transaction: every worker reads the same snapshot
             self.conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(job.snapshot_name)))
+            _hold_tables(self.conn, list(job.specs.values()))
             self.producer: Producer = make_producer(
                 s.producer,
                 s.bootstrap_servers,
@@ -710,6 +711,30 @@ class _Worker:
         self.producer.ensure_topic(topic, compact=True)
         for key, value in records:
             self.producer.send_and_wait(topic, key, value, timeout=60)
+
+
+def _hold_tables(conn: psycopg.Connection[Any], specs: list[TableSpec]) -> None:
+    """Lock the tables (ACCESS SHARE) for the snapshot, and refuse any rewritten since it began.
+
+    TRUNCATE and table-rewriting ALTER TABLE are not MVCC-safe: an older
+    snapshot sees a rewritten table as empty. The lock keeps them out until
+    the snapshot ends; one that slipped in between the slot's creation and
+    this lock shows as a file node changed under the snapshot.
+    """
+    if not specs:
+        return
+    names = sql.SQL(", ").join(sql.Identifier(s.schema, s.name) for s in specs)
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(names))
+    rewritten = conn.execute(
+        """SELECT c.oid::regclass::text FROM pg_class c
+            WHERE c.oid = ANY(%s) AND c.relkind = 'r' AND c.relfilenode <> pg_relation_filenode(c.oid)""",
+        ([s.relation_id for s in specs],),
+    ).fetchall()
+    if rewritten:
+        raise SourceUnavailable(
+            f"table {rewritten[0][0]} was rewritten (TRUNCATE, ALTER TABLE, CLUSTER or VACUUM FULL) as "
+            "the snapshot began; start again: the snapshot resumes from a new one"
+        )
 
 
 def _send(pipe: Connection, order: tuple[Any, ...]) -> None:
@@ -1116,6 +1141,11 @@ def before_streaming(
                 "initial snapshot of %d tables at %s (snapshot %s)",
                 len(tables), format_lsn(start.slot_lsn), start.exported,
             )  # fmt: skip
+    elif s.snapshot == "initial-only" and state.phase in ("skipped", "abandoned"):
+        raise SourceError(
+            f"slot {s.slot!r} was created without a snapshot (--snapshot never): --snapshot initial-only "
+            "needs a new slot; drop the slot or choose another --slot"
+        )
     elif state.phase == "running" and s.snapshot == "never":
         log.warning("the initial snapshot was not finished; --snapshot never abandons it")
         state.phase = "abandoned"

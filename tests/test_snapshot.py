@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
 
 from cdc import snapshot
 from cdc.pgoutput import parse_lsn
 from tests.fix_servers import BrokerHandle, TestDb, wait_until
-from tests.pipeline import read_topics, rebuild, running, settings_for, source_rows, wait_caught_up
+from tests.pipeline import Record, read_topics, rebuild, running, settings_for, source_rows, wait_caught_up
 from tests.snapshotting import Writers, version_problems
 
 SCHEMA = """
@@ -42,6 +43,13 @@ def snapshot_state(settings: Any) -> dict[str, Any]:
     except (FileNotFoundError, orjson.JSONDecodeError):
         return {}
     return state
+
+
+def reads_in_done_chunks(plan: dict[str, Any], reads: list[Record]) -> list[Record]:
+    """The reads whose (integer) key ``id`` falls in a chunk the plan records as done."""
+    bounds = [int(b[0]) for b in plan["bounds"]]
+    ranges = [(bounds[i - 1] if i else 0, bounds[i] if i < len(bounds) else 2**62) for i in plan["done"]]
+    return [r for r in reads if any(lo < r.key["id"] <= hi for lo, hi in ranges)]
 
 
 def test_initial_snapshot_with_concurrent_writers(
@@ -164,14 +172,74 @@ def test_kill_during_snapshot_resumes_from_the_last_chunk(
     assert rebuild(records)[topic] == source_rows(db, "big", ["id"])
     # the chunks done before the kill were not read again
     reads = [r for r in records if r.value is not None and r.value["op"] == "r"]
-    bounds = [int(b[0]) for b in state["plans"]["public.big"]["bounds"]]
-    done_ranges = [(bounds[i - 1] if i else 0, bounds[i]) for i in state["plans"]["public.big"]["done"]]
-    reads_in_done = [r for r in reads if any(lo < r.key["id"] <= hi for lo, hi in done_ranges)]
-    assert len(reads_in_done) >= 5 * 400
-    assert len({r.key["id"] for r in reads_in_done}) == len(reads_in_done), "a done chunk was read again"
-    assert len(reads) > len(reads_in_done) + 70000
+    in_done = reads_in_done_chunks(state["plans"]["public.big"], reads)
+    assert len(in_done) >= 5 * 400
+    assert len({r.key["id"] for r in in_done}) == len(in_done), "a done chunk was read again"
+    assert len(reads) > len(in_done) + 70000
     assert [r.value["source"]["snapshot"] for r in reads].count("last") == 1
     assert snapshot_state(settings)["phase"] == "complete"
+
+
+def test_graceful_stop_during_snapshot_keeps_what_kafka_holds(
+    db_latest: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = db_latest
+    db.execute(
+        "CREATE TABLE big (id int PRIMARY KEY, v int NOT NULL);"
+        "INSERT INTO big SELECT g, 1 FROM generate_series(1, 40000) g; ANALYZE big"
+    )
+    settings = settings_for(
+        db, broker.bootstrap_servers, prefix, state_dir, snapshot="initial", snapshot_chunk_rows=300,
+        snapshot_workers=1,
+    )  # fmt: skip
+
+    def chunks_done() -> int:
+        plans = snapshot_state(settings).get("plans", {})
+        return len(plans["public.big"]["done"]) if "public.big" in plans else 0
+
+    with running(settings, wait_streaming=False) as run:
+        wait_until(lambda: chunks_done() >= 3 or not run.thread.is_alive(), timeout=60, interval=0.005)
+        run.connector.stop.set()
+        run.thread.join(30)
+        assert not run.thread.is_alive() and not run.errors, run.errors
+    state = snapshot_state(settings)["plans"]["public.big"]
+    assert 3 <= len(state["done"]) < len(state["bounds"]) + 1
+
+    db.execute("UPDATE big SET v = v + 1 WHERE id % 100 = 0")
+    caplog.set_level(logging.INFO, logger="cdc")
+    with running(settings) as run:
+        wait_caught_up(db, run)
+    assert "snapshot of public.big resumes from chunk" in caplog.text
+    topic = f"{prefix}.public.big"
+    records = read_topics(broker.bootstrap_servers, [topic])
+    assert rebuild(records)[topic] == source_rows(db, "big", ["id"])
+    reads = [r for r in records if r.value is not None and r.value["op"] == "r"]
+    assert [r.value["source"]["snapshot"] for r in reads].count("last") == 1
+    in_done = reads_in_done_chunks(state, reads)
+    assert len(in_done) >= 3 * 300
+    assert len({r.key["id"] for r in in_done}) == len(in_done), "a done chunk was read again"
+
+
+def test_a_table_rewritten_under_the_snapshot_is_refused(db_latest: TestDb) -> None:
+    """TRUNCATE is not MVCC-safe: a snapshot older than it would read the table as empty."""
+    from cdc.errors import SourceUnavailable
+    from cdc.replication import connect
+
+    db = db_latest
+    db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
+    with connect(db.dsn) as exporter, connect(db.dsn) as reader:
+        exporter.autocommit = reader.autocommit = False
+        exporter.isolation_level = reader.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        row = exporter.execute("SELECT pg_export_snapshot()").fetchone()
+        assert row is not None
+        spec = snapshot.describe_table(exporter, "public.t", "none")
+        reader.execute(f"SET TRANSACTION SNAPSHOT '{row[0]}'")
+        snapshot._hold_tables(reader, [spec])  # nothing happened yet: fine
+        reader.rollback()
+        db.execute("TRUNCATE t")
+        reader.execute(f"SET TRANSACTION SNAPSHOT '{row[0]}'")
+        with pytest.raises(SourceUnavailable, match="table t was rewritten"):
+            snapshot._hold_tables(reader, [spec])
 
 
 def test_initial_only_then_stream(
