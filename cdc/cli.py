@@ -202,7 +202,10 @@ def status(
     snapshot = info.get("snapshot") or {}
     if snapshot.get("phase") == "running":
         for table, progress in sorted((snapshot.get("tables") or {}).items()):
-            typer.echo(f"  snapshot       {table}: chunk {progress['chunks_done']}/{progress['chunks']}")
+            typer.echo(
+                f"  snapshot       {table}: {progress['rows']} of ~{progress['estimate']} rows, "
+                f"{progress['chunks_done']} of {progress['chunks']} chunks in kafka"
+            )
     for task in snapshot.get("incremental") or []:
         typer.echo(f"  incremental    {task['table']}: {task['rows']} rows so far")
     if info.get("last_error"):

@@ -581,6 +581,8 @@ def worker_main(job: WorkerJob, number: int, parent: int, pipe: Connection) -> N
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the connector decides when to stop
     logging.basicConfig(level=job.log_level, format=f"%(asctime)s %(levelname)s worker-{number}: %(message)s")
+    # these lines bypass the connector's console (and its progress bars): only what matters
+    logging.getLogger("kafka").setLevel(max(job.log_level, logging.WARNING))
     try:
         with _Worker(job, number, pipe) as worker:
             worker.run()
@@ -962,8 +964,12 @@ class InitialSnapshot:
         queue_ = deque(tasks)
         error: CdcError | None = None
         aborted = False
+        next_report = 0.0
         try:
             while pipes:
+                if time.monotonic() >= next_report:
+                    next_report = time.monotonic() + s.status_interval
+                    self._report()
                 for ready in wait(list(pipes.values()), timeout=0.1):
                     n = next(k for k, v in pipes.items() if v is ready)
                     pipe = pipes[n]
@@ -1004,6 +1010,19 @@ class InitialSnapshot:
             self._flush_held("true")
             return False
         return True
+
+    def _report(self) -> None:
+        """Progress into the connector's status (``cdc status``)."""
+        assert self.progress is not None
+        tables = self.connector.stats.snapshot.setdefault("tables", {})
+        for name, plan in self.state.plans.items():
+            tables[name] = {
+                "rows": self.progress.rows.get(name, plan.rows),
+                "estimate": plan.estimate,
+                "chunks": plan.chunks,
+                "chunks_done": len(plan.done),
+            }
+        self.connector._report()
 
     def _on_message(self, message: tuple[Any, ...]) -> CdcError | None:
         kind = message[0]
@@ -1068,11 +1087,6 @@ class InitialSnapshot:
         stats = self.connector.stats
         stats.events_total += rows
         stats.events_per_table[name] += rows
-        stats.snapshot.setdefault("tables", {})[name] = {
-            "rows": plan.rows,
-            "chunks": plan.chunks,
-            "chunks_done": len(plan.done),
-        }
         self.store.save(self.state)
         if plan.complete():
             assert self.progress is not None
@@ -1091,6 +1105,7 @@ class InitialSnapshot:
         self.state.completed_at = time.time()
         self.store.save(self.state)
         self.connector.stats.snapshot["phase"] = "complete"
+        self._report()
 
 
 # -- the hook before streaming ---------------------------------------------------------
