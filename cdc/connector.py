@@ -241,7 +241,7 @@ class Connector:
                     self.store.save(offsets)
                     # snapshot hook: the initial snapshot (or its rest) runs before START_REPLICATION
                     begin = snapshot.Start(system.system_id, database, slot_lsn, slot is None, exported)
-                    if not snapshot.before_streaming(self, conn, producer, source, begin):
+                    if not snapshot.before_streaming(self, conn, producer, source, catalog, begin):
                         return  # stopped during the snapshot, or --snapshot initial-only
                     session = _Session(self, repl, conn, producer, catalog, source, offsets)
                     try:
@@ -291,7 +291,7 @@ class _Session:
         # incremental snapshots: `watched` is the relation whose changes the buffered chunk must see
         self.watched = -1
         self.incremental = snapshot.IncrementalSnapshots(
-            connector, self._produce, producer.ensure_topic, self.versions, self._watch
+            connector, self._produce, producer.ensure_topic, self.versions, self._watch, catalog
         )
 
     # -- the loop --------------------------------------------------------------------

@@ -49,7 +49,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -74,7 +74,7 @@ from cdc.errors import (
 )
 from cdc.events import ChangeEvent, Serializer, SourceInfo, Table, TableColumn, schemas_topic, table_topic
 from cdc.pgoutput import LogicalMessage, ReplicaIdentity, format_lsn, parse_lsn
-from cdc.pgtypes import TypeCatalog, column_type
+from cdc.pgtypes import TypeCatalog, column_type, row_parser
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -378,7 +378,13 @@ def _index_columns(conn: psycopg.Connection[Any], oid: int, flag: str) -> list[s
 
 
 def table_from_spec(spec: TableSpec, catalog: TypeCatalog | None = None) -> Table:
-    """The `Table` of a spec: the same shape (`Table.same_shape`) as the streamed relation."""
+    """The `Table` of a spec: the same shape (`Table.same_shape`) as the streamed relation.
+
+    ``catalog`` resolves enums, domains and extension types as the stream
+    session's does (without one they fall back to text).
+    """
+    if catalog is not None:
+        catalog.prefetch(c.type_oid for c in spec.columns)
     primary_key = None
     if spec.replica_identity in (ReplicaIdentity.FULL, ReplicaIdentity.NOTHING):
         primary_key = list(spec.primary_key)  # as the connector keys FULL and NOTHING tables
@@ -490,19 +496,15 @@ def copy_fields(line: bytes) -> list[bytes | None]:
 
 
 def row_reader(table: Table) -> Callable[[bytes], list[Any]]:
-    """COPY text row -> wire values, with each column's `ColumnType.parse`."""
-    parsers = [c.type.parse for c in table.columns]
-    width = len(parsers)
+    """COPY text row -> wire values, with the same `pgtypes.row_parser` as streamed rows."""
+    parse = row_parser([c.type for c in table.columns])
     name = table.qualified_name
 
     def read(line: bytes) -> list[Any]:
-        fields = copy_fields(line)
-        if len(fields) != width:
-            raise DecodeError(f"COPY of {name} gave {len(fields)} values for {width} columns", kind="COPY")
         try:
-            return [None if v is None else p(v) for p, v in zip(parsers, fields)]  # noqa: B905 - checked
-        except (ValueError, TypeError, ArithmeticError, UnicodeDecodeError) as exc:
-            raise DecodeError(f"cannot convert a value of {name}: {exc}", kind="COPY") from None
+            return parse(copy_fields(line))
+        except DecodeError as exc:
+            raise DecodeError(f"COPY of {name}: {exc}") from None
 
     return read
 
@@ -632,7 +634,7 @@ class _Worker:
             self.conn.close()
             raise
         self.serializer: Serializer = make_serializer(s, job.source)
-        catalog = TypeCatalog()  # as the connector's session resolves types
+        catalog = TypeCatalog.from_connection(self.conn)  # as the session resolves types, as of the snapshot
         self.tables = {name: table_from_spec(spec, catalog) for name, spec in job.specs.items()}
         self.readers = {name: row_reader(t) for name, t in self.tables.items()}
         self.topics = {name: table_topic(s.topic_prefix, t) for name, t in self.tables.items()}
@@ -708,7 +710,7 @@ class _Worker:
         pipe.send(("progress", name, rows - reported))
         self.pending.append((name, index, token, rows, held))
 
-    def _send_schemas(self, records: list[tuple[bytes, bytes]]) -> None:
+    def _send_schemas(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         topic = schemas_topic(self.job.settings.topic_prefix)
         self.producer.ensure_topic(topic, compact=True)
         for key, value in records:
@@ -849,6 +851,7 @@ class InitialSnapshot:
         conn: psycopg.Connection[Any],
         producer: Producer,
         source: SourceInfo,
+        catalog: TypeCatalog,
         state: SnapshotState,
         store: SnapshotStore,
         specs: dict[str, TableSpec],
@@ -863,7 +866,6 @@ class InitialSnapshot:
         self.specs = specs
         assert connector.serializer is not None
         self.serializer = connector.serializer
-        catalog = TypeCatalog()
         self.tables = {name: table_from_spec(spec, catalog) for name, spec in specs.items()}
         self.held: tuple[str, int, int, list[Any]] | None = None  # (table, chunk, rows, the chunk's last row)
         self.unacked: deque[tuple[InFlight, str, int, int]] = deque()
@@ -1127,6 +1129,7 @@ def before_streaming(
     conn: psycopg.Connection[Any],
     producer: Producer,
     source: SourceInfo,
+    catalog: TypeCatalog,
     start: Start,
 ) -> bool:
     """Run the initial snapshot (or what is left of it) before START_REPLICATION.
@@ -1172,7 +1175,7 @@ def before_streaming(
         )
     specs: dict[str, TableSpec] = {}
     if state.phase == "running":
-        specs = _plan(conn, s, state, tables)
+        specs = _plan(conn, s, state, tables, catalog)
     elif s.snapshot != "never":
         _queue_added_tables(state, listed)
     state.tables = listed
@@ -1181,7 +1184,7 @@ def before_streaming(
     if state.phase == "running":
         connector.stats.state = "snapshotting"
         connector._report()
-        snapshot = InitialSnapshot(connector, conn, producer, source, state, store, specs)
+        snapshot = InitialSnapshot(connector, conn, producer, source, catalog, state, store, specs)
         if not snapshot.run(start.exported if start.new_slot else None):
             return False
     elif s.snapshot == "initial-only":
@@ -1190,14 +1193,13 @@ def before_streaming(
 
 
 def _plan(
-    conn: psycopg.Connection[Any], s: Settings, state: SnapshotState, tables: list[str]
+    conn: psycopg.Connection[Any], s: Settings, state: SnapshotState, tables: list[str], catalog: TypeCatalog
 ) -> dict[str, TableSpec]:
     """Describe the tables; chunk the ones not planned yet; log where each resumes."""
     specs = {name: describe_table(conn, name, s.publication) for name in tables}
     for name in [n for n in state.plans if n not in specs]:
         log.info("table %s is no longer captured: dropped from the snapshot", name)
         del state.plans[name]
-    catalog = TypeCatalog()
     resuming = any(plan.done for plan in state.plans.values())
     for name, spec in specs.items():
         plan = state.plans.get(name)
@@ -1297,6 +1299,7 @@ class IncrementalSnapshots:
         ensure_topic: Callable[[str], None],
         versions: dict[str, tuple[Table, int]],
         watch: Callable[[int], None],
+        catalog: TypeCatalog,
     ) -> None:
         self.connector = connector
         self.settings = connector.settings
@@ -1308,7 +1311,7 @@ class IncrementalSnapshots:
         self.requests = self.settings.instance_dir / "requests"
         self.state = self.store.load()
         self.reader: psycopg.Connection[Any] | None = None
-        self.catalog = TypeCatalog()
+        self.catalog = catalog
         self.watched: _Watched | None = None
         self.chunk: _Chunk | None = None
         self.touched: set[int] = set()  # xids of streamed changes to the watched table

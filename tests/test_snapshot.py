@@ -275,6 +275,56 @@ def test_initial_only_then_stream(
         assert not run.thread.is_alive() and not run.errors
 
 
+def test_avro_snapshot_reads_decode_like_streamed_rows(
+    db_latest: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path
+) -> None:
+    """Types parsed from COPY equal those parsed from pgoutput; one schema version across the boundary."""
+    from tests.consuming import consume
+
+    db = db_latest
+    db.execute(
+        """
+        CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+        CREATE TABLE typed (
+            id int PRIMARY KEY, amount numeric(12, 2), at timestamptz, day date, tags int[], m mood,
+            u uuid, doc jsonb, raw bytea, note text, f float8
+        );
+        CREATE TABLE source_rows AS SELECT g AS n,
+            (g * 1.25)::numeric(12, 2) AS amount,
+            timestamptz '2026-03-29 01:30:00+02' + g * interval '1 h' AS at,
+            date '2024-02-28' + g AS day, ARRAY[g, NULL, -g] AS tags,
+            (ARRAY['sad', 'ok', 'happy'])[1 + g % 3]::mood AS m,
+            md5(g::text)::uuid AS u, jsonb_build_object('g', g, 'tab', E'a\tb') AS doc,
+            decode(md5(g::text), 'hex') AS raw, E'line\n\\N\t' || g AS note, g / 3.0::float8 AS f
+          FROM generate_series(1, 300) g;
+        INSERT INTO typed SELECT n, amount, at, day, tags, m, u, doc, raw, note, f FROM source_rows;
+        """
+    )
+    settings = settings_for(
+        db, broker.bootstrap_servers, prefix, state_dir, snapshot="initial", format="avro",
+        tables=["public.typed"], snapshot_chunk_rows=100,
+    )  # fmt: skip
+    with running(settings) as run:
+        copies = "INSERT INTO typed SELECT n + 1000, amount, at, day, tags, m, u, doc, raw, note, f"
+        db.execute(copies + " FROM source_rows")
+        wait_caught_up(db, run)
+    topic = f"{prefix}.public.typed"
+    bootstrap = ["--bootstrap-servers", broker.bootstrap_servers, "--from-beginning", "--idle-timeout", "1"]
+    lines, errors = consume([topic, *bootstrap])
+    assert errors == []
+    reads = {v["after"]["id"]: v["after"] for v in (line["value"] for line in lines) if v["op"] == "r"}
+    streamed = {
+        v["after"]["id"] - 1000: v["after"] for v in (line["value"] for line in lines) if v["op"] == "c"
+    }
+    assert len(reads) == len(streamed) == 300
+    for n in range(1, 301):
+        assert {**reads[n], "id": 0} == {**streamed[n], "id": 0}, n
+    schemas, errors = consume([f"{prefix}.schemas", *bootstrap])
+    assert errors == []
+    versions = {(s["value"]["subject"], s["value"]["version"]) for s in schemas}
+    assert versions == {(f"{topic}-value", 1), (f"{topic}-key", 1)}
+
+
 def test_catalog_table_has_the_streamed_shape(db: TestDb) -> None:
     """`Table.same_shape` between the catalog's table and the Relation message, on every version."""
     from cdc.events import table_from_relation
