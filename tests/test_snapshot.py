@@ -122,7 +122,7 @@ def test_kill_during_snapshot_resumes_from_the_last_chunk(
     args = [
         "start", "--dsn", db.dsn, "--bootstrap-servers", broker.bootstrap_servers, "--name", settings.name,
         "--topic-prefix", prefix, "--state-dir", str(state_dir), "--format", "json", "--tables", "public.big",
-        "--snapshot-chunk-rows", "400", "--snapshot-workers", "1",
+        "--snapshot-chunk-rows", "400", "--snapshot-workers", "1", "--producer", "kafka-python",
     ]  # fmt: skip
     log_path = state_dir / "first.log"
     with Writers(db, ["big"], first_new_id=1_000_000, threads=1) as writers:
@@ -186,11 +186,12 @@ def test_graceful_stop_during_snapshot_keeps_what_kafka_holds(
     db = db_latest
     db.execute(
         "CREATE TABLE big (id int PRIMARY KEY, v int NOT NULL);"
-        "INSERT INTO big SELECT g, 1 FROM generate_series(1, 40000) g; ANALYZE big"
+        "INSERT INTO big SELECT g, 1 FROM generate_series(1, 60000) g; ANALYZE big"
     )
+    # the first run is slow on purpose (one worker, the pure-Python producer): seconds to stop it in
     settings = settings_for(
         db, broker.bootstrap_servers, prefix, state_dir, snapshot="initial", snapshot_chunk_rows=300,
-        snapshot_workers=1,
+        snapshot_workers=1, producer="kafka-python",
     )  # fmt: skip
 
     def chunks_done() -> int:
@@ -207,7 +208,10 @@ def test_graceful_stop_during_snapshot_keeps_what_kafka_holds(
 
     db.execute("UPDATE big SET v = v + 1 WHERE id % 100 = 0")
     caplog.set_level(logging.INFO, logger="cdc")
+    settings.producer, settings.snapshot_workers = "auto", 2
     with running(settings) as run:
+        # the last write is a streamed one, so the position to wait for is a commit it sees
+        db.execute("UPDATE big SET v = v + 1 WHERE id % 1000 = 1")
         wait_caught_up(db, run)
     assert "snapshot of public.big resumes from chunk" in caplog.text
     topic = f"{prefix}.public.big"
@@ -262,6 +266,7 @@ def test_initial_only_then_stream(
     db.execute("UPDATE t SET v = v + 1 WHERE id <= 10; DELETE FROM t WHERE id = 500")
     settings.snapshot = "initial"  # the slot exists and the snapshot is complete: just stream
     with running(settings) as run:
+        db.execute("UPDATE t SET v = v + 1 WHERE id = 20")  # the last write is a streamed one
         wait_caught_up(db, run)
     topic = f"{prefix}.public.t"
     records = read_topics(broker.bootstrap_servers, [topic])

@@ -132,6 +132,7 @@ def test_table_added_to_the_list_is_snapshotted(
     )  # fmt: skip
     args: list[Any] = ["--name", settings.name, "--state-dir", str(state_dir)]
     with running(settings) as run:
+        db.execute("UPDATE a SET v = v + 1 WHERE id = 1")  # the last write is a streamed one
         wait_caught_up(db, run)
     line = error_line(cdc("snapshot", "public.a", *args))
     assert f"no connector named {settings.name!r} is running" in line
