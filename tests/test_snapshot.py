@@ -186,12 +186,14 @@ def test_graceful_stop_during_snapshot_keeps_what_kafka_holds(
     db = db_latest
     db.execute(
         "CREATE TABLE big (id int PRIMARY KEY, v int NOT NULL);"
-        "INSERT INTO big SELECT g, 1 FROM generate_series(1, 60000) g; ANALYZE big"
+        "INSERT INTO big SELECT g, 1 FROM generate_series(1, 60000) g; ANALYZE big;"
+        "CREATE TABLE gone (id int PRIMARY KEY); CREATE TABLE extra (id int PRIMARY KEY, v int NOT NULL);"
+        "INSERT INTO extra SELECT g, 1 FROM generate_series(1, 700) g"
     )
     # the first run is slow on purpose (one worker, the pure-Python producer): seconds to stop it in
     settings = settings_for(
         db, broker.bootstrap_servers, prefix, state_dir, snapshot="initial", snapshot_chunk_rows=300,
-        snapshot_workers=1, producer="kafka-python",
+        snapshot_workers=1, producer="kafka-python", tables=["public.big", "public.gone"],
     )  # fmt: skip
 
     def chunks_done() -> int:
@@ -208,18 +210,23 @@ def test_graceful_stop_during_snapshot_keeps_what_kafka_holds(
 
     db.execute("UPDATE big SET v = v + 1 WHERE id % 100 = 0")
     caplog.set_level(logging.INFO, logger="cdc")
+    # the table list changed while the snapshot was unfinished
     settings.producer, settings.snapshot_workers = "auto", 2
+    settings.tables = ["public.big", "public.extra"]
     with running(settings) as run:
         # the last write is a streamed one, so the position to wait for is a commit it sees
         db.execute("UPDATE big SET v = v + 1 WHERE id % 1000 = 1")
         wait_caught_up(db, run)
     assert "snapshot of public.big resumes from chunk" in caplog.text
+    assert "table public.gone is no longer captured: dropped from the snapshot" in caplog.text
+    assert "table public.extra joins the unfinished snapshot" in caplog.text
     topic = f"{prefix}.public.big"
-    records = read_topics(broker.bootstrap_servers, [topic])
+    records = read_topics(broker.bootstrap_servers, [topic, f"{prefix}.public.extra"])
     assert rebuild(records)[topic] == source_rows(db, "big", ["id"])
+    assert rebuild(records)[f"{prefix}.public.extra"] == source_rows(db, "extra", ["id"])
     reads = [r for r in records if r.value is not None and r.value["op"] == "r"]
-    assert [r.value["source"]["snapshot"] for r in reads].count("last") == 1
-    in_done = reads_in_done_chunks(state, reads)
+    assert [r.value["source"]["snapshot"] for r in reads].count("last") == 1  # over both tables
+    in_done = reads_in_done_chunks(state, [r for r in reads if r.topic == topic])
     assert len(in_done) >= 3 * 300
     assert len({r.key["id"] for r in in_done}) == len(in_done), "a done chunk was read again"
 
