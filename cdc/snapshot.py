@@ -603,7 +603,7 @@ class _Worker:
 
     def __init__(self, job: WorkerJob, number: int, pipe: Connection) -> None:
         from cdc.connector import make_serializer  # noqa: PLC0415 - the connector imports this module
-        from cdc.kafka import make_producer  # noqa: PLC0415
+        from cdc.kafka import TopicSettings, make_producer  # noqa: PLC0415
 
         s = job.settings
         self.job = job
@@ -622,9 +622,7 @@ class _Worker:
                 s.bootstrap_servers,
                 f"cdc-{s.name}-snapshot-{number}",
                 s.max_buffer_mb,
-                s.topic_partitions,
-                s.topic_replication_factor,
-                s.topic_configs,
+                TopicSettings(s.topic_partitions, s.topic_replication_factor, s.topic_configs),
                 s.producer_configs,
             )
         except psycopg.Error as exc:
