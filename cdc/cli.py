@@ -121,7 +121,10 @@ def start(
         int | None, typer.Option("--max-buffer-mb", help="Producer buffer; reading pauses when full.")
     ] = None,
     snapshot_workers: Annotated[
-        int | None, typer.Option("--snapshot-workers", help="Tables snapshotted in parallel.")
+        int | None, typer.Option("--snapshot-workers", help="Processes reading the initial snapshot.")
+    ] = None,
+    snapshot_chunk_rows: Annotated[
+        int | None, typer.Option("--snapshot-chunk-rows", help="Rows per snapshot chunk (key order).")
     ] = None,
 ) -> None:
     """Stream changes from Postgres to Kafka until stopped."""
@@ -138,7 +141,7 @@ def start(
         "topic_configs": ",".join(topic_config) if topic_config else None,
         "producer_configs": ",".join(producer_config) if producer_config else None,
         "unavailable_placeholder": unavailable_placeholder, "max_buffer_mb": max_buffer_mb,
-        "snapshot_workers": snapshot_workers,
+        "snapshot_workers": snapshot_workers, "snapshot_chunk_rows": snapshot_chunk_rows,
     }  # fmt: skip
     settings = _settings(flags, config)
     config_module.require_dsn(settings)
@@ -196,8 +199,40 @@ def status(
     typer.echo(f"  events         {info.get('events_total', 0)}")
     for table, count in sorted((info.get("events_per_table") or {}).items()):
         typer.echo(f"    {table:<30} {count}")
+    snapshot = info.get("snapshot") or {}
+    if snapshot.get("phase") == "running":
+        for table, progress in sorted((snapshot.get("tables") or {}).items()):
+            typer.echo(
+                f"  snapshot       {table}: {progress['rows']} of ~{progress['estimate']} rows, "
+                f"{progress['chunks_done']} of {progress['chunks']} chunks in kafka"
+            )
+    for task in snapshot.get("incremental") or []:
+        typer.echo(f"  incremental    {task['table']}: {task['rows']} rows so far")
     if info.get("last_error"):
         typer.echo(f"  last error     {info['last_error']}")
+
+
+@app.command("snapshot")
+def snapshot_tables(
+    tables: Annotated[list[str], typer.Argument(help="schema.table to read again (one or more).")],
+    name: Name = None,
+    state_dir: StateDir = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the connector to take the request.")
+    ] = 30.0,
+) -> None:
+    """Re-read tables of a running connector in chunks while it keeps streaming (incremental snapshot)."""
+    from cdc import snapshot  # noqa: PLC0415
+
+    settings = _settings({"name": name, "state_dir": state_dir}, None)
+    result = snapshot.request_snapshot(settings.instance_dir, settings.name, tables, timeout)
+    if not result.answered:
+        typer.echo(f"queued for {settings.name}: it takes the request once it streams")
+        return
+    if result.accepted:
+        typer.echo(f"{settings.name} snapshots {', '.join(result.accepted)} while streaming")
+    if result.rejected:
+        raise CdcError("; ".join(result.rejected.values()))
 
 
 DevDir = Annotated[

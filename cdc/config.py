@@ -191,6 +191,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("max_buffer_mb must be at least 1")
     if settings.snapshot_workers < 1:
         raise ConfigError("snapshot_workers must be at least 1")
+    if settings.snapshot_chunk_rows < 1:
+        raise ConfigError("snapshot_chunk_rows must be at least 1")
     for table in settings.tables:
         if not re.fullmatch(r"[^.\s]+(\.[^.\s]+)?", table):
             raise ConfigError(f"table {table!r}: expected schema.table or table")

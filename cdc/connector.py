@@ -23,10 +23,10 @@ from typing import Any
 
 import psycopg
 
-from cdc import replication
+from cdc import replication, snapshot
 from cdc.checkpoint import InFlight, Offsets, OffsetStore, Tracker
 from cdc.config import Settings
-from cdc.errors import DecodeError, SinkError, SourceError, SourceUnavailable
+from cdc.errors import DecodeError, SinkError, SourceUnavailable
 from cdc.events import (
     ChangeEvent,
     JsonSerializer,
@@ -84,6 +84,7 @@ class Stats:
     first_event_at: float = 0.0  # wall clock of the first change read from the slot
     last_ack_at: float = 0.0  # wall clock of the latest acknowledgement from Kafka
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+    snapshot: dict[str, Any] = field(default_factory=dict)  # progress of initial / incremental snapshots
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +101,7 @@ class Stats:
             "first_event_at": self.first_event_at,
             "last_ack_at": self.last_ack_at,
             "latency_ms": _percentiles(self.latencies),
+            "snapshot": self.snapshot,
         }
 
 
@@ -221,10 +223,10 @@ class Connector:
                 with replication.ReplicationConnection(s.dsn, f"cdc-{s.name}") as repl:
                     system = repl.identify_system()
                     slot_lsn = slot.confirmed_flush_lsn or 0 if slot else 0
+                    exported = None
                     if slot is None:
-                        if s.snapshot == "initial-only":
-                            raise SourceError("snapshot mode initial-only is not available yet")
-                        slot_lsn, _ = repl.create_slot(s.slot)
+                        # the exported snapshot is valid until the next command on `repl`
+                        slot_lsn, exported = repl.create_slot(s.slot, export_snapshot=s.snapshot != "never")
                     saved = self.store.saved
                     start = slot_lsn
                     if (
@@ -237,8 +239,15 @@ class Connector:
                         start = saved.lsn
                     offsets = Offsets(start, s.slot, system.system_id, database)
                     self.store.save(offsets)
+                    # snapshot hook: the initial snapshot (or its rest) runs before START_REPLICATION
+                    begin = snapshot.Start(system.system_id, database, slot_lsn, slot is None, exported)
+                    if not snapshot.before_streaming(self, conn, producer, source, catalog, begin):
+                        return  # stopped during the snapshot, or --snapshot initial-only
                     session = _Session(self, repl, conn, producer, catalog, source, offsets)
-                    session.stream()
+                    try:
+                        session.stream()
+                    finally:
+                        session.incremental.close()
             finally:
                 producer.close()
 
@@ -279,13 +288,19 @@ class _Session:
         self.prefix = self.settings.topic_prefix
         self.placeholder = self.settings.unavailable_placeholder
         self.tombstones = self.settings.tombstones
+        # incremental snapshots: `watched` is the relation whose changes the buffered chunk must see
+        self.watched = -1
+        self.incremental = snapshot.IncrementalSnapshots(
+            connector, self._produce, producer.ensure_topic, self.versions, self._watch, catalog
+        )
 
     # -- the loop --------------------------------------------------------------------
 
     def stream(self) -> None:
         s = self.settings
         repl = self.repl
-        repl.start(s.slot, s.publication, self.offsets.lsn, messages=s.messages)
+        # messages always: the watermarks of incremental snapshots are logical messages
+        repl.start(s.slot, s.publication, self.offsets.lsn, messages=True)
         self.connector.streamed = True
         self.stats.state = "running"
         self.stats.confirmed_lsn = self.offsets.lsn
@@ -323,6 +338,9 @@ class _Session:
             if force or now >= next_status:
                 self._confirm(force=force)
                 next_status = now + interval
+                self.incremental.tick()
+            if self.incremental.ready:
+                self.incremental.step()
         self._finish()
 
     def _finish(self) -> None:
@@ -461,6 +479,9 @@ class _Session:
                 self._send(state.topic, self.serializer.encode_key(state.table, old_key), None)
 
     def _message(self, message: LogicalMessage, lsn: int) -> None:
+        if message.prefix == snapshot.WATERMARK_PREFIX:
+            self.incremental.watermark(message, self.txn, self.entry)
+            return
         if not self.settings.messages:
             return
         txn = self.txn
@@ -498,7 +519,12 @@ class _Session:
         )  # fmt: skip
         self._produce(event, entry, state.topic)
         self.stats.events_per_table[table.qualified_name] += 1
+        if table.relation_id == self.watched:
+            self.incremental.changed(txn.xid, op, table, before, after)
         return event
+
+    def _watch(self, relation_id: int) -> None:
+        self.watched = relation_id
 
     def _produce(self, event: ChangeEvent, entry: InFlight, topic: str | None = None) -> None:
         key, value = self.serializer.encode(event)

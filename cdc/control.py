@@ -181,7 +181,8 @@ def detach(argv: list[str], directory: Path, name: str, timeout: float = 60) -> 
         if proc.poll() is not None:
             raise CdcError(f"the connector exited at start: {_last_error(log_path)} (log: {log_path})")
         status = read_status(directory, name)
-        if status.get("pid") == proc.pid and status.get("state") in ("running", "reconnecting"):
+        started = ("running", "reconnecting", "snapshotting")
+        if status.get("pid") == proc.pid and status.get("state") in started:
             return proc.pid
         time.sleep(0.1)
     return proc.pid

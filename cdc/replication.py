@@ -234,12 +234,20 @@ def publication_tables(conn: psycopg.Connection[Any], publication: str) -> tuple
     return bool(row[0]), {f"{s}.{t}" for s, t in rows}
 
 
+#: The comment on the publications cdc creates: only those it extends when --tables grows.
+MANAGED_PUBLICATION = "created by cdc; tables are added to it when --tables grows"
+
+
 def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: list[str]) -> None:
-    """Create ``publication`` (listed tables, or all) or check that it covers ``tables``."""
+    """Create ``publication`` (listed tables, or all) or check that it covers ``tables``.
+
+    A publication cdc created gets the tables added to ``--tables`` since;
+    one created by someone else must already publish them.
+    """
     existing = publication_tables(conn, publication)
     wanted = {".".join(split_table(t)) for t in tables}
+    name = sql.Identifier(publication)
     if existing is None:
-        name = sql.Identifier(publication)
         target: sql.Composable
         if tables:
             target = sql.SQL("FOR TABLE {}").format(
@@ -249,7 +257,11 @@ def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: 
             target = sql.SQL("FOR ALL TABLES")
         query = sql.SQL("CREATE PUBLICATION {} {} WITH (publish_via_partition_root = true)")
         try:
-            conn.execute(query.format(name, target))
+            with conn.transaction():
+                conn.execute(query.format(name, target))
+                conn.execute(
+                    sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(name, sql.Literal(MANAGED_PUBLICATION))
+                )
         except psycopg.errors.InsufficientPrivilege as exc:
             raise SourceError(
                 f"cannot create publication {publication!r}: {exc.diag.message_primary}; "
@@ -259,11 +271,29 @@ def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: 
         return
     all_tables, covered = existing
     missing = sorted(wanted - covered)
+    if missing and not all_tables and _managed(conn, publication):
+        added = sql.SQL(", ").join(sql.Identifier(*split_table(t)) for t in missing)
+        try:
+            conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(name, added))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise SourceError(
+                f"cannot add {', '.join(missing)} to publication {publication!r}: "
+                f"{exc.diag.message_primary}; add them as the publication's owner"
+            ) from None
+        log.info("added %s to publication %s", ", ".join(missing), publication)
+        return
     if missing and not all_tables:
         raise SourceError(
             f"publication {publication!r} does not publish {', '.join(missing)}: "
             f"ALTER PUBLICATION {publication} ADD TABLE {', '.join(missing)}"
         )
+
+
+def _managed(conn: psycopg.Connection[Any], publication: str) -> bool:
+    row = conn.execute(
+        "SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = %s", (publication,)
+    ).fetchone()
+    return row is not None and row[0] == MANAGED_PUBLICATION
 
 
 def primary_key(conn: psycopg.Connection[Any], relation_id: int) -> list[str]:
