@@ -357,7 +357,8 @@ class _Session:
         """Persist, then confirm to the server, the highest safe LSN."""
         tracker = self.tracker
         safe = tracker.safe_lsn()
-        if tracker.idle() and self.txn is None:
+        idle = tracker.idle() and self.txn is None
+        if idle:
             safe = tracker.advance_idle(self.wal_end)
         if safe > self.offsets.lsn:
             self.offsets.lsn = safe
@@ -365,7 +366,11 @@ class _Session:
         self.stats.received_lsn = max(self.received, self.offsets.lsn)
         self.stats.confirmed_lsn = self.offsets.lsn
         self.stats.wal_end = self.wal_end
-        self.repl.send_status(max(self.received, self.offsets.lsn), self.offsets.lsn)
+        # idle, ask the server for a keepalive now: its wal_end is confirmed at the next tick,
+        # so WAL of unpublished tables is released within two status intervals, not ~30 s
+        self.repl.send_status(
+            max(self.received, self.offsets.lsn), self.offsets.lsn, reply=idle and not force
+        )
         self.connector._report()
 
     # -- messages --------------------------------------------------------------------
