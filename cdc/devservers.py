@@ -496,7 +496,8 @@ class Broker:
             return
         self._signal(signal.SIGCONT)
         self._signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
+        # an in-memory broker has nothing to save; Tansu waits ~5 s for open clients on SIGTERM
+        deadline = time.monotonic() + 2
         while time.monotonic() < deadline and self._running():
             time.sleep(0.05)
         self._signal(signal.SIGKILL)
