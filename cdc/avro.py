@@ -65,7 +65,23 @@ log = logging.getLogger(__name__)
 
 MAGIC: Final = b"\xc3\x01"
 HEADER_SIZE: Final = 10  # magic + fingerprint
-FIXED_SCHEMAS: Final = ("source", "transaction", "envelope", "message", "message_key", "schema_record")
+FIXED_SCHEMAS: Final = (
+    "source",
+    "transaction",
+    "envelope",
+    "message",
+    "message_key",
+    "schema_record",
+    "transaction_event",
+    "transaction_key",
+    "heartbeat",
+    "heartbeat_key",
+)
+#: the records of the side topics (`AvroSerializer.encode_fixed`): kind -> (key schema, value schema)
+SIDE_SCHEMAS: Final = {
+    "transaction": ("transaction_key", "transaction_event"),
+    "heartbeat": ("heartbeat_key", "heartbeat"),
+}
 
 _NAME_OK = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _NAME_BAD_CHAR = re.compile(r"[^A-Za-z0-9_]")
@@ -960,6 +976,7 @@ class AvroSerializer:
         self._now_ms = -1
         self._now_bytes = b""
         self._message_headers: tuple[bytes, bytes] | None = None
+        self._side: dict[tuple[str, str], tuple[bytes, Encoder, bytes, Encoder]] = {}
         message_schema()  # the fixed pieces load now: a broken installation fails here, not mid-stream
         self._message_source_head = (
             _string(CONNECTOR)
@@ -998,6 +1015,32 @@ class AvroSerializer:
         if codec is None or codec.table is not table:
             codec = self._codec(table)
         return self._encode_key(codec, key)
+
+    def encode_fixed(
+        self, kind: str, topic: str, key: dict[str, Any], value: dict[str, Any]
+    ) -> tuple[bytes, bytes]:
+        """A record of a side topic (``transaction``, ``heartbeat``) in its fixed schema."""
+        codec = self._side.get((kind, topic))
+        if codec is None:
+            key_name, value_name = SIDE_SCHEMAS[kind]
+            key_entry, key_header = self._register(
+                topic, "key", lambda _variant: copy.deepcopy(fixed_schema(key_name))
+            )
+            value_entry, value_header = self._register(
+                topic, "value", lambda _variant: copy.deepcopy(fixed_schema(value_name))
+            )
+            codec = (
+                key_header,
+                _fastavro_encoder(key_entry.schema),
+                value_header,
+                _fastavro_encoder(value_entry.schema),
+            )
+            self._side[(kind, topic)] = codec
+        key_header, encode_key, value_header, encode_value = codec
+        try:
+            return key_header + encode_key(key), value_header + encode_value(value)
+        except _ENCODE_ERRORS as exc:
+            raise SchemaError(f"cannot encode a {kind} record: {exc}") from None
 
     def take_schema_records(self) -> Sequence[tuple[bytes, bytes]]:
         """(key, value) records for the schema topic registered since the last call."""

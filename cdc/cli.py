@@ -96,6 +96,17 @@ def start(
     messages: Annotated[
         bool | None, typer.Option("--messages/--no-messages", help="Stream pg_logical_emit_message.")
     ] = None,
+    transaction_metadata: Annotated[
+        bool | None,
+        typer.Option(
+            "--transaction-metadata/--no-transaction-metadata",
+            help="BEGIN/END records of every transaction on PREFIX.transaction.",
+        ),
+    ] = None,
+    heartbeat_interval: Annotated[
+        float | None,
+        typer.Option("--heartbeat-interval", help="Seconds between PREFIX.heartbeat records (0: none)."),
+    ] = None,
     producer: Annotated[
         str | None,
         typer.Option("--producer", help="auto | kafka-python | confluent (auto: confluent when installed)"),
@@ -137,6 +148,7 @@ def start(
         "topic_prefix": topic_prefix, "slot": slot, "publication": publication, "snapshot": snapshot,
         "format": format, "state_dir": state_dir, "status_interval": status_interval,
         "tombstones": tombstones, "messages": messages, "producer": producer,
+        "transaction_metadata": transaction_metadata, "heartbeat_interval": heartbeat_interval,
         "topic_partitions": topic_partitions, "topic_replication_factor": topic_replication_factor,
         "topic_configs": ",".join(topic_config) if topic_config else None,
         "producer_configs": ",".join(producer_config) if producer_config else None,

@@ -48,6 +48,8 @@ class Settings:
     status_interval: float = 1.0
     tombstones: bool = True
     messages: bool = True
+    transaction_metadata: bool = False  # BEGIN/END records on <prefix>.transaction
+    heartbeat_interval: float = 0.0  # seconds between <prefix>.heartbeat records; 0: none
     unavailable_placeholder: str = "__cdc_unavailable_value"
     topic_partitions: int = 1
     topic_replication_factor: int = -1  # -1: the broker's default
@@ -185,6 +187,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"topic_prefix {settings.topic_prefix!r}: use letters, digits, '.', '_', '-'")
     if settings.status_interval <= 0 or settings.status_interval > 60:
         raise ConfigError("status_interval must be between 0 and 60 seconds")
+    if settings.heartbeat_interval < 0:
+        raise ConfigError("heartbeat_interval must be 0 (off) or a number of seconds")
     if settings.topic_partitions < 1:
         raise ConfigError("topic_partitions must be at least 1")
     if settings.max_buffer_mb < 1:

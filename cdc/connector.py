@@ -35,10 +35,12 @@ from cdc.events import (
     Table,
     Transaction,
     event_topic,
+    heartbeat_topic,
     pg_ts_to_ms,
     schemas_topic,
     table_from_relation,
     table_topic,
+    transaction_topic,
 )
 from cdc.kafka import Producer, TopicSettings, make_producer
 from cdc.pgoutput import (
@@ -288,6 +290,9 @@ class _Session:
         self.prefix = self.settings.topic_prefix
         self.placeholder = self.settings.unavailable_placeholder
         self.tombstones = self.settings.tombstones
+        self.transaction_metadata = self.settings.transaction_metadata
+        self._heartbeat_token = InFlight(0)  # heartbeats belong to no transaction
+        self._next_heartbeat = 0.0
         # incremental snapshots: `watched` is the relation whose changes the buffered chunk must see
         self.watched = -1
         self.incremental = snapshot.IncrementalSnapshots(
@@ -338,6 +343,9 @@ class _Session:
             if force or now >= next_status:
                 self._confirm(force=force)
                 next_status = now + interval
+                if s.heartbeat_interval and now >= self._next_heartbeat:
+                    self._heartbeat()
+                    self._next_heartbeat = now + s.heartbeat_interval
                 self.incremental.tick()
             if self.incremental.ready:
                 self.incremental.step()
@@ -404,6 +412,8 @@ class _Session:
             assert isinstance(message, Commit)
             if self.entry is None:
                 raise DecodeError("Commit without Begin", kind="COMMIT")
+            if self.transaction_metadata and self.txn is not None and self.txn.events:
+                self._transaction_marker("END", self.txn)
             self.tracker.commit(self.entry, message.end_lsn)
             self.txn = self.entry = None
         elif kind is Relation:
@@ -491,6 +501,8 @@ class _Session:
             return
         txn = self.txn
         if message.transactional and txn is not None and self.entry is not None:
+            if self.transaction_metadata and not txn.events:
+                self._transaction_marker("BEGIN", txn)
             total, per_table = txn.next_order(0)
             event = ChangeEvent(
                 "m", None, None, None, message.lsn, txn.commit_lsn, txn.xid, txn.commit_ts_ms,
@@ -517,6 +529,8 @@ class _Session:
         if txn is None or entry is None:
             raise DecodeError(f"{op} change outside a transaction", kind="pgoutput")
         table = state.table
+        if self.transaction_metadata and not txn.events:
+            self._transaction_marker("BEGIN", txn)
         total, per_table = txn.next_order(table.relation_id)
         event = ChangeEvent(
             op, table, before, after, lsn, txn.commit_lsn, txn.xid, txn.commit_ts_ms,
@@ -536,14 +550,63 @@ class _Session:
         if topic is None:
             topic = event_topic(self.prefix, event)
             self.producer.ensure_topic(topic)
+        self._publish_schemas()
+        self.producer.send(topic, key, value, entry)
+        self.stats.events_total += 1
+
+    def _publish_schemas(self) -> None:
+        """Schemas the serializer registered go to the schema topic, acknowledged, before their records."""
         records = self.serializer.take_schema_records()
         if records:
             schema_topic = schemas_topic(self.prefix)
             self.producer.ensure_topic(schema_topic, compact=True)
             for schema_key, schema_value in records:
                 self.producer.send_and_wait(schema_topic, schema_key, schema_value, timeout=60)
-        self.producer.send(topic, key, value, entry)
-        self.stats.events_total += 1
+
+    def _transaction_marker(self, status: str, txn: Transaction) -> None:
+        """BEGIN before a transaction's first event, END after its last (``--transaction-metadata``).
+
+        Both belong to the transaction's checkpoint entry: its end LSN is confirmed
+        only once Kafka holds them too. Transactions without events get neither.
+        """
+        collections = None
+        if status == "END":
+            names = {rid: state.table.qualified_name for rid, state in self.tables.items()}
+            collections = [
+                {"data_collection": names.get(rid, "messages") if rid else "messages", "event_count": n}
+                for rid, n in txn.per_table.items()
+            ]
+        topic = transaction_topic(self.prefix)
+        self.producer.ensure_topic(topic)
+        key, value = self.serializer.encode_fixed(
+            "transaction",
+            topic,
+            {"id": txn.id},
+            {
+                "status": status,
+                "id": txn.id,
+                "event_count": txn.events if status == "END" else None,
+                "data_collections": collections,
+                "ts_ms": txn.commit_ts_ms,
+            },
+        )
+        self._publish_schemas()
+        self._send(topic, key, value)
+
+    def _heartbeat(self) -> None:
+        """A record on ``<prefix>.heartbeat``: consumers see the connector alive when nothing changes."""
+        topic = heartbeat_topic(self.prefix)
+        self.producer.ensure_topic(topic)
+        name = self.settings.name
+        key, value = self.serializer.encode_fixed(
+            "heartbeat",
+            topic,
+            {"name": name},
+            {"name": name, "lsn": self.offsets.lsn, "ts_ms": int(time.time() * 1000)},
+        )
+        self._publish_schemas()
+        # not part of any transaction: its acknowledgement confirms nothing
+        self.producer.send(topic, key, value, self._heartbeat_token)
 
     def _send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         assert self.entry is not None

@@ -263,6 +263,14 @@ def schemas_topic(prefix: str) -> str:
     return f"{prefix}.schemas"
 
 
+def transaction_topic(prefix: str) -> str:
+    return f"{prefix}.transaction"
+
+
+def heartbeat_topic(prefix: str) -> str:
+    return f"{prefix}.heartbeat"
+
+
 def event_topic(prefix: str, event: ChangeEvent) -> str:
     return messages_topic(prefix) if event.table is None else table_topic(prefix, event.table)
 
@@ -273,6 +281,12 @@ class Serializer(Protocol):
     def encode(self, event: ChangeEvent) -> tuple[bytes | None, bytes]: ...
 
     def encode_key(self, table: Table, key: list[Any]) -> bytes | None: ...
+
+    def encode_fixed(
+        self, kind: str, topic: str, key: dict[str, Any], value: dict[str, Any]
+    ) -> tuple[bytes, bytes]:
+        """A record of a side topic: ``transaction`` (BEGIN/END) or ``heartbeat``."""
+        ...
 
     def take_schema_records(self) -> Sequence[tuple[bytes, bytes]]: ...
 
@@ -295,6 +309,11 @@ class JsonSerializer:
 
     def encode_key(self, table: Table, key: list[Any]) -> bytes | None:
         return orjson.dumps(render_key(table, key)) if table.has_key else None
+
+    def encode_fixed(
+        self, kind: str, topic: str, key: dict[str, Any], value: dict[str, Any]
+    ) -> tuple[bytes, bytes]:
+        return orjson.dumps(key), orjson.dumps(value)
 
     def take_schema_records(self) -> Sequence[tuple[bytes, bytes]]:
         return ()
