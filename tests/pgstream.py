@@ -22,6 +22,7 @@ from cdc.pgoutput import (
     Keepalive,
     Message,
     Prepare,
+    Relation,
     RollbackPrepared,
     StreamAbort,
     StreamCommit,
@@ -152,3 +153,22 @@ def messages(captured: list[Captured]) -> list[Message]:
 
 def kinds(captured: list[Captured]) -> list[str]:
     return [type(c.message).__name__ for c in captured]
+
+
+def kinds_once(captured: list[Captured]) -> list[str]:
+    """`kinds` without the Relation messages the server sent again for a relation it already sent.
+
+    pgoutput re-sends a relation's schema after any invalidation of its cache
+    entry (autovacuum updating the table's statistics is enough), so how often
+    it comes is the server's business; that it comes before the first change is not.
+    """
+    seen: set[int] = set()
+    names = []
+    for c in captured:
+        message = c.message
+        if isinstance(message, Relation):
+            if message.relation_id in seen:
+                continue
+            seen.add(message.relation_id)
+        names.append(type(message).__name__)
+    return names

@@ -47,7 +47,7 @@ from cdc.pgoutput import (
     parse_lsn,
 )
 from tests.fix_servers import TestDb, wait_until
-from tests.pgstream import Captured, SlotReader, kinds
+from tests.pgstream import Captured, SlotReader, kinds, kinds_once
 
 M = TypeVar("M")
 SMALL_WORK_MEM = "-c logical_decoding_work_mem=64kB"
@@ -389,7 +389,7 @@ def test_two_phase_protocol_3(db: TestDb) -> None:
         conn.execute("COMMIT PREPARED 'g-commit'")
         conn.execute("ROLLBACK PREPARED 'g-rollback'")
         got = reader.read_transactions(4)
-        assert kinds(got) == [
+        assert kinds_once(got) == [
             "BeginPrepare", "Relation", "Insert", "Prepare",
             "BeginPrepare", "Insert", "Prepare",
             "CommitPrepared", "RollbackPrepared",
