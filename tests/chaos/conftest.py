@@ -1,0 +1,67 @@
+"""Fixtures of the chaos cases: the seed, a private cluster to restart, brokers to break.
+
+Randomness is seeded: ``CDC_CHAOS_SEED`` replays a run (the header and every
+failing case print it); each case derives its own seed from it and its name,
+so one case replays alone with ``-k``. ``CDC_CHAOS_ROUNDS`` (default 2) is
+how many times each fault strikes, at random points of the stream.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cdc.devservers import PostgresServer
+from tests.chaos.harness import LinkUnavailable, ShapedBroker
+from tests.chaos.workload import random_seed
+
+SESSION_SEED = int(os.environ.get("CDC_CHAOS_SEED") or random_seed())
+ROUNDS = int(os.environ.get("CDC_CHAOS_ROUNDS") or 2)
+
+
+def pytest_report_header() -> str:
+    return (
+        f"chaos: seed {SESSION_SEED} (replay with CDC_CHAOS_SEED={SESSION_SEED}), {ROUNDS} rounds per fault"
+    )
+
+
+@pytest.fixture
+def chaos_seed(request: pytest.FixtureRequest) -> int:
+    """This case's seed, printed (pytest shows it with a failure's captured output)."""
+    seed = SESSION_SEED ^ zlib.crc32(request.node.name.encode())
+    print(f"chaos seed {seed} for {request.node.name}: replay with CDC_CHAOS_SEED={SESSION_SEED}")
+    return seed
+
+
+@pytest.fixture(scope="session")
+def chaos_pg(make_server: Callable[[dict[str, str]], PostgresServer]) -> PostgresServer:
+    """A cluster of the newest version for the chaos cases alone: they restart it."""
+    return make_server({})
+
+
+@pytest.fixture
+def shaped_broker(tmp_path: Path) -> Iterator[ShapedBroker]:
+    """Tansu behind a veth pair whose traffic a case may slow down and drop."""
+    if os.environ.get("CDC_TEST_BOOTSTRAP_SERVERS"):
+        pytest.skip("needs a broker process behind a link of its own; CDC_TEST_BOOTSTRAP_SERVERS is external")
+    try:
+        broker = ShapedBroker.create_shaped(tmp_path / "broker")
+    except LinkUnavailable as exc:
+        pytest.skip(f"no shaped link on this machine ({exc}); the paused-broker case covers a hung broker")
+    try:
+        broker.start()
+    except BaseException:
+        broker.destroy()
+        raise
+    yield broker
+    broker.destroy()
+
+
+@pytest.fixture
+def chaos_prefix() -> str:
+    return "x" + secrets.token_hex(4)

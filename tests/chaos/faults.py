@@ -1,0 +1,372 @@
+"""The faults, each a function of a running `Chaos` scene, shared by the test cases and the soak.
+
+A scene is a database with the workload's tables, a broker, a `cdc start`
+process and the workload writing in the background. A fault does its harm,
+waits until the connector is streaming again (by itself, or restarted as an
+operator or supervisor would), and returns a `FaultRecord` saying what it did.
+The scene keeps the *loss horizon* (see `tests.chaos.verify`) when a fault
+makes the broker lose data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from cdc.devservers import Broker, PostgresServer
+from cdc.kafka import resolve_producer_kind
+from cdc.pgoutput import parse_lsn
+from tests.chaos import harness
+from tests.chaos.harness import ConnectorProcess, ShapedBroker, current_wal, slot_confirmed, wait_for
+from tests.chaos.verify import Report, decoder, read_all, verify
+from tests.chaos.workload import Workload, create_schema, published_tables
+
+
+@dataclass(slots=True)
+class FaultRecord:
+    name: str
+    at: float  # seconds since the scene started
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class Chaos:
+    """Everything a fault acts on. ``server`` is a cluster the scene may restart."""
+
+    server: PostgresServer
+    dsn: str
+    broker: Broker
+    connector: ConnectorProcess
+    workload: Workload
+    rng: random.Random
+    horizon: int = 0
+    faults: list[FaultRecord] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    max_lag_bytes: int = 0
+    checkpoint_checks: list[Report] = field(default_factory=list)
+    #: after a kill -9 and before a broker restart, check that everything confirmed is in Kafka
+    verify_checkpoints: bool = False
+    large_rows: int = 30_000  # rows of the transaction kill9_large_transaction interrupts
+    _lag_stop: threading.Event = field(default_factory=threading.Event)
+    _lag_thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def sample_lag(self, interval: float = 1.0) -> None:
+        """Track the largest distance between the server's WAL and the slot's confirmed position."""
+
+        def loop() -> None:
+            while not self._lag_stop.wait(interval):
+                with contextlib.suppress(Exception):  # the server may be restarting: skip the sample
+                    lag = current_wal(self.dsn) - slot_confirmed(self.dsn, self.connector.slot)
+                    self.max_lag_bytes = max(self.max_lag_bytes, lag)
+
+        self._lag_thread = threading.Thread(target=loop, name="lag", daemon=True)
+        self._lag_thread.start()
+
+    def stop_sampling(self) -> None:
+        self._lag_stop.set()
+        if self._lag_thread is not None:
+            self._lag_thread.join(10)
+
+    def caught_up(self, timeout: float = 120) -> None:
+        """Until the connector has confirmed everything written so far."""
+        target = current_wal(self.dsn)
+        wait_for(lambda: self.connector.caught_up(target), timeout, "the connector to confirm the WAL end")
+
+    def finish(self, timeout: float = 180) -> Report:
+        """Stop the workload, let the connector catch up, stop it gracefully, verify everything."""
+        self.workload.halt()
+        if not self.connector.alive():
+            self.connector.start()
+        self.caught_up(timeout)
+        stopped = self.connector.stop()
+        assert stopped.returncode == 0, f"cdc stop failed: {stopped.stderr.strip()}"
+        self.stop_sampling()
+        return self.verify()
+
+    def verify(self, confirmed: int | None = None) -> Report:
+        bootstrap, prefix = self.broker.bootstrap_servers, self.connector.prefix
+        records = read_all(bootstrap, prefix, live=confirmed is not None)
+        decode = decoder(self.connector.format, bootstrap, prefix)
+        return verify(records, self.workload.ledger, decode, self.horizon, confirmed)
+
+    def check_checkpoint(self, when: str) -> None:
+        """The checkpoint invariant, now: every transaction the slot has confirmed is in Kafka."""
+        if not self.verify_checkpoints:
+            return
+        confirmed = slot_confirmed(self.dsn, self.connector.slot)
+        report = self.verify(confirmed=confirmed)
+        self.checkpoint_checks.append(report)
+        assert report.ok, f"{when}, confirmed {confirmed:X}: {report.summary()}"
+
+    def record(self, name: str, began: float, detail: str = "") -> FaultRecord:
+        fault = FaultRecord(name, began - self.started, time.monotonic() - began, detail)
+        self.faults.append(fault)
+        return fault
+
+    def progress(self, events: int = 1, timeout: float = 60) -> None:
+        """Until the running connector has streamed ``events`` more events in its current process."""
+        base = int(self.connector.status().get("events_total") or 0)
+        wait_for(
+            lambda: int(self.connector.status().get("events_total") or 0) >= base + events,
+            timeout,
+            "the connector to stream again",
+        )
+
+
+# -- the faults -----------------------------------------------------------------------------------
+
+
+def kill9(scene: Chaos) -> FaultRecord:
+    """SIGKILL the connector while it streams; start it again as a supervisor would."""
+    began = time.monotonic()
+    scene.connector.kill9()
+    scene.check_checkpoint("after kill -9")
+    scene.connector.start()
+    scene.progress()
+    return scene.record("kill -9", began)
+
+
+def kill9_large_transaction(scene: Chaos) -> FaultRecord:
+    """Commit a large transaction, SIGKILL the connector part-way through sending it, restart."""
+    rows = scene.large_rows
+    base = int(scene.connector.status().get("events_total") or 0)
+    txn = scene.workload.large_insert(rows)
+    assert txn is not None, "the large transaction did not commit"
+    fraction = scene.rng.uniform(0.1, 0.8)
+    wait_for(
+        lambda: int(scene.connector.status().get("events_total") or 0) >= base + int(rows * fraction),
+        120,
+        f"{fraction:.0%} of the large transaction to be streamed",
+    )
+    began = time.monotonic()
+    streamed = int(scene.connector.status().get("events_total") or 0) - base
+    scene.connector.kill9()
+    scene.check_checkpoint("after kill -9 in a large transaction")
+    scene.connector.start()
+    scene.progress()
+    return scene.record("kill -9 in a large txn", began, f"{rows} rows, killed after ~{streamed} events")
+
+
+def stop_start(scene: Chaos) -> FaultRecord:
+    """`cdc stop`, a pause while the workload goes on, `cdc start`."""
+    began = time.monotonic()
+    result = scene.connector.stop()
+    assert result.returncode == 0, f"cdc stop failed: {result.stderr.strip()}"
+    time.sleep(scene.rng.uniform(0, 1.5))  # the workload writes while the connector is down
+    scene.connector.start()
+    scene.progress()
+    return scene.record("cdc stop / start", began)
+
+
+def postgres_restart(mode: str) -> Callable[[Chaos], FaultRecord]:
+    def fault(scene: Chaos) -> FaultRecord:
+        """``pg_ctl restart -m MODE``: the connector reconnects by itself (same process)."""
+        pid = scene.connector.pid
+        sessions = int(scene.connector.status().get("sessions") or 1)
+        began = time.monotonic()
+        scene.server.restart(mode)
+        scene.connector.wait_state("running", timeout=90, sessions=sessions + 1)
+        assert scene.connector.pid == pid and scene.connector.alive()
+        scene.progress()
+        return scene.record(f"postgres restart -m {mode}", began)
+
+    fault.__name__ = f"postgres_restart_{mode}"
+    return fault
+
+
+def walsender_terminated(scene: Chaos) -> FaultRecord:
+    """``pg_terminate_backend`` of the slot's walsender: the connector reconnects by itself."""
+    sessions = int(scene.connector.status().get("sessions") or 1)
+    began = time.monotonic()
+    active = wait_for(
+        lambda: harness.slot_active_pid(scene.dsn, scene.connector.slot), 30, "an active walsender"
+    )
+    harness.scalar(scene.dsn, "SELECT pg_terminate_backend(%s)", (active,))
+    scene.connector.wait_state("running", timeout=60, sessions=sessions + 1)
+    scene.progress()
+    return scene.record("walsender terminated", began)
+
+
+def broker_restart(scene: Chaos) -> FaultRecord:
+    """Stop the broker for a few seconds and start it again, empty (Tansu keeps nothing).
+
+    Waits until the connector's session has failed (state "reconnecting"), so
+    that its confirmed position is final for the old broker: that position is
+    the loss horizon, and the connector must send everything after it again.
+    """
+    scene.check_checkpoint("before the broker restart")  # before the evidence goes
+    began = time.monotonic()
+    scene.broker.stop()
+    scene.connector.wait_state("reconnecting", timeout=60)
+    horizon = max(
+        slot_confirmed(scene.dsn, scene.connector.slot), harness.offsets_lsn(scene.connector.instance_dir)
+    )
+    scene.horizon = max(scene.horizon, horizon)
+    time.sleep(scene.rng.uniform(0.5, 2))  # more of the outage, with the workload writing
+    scene.broker.start()
+    scene.connector.wait_state("running", timeout=90)
+    scene.progress()
+    return scene.record("broker down (restarted empty)", began, f"loss horizon {horizon:X}")
+
+
+def status_after(connector: ConnectorProcess, moment: float) -> dict[str, Any] | None:
+    """The connector's status, once written after ``moment`` (a ``time.time()``)."""
+    status = connector.status()
+    return status if float(status.get("updated_at") or 0) > moment else None
+
+
+def broker_blip(scene: Chaos) -> FaultRecord:
+    """Stop the broker for less than the producer's timeouts and start it again, empty.
+
+    With timeouts longer than the outage the session outlives it: the
+    records the old broker acknowledged are gone with it, and the producer
+    finds a broker that does not know it. The connector must carry on (a
+    new session, a new producer), not exit. The loss horizon is what the
+    connector had *received* when the old broker died (it cannot have
+    acknowledged more), read from status.json after a status interval.
+    """
+    pid = scene.connector.pid
+    began = time.monotonic()
+    scene.broker.stop()
+    died = time.time()
+    status = wait_for(
+        partial(status_after, scene.connector, died + 0.2), 30, "a status after the broker stopped"
+    )
+    horizon = parse_lsn(str(status.get("received_lsn") or "0/0"))
+    scene.horizon = max(scene.horizon, horizon)
+    time.sleep(scene.rng.uniform(0.5, 2))  # more of the outage, with the workload writing
+    scene.broker.start()
+    scene.progress(timeout=60)
+    assert scene.connector.pid == pid and scene.connector.alive(), "the connector exited"
+    return scene.record("broker blip (restarted empty)", began, f"loss horizon {horizon:X}")
+
+
+def broker_paused(scene: Chaos) -> FaultRecord:
+    """SIGSTOP the broker for a few seconds (a broker that hangs), then SIGCONT."""
+    seconds = scene.rng.uniform(1, 4)
+    began = time.monotonic()
+    scene.broker.pause()
+    try:
+        time.sleep(seconds)  # the length of the hang is the fault
+    finally:
+        scene.broker.resume()
+    scene.connector.wait_state("running", timeout=90)
+    scene.progress()
+    return scene.record("broker paused", began, f"{seconds:.1f} s")
+
+
+def slow_link(scene: Chaos) -> FaultRecord:
+    """A slow, lossy link to the broker for a few seconds (tbf on a veth pair), then a clean one."""
+    broker = scene.broker
+    if not isinstance(broker, ShapedBroker):
+        raise harness.LinkUnavailable("the scene's broker is not behind a shaped link")
+    seconds = scene.rng.uniform(2, 6)
+    began = time.monotonic()
+    broker.shape()
+    try:
+        time.sleep(seconds)  # the slow period is the fault
+    finally:
+        broker.unshape()
+    scene.connector.wait_state("running", timeout=90)
+    scene.progress()
+    return scene.record("slow, lossy link", began, f"{seconds:.1f} s at 200 kbit/s")
+
+
+def _state_dir_fault(scene: Chaos, name: str, harm: Callable[[], Callable[[], None]]) -> FaultRecord:
+    """Break the state directory, expect a one-line error and nothing confirmed beyond the file, repair."""
+    connector = scene.connector
+    began = time.monotonic()
+    repair = harm()
+    try:
+        code = connector.wait_exit(60)
+    finally:
+        repair()
+    lines = [line for line in connector.logs[-1].read_text(errors="replace").splitlines() if line.strip()]
+    assert code == 1, f"{name}: the connector exited with {code}: {lines[-3:]}"
+    assert lines[-1].startswith("cdc: error: cannot write") and "offsets.json" in lines[-1], lines[-3:]
+    assert "Traceback" not in "\n".join(lines)
+    persisted = harness.offsets_lsn(connector.instance_dir)
+    confirmed = slot_confirmed(scene.dsn, connector.slot)
+    assert confirmed <= persisted, f"{name}: slot confirmed {confirmed:X} beyond the persisted {persisted:X}"
+    connector.start()
+    scene.progress()
+    return scene.record(name, began, lines[-1].removeprefix("cdc: error: ")[:80])
+
+
+def state_dir_full(scene: Chaos) -> FaultRecord:
+    """The state directory's filesystem fills up (it must be a small tmpfs: `harness.small_filesystem`)."""
+    instance_dir = scene.connector.instance_dir
+
+    def harm() -> Callable[[], None]:
+        return harness.fill(instance_dir.parent).unlink
+
+    return _state_dir_fault(scene, "state dir full", harm)
+
+
+def state_dir_read_only(scene: Chaos) -> FaultRecord:
+    """The state directory becomes unwritable (``chattr +i``: it stops root too)."""
+    instance_dir = scene.connector.instance_dir
+
+    def harm() -> Callable[[], None]:
+        harness.set_immutable(instance_dir, True)
+        return lambda: harness.set_immutable(instance_dir, False)
+
+    return _state_dir_fault(scene, "state dir read-only", harm)
+
+
+FAULTS: dict[str, Callable[[Chaos], FaultRecord]] = {
+    "kill9": kill9,
+    "kill9_large_txn": kill9_large_transaction,
+    "stop_start": stop_start,
+    "pg_restart_fast": postgres_restart("fast"),
+    "pg_restart_immediate": postgres_restart("immediate"),
+    "walsender_kill": walsender_terminated,
+    "broker_restart": broker_restart,
+    "broker_blip": broker_blip,
+    "broker_pause": broker_paused,
+    "slow_link": slow_link,
+    "state_dir_full": state_dir_full,
+    "state_dir_read_only": state_dir_read_only,
+}
+
+
+def new_scene(
+    server: PostgresServer,
+    dsn: str,
+    broker: Broker,
+    state_dir: Path,
+    prefix: str,
+    name: str,
+    seed: int,
+    rate: float = 100.0,
+    reconnect_max_seconds: float = 1.0,
+    fast_failing: bool = True,
+    producer: str = "auto",
+    format: str = "avro",
+) -> Chaos:
+    """A scene with the workload's tables; the connector is not started yet.
+
+    ``fast_failing``: producer timeouts of a few seconds, so that a lost
+    broker ends the session quickly (the loss horizon is then exact);
+    otherwise timeouts a short outage stays within (`harness.OUTLIVING_PRODUCER`).
+    """
+    create_schema(dsn)
+    kind = resolve_producer_kind(producer)
+    settings = (harness.FAST_FAILING_PRODUCER if fast_failing else harness.OUTLIVING_PRODUCER)[kind]
+    connector = ConnectorProcess(
+        dsn, broker.bootstrap_servers, name, prefix, state_dir, tables=published_tables(),
+        extra=[a for k, v in settings.items() for a in ("--producer-config", f"{k}={v}")],
+        env={"CDC_RECONNECT_MAX_SECONDS": str(reconnect_max_seconds)}, format=format, producer=kind,
+    )  # fmt: skip
+    rng = random.Random(seed)
+    return Chaos(server, dsn, broker, connector, Workload(dsn, seed, rate), rng)
