@@ -382,7 +382,8 @@ def main() -> None:
     except CdcError as exc:
         if _debug:
             raise
-        print(f"cdc: error: {exc}", file=sys.stderr)
+        # one line, whatever the message carries (libpq's own messages have line breaks)
+        print(f"cdc: error: {' '.join(str(exc).split())}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

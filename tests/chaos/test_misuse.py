@@ -38,6 +38,7 @@ def error_line(proc: subprocess.CompletedProcess[str]) -> str:
     ("line", "expected"),
     [
         ("producer_configs = [1, 2]", "producer_configs"),
+        ('dsn = "nonsense"', "invalid dsn"),  # libpq's message has a line break in it
         ('format = "xml"', "expected one of avro, json"),
         ("max_buffer_mb = 0", "max_buffer_mb must be at least 1"),
         ('topic_configs = "retention"', "expected key=value pairs"),
