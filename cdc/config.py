@@ -94,7 +94,7 @@ def _coerce(name: str, raw: Any, origin: str) -> Any:
                 return False
             raise ValueError("expected true or false")
         if hint is int:
-            if isinstance(raw, bool):
+            if isinstance(raw, bool | float):
                 raise ValueError("expected an integer")
             return int(raw)
         if hint is float:
@@ -102,17 +102,25 @@ def _coerce(name: str, raw: Any, origin: str) -> Any:
                 raise ValueError("expected a number")
             return float(raw)
         if hint is Path:
+            if not isinstance(raw, str | Path):
+                raise ValueError("expected a path (a string)")
             return Path(str(raw)).expanduser()
         if hint == list[str]:
-            if isinstance(raw, list):
-                items = [str(x).strip() for x in raw]
+            if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+                items = [x.strip() for x in raw]
+            elif isinstance(raw, str):
+                items = [x.strip() for x in raw.split(",")]
             else:
-                items = [x.strip() for x in str(raw).split(",")]
+                raise ValueError('expected a list of strings or "a,b" text')
             return [x for x in items if x]
         if hint == dict[str, str]:
             if isinstance(raw, dict):
+                if not all(isinstance(v, str | int | float | bool) for v in raw.values()):
+                    raise ValueError("expected a table of key = value (text, number or boolean)")
                 return {str(k): str(v) for k, v in raw.items()}
-            pairs = [p.strip() for p in str(raw).split(",") if p.strip()]
+            if not isinstance(raw, str):
+                raise ValueError('expected a table of key = value or "key=value,..." text')
+            pairs = [p.strip() for p in raw.split(",") if p.strip()]
             result = {}
             for pair in pairs:
                 key, sep, value = pair.partition("=")

@@ -39,6 +39,11 @@ def error_line(proc: subprocess.CompletedProcess[str]) -> str:
     [
         ("producer_configs = [1, 2]", "producer_configs"),
         ('dsn = "nonsense"', "invalid dsn"),  # libpq's message has a line break in it
+        ("tables = 5", "tables = 5"),
+        ('tables = ["public.a", 7]', "tables"),
+        ("state_dir = 7", "state_dir = 7"),
+        ('topic_configs = { "retention.ms" = { nested = 1 } }', "topic_configs"),
+        ("topic_partitions = 1.5", "expected an integer"),
         ('format = "xml"', "expected one of avro, json"),
         ("max_buffer_mb = 0", "max_buffer_mb must be at least 1"),
         ('topic_configs = "retention"', "expected key=value pairs"),
