@@ -201,13 +201,13 @@ class Connector:
         with replication.connect(s.dsn, f"cdc-{s.name}") as conn:
             replication.check_wal_level(conn)
             replication.check_role(conn)
-            replication.check_tables(conn, s.tables)
+            tables = self._tables(conn)
             slot = replication.find_slot(conn, s.slot)
             if slot is not None:
                 replication.validate_slot(conn, slot)
             else:
                 replication.check_slot_capacity(conn)
-            replication.ensure_publication(conn, s.publication, s.tables)
+            replication.ensure_publication(conn, s.publication, tables)
             row = conn.execute("SELECT current_database()").fetchone()
             database = str(row[0]) if row else ""
             catalog = TypeCatalog.from_connection(conn)
@@ -252,6 +252,26 @@ class Connector:
                         session.incremental.close()
             finally:
                 producer.close()
+
+    def _tables(self, conn: psycopg.Connection[Any]) -> list[str]:
+        """The listed tables to stream: at start all must exist; a reconnect leaves out dropped ones.
+
+        A table dropped while streaming has left the publication with its last
+        change: the others keep streaming (a reconnect must not end the
+        connector), with a warning; the next `cdc start` refuses until
+        ``--tables`` no longer lists it.
+        """
+        tables = self.settings.tables
+        if self.streamed:
+            for table in replication.missing_tables(conn, tables):
+                log.warning(
+                    "table %s no longer exists (dropped while streaming): streaming the other tables; "
+                    "the next start refuses until --tables leaves it out",
+                    table,
+                )
+                tables = [t for t in tables if t != table]
+        replication.check_tables(conn, tables)
+        return tables
 
 
 class _Session:

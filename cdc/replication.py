@@ -151,11 +151,19 @@ def check_role(conn: psycopg.Connection[Any]) -> None:
         raise SourceError(f"role {name!r} lacks REPLICATION: ALTER ROLE {name} REPLICATION")
 
 
-def check_tables(conn: psycopg.Connection[Any], tables: list[str]) -> None:
+def missing_tables(conn: psycopg.Connection[Any], tables: list[str]) -> list[str]:
+    """The tables of ``tables`` that do not exist."""
+    missing = []
     for table in tables:
         row = conn.execute("SELECT to_regclass(%s)", (quote_table(table),)).fetchone()
         if row is None or row[0] is None:
-            raise SourceError(f"table {table} does not exist: create it or fix --tables")
+            missing.append(table)
+    return missing
+
+
+def check_tables(conn: psycopg.Connection[Any], tables: list[str]) -> None:
+    for table in missing_tables(conn, tables)[:1]:
+        raise SourceError(f"table {table} does not exist: create it or fix --tables")
 
 
 def quote_table(table: str) -> str:
