@@ -84,6 +84,31 @@ class _Deliveries:
         return n
 
 
+#: kafka-python errors that a new session cannot cure: the record, the topic, the settings or the
+#: credentials are wrong. Any other failure ends the session and the next one starts with a new
+#: producer: after a broker lost the producer's state (UnknownProducerIdError, and a failed epoch
+#: bump), kafka-python's idempotent producer stays failed, but a new one works.
+_PERMANENT_ERRORS = frozenset({
+    "MessageSizeTooLargeError", "RecordListTooLargeError", "InvalidRecordError", "CorruptRecordError",
+    "InvalidTopicError", "TopicAuthorizationFailedError", "ClusterAuthorizationFailedError",
+    "TransactionalIdAuthorizationFailedError", "SaslAuthenticationFailedError", "UnsupportedVersionError",
+    "UnsupportedForMessageFormatError", "UnsupportedCompressionTypeError", "InvalidRequiredAcksError",
+    "KafkaConfigurationError",
+})  # fmt: skip
+
+
+class _KafkaPythonFailure(Exception):
+    """A failed delivery; ``retriable`` says whether a new session (a new producer) may succeed."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.retriable = _retriable(error)
+
+
+def _retriable(error: BaseException) -> bool:
+    return bool(getattr(error, "retriable", False)) or type(error).__name__ not in _PERMANENT_ERRORS
+
+
 class KafkaPythonProducer:
     """kafka-python's KafkaProducer, acks=all and idempotent."""
 
@@ -152,7 +177,7 @@ class KafkaPythonProducer:
                 acked(token)
 
             def failed(error: BaseException) -> None:
-                failures((token, error))
+                failures((token, _KafkaPythonFailure(error)))
 
             self._token, self._token_callbacks = token, (ok, failed)
         return self._token_callbacks
@@ -166,7 +191,7 @@ class KafkaPythonProducer:
             future = self.producer.send(topic, value=value, key=key)
         except self._kafka_error as exc:
             token.pending -= 1
-            raise SinkError(f"cannot produce to {topic}: {exc}", retriable=bool(exc.retriable)) from None
+            raise SinkError(f"cannot produce to {topic}: {exc}", retriable=_retriable(exc)) from None
         self.buffered += size
         ok, failed = self._callbacks(token)
         future.add_callback(ok)
@@ -187,7 +212,7 @@ class KafkaPythonProducer:
         try:
             self.producer.send(topic, value=value, key=key).get(timeout=timeout)
         except self._kafka_error as exc:
-            raise SinkError(f"cannot produce to {topic}: {exc}", retriable=bool(exc.retriable)) from None
+            raise SinkError(f"cannot produce to {topic}: {exc}", retriable=_retriable(exc)) from None
 
     def poll(self) -> int:
         sizes = self.sizes

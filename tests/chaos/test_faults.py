@@ -106,6 +106,25 @@ def test_fault(
         assert len(scene.checkpoint_checks) == rounds, why
 
 
+@pytest.mark.parametrize("producer", ["kafka-python"])
+def test_broker_blip_within_producer_timeouts(
+    chaos_db: TestDb, own_broker: Broker, chaos_prefix: str, state_dir: Path, chaos_seed: int, producer: str
+) -> None:
+    """A broker back within the producer's timeouts, empty: the connector carries on by itself.
+
+    (kafka-python's producer then stays failed with UnknownProducerIdError: the session must end and
+    a new one start, not the connector.)
+    """
+    scene = new_scene(
+        chaos_db.server, chaos_db.dsn, own_broker, state_dir, chaos_prefix, "chaos", chaos_seed,
+        fast_failing=False, producer=producer,
+    )  # fmt: skip
+    report = play(scene, FAULTS["broker_blip"], 1)
+    why = explain(scene, report, chaos_seed)
+    assert report.ok, why
+    assert report.changes_verified + report.lost_by_broker == report.changes_expected > 0, why
+
+
 def test_slow_lossy_link(
     chaos_db: TestDb, shaped_broker: harness.ShapedBroker, chaos_prefix: str, state_dir: Path, chaos_seed: int
 ) -> None:

@@ -229,3 +229,45 @@ def test_table_dropped_while_streaming(
     doomed = [json_decode(r.topic, r.key, r.value)[0]["id"] for r in records if r.topic.endswith(".doomed")]
     # a reconnect may send again what was not confirmed yet (at-least-once): compare distinct ids
     assert sorted(set(kept)) == list(range(1, 31)) and sorted(set(doomed)) == list(range(1, 11))
+
+
+@pytest.mark.parametrize("producer", ["kafka-python"])
+def test_row_too_large_for_kafka_stops_without_confirming(
+    db_latest: TestDb, broker: BrokerHandle, prefix: str, tmp_path: Path, producer: str
+) -> None:
+    """A change Kafka can never take (over the 16 MB limit): an error, not a retry loop; not confirmed."""
+    db = db_latest
+    db.execute("CREATE TABLE blobs (id int PRIMARY KEY, body text)")
+    connector = ConnectorProcess(
+        db.dsn, broker.bootstrap_servers, "huge", prefix, tmp_path / "state", ["public.blobs"], format="json",
+        producer=producer,
+    )  # fmt: skip
+    connector.start()
+    try:
+        db.execute("INSERT INTO blobs VALUES (1, 'small')")
+        target = int(db.scalar("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+        wait_for(lambda: connector.caught_up(target), 60, "the small row to be confirmed")
+        # 17.6 MB of incompressible text: more than the producer's 16 MB limit
+        db.execute(
+            "INSERT INTO blobs SELECT 2, string_agg(md5(g::text), '') FROM generate_series(1, 550000) g"
+        )
+        code = connector.wait_exit(120)
+    finally:
+        connector.cleanup()
+    last = connector.last_lines(1)
+    assert code == 1 and last.startswith("cdc: error:"), connector.last_lines(5)
+    assert "too large" in last.lower() or "toolarge" in last.lower(), last
+    # the fix the message points at: a larger limit; the refused row was not confirmed, so the next
+    # start sends it (keepalives may confirm WAL inside the open transaction, never its commit)
+    limit = "max_request_size=40000000" if producer == "kafka-python" else "message.max.bytes=40000000"
+    connector.extra = ["--producer-config", limit]
+    connector.start()
+    try:
+        target = int(db.scalar("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+        wait_for(lambda: connector.caught_up(target), 120, "the large row to be confirmed")
+        assert connector.stop().returncode == 0
+    finally:
+        connector.cleanup()
+    records = read_all(broker.bootstrap_servers, prefix)
+    ids = [json_decode(r.topic, r.key, r.value)[0]["id"] for r in records]
+    assert sorted(set(ids)) == [1, 2]
