@@ -349,28 +349,49 @@ class ConfluentProducer:
                 self.producer.poll(0.05)
             except self._ck.KafkaException as exc:
                 token.pending -= 1
-                raise SinkError(f"cannot produce to {topic}: {exc}", retriable=True) from None
+                raise SinkError(
+                    f"cannot produce to {topic}: {exc}", retriable=_confluent_retriable(exc)
+                ) from None
 
     def send_and_wait(self, topic: str, key: bytes | None, value: bytes | None, timeout: float) -> None:
         result: list[Any] = []
-        self.producer.produce(topic, value=value, key=key, on_delivery=lambda e, _m: result.append(e))
+        try:
+            self.producer.produce(topic, value=value, key=key, on_delivery=lambda e, _m: result.append(e))
+        except self._ck.KafkaException as exc:
+            raise SinkError(
+                f"cannot produce to {topic}: {exc}", retriable=_confluent_retriable(exc)
+            ) from None
         deadline = time.monotonic() + timeout
         while not result and time.monotonic() < deadline:
             self.producer.poll(0.05)
         if not result:
             raise SinkError(f"no acknowledgement from kafka for {topic} within {timeout} s", retriable=True)
         if result[0] is not None:
-            raise SinkError(f"cannot produce to {topic}: {result[0]}", retriable=bool(result[0].retriable()))
+            raise SinkError(
+                f"cannot produce to {topic}: {result[0]}", retriable=_ConfluentFailure(result[0]).retriable
+            )
+
+    # After a fatal error, confluent-kafka raises KafkaException from poll/flush, or, when delivery
+    # callbacks run with that exception already set, SystemError: either way this producer is done.
 
     def poll(self) -> int:
-        self.producer.poll(0)
+        try:
+            self.producer.poll(0)
+        except (self._ck.KafkaException, SystemError) as exc:
+            raise SinkError(f"kafka producer failed: {exc}", retriable=_confluent_retriable(exc)) from None
         return self.deliveries.apply()
 
     def flush(self, timeout: float) -> bool:
-        return int(self.producer.flush(timeout)) == 0
+        try:
+            return int(self.producer.flush(timeout)) == 0
+        except (self._ck.KafkaException, SystemError):
+            return False
 
     def close(self) -> None:
-        self.producer.flush(5)
+        try:
+            self.producer.flush(5)
+        except (self._ck.KafkaException, SystemError) as exc:
+            log.debug("closing the producer: %s", exc)
 
     def ensure_topic(self, topic: str, compact: bool = False) -> None:
         if topic in self.known_topics:
@@ -397,10 +418,28 @@ class ConfluentProducer:
         self.known_topics.add(topic)
 
 
+#: librdkafka errors that a new session cannot cure (as `_PERMANENT_ERRORS` for kafka-python):
+#: retrying them would read the same change again and fail again, forever. Any other error, a fatal
+#: one included (after a broker lost the producer's state, UNKNOWN_PRODUCER_ID is fatal for this
+#: idempotent producer), ends the session; the next one starts with a new producer.
+_PERMANENT_CODES = frozenset({
+    "MSG_SIZE_TOO_LARGE", "INVALID_MSG_SIZE", "RECORD_LIST_TOO_LARGE", "INVALID_RECORD", "INVALID_MSG",
+    "TOPIC_EXCEPTION", "TOPIC_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED",
+    "SASL_AUTHENTICATION_FAILED", "_AUTHENTICATION", "UNSUPPORTED_VERSION", "UNSUPPORTED_FOR_MESSAGE_FORMAT",
+    "UNSUPPORTED_COMPRESSION_TYPE", "INVALID_REQUIRED_ACKS", "_INVALID_ARG",
+})  # fmt: skip
+
+
 class _ConfluentFailure(Exception):
     def __init__(self, error: Any) -> None:
         super().__init__(str(error))
-        self.retriable = bool(error.retriable()) or not bool(error.fatal())
+        self.retriable = error.name() not in _PERMANENT_CODES
+
+
+def _confluent_retriable(exc: BaseException) -> bool:
+    """Worth a new session? ``exc`` is a confluent_kafka.KafkaException (its first arg the KafkaError)."""
+    error = exc.args[0] if exc.args else None
+    return error is None or not hasattr(error, "name") or error.name() not in _PERMANENT_CODES
 
 
 def _typed(overrides: dict[str, str]) -> dict[str, Any]:

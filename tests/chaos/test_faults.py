@@ -106,14 +106,14 @@ def test_fault(
         assert len(scene.checkpoint_checks) == rounds, why
 
 
-@pytest.mark.parametrize("producer", ["kafka-python"])
+@pytest.mark.parametrize("producer", ["kafka-python", "confluent"])
 def test_broker_blip_within_producer_timeouts(
     chaos_db: TestDb, own_broker: Broker, chaos_prefix: str, state_dir: Path, chaos_seed: int, producer: str
 ) -> None:
     """A broker back within the producer's timeouts, empty: the connector carries on by itself.
 
-    (kafka-python's producer then stays failed with UnknownProducerIdError: the session must end and
-    a new one start, not the connector.)
+    (Both producers may then stay failed, kafka-python with UnknownProducerIdError, librdkafka with a
+    fatal UNKNOWN_PRODUCER_ID: the session must end and a new one start, not the connector.)
     """
     scene = new_scene(
         chaos_db.server, chaos_db.dsn, own_broker, state_dir, chaos_prefix, "chaos", chaos_seed,

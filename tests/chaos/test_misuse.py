@@ -231,7 +231,7 @@ def test_table_dropped_while_streaming(
     assert sorted(set(kept)) == list(range(1, 31)) and sorted(set(doomed)) == list(range(1, 11))
 
 
-@pytest.mark.parametrize("producer", ["kafka-python"])
+@pytest.mark.parametrize("producer", ["kafka-python", "confluent"])
 def test_row_too_large_for_kafka_stops_without_confirming(
     db_latest: TestDb, broker: BrokerHandle, prefix: str, tmp_path: Path, producer: str
 ) -> None:
