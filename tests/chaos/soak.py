@@ -1,0 +1,219 @@
+"""``make soak``: the chaos workload for N minutes, with a random fault every few seconds.
+
+    .venv/bin/python -m tests.chaos.soak [--minutes 10] [--seed N] [--rate 100]
+                                         [--faults kill9,broker_restart,...] [--every 8-25]
+                                         [--producer auto|kafka-python|confluent] [--format avro|json]
+
+``CDC_SOAK_MINUTES`` and ``CDC_CHAOS_SEED`` set the defaults of ``--minutes``
+and ``--seed``. It starts its own Postgres (the newest found) and Tansu (in a
+network namespace behind a shapeable link when the machine allows it, with a
+small tmpfs as the state directory), runs a real `cdc start` process, writes
+the workload of `tests.chaos.workload` at ``--rate`` transactions a second,
+and strikes a random fault of `tests.chaos.faults.FAULTS` at random
+intervals. After every kill -9 and before every broker restart it checks the
+checkpoint invariant (everything the slot confirmed is in Kafka); at the end
+it stops the workload, lets the connector catch up, stops it, verifies every
+topic and prints a table. The exit status is 0 only without any violation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import secrets
+import sys
+import tempfile
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+from cdc.devservers import Broker, PostgresServer, find_pg_installs
+from tests.chaos import harness
+from tests.chaos.faults import FAULTS, Chaos, new_scene
+from tests.chaos.harness import LinkUnavailable, ShapedBroker, StateDirUnavailable
+from tests.chaos.verify import Report
+from tests.chaos.workload import random_seed
+from tests.fix_servers import new_db
+
+log = logging.getLogger("soak")
+
+
+@contextlib.contextmanager
+def servers(work: Path, shaped: bool) -> Iterator[tuple[PostgresServer, Broker, str]]:
+    """A cluster and a broker; the broker behind a shapeable link when possible. Yields a note."""
+    server = PostgresServer.create(find_pg_installs()[0])
+    server.start()
+    broker: Broker
+    note = ""
+    try:
+        try:
+            if not shaped:
+                raise LinkUnavailable("not asked for")
+            broker = ShapedBroker.create_shaped(work / "broker")
+        except LinkUnavailable as exc:
+            note = f"no shaped link ({exc}): slow_link left out"
+            broker = Broker.create(work / "broker")
+        try:
+            broker.start()
+            yield server, broker, note
+        finally:
+            broker.destroy()
+    finally:
+        server.destroy()
+
+
+@contextlib.contextmanager
+def state_directory(work: Path) -> Iterator[tuple[Path, str]]:
+    """A small tmpfs for the state (so that it can fill up), or a plain directory. Yields a note."""
+    path = work / "state"
+    try:
+        with harness.small_filesystem(path, size_kb=1024):
+            yield path, ""
+    except StateDirUnavailable as exc:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path, f"no small filesystem ({exc}): state_dir_full left out"
+
+
+def recover(scene: Chaos) -> None:
+    """After a fault that failed half-way: undo what it may have left, so the soak goes on."""
+    broker = scene.broker
+    broker.resume()
+    if isinstance(broker, ShapedBroker) and broker.shaped:
+        broker.unshape()
+    if not broker.pid:
+        broker.start()
+    with contextlib.suppress(StateDirUnavailable):
+        harness.set_immutable(scene.connector.instance_dir, False)
+    (scene.connector.state_dir / "filler").unlink(missing_ok=True)
+    if not scene.connector.alive():
+        scene.connector.start()
+
+
+def table(scene: Chaos, report: Report, minutes: float, seed: int, failures: list[str]) -> str:
+    per_fault: dict[str, list[float]] = defaultdict(list)
+    for fault in scene.faults:
+        per_fault[fault.name].append(fault.seconds)
+    large = sum(1 for t in scene.workload.ledger.committed if t.kind == "large")
+    passed = sum(c.ok for c in scene.checkpoint_checks)
+    connector = scene.connector
+    lines = [
+        f"soak: {minutes:g} minutes, seed {seed} (replay: CDC_CHAOS_SEED={seed}), --producer "
+        f"{connector.producer} --format {connector.format}, {scene.workload.transactions} small + {large} "
+        "large transactions",
+        "",
+        "| fault | injected | mean s (fault + recovery) | max s |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, seconds in sorted(per_fault.items()):
+        lines.append(f"| {name} | {len(seconds)} | {sum(seconds) / len(seconds):.1f} | {max(seconds):.1f} |")
+    lines += [
+        f"| **all faults** | **{len(scene.faults)}** | | |",
+        "",
+        "| measure | value |",
+        "|---|---:|",
+        f"| changes written (committed) | {report.changes_expected} |",
+        f"| changes verified in Kafka | {report.changes_verified} |",
+        f"| changes lost by the broker itself (before the loss horizon at its restart) "
+        f"| {report.lost_by_broker} |",
+        f"| duplicates (each an exact repeat of its position) | {report.duplicates} |",
+        f"| rolled-back transactions, none in Kafka | {report.aborted_checked} |",
+        f"| in-doubt commits resolved by the writer | {scene.workload.ledger.in_doubt_resolved} |",
+        f"| checkpoint checks (all confirmed is in Kafka) | {passed}/{len(scene.checkpoint_checks)} passed |",
+        f"| max lag, WAL not yet confirmed | {scene.max_lag_bytes / 2**20:.1f} MiB |",
+        f"| max lag, commit to Kafka record | {report.max_lag_ms / 1000:.1f} s |",
+        f"| records read | {report.records} |",
+        f"| violations | {report.violation_count} |",
+        f"| faults that failed their own checks | {len(failures)} |",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.chaos.soak", description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=float(os.environ.get("CDC_SOAK_MINUTES") or 10))
+    parser.add_argument("--seed", type=int, default=int(os.environ.get("CDC_CHAOS_SEED") or random_seed()))
+    parser.add_argument("--rate", type=float, default=100.0, help="small transactions per second")
+    parser.add_argument("--faults", default="", help="comma-separated names (default: every one available)")
+    parser.add_argument("--every", default="8-25", help="seconds between faults, MIN-MAX")
+    parser.add_argument("--no-shaped-link", action="store_true", help="do not build a network namespace")
+    parser.add_argument("--producer", choices=["auto", "kafka-python", "confluent"], default="auto")
+    parser.add_argument("--format", choices=["avro", "json"], default="avro")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    for noisy in ("kafka", "cdc"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    low, high = (float(x) for x in args.every.split("-"))
+    print(
+        f"soak: {args.minutes:g} minutes, seed {args.seed} (replay: CDC_CHAOS_SEED={args.seed})", flush=True
+    )
+
+    work = Path(tempfile.mkdtemp(prefix="cdc-soak-"))
+    failures: list[str] = []
+    with (
+        servers(work, not args.no_shaped_link) as (server, broker, broker_note),
+        state_directory(work) as (
+            state,
+            state_note,
+        ),
+    ):
+        names = [n.strip() for n in args.faults.split(",") if n.strip()] or list(FAULTS)
+        if broker_note and "slow_link" in names:
+            names.remove("slow_link")
+        if state_note and "state_dir_full" in names:
+            names.remove("state_dir_full")
+        for note in (broker_note, state_note):
+            if note:
+                print(f"soak: {note}", flush=True)
+        unknown = sorted(set(names) - set(FAULTS))
+        if unknown:
+            parser.error(f"unknown faults {unknown}; choose from {sorted(FAULTS)}")
+        db = new_db(server)
+        scene = new_scene(
+            server, db.dsn, broker, state, "soak" + secrets.token_hex(3), "soak", args.seed, args.rate
+        )
+        scene.verify_checkpoints = True
+        try:
+            scene.connector.start()
+            scene.workload.start()
+            scene.sample_lag()
+            deadline = time.monotonic() + args.minutes * 60
+            while True:
+                pause = scene.rng.uniform(low, high)
+                if time.monotonic() + pause >= deadline:
+                    break
+                time.sleep(pause)  # the workload runs between faults: the interval is the load
+                if scene.workload.error is not None:
+                    raise scene.workload.error
+                name = scene.rng.choice(names)
+                try:
+                    record = FAULTS[name](scene)
+                    log.info("%-32s %5.1f s  %s", record.name, record.seconds, record.detail)
+                except Exception as exc:
+                    failures.append(f"{name}: {exc}")
+                    log.error("%s failed: %s\n%s", name, exc, traceback.format_exc(limit=3))
+                    recover(scene)
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                time.sleep(remaining)
+            log.info("stopping the workload, waiting for the connector to catch up, verifying")
+            report = scene.finish(timeout=600)
+        finally:
+            scene.workload.close()
+            scene.connector.cleanup()
+            scene.stop_sampling()
+        print()
+        print(table(scene, report, args.minutes, args.seed, failures))
+        if failures:
+            print("\nfaults that failed their own checks:\n  " + "\n  ".join(failures))
+        if not report.ok:
+            print("\n" + report.summary())
+        print(f"\nconnector logs: {scene.connector.logs[0].parent}")
+    return 0 if report.ok and not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
