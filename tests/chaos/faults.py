@@ -55,6 +55,7 @@ class Chaos:
     #: after a kill -9 and before a broker restart, check that everything confirmed is in Kafka
     verify_checkpoints: bool = False
     large_rows: int = 30_000  # rows of the transaction kill9_large_transaction interrupts
+    snapshot_lsn: int | None = None  # the initial snapshot's consistent point, when there was one
     _lag_stop: threading.Event = field(default_factory=threading.Event)
     _lag_thread: threading.Thread | None = None
 
@@ -97,7 +98,7 @@ class Chaos:
         bootstrap, prefix = self.broker.bootstrap_servers, self.connector.prefix
         records = read_all(bootstrap, prefix, live=confirmed is not None)
         decode = decoder(self.connector.format, bootstrap, prefix)
-        return verify(records, self.workload.ledger, decode, self.horizon, confirmed)
+        return verify(records, self.workload.ledger, decode, self.horizon, confirmed, self.snapshot_lsn)
 
     def check_checkpoint(self, when: str) -> None:
         """The checkpoint invariant, now: every transaction the slot has confirmed is in Kafka."""
@@ -124,6 +125,49 @@ class Chaos:
 
 
 # -- the faults -----------------------------------------------------------------------------------
+
+
+def chunks_done(state: dict[str, Any]) -> int:
+    return sum(len(plan.get("done", ())) for plan in state.get("plans", {}).values())
+
+
+def start_with_snapshot(
+    scene: Chaos, kill_after_chunks: int | None = None, strict: bool = True
+) -> FaultRecord | None:
+    """Start the connector on a new slot with an initial snapshot, then the workload.
+
+    With ``kill_after_chunks``: SIGKILL it once that many snapshot chunks are
+    recorded as done (Kafka holds them), and start it again: the snapshot
+    resumes, the stream starts at the consistent point. ``strict``: fail if
+    the snapshot ended before the kill (else the kill just lands after it).
+    """
+    connector = scene.connector
+    connector.snapshot = "initial"
+    connector.start(wait=False)
+    state = wait_for(lambda: connector.snapshot_state().get("consistent_lsn") and connector.snapshot_state(),
+                     60, "the initial snapshot to begin", interval=0.01)  # fmt: skip
+    scene.snapshot_lsn = parse_lsn(str(state["consistent_lsn"]))
+    scene.workload.start()  # writes while the snapshot reads
+    if kill_after_chunks is None:
+        connector.wait_state("running", timeout=180)
+        return None
+    wait_for(
+        lambda: chunks_done(connector.snapshot_state()) >= kill_after_chunks or not connector.alive(),
+        120, f"{kill_after_chunks} snapshot chunks", interval=0.005,
+    )  # fmt: skip
+    began = time.monotonic()
+    connector.kill9()
+    state = connector.snapshot_state()
+    done = chunks_done(state)
+    total = sum(len(plan.get("bounds", ())) + 1 for plan in state.get("plans", {}).values())
+    if state.get("phase") != "running" and not strict:
+        connector.start()
+        return scene.record("kill -9 after the initial snapshot", began, "it ended before the kill")
+    assert state.get("phase") == "running", f"the snapshot ended ({state.get('phase')}) before the kill"
+    connector.start(wait=False)
+    connector.wait_state("running", timeout=180)
+    assert connector.snapshot_state().get("phase") == "complete"
+    return scene.record("kill -9 in the initial snapshot", began, f"after {done} of {total} chunks")
 
 
 def kill9(scene: Chaos) -> FaultRecord:

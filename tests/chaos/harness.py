@@ -126,6 +126,7 @@ class ConnectorProcess:
     extra: list[str] = field(default_factory=list)
     format: str = "avro"
     producer: str = "auto"
+    snapshot: str = "never"
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     runs: int = 0
@@ -148,7 +149,7 @@ class ConnectorProcess:
         args = [
             "start", "--name", self.name, "--bootstrap-servers", self.bootstrap,
             "--topic-prefix", self.prefix, "--state-dir", str(self.state_dir), "--format", self.format,
-            "--producer", self.producer, "--snapshot", "never", "--status-interval", "0.2",
+            "--producer", self.producer, "--snapshot", self.snapshot, "--status-interval", "0.2",
         ]  # fmt: skip
         if self.tables:
             args += ["--tables", ",".join(self.tables)]
@@ -183,6 +184,14 @@ class ConnectorProcess:
         except (OSError, orjson.JSONDecodeError):
             return {}
         return status
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """``snapshot.json``: the initial snapshot's consistent point, phase and chunks done."""
+        try:
+            state: dict[str, Any] = orjson.loads((self.instance_dir / "snapshot.json").read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+        return state
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

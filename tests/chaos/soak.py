@@ -7,8 +7,10 @@
 ``CDC_SOAK_MINUTES`` and ``CDC_CHAOS_SEED`` set the defaults of ``--minutes``
 and ``--seed``. It starts its own Postgres (the newest found) and Tansu (in a
 network namespace behind a shapeable link when the machine allows it, with a
-small tmpfs as the state directory), runs a real `cdc start` process, writes
-the workload of `tests.chaos.workload` at ``--rate`` transactions a second,
+small tmpfs as the state directory), writes rows for an initial snapshot,
+runs a real `cdc start` process (killed -9 part-way through that snapshot,
+then started again), writes the workload of `tests.chaos.workload` at
+``--rate`` transactions a second,
 and strikes a random fault of `tests.chaos.faults.FAULTS` at random
 intervals. After every kill -9 and before every broker restart it checks the
 checkpoint invariant (everything the slot confirmed is in Kafka); at the end
@@ -33,7 +35,7 @@ from pathlib import Path
 
 from cdc.devservers import Broker, PostgresServer, find_pg_installs
 from tests.chaos import harness
-from tests.chaos.faults import FAULTS, Chaos, new_scene
+from tests.chaos.faults import FAULTS, Chaos, new_scene, start_with_snapshot
 from tests.chaos.harness import LinkUnavailable, ShapedBroker, StateDirUnavailable
 from tests.chaos.verify import Report
 from tests.chaos.workload import random_seed
@@ -176,9 +178,15 @@ def main(argv: list[str] | None = None) -> int:
             server, db.dsn, broker, state, "soak" + secrets.token_hex(3), "soak", args.seed, args.rate
         )
         scene.verify_checkpoints = True
+        scene.connector.extra += ["--snapshot-workers", "1", "--snapshot-chunk-rows", "500"]
         try:
-            scene.connector.start()
-            scene.workload.start()
+            # rows that exist before the connector: an initial snapshot reads them, killed part-way
+            for _ in range(300):
+                scene.workload.step()
+            scene.workload.large_insert(60_000)
+            record = start_with_snapshot(scene, kill_after_chunks=scene.rng.randint(3, 60), strict=False)
+            if record is not None:
+                log.info("%-32s %5.1f s  %s", record.name, record.seconds, record.detail)
             scene.sample_lag()
             deadline = time.monotonic() + args.minutes * 60
             while True:

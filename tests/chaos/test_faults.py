@@ -21,7 +21,7 @@ import pytest
 from cdc.devservers import Broker, PostgresServer
 from tests.chaos import harness
 from tests.chaos.conftest import ROUNDS
-from tests.chaos.faults import FAULTS, Chaos, FaultRecord, new_scene
+from tests.chaos.faults import FAULTS, Chaos, FaultRecord, new_scene, start_with_snapshot
 from tests.chaos.harness import StateDirUnavailable, wait_for
 from tests.chaos.verify import Report
 from tests.chaos.workload import Workload
@@ -123,6 +123,39 @@ def test_broker_blip_within_producer_timeouts(
     why = explain(scene, report, chaos_seed)
     assert report.ok, why
     assert report.changes_verified + report.lost_by_broker == report.changes_expected > 0, why
+
+
+def test_kill9_during_initial_snapshot(
+    chaos_db: TestDb, own_broker: Broker, chaos_prefix: str, state_dir: Path, chaos_seed: int
+) -> None:
+    """kill -9 while the initial snapshot (cdc.snapshot) reads, the workload writing meanwhile; restart.
+
+    Snapshot reads are real committed row states, not older than the consistent point, the stream
+    holds exactly the transactions after it, and reads plus stream rebuild every table.
+    """
+    scene = new_scene(
+        chaos_db.server, chaos_db.dsn, own_broker, state_dir, chaos_prefix, "chaos", chaos_seed,
+        producer="kafka-python",  # the slower producer: the kill lands inside the snapshot
+    )  # fmt: skip
+    scene.connector.extra += ["--snapshot-workers", "1", "--snapshot-chunk-rows", "500"]
+    for _ in range(150):
+        scene.workload.step()
+    assert scene.workload.large_insert(30_000) is not None
+    try:
+        start_with_snapshot(scene, kill_after_chunks=scene.rng.randint(3, 30))
+        scene.sample_lag()
+        target = scene.workload.transactions + scene.rng.randint(10, 80)
+        wait_for(partial(reached, scene.workload, target), 60, f"{target} workload transactions")
+        report = scene.finish()
+    finally:
+        scene.workload.close()
+        scene.connector.cleanup()
+        scene.stop_sampling()
+    why = explain(scene, report, chaos_seed)
+    assert report.ok and report.lost_by_broker == 0, why
+    assert report.snapshot_reads >= 30_000 + 150, why
+    assert report.changes_verified == report.changes_expected > 0, why
+    assert [f.name for f in scene.faults] == ["kill -9 in the initial snapshot"], why
 
 
 def test_slow_lossy_link(

@@ -162,6 +162,7 @@ class Report:
     lost_by_broker: int = 0
     transactions_lost_by_broker: int = 0
     aborted_checked: int = 0
+    snapshot_reads: int = 0
     max_lag_ms: int = 0
     violations: list[str] = field(default_factory=list)
     violation_count: int = 0
@@ -180,7 +181,8 @@ class Report:
             f"{self.changes_verified}/{self.changes_expected} changes of {self.transactions_expected} "
             f"transactions verified, {self.duplicates} duplicates, {self.lost_by_broker} changes "
             f"({self.transactions_lost_by_broker} transactions) lost by the broker itself, "
-            f"{self.aborted_checked} rolled-back transactions absent, {self.records} records read, "
+            f"{self.aborted_checked} rolled-back transactions absent, {self.snapshot_reads} snapshot reads, "
+            f"{self.records} records read, "
             f"max lag {self.max_lag_ms} ms, {self.violation_count} violations"
         )
         if self.violations:
@@ -232,6 +234,34 @@ def _event(record: RawRecord, key: Any, value: dict[str, Any], report: Report) -
                  table, int(row[column]), str(op), version, tag, digest, lag)  # fmt: skip
 
 
+@dataclass(slots=True)
+class Read:
+    """A snapshot read (op ``r``): the row as a snapshot saw it."""
+
+    topic: str
+    offset: int
+    table: str
+    key: int
+    version: int
+    tag: int
+    digest: bytes
+
+
+def _read(record: RawRecord, key: Any, value: dict[str, Any], report: Report) -> Read | None:
+    source = value.get("source") or {}
+    table = f"{source.get('schema')}.{source.get('table')}"
+    column = _TABLE_KEYS.get(table)
+    row = value.get("after") or {}
+    where = f"{record.topic}[{record.partition}]@{record.offset}"
+    if column is None or not isinstance(key, dict) or key.get(column) != row.get(column):
+        report.violate(f"{where}: snapshot read of {table} with key {key!r} and row {row!r}")
+        return None
+    version = 1 if column == "txn" else int(row["version"])
+    # what identifies the read: the row, not where in the snapshot it came (source.snapshot "last" moves)
+    digest = orjson.dumps([record.topic, key, value.get("before"), row], option=orjson.OPT_SORT_KEYS)
+    return Read(record.topic, record.offset, table, int(row[column]), version, int(row["txn"]), digest)
+
+
 def _change_id(change: Change) -> tuple[str, int, str, int | None]:
     # a delete of a DEFAULT-identity table carries only the key: ids are never reused, so the key is enough
     return (change.table, change.key, change.op, None if change.op == "d" else change.version)
@@ -243,6 +273,7 @@ def verify(
     decode: Decode = json_decode,
     horizon: int = 0,
     confirmed: int | None = None,
+    snapshot_lsn: int | None = None,
 ) -> Report:
     """Check ``records`` against ``ledger``; see the module docstring.
 
@@ -251,8 +282,12 @@ def verify(
     ``confirmed``: verify a stream still running: only transactions whose
     commit the connector has confirmed (``lsn_after <= confirmed``) must be
     present, later ones may be missing or incomplete.
+    ``snapshot_lsn``: the stream began with an initial snapshot at this
+    consistent point: transactions committed before it must not be streamed
+    but their rows must arrive as snapshot reads (`_check_snapshot`).
     """
     report = Report(records=len(records))
+    reads: dict[tuple[str, int, int], Read] = {}
     committed, aborted = ledger.snapshot()
     by_tag = {t.tag: t for t in committed}
     seen: dict[tuple[int, int], bytes] = {}
@@ -270,6 +305,15 @@ def verify(
             report.tombstones += 1
             if isinstance(key, dict) and len(key) == 1:
                 pending_tombstones[(record.topic, record.partition)][orjson.dumps(key).decode()] -= 1
+            continue
+        if value.get("op") == "r" and snapshot_lsn is not None:
+            read = _read(record, key, value, report)
+            if read is not None:
+                known_read = reads.setdefault((read.table, read.key, read.version), read)
+                if known_read is not read:
+                    if known_read.digest != read.digest:
+                        report.violate(f"{record.topic}@{record.offset}: snapshot read repeated differently")
+                    report.duplicates += 1
             continue
         event = _event(record, key, value, report)
         if event is None:
@@ -331,8 +375,15 @@ def verify(
     report.aborted_checked = len(aborted)
 
     expected_per_key: dict[tuple[str, int], list[tuple[str, int | None]]] = defaultdict(list)
+    before_snapshot: list[Txn] = []
     for txn in committed:
         found_events = found.get(txn.tag)
+        if snapshot_lsn is not None and txn.lsn_before < snapshot_lsn:
+            if found_events is None:
+                before_snapshot.append(txn)  # in the snapshot, not in the stream
+                continue
+            if txn.lsn_after <= snapshot_lsn:
+                report.violate(f"transaction {txn.tag} committed before the snapshot and was streamed too")
         required = confirmed is None or txn.lsn_after <= confirmed
         report.transactions_expected += 1 if required else 0
         report.changes_expected += len(txn.changes) if required else 0
@@ -356,6 +407,10 @@ def verify(
                 continue  # lost by the broker: not part of the key's sequence in Kafka
             expected_per_key[(change.table, change.key)].append((change.op, change.version))
 
+    if snapshot_lsn is not None:
+        # the rebuild needs every record: not while streaming goes on, nor after a broker lost some
+        complete = confirmed is None and horizon == 0
+        _check_snapshot(records_order(first, reads), committed, before_snapshot, complete, report)
     if confirmed is None:
         # (c) per key, the sequence of changes in topic order is the committed one
         accepted = {events[0].txn_id for events in found.values()}
@@ -411,3 +466,73 @@ def _check_transaction(txn: Txn, events: list[Event], required: bool, lossy: boo
         if e.op in ("c", "u", "m") and e.tag != txn.tag:
             report.violate(f"transaction {txn.tag}: {e.table} id {e.key} carries tag {e.tag}")
     report.changes_verified += sum((observed & expected).values())
+
+
+def records_order(first: list[Event], reads: dict[tuple[str, int, int], Read]) -> list[Event | Read]:
+    """Streamed events and snapshot reads (first occurrences) in topic order."""
+    merged: list[Event | Read] = [*first, *reads.values()]
+    merged.sort(key=lambda e: (e.topic, e.offset))
+    return merged
+
+
+def _check_snapshot(
+    in_topic_order: list[Event | Read],
+    committed: list[Txn],
+    before: list[Txn],
+    complete: bool,
+    report: Report,
+) -> None:
+    """Snapshot reads: real committed row states, none older than the consistent point, and with
+    the stream they rebuild every table exactly (when ``complete``: every record is there).
+
+    A snapshot resumed after a crash reads its remaining chunks from a newer snapshot while the
+    stream replays from the consistent point (cdc.snapshot), so a read may be newer than the
+    changes after it; the tables still converge, and that is what is checked.
+    """
+    history: dict[tuple[str, int], dict[int, int]] = defaultdict(dict)  # key -> version -> tag
+    final: dict[tuple[str, int], int] = {}
+    for txn in committed:
+        for change in txn.changes:
+            if change.table == "messages":
+                continue
+            where = (change.table, change.key)
+            if change.op == "d":
+                final.pop(where, None)
+            else:
+                history[where][change.version] = txn.tag
+                final[where] = change.version
+    at_snapshot: dict[tuple[str, int], int] = {}
+    for txn in before:
+        for change in txn.changes:
+            if change.table == "messages":
+                continue
+            if change.op == "d":
+                at_snapshot.pop((change.table, change.key), None)
+            else:
+                at_snapshot[(change.table, change.key)] = change.version
+    rebuilt: dict[tuple[str, int], int] = {}
+    for item in in_topic_order:
+        where = (item.table, item.key)
+        if isinstance(item, Read):
+            report.snapshot_reads += 1
+            if history[where].get(item.version) != item.tag:
+                report.violate(
+                    f"snapshot read of {item.table} id {item.key} v{item.version}: never committed"
+                )
+            elif item.version < at_snapshot.get(where, 0):
+                report.violate(
+                    f"snapshot read of {item.table} id {item.key} v{item.version} is older than the "
+                    f"consistent point's v{at_snapshot[where]}"
+                )
+            rebuilt[where] = item.version
+        elif item.table != "messages":
+            if item.op == "d":
+                rebuilt.pop(where, None)
+            elif item.version is not None:
+                rebuilt[where] = item.version
+    if complete and rebuilt != final:
+        wrong = sorted(k for k in set(rebuilt) | set(final) if rebuilt.get(k) != final.get(k))
+        report.violate(
+            f"snapshot reads and the stream do not rebuild the tables: {len(wrong)} rows differ, e.g. "
+            + ", ".join(f"{t} id {k}: {rebuilt.get((t, k))} vs {final.get((t, k))}" for t, k in wrong[:5])
+        )
