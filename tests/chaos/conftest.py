@@ -1,9 +1,10 @@
 """Fixtures of the chaos cases: the seed, a private cluster to restart, brokers to break.
 
-Randomness is seeded: ``CDC_CHAOS_SEED`` replays a run (the header and every
-failing case print it); each case derives its own seed from it and its name,
-so one case replays alone with ``-k``. ``CDC_CHAOS_ROUNDS`` (default 2) is
-how many times each fault strikes, at random points of the stream.
+Randomness is seeded: ``CDC_CHAOS_SEED`` replays a run (the header of
+``pytest tests/chaos`` and every failing case print it); each case derives
+its own seed from it and its name, so one case replays alone with ``-k``.
+``CDC_CHAOS_ROUNDS`` (default 2) is how many times each fault strikes, at
+random points of the stream.
 """
 
 from __future__ import annotations
