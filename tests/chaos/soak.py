@@ -10,12 +10,13 @@ network namespace behind a shapeable link when the machine allows it, with a
 small tmpfs as the state directory), writes rows for an initial snapshot,
 runs a real `cdc start` process (killed -9 part-way through that snapshot,
 then started again), writes the workload of `tests.chaos.workload` at
-``--rate`` transactions a second,
-and strikes a random fault of `tests.chaos.faults.FAULTS` at random
-intervals. After every kill -9 and before every broker restart it checks the
-checkpoint invariant (everything the slot confirmed is in Kafka); at the end
-it stops the workload, lets the connector catch up, stops it, verifies every
-topic and prints a table. The exit status is 0 only without any violation.
+``--rate`` transactions a second, and strikes the faults of
+`tests.chaos.faults.FAULTS` at random intervals, every kind once in a random
+order, then again. After every kill -9 and before every broker restart it
+checks the checkpoint invariant (everything the slot confirmed is in Kafka);
+at the end it stops the workload, lets the connector catch up, stops it,
+verifies every topic and prints a table. The exit status is 0 only without
+any violation.
 """
 
 from __future__ import annotations
@@ -189,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("%-32s %5.1f s  %s", record.name, record.seconds, record.detail)
             scene.sample_lag()
             deadline = time.monotonic() + args.minutes * 60
+            order: list[str] = []  # every kind once, in random order, then again
             while True:
                 pause = scene.rng.uniform(low, high)
                 if time.monotonic() + pause >= deadline:
@@ -196,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(pause)  # the workload runs between faults: the interval is the load
                 if scene.workload.error is not None:
                     raise scene.workload.error
-                name = scene.rng.choice(names)
+                if not order:
+                    order = scene.rng.sample(names, len(names))
+                name = order.pop()
                 try:
                     record = FAULTS[name](scene)
                     log.info("%-32s %5.1f s  %s", record.name, record.seconds, record.detail)
