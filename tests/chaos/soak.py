@@ -111,8 +111,13 @@ def table(scene: Chaos, report: Report, minutes: float, seed: int, failures: lis
         "| fault | injected | mean s (fault + recovery) | max s |",
         "|---|---:|---:|---:|",
     ]
+    missed = [f for f in scene.faults if not f.landed]
     for name, seconds in sorted(per_fault.items()):
         lines.append(f"| {name} | {len(seconds)} | {sum(seconds) / len(seconds):.1f} | {max(seconds):.1f} |")
+    if missed:
+        lines.append(
+            f"| (of which missed their moment: {', '.join(f.name for f in missed)}) | {len(missed)} | | |"
+        )
     lines += [
         f"| **all faults** | **{len(scene.faults)}** | | |",
         "",
@@ -179,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             server, db.dsn, broker, state, "soak" + secrets.token_hex(3), "soak", args.seed, args.rate
         )
         scene.verify_checkpoints = True
+        scene.large_rows = 200_000  # a few seconds of streaming even for librdkafka: the kill lands inside
         scene.connector.extra += ["--snapshot-workers", "1", "--snapshot-chunk-rows", "500"]
         try:
             # rows that exist before the connector: an initial snapshot reads them, killed part-way

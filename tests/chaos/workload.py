@@ -167,11 +167,10 @@ class Writer:
         back from txlog once the server answers again. Returns the committed txn or None.
         """
         deadline = time.monotonic() + deadline_s
-        conn = self._connection(deadline)
         tag = self.ledger.next_tag()
         txn = Txn(tag, kind, [], 0)
+        conn, txn.lsn_before = self._ready(deadline)
         try:
-            txn.lsn_before = _insert_lsn(conn)
             with conn.transaction():
                 conn.execute(
                     sql.SQL("INSERT INTO {} (txn, kind) VALUES (%s, %s)").format(
@@ -192,6 +191,19 @@ class Writer:
                 self.ledger.in_doubt_resolved += 1
         self.ledger.record(txn)
         return txn if txn.committed else None
+
+    def _ready(self, deadline: float) -> tuple[psycopg.Connection[Any], int]:
+        """A connection that answers (an idle one may have died with a server restart) and the WAL
+        insert position before the transaction begins."""
+        while True:
+            conn = self._connection(deadline)
+            try:
+                return conn, _insert_lsn(conn)
+            except psycopg.OperationalError:
+                self.close()
+                self.reconnects += 1
+                if time.monotonic() > deadline:
+                    raise
 
     def _resolve(self, tag: int, deadline: float) -> tuple[bool, int]:
         """Did transaction ``tag`` commit? Asked again until the server answers."""
