@@ -158,6 +158,7 @@ def broker_outage(
             time.monotonic() - began, f"{waiting / 2**20:,.0f} MiB of WAL waiting in Postgres",
         ))  # fmt: skip
         began = time.monotonic()
+        back = memory_kb(connector.pid)[0]
         with RssSampler(connector.pid) as after:
             broker.start()
             bulk_stop.set()
@@ -167,7 +168,7 @@ def broker_outage(
             wait_for(lambda: connector.caught_up(target), 1800, "the connector to catch up", interval=0.5)
         hwm = mb(memory_kb(connector.pid)[1])
         phases.append(Phase(
-            "broker back, catching up", mb(memory_kb(connector.pid)[0]), mb(after.peak_kb),
+            "broker back, catching up", mb(back), mb(after.peak_kb),
             time.monotonic() - began, f"peak over the whole run (VmHWM) {hwm} MiB",
         ))  # fmt: skip
         connector.stop()
