@@ -83,7 +83,7 @@ class RawRecord:
 def read_all(
     bootstrap: str, prefix: str, live: bool = False, idle_ms: int = 1000, timeout: float = 300
 ) -> list[RawRecord]:
-    """Every record of every ``<prefix>.*`` topic but the schema topic.
+    """Every record of the change topics ``<prefix>.*`` (not the schema, transaction or heartbeat topics).
 
     Reads every partition past the end offset it had when reading began.
     Tansu's end offset can be the last batch's base offset + 1 rather than
@@ -100,9 +100,8 @@ def read_all(
         fetch_max_wait_ms=100,
     )
     try:
-        topics = sorted(
-            t for t in consumer.topics() if t.startswith(prefix + ".") and not t.endswith(".schemas")
-        )
+        not_changes = {f"{prefix}.{name}" for name in ("schemas", "transaction", "heartbeat")}
+        topics = sorted(t for t in consumer.topics() if t.startswith(prefix + ".") and t not in not_changes)
         partitions = [
             TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())
         ]
