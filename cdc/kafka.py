@@ -109,6 +109,14 @@ def _retriable(error: BaseException) -> bool:
     return bool(getattr(error, "retriable", False)) or type(error).__name__ not in _PERMANENT_ERRORS
 
 
+# What one buffered record costs beyond its key and value bytes, so that --max-buffer-mb bounds
+# the process's memory rather than only the payload (measured with tests/chaos/memory.py):
+# kafka-python keeps a future with two callback lists per record; librdkafka a message struct
+# plus confluent-kafka's per-message callback state.
+KAFKA_PYTHON_RECORD_OVERHEAD = 768
+CONFLUENT_RECORD_OVERHEAD = 384
+
+
 class KafkaPythonProducer:
     """kafka-python's KafkaProducer, acks=all and idempotent."""
 
@@ -173,7 +181,11 @@ class KafkaPythonProducer:
             )
 
             def ok(metadata: Any) -> None:
-                sizes(max(metadata.serialized_key_size, 0) + max(metadata.serialized_value_size, 0) + 64)
+                sizes(
+                    max(metadata.serialized_key_size, 0)
+                    + max(metadata.serialized_value_size, 0)
+                    + KAFKA_PYTHON_RECORD_OVERHEAD
+                )
                 acked(token)
 
             def failed(error: BaseException) -> None:
@@ -183,7 +195,7 @@ class KafkaPythonProducer:
         return self._token_callbacks
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, token: InFlight) -> None:
-        size = (len(key) if key else 0) + (len(value) if value else 0) + 64
+        size = (len(key) if key else 0) + (len(value) if value else 0) + KAFKA_PYTHON_RECORD_OVERHEAD
         if self.buffered + size > self.max_buffer:
             self._wait_for_room(size)
         token.pending += 1
@@ -280,7 +292,11 @@ class ConfluentProducer:
             "linger.ms": 5,
             "batch.size": 1024 * 1024,
             "queue.buffering.max.kbytes": max_buffer_mb * 1024,
-            "queue.buffering.max.messages": 1_000_000,
+            # librdkafka counts payload bytes only: also cap the records, each of which costs about
+            # CONFLUENT_RECORD_OVERHEAD bytes more
+            "queue.buffering.max.messages": max(
+                1000, max_buffer_mb * 1024 * 1024 // CONFLUENT_RECORD_OVERHEAD
+            ),
             "message.timeout.ms": 120_000,
             "message.max.bytes": 16 * 1024 * 1024,
             "error_cb": self._on_error,
@@ -346,7 +362,11 @@ class ConfluentProducer:
                     raise SinkError(
                         "kafka queue full for 60 s: is the broker reachable?", retriable=True
                     ) from None
-                self.producer.poll(0.05)
+                try:
+                    self._serve(0.05)
+                except SinkError:
+                    token.pending -= 1
+                    raise
             except self._ck.KafkaException as exc:
                 token.pending -= 1
                 raise SinkError(
@@ -363,7 +383,7 @@ class ConfluentProducer:
             ) from None
         deadline = time.monotonic() + timeout
         while not result and time.monotonic() < deadline:
-            self.producer.poll(0.05)
+            self._serve(0.05)
         if not result:
             raise SinkError(f"no acknowledgement from kafka for {topic} within {timeout} s", retriable=True)
         if result[0] is not None:
@@ -374,11 +394,14 @@ class ConfluentProducer:
     # After a fatal error, confluent-kafka raises KafkaException from poll/flush, or, when delivery
     # callbacks run with that exception already set, SystemError: either way this producer is done.
 
-    def poll(self) -> int:
+    def _serve(self, timeout: float) -> None:
         try:
-            self.producer.poll(0)
+            self.producer.poll(timeout)
         except (self._ck.KafkaException, SystemError) as exc:
             raise SinkError(f"kafka producer failed: {exc}", retriable=_confluent_retriable(exc)) from None
+
+    def poll(self) -> int:
+        self._serve(0)
         return self.deliveries.apply()
 
     def flush(self, timeout: float) -> bool:
@@ -389,7 +412,11 @@ class ConfluentProducer:
 
     def close(self) -> None:
         try:
-            self.producer.flush(5)
+            if int(self.producer.flush(5)):
+                # what the broker did not take is read from the slot again by the next session:
+                # free librdkafka's queue now rather than whenever this object is collected
+                self.producer.purge()
+                self.producer.poll(0)
         except (self._ck.KafkaException, SystemError) as exc:
             log.debug("closing the producer: %s", exc)
 

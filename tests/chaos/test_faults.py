@@ -111,19 +111,22 @@ def test_fault(
         assert all(f.landed for f in scene.faults), f"a kill missed its moment: {why}"
 
 
-@pytest.mark.parametrize("producer", ["kafka-python", "confluent"])
+@pytest.mark.parametrize("producer", ["kafka-python", "confluent", "confluent-full-queue"])
 def test_broker_blip_within_producer_timeouts(
     chaos_db: TestDb, own_broker: Broker, chaos_prefix: str, state_dir: Path, chaos_seed: int, producer: str
 ) -> None:
     """A broker back within the producer's timeouts, empty: the connector carries on by itself.
 
     (Both producers may then stay failed, kafka-python with UnknownProducerIdError, librdkafka with a
-    fatal UNKNOWN_PRODUCER_ID: the session must end and a new one start, not the connector.)
+    fatal UNKNOWN_PRODUCER_ID: the session must end and a new one start, not the connector.) With a
+    queue of 50 records the fatal error surfaces while waiting for room in it, not at a poll.
     """
     scene = new_scene(
         chaos_db.server, chaos_db.dsn, own_broker, state_dir, chaos_prefix, "chaos", chaos_seed,
-        fast_failing=False, producer=producer,
+        fast_failing=False, producer=producer.removesuffix("-full-queue"),
     )  # fmt: skip
+    if producer.endswith("-full-queue"):
+        scene.connector.extra += ["--producer-config", "queue.buffering.max.messages=50"]
     report = play(scene, FAULTS["broker_blip"], 1)
     why = explain(scene, report, chaos_seed)
     assert report.ok, why
