@@ -17,7 +17,7 @@ import struct
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -570,13 +570,16 @@ class _Session:
         if topic is None:
             topic = event_topic(self.prefix, event)
             self.producer.ensure_topic(topic)
-        self._publish_schemas()
+        records = self.serializer.take_schema_records()
+        if records:
+            self._publish_schemas(records)
         self.producer.send(topic, key, value, entry)
         self.stats.events_total += 1
 
-    def _publish_schemas(self) -> None:
+    def _publish_schemas(self, records: Sequence[tuple[bytes, bytes]] | None = None) -> None:
         """Schemas the serializer registered go to the schema topic, acknowledged, before their records."""
-        records = self.serializer.take_schema_records()
+        if records is None:
+            records = self.serializer.take_schema_records()
         if records:
             schema_topic = schemas_topic(self.prefix)
             self.producer.ensure_topic(schema_topic, compact=True)

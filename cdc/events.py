@@ -56,18 +56,17 @@ class Table:
     version: int = 1
     primary_key: list[str] | None = None
     key_indexes: list[int] = field(default_factory=list)
+    # "schema.table", computed once: the per-event path counts events under it
+    qualified_name: str = field(init=False, default="", compare=False)
 
     def __post_init__(self) -> None:
+        self.qualified_name = f"{self.schema}.{self.name}"
         if self.replica_identity in (ReplicaIdentity.FULL, ReplicaIdentity.NOTHING):
             wanted = self.primary_key or []
             names = [c.name for c in self.columns]
             self.key_indexes = [names.index(n) for n in wanted] if set(wanted) <= set(names) else []
         else:
             self.key_indexes = [i for i, c in enumerate(self.columns) if c.is_key]
-
-    @property
-    def qualified_name(self) -> str:
-        return f"{self.schema}.{self.name}"
 
     @property
     def has_key(self) -> bool:
