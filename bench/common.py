@@ -129,9 +129,14 @@ class ConnectorProcess:
         self.started_at = time.time()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
         self.log = open(state_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        # BENCH_PROFILE=DIR: run each connector under cProfile, its stats in DIR/<name>.prof
+        profile = os.environ.get("BENCH_PROFILE")
+        python = [sys.executable]
+        if profile:
+            python += ["-m", "cProfile", "-o", f"{profile}/{name}.prof"]
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "cdc", "start",
+                *python, "-m", "cdc", "start",
                 "--dsn", servers.pg.dsn(), "--bootstrap-servers", servers.broker.bootstrap_servers,
                 "--name", name, "--state-dir", str(state_dir), "--topic-prefix", name,
                 "--status-interval", "0.05", *extra,
