@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +20,39 @@ from cdc.config import Settings
 from cdc.connector import Connector
 from cdc.pgoutput import parse_lsn
 from tests.fix_servers import TestDb, wait_until
+
+#: Producer settings that make a lost broker a failed session within seconds, so that tests see
+#: the reconnect loop rather than two minutes of retries.
+FAST_FAILING_PRODUCER = {
+    "kafka-python": {
+        "delivery_timeout_ms": "4000",
+        "request_timeout_ms": "1500",
+        "max_block_ms": "3000",
+        "bootstrap_timeout_ms": "2000",
+        "reconnect_backoff_max_ms": "500",
+    },
+    "confluent": {
+        "message.timeout.ms": "4000",
+        "socket.timeout.ms": "1500",
+        "reconnect.backoff.max.ms": "500",
+    },
+}
+
+
+def cdc(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the `cdc` command to completion (CDC_* of this environment left out, but CDC_TEST_*)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CDC_") or k.startswith("CDC_TEST_")}
+    return subprocess.run(
+        [sys.executable, "-m", "cdc", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env={**clean, **(env or {})},
+        check=False,
+    )
 
 
 def settings_for(db: TestDb, bootstrap: str, prefix: str, state_dir: Path, **overrides: Any) -> Settings:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +14,7 @@ import pytest
 from cdc.devservers import PostgresServer
 from cdc.replication import ReplicationConnection
 from tests.fix_servers import BrokerHandle, TestDb, wait_until
-
-
-def cdc(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 90
-) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CDC_") or k.startswith("CDC_TEST_")}
-    return subprocess.run(
-        [sys.executable, "-m", "cdc", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        env={**clean, **(env or {})},
-        check=False,
-    )
+from tests.pipeline import cdc
 
 
 def error_line(proc: subprocess.CompletedProcess[str]) -> str:

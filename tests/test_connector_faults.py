@@ -12,23 +12,7 @@ from cdc.devservers import Broker, PostgresServer
 from cdc.pgoutput import parse_lsn
 from tests.consuming import consume
 from tests.fix_servers import BrokerHandle, TestDb, new_db, wait_until
-from tests.pipeline import read_topics, running, settings_for, wait_caught_up
-
-#: fail fast while the broker is gone, so the test sees the reconnect loop in seconds
-FAST_FAILING_PRODUCER = {
-    "kafka-python": {
-        "delivery_timeout_ms": "4000",
-        "request_timeout_ms": "1500",
-        "max_block_ms": "3000",
-        "bootstrap_timeout_ms": "2000",
-        "reconnect_backoff_max_ms": "500",
-    },
-    "confluent": {
-        "message.timeout.ms": "4000",
-        "socket.timeout.ms": "1500",
-        "reconnect.backoff.max.ms": "500",
-    },
-}
+from tests.pipeline import FAST_FAILING_PRODUCER, read_topics, running, settings_for, wait_caught_up
 
 
 def slot_confirmed(db: TestDb, slot: str) -> int:

@@ -12,9 +12,18 @@ from kafka import KafkaAdminClient
 from cdc import control
 from cdc.snapshot import PgSnapshot
 from tests.fix_servers import BrokerHandle, TestDb, wait_until
-from tests.pipeline import Running, read_topics, rebuild, running, settings_for, source_rows, wait_caught_up
+from tests.pipeline import (
+    Running,
+    cdc,
+    read_topics,
+    rebuild,
+    running,
+    settings_for,
+    source_rows,
+    wait_caught_up,
+)
 from tests.snapshotting import Writers, version_problems
-from tests.test_cli import cdc, error_line
+from tests.test_cli import error_line
 
 
 def incremental_done(run: Running) -> bool:

@@ -27,6 +27,7 @@ from tests.chaos import harness
 from tests.chaos.harness import ConnectorProcess, ShapedBroker, current_wal, slot_confirmed, wait_for
 from tests.chaos.verify import Report, decoder, read_all, verify
 from tests.chaos.workload import Workload, create_schema, published_tables
+from tests.pipeline import FAST_FAILING_PRODUCER
 
 
 @dataclass(slots=True)
@@ -409,7 +410,7 @@ def new_scene(
     """
     create_schema(dsn)
     kind = resolve_producer_kind(producer)
-    settings = (harness.FAST_FAILING_PRODUCER if fast_failing else harness.OUTLIVING_PRODUCER)[kind]
+    settings = (FAST_FAILING_PRODUCER if fast_failing else harness.OUTLIVING_PRODUCER)[kind]
     connector = ConnectorProcess(
         dsn, broker.bootstrap_servers, name, prefix, state_dir, tables=published_tables(),
         extra=[a for k, v in settings.items() for a in ("--producer-config", f"{k}={v}")],

@@ -23,25 +23,10 @@ import psycopg
 
 from cdc.devservers import Broker, free_port, tansu_binary
 from cdc.pgoutput import parse_lsn
+from tests.pipeline import cdc
 
 T = TypeVar("T")
 
-#: Producer settings that make a lost broker a failed session within seconds (as in
-#: tests/test_connector_faults.py): the chaos cases need the reconnect loop, not two minutes of retries.
-FAST_FAILING_PRODUCER = {
-    "kafka-python": {
-        "delivery_timeout_ms": "4000",
-        "request_timeout_ms": "1500",
-        "max_block_ms": "3000",
-        "bootstrap_timeout_ms": "2000",
-        "reconnect_backoff_max_ms": "500",
-    },
-    "confluent": {
-        "message.timeout.ms": "4000",
-        "socket.timeout.ms": "1500",
-        "reconnect.backoff.max.ms": "500",
-    },
-}
 #: Timeouts a broker outage of a few seconds stays within, so the session outlives it, but short
 #: enough that a producer stuck after the broker came back empty fails its session in seconds, not
 #: the default two minutes (librdkafka waits out message.timeout.ms when Tansu re-creates the topics).
@@ -255,22 +240,6 @@ class ConnectorProcess:
         if not self.alive():
             raise AssertionError(f"the connector exited ({self.returncode()}): {self.last_lines()}")
         return slot_confirmed(self.dsn, self.slot) >= target
-
-
-def cdc(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """Run the `cdc` command to completion (CDC_* of this environment left out)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CDC_") or k.startswith("CDC_TEST_")}
-    return subprocess.run(
-        [sys.executable, "-m", "cdc", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        env={**clean, **(env or {})},
-        check=False,
-    )
 
 
 # -- a broker behind a link we can slow down ---------------------------------------------------

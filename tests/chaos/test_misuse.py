@@ -19,10 +19,11 @@ import orjson
 import pytest
 
 from cdc.devservers import Broker
-from tests.chaos.harness import ConnectorProcess, cdc, offsets_lsn, slot_active_pid, slot_confirmed, wait_for
+from tests.chaos.harness import ConnectorProcess, offsets_lsn, slot_active_pid, slot_confirmed, wait_for
 from tests.chaos.verify import decoder, json_decode, read_all, verify
 from tests.chaos.workload import Workload, create_schema, published_tables
 from tests.fix_servers import BrokerHandle, TestDb
+from tests.pipeline import cdc
 
 
 def error_line(proc: subprocess.CompletedProcess[str]) -> str:
