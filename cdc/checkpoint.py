@@ -107,19 +107,9 @@ class OffsetStore:
         self.saved = Offsets()
 
     def load(self) -> Offsets:
-        try:
-            data: dict[str, Any] = orjson.loads(self.path.read_bytes())
-        except FileNotFoundError:
+        data = read_state(self.path, STATE_VERSION, "fix or delete it (the slot keeps the server's position)")
+        if data is None:
             return Offsets()
-        except (OSError, orjson.JSONDecodeError) as exc:
-            raise CheckpointError(
-                f"cannot read {self.path}: {exc}; fix or delete it (the slot keeps the server's position)"
-            ) from None
-        version = data.get("version", 1)
-        if version > STATE_VERSION:
-            raise CheckpointError(
-                f"{self.path} was written by a newer cdc (state version {version}): upgrade cdc"
-            )
         try:
             self.saved = Offsets(
                 lsn=parse_lsn(data["lsn"]) if data.get("lsn") else 0,
@@ -145,6 +135,21 @@ class OffsetStore:
         }
         write_atomic(self.path, orjson.dumps(payload, option=orjson.OPT_INDENT_2))
         self.saved = Offsets(offsets.lsn, offsets.slot, offsets.system_id, offsets.database)
+
+
+def read_state(path: Path, newest: int, fix: str) -> dict[str, Any] | None:
+    """A JSON state file of the state directory (None when absent), refused when unreadable or when
+    a newer cdc wrote it (its ``version`` above ``newest``); ``fix`` ends the unreadable error."""
+    try:
+        data: dict[str, Any] = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}; {fix}") from None
+    version = data.get("version", 1)
+    if version > newest:
+        raise CheckpointError(f"{path} was written by a newer cdc (state version {version}): upgrade cdc")
+    return data
 
 
 def write_atomic(path: Path, data: bytes) -> None:
