@@ -60,7 +60,7 @@ import psycopg
 from psycopg import sql
 
 from cdc import replication
-from cdc.checkpoint import InFlight, write_atomic
+from cdc.checkpoint import InFlight, read_state, write_atomic
 from cdc.config import Settings
 from cdc.errors import (
     CdcError,
@@ -152,19 +152,9 @@ class SnapshotStore:
         self.path = directory / "snapshot.json"
 
     def load(self) -> SnapshotState:
-        try:
-            data: dict[str, Any] = orjson.loads(self.path.read_bytes())
-        except FileNotFoundError:
+        data = read_state(self.path, STATE_VERSION, "fix it, or delete it to forget snapshot progress")
+        if data is None:
             return SnapshotState()
-        except (OSError, orjson.JSONDecodeError) as exc:
-            raise CheckpointError(
-                f"cannot read {self.path}: {exc}; fix it, or delete it to forget snapshot progress"
-            ) from None
-        version = data.get("version", 1)
-        if version > STATE_VERSION:
-            raise CheckpointError(
-                f"{self.path} was written by a newer cdc (state version {version}): upgrade cdc"
-            )
         try:
             return SnapshotState(
                 slot=str(data["slot"]),
@@ -273,18 +263,27 @@ def captured_tables(conn: psycopg.Connection[Any], settings: Settings) -> list[s
     return sorted(published[1]) if published else []
 
 
+@contextlib.contextmanager
+def _pg_errors(connection: str, failed: str, fix: str) -> Iterator[None]:
+    """psycopg errors as ours: a lost ``connection`` is retried (SourceUnavailable); any other error
+    is "``failed``: <server message>; ``fix``" (SourceError)."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise SourceUnavailable(f"{connection} connection lost: {str(exc).strip()}") from None
+    except psycopg.Error as exc:
+        message = exc.diag.message_primary or str(exc).strip()
+        raise SourceError(f"{failed}: {message}; {fix}") from None
+
+
+_CHECK_TABLE: Final = "check the table and the role's privileges"
+
+
 def _query(
     conn: psycopg.Connection[Any], query: str | sql.SQL | sql.Composed, params: Any = None
 ) -> list[Any]:
-    try:
+    with _pg_errors("catalog", "snapshot planning failed", _CHECK_TABLE):
         return conn.execute(query, params).fetchall()
-    except psycopg.OperationalError as exc:
-        raise SourceUnavailable(f"catalog connection lost: {str(exc).strip()}") from None
-    except psycopg.Error as exc:
-        message = exc.diag.message_primary or str(exc).strip()
-        raise SourceError(
-            f"snapshot planning failed: {message}; check the table and the role's privileges"
-        ) from None
 
 
 def describe_table(conn: psycopg.Connection[Any], table: str, publication: str) -> TableSpec:
@@ -511,17 +510,13 @@ def row_reader(table: Table) -> Callable[[bytes], list[Any]]:
 
 def copy_rows(conn: psycopg.Connection[Any], statement: sql.Composed) -> Iterator[bytes]:
     """The rows of a COPY TO STDOUT, each without its newline."""
-    try:
-        with conn.cursor() as cur, cur.copy(statement) as copy:
-            for data in copy:
-                yield bytes(data[:-1])
-    except psycopg.OperationalError as exc:
-        raise SourceUnavailable(f"snapshot connection lost: {str(exc).strip()}") from None
-    except psycopg.Error as exc:
-        message = exc.diag.message_primary or str(exc).strip()
-        raise SourceError(
-            f"snapshot read failed: {message}; check the table and the role's privileges"
-        ) from None
+    with (
+        _pg_errors("snapshot", "snapshot read failed", _CHECK_TABLE),
+        conn.cursor() as cur,
+        cur.copy(statement) as copy,
+    ):
+        for data in copy:
+            yield bytes(data[:-1])
 
 
 def freeze(values: list[Any]) -> tuple[Any, ...]:
@@ -1513,15 +1508,12 @@ class IncrementalSnapshots:
 
     def _emit_watermark(self, reader: psycopg.Connection[Any], chunk_id: str, kind: str) -> None:
         content = orjson.dumps({"slot": self.settings.slot, "id": chunk_id, "kind": kind}).decode()
-        try:
+        with _pg_errors(
+            "incremental snapshot",
+            "cannot write a watermark",
+            "grant EXECUTE on pg_logical_emit_message to the role",
+        ):
             reader.execute("SELECT pg_logical_emit_message(true, %s, %s)", (WATERMARK_PREFIX, content))
-        except psycopg.OperationalError as exc:
-            raise SourceUnavailable(f"incremental snapshot connection lost: {str(exc).strip()}") from None
-        except psycopg.Error as exc:
-            raise SourceError(
-                f"cannot write a watermark: {exc.diag.message_primary or exc}; "
-                "grant EXECUTE on pg_logical_emit_message to the role"
-            ) from None
 
     def _take_requests(self) -> None:
         try:
