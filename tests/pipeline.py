@@ -55,6 +55,16 @@ def cdc(
     )
 
 
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The failure as users see it: non-zero exit, one `cdc: error:` line, last, no traceback."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("cdc: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    return errors[0]
+
+
 def settings_for(db: TestDb, bootstrap: str, prefix: str, state_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "dsn": db.dsn,

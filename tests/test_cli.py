@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +13,7 @@ import pytest
 from cdc.devservers import PostgresServer
 from cdc.replication import ReplicationConnection
 from tests.fix_servers import BrokerHandle, TestDb, wait_until
-from tests.pipeline import cdc
-
-
-def error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    """The failure as users see it: non-zero exit, one `cdc: error:` line, last, no traceback."""
-    assert proc.returncode != 0, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("cdc: error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
-    assert "Traceback" not in proc.stderr
-    return errors[0]
+from tests.pipeline import cdc, error_line
 
 
 def start_args(db: TestDb, broker: BrokerHandle, prefix: str, state: Path, name: str) -> list[str]:

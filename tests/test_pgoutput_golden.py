@@ -309,6 +309,24 @@ def _assert_stream_blocks(captured: list[Captured], xid: int, first: bool) -> No
         assert depth in (0, 1)
 
 
+def _stream_main_and_savepoint(
+    conn: psycopg.Connection[Any], reader: SlotReader
+) -> tuple[int, list[Captured]]:
+    """Begin a large transaction (3000 rows, then 3000 more in SAVEPOINT s) and read until the
+    savepoint's rows were streamed; returns its xid and what was read. The transaction stays open."""
+    conn.execute("BEGIN")
+    xid = int(scalar(conn, "SELECT pg_current_xact_id()::text"))
+    conn.execute("INSERT INTO t SELECT i, 'main ' || i FROM generate_series(1, 3000) i")
+    conn.execute("SAVEPOINT s")
+    conn.execute("INSERT INTO t SELECT i, 'sub ' || i FROM generate_series(3001, 6000) i")
+    streamed = reader.read_until(
+        lambda got: (
+            any(note(c.message).startswith(b"sub") for c in got) and isinstance(got[-1].message, StreamStop)
+        )
+    )
+    return xid, streamed
+
+
 def test_streaming_protocol_2(db: TestDb) -> None:
     conn = db.connect()
     conn.execute("CREATE TABLE t (id int PRIMARY KEY, note text)")
@@ -318,17 +336,7 @@ def test_streaming_protocol_2(db: TestDb) -> None:
     with SlotReader(db.dsn, "pub", proto_version=2, options=options, conn_options=SMALL_WORK_MEM) as reader:
         reader.start()
         # a large transaction with a subtransaction that is rolled back after it was streamed
-        conn.execute("BEGIN")
-        xid = int(scalar(conn, "SELECT pg_current_xact_id()::text"))
-        conn.execute("INSERT INTO t SELECT i, 'main ' || i FROM generate_series(1, 3000) i")
-        conn.execute("SAVEPOINT s")
-        conn.execute("INSERT INTO t SELECT i, 'sub ' || i FROM generate_series(3001, 6000) i")
-        streamed = reader.read_until(
-            lambda got: (
-                any(note(c.message).startswith(b"sub") for c in got)
-                and isinstance(got[-1].message, StreamStop)
-            )
-        )
+        xid, streamed = _stream_main_and_savepoint(conn, reader)
         conn.execute("ROLLBACK TO SAVEPOINT s")
         conn.execute("INSERT INTO t SELECT i, 'after ' || i FROM generate_series(6001, 7000) i")
         conn.execute("COMMIT")
@@ -452,17 +460,7 @@ def test_parallel_streaming_abort_protocol_4(db: TestDb) -> None:
     options = {"streaming": "'parallel'"}
     with SlotReader(db.dsn, "pub", proto_version=4, options=options, conn_options=SMALL_WORK_MEM) as reader:
         reader.start()
-        conn.execute("BEGIN")
-        xid = int(scalar(conn, "SELECT pg_current_xact_id()::text"))
-        conn.execute("INSERT INTO t SELECT i, 'main ' || i FROM generate_series(1, 3000) i")
-        conn.execute("SAVEPOINT s")
-        conn.execute("INSERT INTO t SELECT i, 'sub ' || i FROM generate_series(3001, 6000) i")
-        streamed = reader.read_until(
-            lambda got: (
-                any(note(c.message).startswith(b"sub") for c in got)
-                and isinstance(got[-1].message, StreamStop)
-            )
-        )
+        xid, streamed = _stream_main_and_savepoint(conn, reader)
         before_abort = parse_lsn(db.scalar("SELECT pg_current_wal_insert_lsn()::text"))
         conn.execute("ROLLBACK TO SAVEPOINT s")
         conn.execute("ROLLBACK")

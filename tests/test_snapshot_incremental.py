@@ -15,6 +15,7 @@ from tests.fix_servers import BrokerHandle, TestDb, wait_until
 from tests.pipeline import (
     Running,
     cdc,
+    error_line,
     read_topics,
     rebuild,
     running,
@@ -23,7 +24,6 @@ from tests.pipeline import (
     wait_caught_up,
 )
 from tests.snapshotting import Writers, version_problems
-from tests.test_cli import error_line
 
 
 def incremental_done(run: Running) -> bool:

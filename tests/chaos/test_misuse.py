@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 import secrets
-import subprocess
 from pathlib import Path
 
 import orjson
@@ -23,17 +22,7 @@ from tests.chaos.harness import ConnectorProcess, offsets_lsn, slot_active_pid, 
 from tests.chaos.verify import decoder, json_decode, read_all, verify
 from tests.chaos.workload import Workload, create_schema, published_tables
 from tests.fix_servers import BrokerHandle, TestDb
-from tests.pipeline import cdc
-
-
-def error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    """The failure as users see it: non-zero exit, one `cdc: error:` line, last, no traceback."""
-    assert proc.returncode != 0, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("cdc: error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
-    assert "Traceback" not in proc.stderr
-    return str(errors[0])
+from tests.pipeline import cdc, error_line
 
 
 @pytest.mark.parametrize(
