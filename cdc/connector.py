@@ -262,16 +262,17 @@ class Connector:
         ``--tables`` no longer lists it.
         """
         tables = self.settings.tables
-        if self.streamed:
-            for table in replication.missing_tables(conn, tables):
-                log.warning(
-                    "table %s no longer exists (dropped while streaming): streaming the other tables; "
-                    "the next start refuses until --tables leaves it out",
-                    table,
-                )
-                tables = [t for t in tables if t != table]
-        replication.check_tables(conn, tables)
-        return tables
+        if not self.streamed:
+            replication.check_tables(conn, tables)
+            return tables
+        missing = replication.missing_tables(conn, tables)
+        for table in missing:
+            log.warning(
+                "table %s no longer exists (dropped while streaming): streaming the other tables; "
+                "the next start refuses until --tables leaves it out",
+                table,
+            )
+        return [t for t in tables if t not in missing]
 
 
 class _Session:
@@ -576,10 +577,9 @@ class _Session:
         self.producer.send(topic, key, value, entry)
         self.stats.events_total += 1
 
-    def _publish_schemas(self, records: Sequence[tuple[bytes, bytes]] | None = None) -> None:
-        """Schemas the serializer registered go to the schema topic, acknowledged, before their records."""
-        if records is None:
-            records = self.serializer.take_schema_records()
+    def _publish_schemas(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """Schemas the serializer registered (``take_schema_records``) go to the schema topic,
+        acknowledged, before their records."""
         if records:
             schema_topic = schemas_topic(self.prefix)
             self.producer.ensure_topic(schema_topic, compact=True)
@@ -613,7 +613,7 @@ class _Session:
                 "ts_ms": txn.commit_ts_ms,
             },
         )
-        self._publish_schemas()
+        self._publish_schemas(self.serializer.take_schema_records())
         self._send(topic, key, value)
 
     def _heartbeat(self) -> None:
@@ -627,7 +627,7 @@ class _Session:
             {"name": name},
             {"name": name, "lsn": self.offsets.lsn, "ts_ms": int(time.time() * 1000)},
         )
-        self._publish_schemas()
+        self._publish_schemas(self.serializer.take_schema_records())
         # not part of any transaction: its acknowledgement confirms nothing
         self.producer.send(topic, key, value, self._heartbeat_token)
 

@@ -162,8 +162,9 @@ def missing_tables(conn: psycopg.Connection[Any], tables: list[str]) -> list[str
 
 
 def check_tables(conn: psycopg.Connection[Any], tables: list[str]) -> None:
-    for table in missing_tables(conn, tables)[:1]:
-        raise SourceError(f"table {table} does not exist: create it or fix --tables")
+    missing = missing_tables(conn, tables)
+    if missing:
+        raise SourceError(f"table {missing[0]} does not exist: create it or fix --tables")
 
 
 def quote_table(table: str) -> str:
