@@ -347,31 +347,27 @@ class ConfluentProducer:
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, token: InFlight) -> None:
         done = self._callback(token)
-        token.pending += 1
         deadline = 0.0
         while True:
             try:
                 self.producer.produce(topic, value=value, key=key, on_delivery=done)
-                return
             except BufferError:
                 # the local queue is full: serve delivery reports, which frees it
                 if not deadline:
                     deadline = time.monotonic() + 60
                 elif time.monotonic() > deadline:
-                    token.pending -= 1
                     raise SinkError(
                         "kafka queue full for 60 s: is the broker reachable?", retriable=True
                     ) from None
-                try:
-                    self._serve(0.05)
-                except SinkError:
-                    token.pending -= 1
-                    raise
+                self._serve(0.05)
+                continue
             except self._ck.KafkaException as exc:
-                token.pending -= 1
                 raise SinkError(
                     f"cannot produce to {topic}: {exc}", retriable=_confluent_retriable(exc)
                 ) from None
+            # counted once queued; its report is applied only by poll(), after this
+            token.pending += 1
+            return
 
     def send_and_wait(self, topic: str, key: bytes | None, value: bytes | None, timeout: float) -> None:
         result: list[Any] = []
@@ -388,7 +384,7 @@ class ConfluentProducer:
             raise SinkError(f"no acknowledgement from kafka for {topic} within {timeout} s", retriable=True)
         if result[0] is not None:
             raise SinkError(
-                f"cannot produce to {topic}: {result[0]}", retriable=_ConfluentFailure(result[0]).retriable
+                f"cannot produce to {topic}: {result[0]}", retriable=result[0].name() not in _PERMANENT_CODES
             )
 
     # After a fatal error, confluent-kafka raises KafkaException from poll/flush, or, when delivery
