@@ -124,6 +124,7 @@ def run(runs: int, rows: int, big_rows: int, quick: bool) -> dict[str, Any]:
             figures[f"stream_{workload}_{producer}_strict_ratio"] = rate / strict
     snapshot = optional("bench.snapshot", "snapshot_rows_per_second")
     if snapshot is not None:
+        figures["snapshot_table_rows"] = big_rows
         figures["snapshot_rows_per_s"] = median([snapshot(rows=big_rows) for _ in range(runs)])
     decoder = optional("bench.decoder", "decoder_rows_per_second")
     if decoder is not None:
@@ -157,7 +158,7 @@ def table(figures: dict[str, Any]) -> str:
         p50, p99 = fig(f"latency_p50_ms_{producer}", "{:.1f}"), fig(f"latency_p99_ms_{producer}", "{:.1f}")
         rows.append((f"commit-to-ack p50 / p99 at 1,000 txn/s, {producer} (ms)", f"{p50} / {p99}", ""))
     rows += [
-        ("snapshot of a 1M-row table (rows/s)", fig("snapshot_rows_per_s"), ""),
+        (f"snapshot of a {fig('snapshot_table_rows')}-row table (rows/s)", fig("snapshot_rows_per_s"), ""),
         ("peak RSS over all runs (MB)", fig("peak_rss_mb", "{:.0f}"), ""),
     ]
     for producer in PRODUCERS:
