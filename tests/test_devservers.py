@@ -1,0 +1,32 @@
+"""The server launchers' copy of a Postgres build, for an account that cannot reach the venv."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from cdc.devservers import PgInstall, copy_install, find_pg_installs, server_account
+
+INSTALLS = find_pg_installs()
+
+
+@pytest.mark.parametrize("install", INSTALLS, ids=[f"pg{i.major}-{i.origin}" for i in INSTALLS])
+def test_copied_install_runs_as_the_server_account(install: PgInstall) -> None:
+    """A venv in a mode-700 directory (mktemp -d, a root home) is copied under /tmp: the copy must
+    find its own libraries (auditwheel's RPATH $ORIGIN/../../../<package>.libs) and run as the
+    account the server runs as."""
+    copy = copy_install(install)
+    assert copy.bin_dir != install.bin_dir
+    account = server_account()
+    for tool in ("postgres", "initdb", "pg_ctl", "pg_recvlogical"):
+        result = subprocess.run(
+            [copy.tool(tool), "--version"],
+            capture_output=True,
+            text=True,
+            user=account.uid,
+            group=account.gid,
+            extra_groups=account.extra_groups,
+            check=False,
+        )
+        assert result.returncode == 0 and str(install.major) in result.stdout, f"{tool}: {result.stderr}"
