@@ -347,10 +347,21 @@ class ConfluentProducer:
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, token: InFlight) -> None:
         done = self._callback(token)
+        try:
+            self.producer.produce(topic, value=value, key=key, on_delivery=done)
+        except (BufferError, self._ck.KafkaException):
+            # off the per-record path: wait for room, or raise the error as a SinkError
+            self._enqueue(topic, key, value, done)
+        # counted once queued; its report is applied only by poll(), after this
+        token.pending += 1
+
+    def _enqueue(self, topic: str, key: bytes | None, value: bytes | None, on_delivery: Any) -> None:
+        """Hand one record to librdkafka, waiting (up to 60 s) while its queue is full."""
         deadline = 0.0
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, on_delivery=done)
+                self.producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                return
             except BufferError:
                 # the local queue is full: serve delivery reports, which frees it
                 if not deadline:
@@ -360,23 +371,14 @@ class ConfluentProducer:
                         "kafka queue full for 60 s: is the broker reachable?", retriable=True
                     ) from None
                 self._serve(0.05)
-                continue
             except self._ck.KafkaException as exc:
                 raise SinkError(
                     f"cannot produce to {topic}: {exc}", retriable=_confluent_retriable(exc)
                 ) from None
-            # counted once queued; its report is applied only by poll(), after this
-            token.pending += 1
-            return
 
     def send_and_wait(self, topic: str, key: bytes | None, value: bytes | None, timeout: float) -> None:
         result: list[Any] = []
-        try:
-            self.producer.produce(topic, value=value, key=key, on_delivery=lambda e, _m: result.append(e))
-        except self._ck.KafkaException as exc:
-            raise SinkError(
-                f"cannot produce to {topic}: {exc}", retriable=_confluent_retriable(exc)
-            ) from None
+        self._enqueue(topic, key, value, lambda e, _m: result.append(e))
         deadline = time.monotonic() + timeout
         while not result and time.monotonic() < deadline:
             self._serve(0.05)
