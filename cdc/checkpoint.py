@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from cdc.errors import CheckpointError
-from cdc.pgoutput import format_lsn, parse_lsn
+from cdc.lsn import format_lsn, parse_lsn
 
 STATE_VERSION = 1
 
@@ -31,14 +31,13 @@ STATE_VERSION = 1
 class InFlight:
     """One transaction (or non-transactional message) whose events are not all acknowledged."""
 
-    __slots__ = ("commit_lsn", "commit_ts_ms", "done_at", "end_lsn", "failed", "pending")
+    __slots__ = ("commit_lsn", "commit_ts_ms", "done_at", "end_lsn", "pending")
 
     def __init__(self, commit_lsn: int, commit_ts_ms: int = 0) -> None:
         self.commit_lsn = commit_lsn
         self.commit_ts_ms = commit_ts_ms
         self.end_lsn = 0  # set by Commit; 0 while the transaction is still arriving
         self.pending = 0
-        self.failed = False
         self.done_at = 0.0  # wall clock when the last event was acknowledged after Commit
 
 
@@ -82,10 +81,6 @@ class Tracker:
         if self.idle() and wal_end > self.confirmed:
             self.confirmed = wal_end
         return self.confirmed
-
-    @property
-    def in_flight_events(self) -> int:
-        return sum(e.pending for e in self.entries)
 
 
 @dataclass(slots=True)

@@ -8,6 +8,9 @@
      +-- SchemaError              Avro schema or record problems, unknown fingerprints
      +-- SinkError                Kafka; ``retriable`` says whether to try again
      +-- CheckpointError          the state directory cannot be read or written
+     +-- ControlError             a connector process cannot be started, stopped or asked
+     |    +-- AlreadyRunning      another process runs a connector with this name
+     |    +-- NotRunning          no process runs a connector with this name
      +-- ServerError              a local dev/test server failed to start or stop
 
 Every message says what happened and how to fix it, in one line, without
@@ -57,6 +60,18 @@ class SinkError(CdcError):
 
 class CheckpointError(CdcError):
     """The state directory cannot hold the connector's progress."""
+
+
+class ControlError(CdcError):
+    """A connector process did not start, stop or answer as asked."""
+
+
+class AlreadyRunning(ControlError):
+    """Another process runs a connector with this name."""
+
+
+class NotRunning(ControlError):
+    """No connector with this name runs."""
 
 
 class ServerError(CdcError):

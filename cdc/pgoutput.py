@@ -25,12 +25,9 @@ from typing import Final
 
 from cdc.errors import DecodeError
 
-PG_EPOCH_US: Final = 946_684_800_000_000  # 2000-01-01 minus 1970-01-01, in microseconds
-
 _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
 _U32 = struct.Struct(">I")
-_I64 = struct.Struct(">q")
 _U64 = struct.Struct(">Q")
 _BEGIN = struct.Struct(">QqI")  # final lsn, commit ts, xid
 _COMMIT = struct.Struct(">BQQq")  # flags, commit lsn, end lsn, commit ts
@@ -38,41 +35,6 @@ _XLOGDATA = struct.Struct(">QQq")  # wal start, wal end, send time
 _KEEPALIVE = struct.Struct(">QqB")  # wal end, send time, reply requested
 _STATUS = struct.Struct(">cQQQqB")  # 'r', written, flushed, applied, send time, reply
 _LSN_TS = struct.Struct(">QQq")  # lsn, end lsn, timestamp
-
-
-class Lsn(int):
-    """A WAL position; prints as Postgres does (``16/B374D848``)."""
-
-    __slots__ = ()
-
-    def __str__(self) -> str:
-        return format_lsn(self)
-
-    def __repr__(self) -> str:
-        return f"Lsn('{format_lsn(self)}')"
-
-    @classmethod
-    def parse(cls, text: str) -> Lsn:
-        return cls(parse_lsn(text))
-
-
-def format_lsn(lsn: int) -> str:
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
-_LSN_TEXT = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
-
-
-def parse_lsn(text: str) -> int:
-    """``"16/B374D848"`` -> int; raises `ValueError` on anything else."""
-    match = _LSN_TEXT.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"not an LSN: {text!r} (expected hex X/X, like 0/16B3748)")
-    return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
-
-
-def pg_timestamp_to_unix_us(ts: int) -> int:
-    return ts + PG_EPOCH_US
 
 
 class _Unchanged:
@@ -372,6 +334,12 @@ class Keepalive:
     reply_requested: bool
 
 
+#: The first byte of an XLogData frame ('w'); anything else on the stream is a keepalive ('k').
+XLOGDATA: Final = 0x77
+KEEPALIVE: Final = 0x6B
+_XLOG_HEADER = struct.Struct(">QQ")  # wal start, wal end (the send time is not needed)
+
+
 def decode_copy_data(frame: bytes) -> XLogData | Keepalive:
     """One CopyData frame of START_REPLICATION: XLogData ('w') or a keepalive ('k')."""
     if not frame:
@@ -379,7 +347,7 @@ def decode_copy_data(frame: bytes) -> XLogData | Keepalive:
     if frame.__class__ is not bytes:
         frame = bytes(frame)
     tag = frame[0]
-    if tag == 0x77:  # 'w'
+    if tag == XLOGDATA:
         if len(frame) < 25:
             raise DecodeError(
                 f"XLogData frame of {len(frame)} bytes, its header alone is 25",
@@ -388,7 +356,7 @@ def decode_copy_data(frame: bytes) -> XLogData | Keepalive:
             )
         start, end, sent = _XLOGDATA.unpack_from(frame, 1)
         return XLogData(start, end, sent, frame[25:])
-    if tag == 0x6B:  # 'k'
+    if tag == KEEPALIVE:
         if len(frame) != 18:
             raise DecodeError(f"keepalive of {len(frame)} bytes, expected 18", kind="Keepalive", offset=0)
         end, sent, reply = _KEEPALIVE.unpack_from(frame, 1)
@@ -403,7 +371,7 @@ def encode_standby_status(
 ) -> bytes:
     """The Standby status update ('r') that confirms ``flushed`` to the slot.
 
-    ``send_time`` is in microseconds since 2000-01-01 (see `PG_EPOCH_US`);
+    ``send_time`` is in microseconds since 2000-01-01 (see `cdc.lsn.PG_EPOCH_US`);
     ``reply_requested`` asks the server to answer at once with a keepalive.
     """
     return _STATUS.pack(b"r", written, flushed, applied, send_time, 1 if reply_requested else 0)
@@ -446,6 +414,21 @@ class Decoder:
                 raise
             offset = _offset_of(exc, len(payload))
             raise DecodeError(f"malformed message: {exc}", kind=Tag(tag).name, offset=offset) from None
+
+    def decode_xlogdata(self, frame: bytes) -> tuple[int, int, Message]:
+        """An XLogData frame (first byte `XLOGDATA`) -> (wal start, wal end, its message).
+
+        The stream's per-row path: no frame object, just the two positions and
+        the decoded payload. A frame shorter than its header is a `DecodeError`.
+        """
+        if len(frame) < 25:
+            raise DecodeError(
+                f"XLogData frame of {len(frame)} bytes, its header alone is 25",
+                kind="XLogData",
+                offset=len(frame),
+            )
+        wal_start, wal_end = _XLOG_HEADER.unpack_from(frame, 1)
+        return wal_start, wal_end, self.decode(frame[25:])
 
     # One handler per message, reading fields in protocol order. `pos` is the
     # offset of the next unread byte. The three change handlers inline their

@@ -917,8 +917,3 @@ def _row_error(types: Sequence[ColumnType], values: Sequence[ColumnValue]) -> De
                     "OUTPUT_SETTINGS applied?",
                 )
     return DecodeError("TupleData: a column value does not parse")
-
-
-def parse_row(types: Sequence[ColumnType], values: Sequence[ColumnValue]) -> list[Any]:
-    """`row_parser` for a single row (tests, tools); build the parser once on hot paths."""
-    return row_parser(types)(values)

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 
 from cdc.errors import DecodeError
+from cdc.lsn import PG_EPOCH_US, parse_lsn
 from cdc.pgoutput import (
-    PG_EPOCH_US,
     TRUNCATE_CASCADE,
     TRUNCATE_RESTART_IDENTITY,
     UNCHANGED,
@@ -44,7 +44,6 @@ from cdc.pgoutput import (
     Truncate,
     Type,
     Update,
-    parse_lsn,
 )
 from tests.fix_servers import TestDb, wait_until
 from tests.pgstream import Captured, SlotReader, kinds, kinds_once

@@ -11,23 +11,20 @@ import struct
 import pytest
 
 from cdc.errors import DecodeError
+from cdc.lsn import PG_EPOCH_US, format_lsn, parse_lsn
 from cdc.pgoutput import (
-    PG_EPOCH_US,
     UNCHANGED,
     Begin,
     Column,
     Decoder,
     Insert,
     Keepalive,
-    Lsn,
     Relation,
     StreamAbort,
     StreamStart,
     XLogData,
     decode_copy_data,
     encode_standby_status,
-    format_lsn,
-    parse_lsn,
 )
 
 
@@ -35,8 +32,8 @@ def test_lsn_text() -> None:
     assert parse_lsn("16/B374D848") == 0x16_B374D848
     assert parse_lsn(" 0/0 ") == 0
     assert format_lsn(0x16_B374D848) == "16/B374D848"
-    assert str(Lsn.parse("FFFFFFFF/FFFFFFFF")) == "FFFFFFFF/FFFFFFFF"
-    assert repr(Lsn(1)) == "Lsn('0/1')"
+    assert format_lsn(parse_lsn("FFFFFFFF/FFFFFFFF")) == "FFFFFFFF/FFFFFFFF"
+    assert format_lsn(1) == "0/1"
     for bad in ("", "0/", "/0", "1", "0x1/0", "-1/0", "+1/0", "1_0/0", "123456789/0", "0/0/0", "g/0"):
         with pytest.raises(ValueError, match="not an LSN"):
             parse_lsn(bad)
@@ -62,6 +59,22 @@ def test_copy_data_frames_and_status_update() -> None:
     assert status == b"r" + struct.pack(">QQQq", 1, 2, 3, 4) + b"\x01"
     assert encode_standby_status(1, 2, 3, 4)[-1] == 0
     assert PG_EPOCH_US == 946_684_800_000_000
+
+
+def test_xlogdata_on_the_stream_path() -> None:
+    """`Decoder.decode_xlogdata` (the per-row path) gives the positions and the message, and a frame
+    shorter than its header is a DecodeError, not a struct.error."""
+    decoder = Decoder()
+    frame = b"w" + struct.pack(">QQq", 10, 20, 30) + _relation()
+    wal_start, wal_end, message = decoder.decode_xlogdata(frame)
+    assert (wal_start, wal_end) == (10, 20)
+    assert isinstance(message, Relation) and message.name == "t"
+    for short in (b"w", b"w" + b"\x00" * 16, b"w" + b"\x00" * 23):
+        with pytest.raises(DecodeError, match="header alone is 25") as err:
+            decoder.decode_xlogdata(short)
+        assert err.value.kind == "XLogData"
+    with pytest.raises(DecodeError, match="empty message"):
+        decoder.decode_xlogdata(b"w" + b"\x00" * 24)
 
 
 def _relation(relation_id: int = 16384, xid: bytes = b"") -> bytes:

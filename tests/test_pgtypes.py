@@ -33,7 +33,6 @@ from cdc.pgtypes import (
     days_from_civil,
     format_year,
     numeric_typmod,
-    parse_row,
     row_parser,
 )
 from tests.fix_servers import TestDb
@@ -358,7 +357,7 @@ NOT_OUTPUT: list[tuple[int, bytes]] = [
 def test_text_that_is_not_server_output_is_a_decode_error(oid: int, text: bytes) -> None:
     column = column_type(oid)
     with pytest.raises(DecodeError) as err:
-        parse_row([column_type(23), column], [b"1", text])
+        row_parser([column_type(23), column])([b"1", text])
     # the message names the column and the size, never the value
     assert f"column 1 ({column.name}): {len(text)} bytes" in str(err.value)
 
