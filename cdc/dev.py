@@ -20,7 +20,7 @@ import orjson
 
 from cdc.devservers import Broker, PgInstall, PostgresServer, RunAs, _alive, find_pg_installs
 from cdc.errors import ServerError
-from cdc.replication import redact_dsn
+from cdc.pg import redact_dsn
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ message says what to change; a lost connection becomes `SourceUnavailable`.
 from __future__ import annotations
 
 import logging
-import re
 import select
 import time
 from dataclasses import dataclass
@@ -19,23 +18,13 @@ from typing import Any, Self
 
 import psycopg
 from psycopg import pq, sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from cdc import pg
 from cdc.errors import SourceError, SourceUnavailable
-from cdc.pgoutput import PG_EPOCH_US, encode_standby_status, format_lsn, parse_lsn
+from cdc.lsn import PG_EPOCH_US, format_lsn, parse_lsn
+from cdc.pgoutput import encode_standby_status
 
 log = logging.getLogger(__name__)
-
-#: Session settings that make the server's text output of values unambiguous
-#: for `cdc.pgtypes`: UTC offsets, ISO dates and intervals, exact floats, hex bytea.
-OUTPUT_SETTINGS: dict[str, str] = {
-    "TimeZone": "UTC",
-    "DateStyle": "ISO, YMD",
-    "IntervalStyle": "iso_8601",
-    "extra_float_digits": "3",
-    "bytea_output": "hex",
-    "client_encoding": "UTF8",
-}
 
 #: The newest pgoutput protocol version this connector decodes.
 MAX_PROTOCOL_VERSION = 4
@@ -50,67 +39,6 @@ def protocol_version_for(server_version: int) -> int:
     if server_version >= 140000:
         return 2
     return 1
-
-
-def redact_dsn(dsn: str) -> str:
-    """The DSN with its password replaced, safe for logs and messages."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.Error:
-        return "<unparsable dsn>"
-    if "password" in params:
-        params["password"] = "***"
-    return make_conninfo("", **params)
-
-
-def session_conninfo(dsn: str, application_name: str, **extra: str) -> str:
-    """``dsn`` plus our output settings (appended to any ``options`` it has)."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as exc:
-        raise SourceError(f"invalid dsn: {_strip_password(str(exc), dsn)}; fix --dsn") from None
-    options = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in OUTPUT_SETTINGS.items())
-    if params.get("options"):
-        options = f"{params['options']} {options}"
-    params.update(options=options, **extra)
-    params.setdefault("application_name", application_name)
-    params.setdefault("connect_timeout", "10")
-    return make_conninfo("", **params)
-
-
-def _strip_password(text: str, dsn: str) -> str:
-    try:
-        password = conninfo_to_dict(dsn).get("password")
-    except psycopg.Error:
-        password = None
-    return text.replace(str(password), "***") if password else text
-
-
-def _connect_error(exc: Exception, dsn: str) -> SourceError:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-    # libpq says 'connection to server at "h", port p failed: FATAL:  <reason>': keep the reason
-    text = re.sub(r'^connection to server at "[^"]*", port \d+ failed: (FATAL:\s+)?', "", text)
-    text = _strip_password(text, dsn)
-    where = redact_dsn(dsn)
-    if "password authentication failed" in text or "no password supplied" in text:
-        return SourceError(f"cannot connect to postgres ({where}): {text}; check the user and password")
-    if "not permitted to log in" in text or "not allowed to log in" in text:
-        return SourceError(
-            f"cannot connect to postgres ({where}): {text}; the role lacks LOGIN: ALTER ROLE ... LOGIN"
-        )
-    if "database" in text and "does not exist" in text:
-        return SourceError(f"cannot connect to postgres ({where}): {text}; fix dbname in --dsn")
-    if "pg_hba.conf" in text:
-        return SourceError(f"cannot connect to postgres ({where}): {text}; allow it in pg_hba.conf")
-    return SourceUnavailable(f"cannot connect to postgres ({where}): {text}; is the server running?")
-
-
-def connect(dsn: str, application_name: str = "cdc") -> psycopg.Connection[Any]:
-    """A normal autocommit connection with the output settings, for catalog work."""
-    try:
-        return psycopg.connect(session_conninfo(dsn, application_name), autocommit=True)
-    except psycopg.Error as exc:
-        raise _connect_error(exc, dsn) from None
 
 
 # -- preconditions, publication, slot -------------------------------------------------
@@ -129,7 +57,7 @@ class SlotInfo:
 
 
 def check_wal_level(conn: psycopg.Connection[Any]) -> None:
-    row = conn.execute("SHOW wal_level").fetchone()
+    row = pg.query_one(conn, "SHOW wal_level")
     level = row[0] if row else "?"
     if level != "logical":
         raise SourceError(
@@ -139,9 +67,10 @@ def check_wal_level(conn: psycopg.Connection[Any]) -> None:
 
 
 def check_role(conn: psycopg.Connection[Any]) -> None:
-    row = conn.execute(
-        "SELECT rolname, rolreplication, rolcanlogin, rolsuper FROM pg_roles WHERE rolname = current_user"
-    ).fetchone()
+    row = pg.query_one(
+        conn,
+        "SELECT rolname, rolreplication, rolcanlogin, rolsuper FROM pg_roles WHERE rolname = current_user",
+    )
     if row is None:
         raise SourceError("cannot read the current role from pg_roles")
     name, replication, login, superuser = row
@@ -155,7 +84,7 @@ def missing_tables(conn: psycopg.Connection[Any], tables: list[str]) -> list[str
     """The tables of ``tables`` that do not exist."""
     missing = []
     for table in tables:
-        row = conn.execute("SELECT to_regclass(%s)", (quote_table(table),)).fetchone()
+        row = pg.query_one(conn, "SELECT to_regclass(%s)", (quote_table(table),))
         if row is None or row[0] is None:
             missing.append(table)
     return missing
@@ -179,12 +108,13 @@ def split_table(table: str) -> tuple[str, str]:
 
 
 def find_slot(conn: psycopg.Connection[Any], slot: str) -> SlotInfo | None:
-    row = conn.execute(
+    row = pg.query_one(
+        conn,
         """SELECT slot_name, plugin, slot_type, database, active, active_pid,
                   confirmed_flush_lsn::text, restart_lsn::text
              FROM pg_replication_slots WHERE slot_name = %s""",
         (slot,),
-    ).fetchone()
+    )
     if row is None:
         return None
     return SlotInfo(
@@ -200,8 +130,7 @@ def find_slot(conn: psycopg.Connection[Any], slot: str) -> SlotInfo | None:
 
 
 def validate_slot(conn: psycopg.Connection[Any], slot: SlotInfo) -> None:
-    row = conn.execute("SELECT current_database()").fetchone()
-    database = row[0] if row else None
+    database = current_database(conn)
     if slot.slot_type != "logical" or slot.plugin != "pgoutput":
         raise SourceError(
             f"slot {slot.name!r} uses plugin {slot.plugin or slot.slot_type!r}, not pgoutput: "
@@ -220,9 +149,10 @@ def validate_slot(conn: psycopg.Connection[Any], slot: SlotInfo) -> None:
 
 
 def check_slot_capacity(conn: psycopg.Connection[Any]) -> None:
-    row = conn.execute(
-        "SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots)"
-    ).fetchone()
+    row = pg.query_one(
+        conn,
+        "SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots)",
+    )
     if row and row[1] >= row[0]:
         raise SourceError(
             f"max_replication_slots ({row[0]}) exhausted: drop an unused slot or raise "
@@ -232,14 +162,12 @@ def check_slot_capacity(conn: psycopg.Connection[Any]) -> None:
 
 def publication_tables(conn: psycopg.Connection[Any], publication: str) -> tuple[bool, set[str]] | None:
     """(all tables?, {schema.table}) of ``publication``, or None if it does not exist."""
-    row = conn.execute(
-        "SELECT puballtables FROM pg_publication WHERE pubname = %s", (publication,)
-    ).fetchone()
+    row = pg.query_one(conn, "SELECT puballtables FROM pg_publication WHERE pubname = %s", (publication,))
     if row is None:
         return None
-    rows = conn.execute(
-        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (publication,)
-    ).fetchall()
+    rows = pg.query(
+        conn, "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (publication,)
+    )
     return bool(row[0]), {f"{s}.{t}" for s, t in rows}
 
 
@@ -265,30 +193,28 @@ def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: 
         else:
             target = sql.SQL("FOR ALL TABLES")
         query = sql.SQL("CREATE PUBLICATION {} {} WITH (publish_via_partition_root = true)")
-        try:
-            with conn.transaction():
-                conn.execute(query.format(name, target))
-                conn.execute(
-                    sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(name, sql.Literal(MANAGED_PUBLICATION))
-                )
-        except psycopg.errors.InsufficientPrivilege as exc:
-            raise SourceError(
-                f"cannot create publication {publication!r}: {exc.diag.message_primary}; "
-                "create it as a superuser or table owner, or list --tables you own"
-            ) from None
+        with (
+            pg.errors(
+                f"creating publication {publication!r}",
+                "create it as a superuser or table owner, or list --tables you own",
+            ),
+            conn.transaction(),
+        ):
+            conn.execute(query.format(name, target))
+            conn.execute(
+                sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(name, sql.Literal(MANAGED_PUBLICATION))
+            )
         log.info("created publication %s for %s", publication, ", ".join(sorted(wanted)) or "all tables")
         return
     all_tables, covered = existing
     missing = sorted(wanted - covered)
     if missing and not all_tables and _managed(conn, publication):
         added = sql.SQL(", ").join(sql.Identifier(*split_table(t)) for t in missing)
-        try:
+        with pg.errors(
+            f"adding {', '.join(missing)} to publication {publication!r}",
+            "add them as the publication's owner",
+        ):
             conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(name, added))
-        except psycopg.errors.InsufficientPrivilege as exc:
-            raise SourceError(
-                f"cannot add {', '.join(missing)} to publication {publication!r}: "
-                f"{exc.diag.message_primary}; add them as the publication's owner"
-            ) from None
         log.info("added %s to publication %s", ", ".join(missing), publication)
         return
     if missing and not all_tables:
@@ -299,25 +225,30 @@ def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: 
 
 
 def _managed(conn: psycopg.Connection[Any], publication: str) -> bool:
-    row = conn.execute(
-        "SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = %s", (publication,)
-    ).fetchone()
+    row = pg.query_one(
+        conn,
+        "SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = %s",
+        (publication,),
+    )
     return row is not None and row[0] == MANAGED_PUBLICATION
 
 
 def primary_key(conn: psycopg.Connection[Any], relation_id: int) -> list[str]:
     """The primary key columns of a table, in key order ([] when it has none)."""
-    try:
-        rows = conn.execute(
-            """SELECT a.attname FROM pg_index i
-                 CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.n""",
-            (relation_id,),
-        ).fetchall()
-    except psycopg.OperationalError as exc:
-        raise SourceUnavailable(f"catalog connection lost: {str(exc).strip()}") from None
+    rows = pg.query(
+        conn,
+        """SELECT a.attname FROM pg_index i
+             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+            WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.n""",
+        (relation_id,),
+    )
     return [str(r[0]) for r in rows]
+
+
+def current_database(conn: psycopg.Connection[Any]) -> str:
+    row = pg.query_one(conn, "SELECT current_database()")
+    return str(row[0]) if row else ""
 
 
 # -- the replication connection --------------------------------------------------------
@@ -345,15 +276,15 @@ class ReplicationConnection:
 
     def __init__(self, dsn: str, application_name: str = "cdc") -> None:
         self.dsn = dsn
-        conninfo = session_conninfo(dsn, application_name, replication="database")
+        conninfo = pg.session_conninfo(dsn, application_name, replication="database")
         try:
             self.pgconn = pq.PGconn.connect(conninfo.encode())
         except psycopg.Error as exc:
-            raise _connect_error(exc, dsn) from None
+            raise pg.connect_error(exc, dsn) from None
         if self.pgconn.status != pq.ConnStatus.OK:
             message = self.pgconn.get_error_message()
             self.pgconn.finish()
-            raise _connect_error(Exception(message), dsn)
+            raise pg.connect_error(Exception(message), dsn)
         self.server_version = self.pgconn.server_version
         self.streaming = False
 
@@ -375,7 +306,7 @@ class ReplicationConnection:
             message, state = _result_error(result, self.pgconn)
             if self.pgconn.status == pq.ConnStatus.BAD:
                 raise SourceUnavailable(f"replication connection lost: {message}")
-            raise _command_error(query, message, state)
+            raise pg.command_error(query.split(maxsplit=1)[0], message, state)
         return [
             tuple(
                 None if (v := result.get_value(r, c)) is None else bytes(v).decode()
@@ -430,7 +361,7 @@ class ReplicationConnection:
         result = self.pgconn.exec_(query.encode())
         if result.status != pq.ExecStatus.COPY_BOTH:
             message, state = _result_error(result, self.pgconn)
-            raise _command_error("START_REPLICATION", message, state)
+            raise pg.command_error("START_REPLICATION", message, state)
         self.pgconn.nonblocking = 1
         self.streaming = True
         log.info(
@@ -484,18 +415,3 @@ class ReplicationConnection:
                 select.select([], [self.pgconn.socket], [], 1)
         except psycopg.OperationalError as exc:
             raise SourceUnavailable(f"cannot send status update: {str(exc).strip()}") from None
-
-
-def _command_error(query: str, message: str, state: str) -> SourceError:
-    verb = query.split(maxsplit=1)[0]
-    if state == "55006":  # object_in_use
-        return SourceError(f"{message}: another connector reads this slot; stop it or choose another --slot")
-    if state == "53400":  # configuration_limit_exceeded
-        return SourceError(f"{message}: drop an unused slot or raise max_replication_slots")
-    if state == "42501":  # insufficient_privilege
-        return SourceError(f"{message}: grant the role REPLICATION (ALTER ROLE ... REPLICATION)")
-    if state == "42710":  # duplicate_object
-        return SourceError(f"{message}: the slot already exists; reuse it or choose another --slot")
-    if state.startswith("08") or not state:
-        return SourceUnavailable(f"{verb} failed: {message}")
-    return SourceError(f"{verb} failed: {message}")
