@@ -3,18 +3,27 @@
 ``<state-dir>/<name>/`` holds ``cdc.pid`` (locked with flock for as long as
 the connector runs, so a second ``cdc start`` with the same name refuses),
 ``status.json`` (rewritten every status interval, read by ``cdc status``),
-``offsets.json`` (see `cdc.checkpoint`) and, with ``--detach``, ``cdc.log``.
+``offsets.json`` (see `cdc.checkpoint`), with ``--detach`` ``cdc.log``, and
+``requests/``: what ``cdc snapshot`` asks of the running connector.
+
+Light on purpose: ``cdc status``, ``cdc stop`` and ``cdc snapshot`` import this
+module and nothing of the pipeline (no psycopg, no Kafka client).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -22,16 +31,10 @@ from typing import IO, Any, Self
 import orjson
 
 from cdc.checkpoint import write_atomic
-from cdc.connector import Connector, Stats
-from cdc.errors import CdcError, CheckpointError
+from cdc.errors import AlreadyRunning, CheckpointError, ConfigError, ControlError, NotRunning
+from cdc.status import Status
 
-
-class AlreadyRunning(CdcError):
-    """Another process runs a connector with this name."""
-
-
-class NotRunning(CdcError):
-    """No connector with this name runs."""
+log = logging.getLogger(__name__)
 
 
 class InstanceLock:
@@ -96,21 +99,20 @@ def running_pid(directory: Path) -> int | None:
         return None
 
 
-class StatusFile:
-    """Writes ``status.json`` whenever the connector reports."""
+def status_writer(directory: Path, name: str) -> Callable[[Status], None]:
+    """`Status.publish` for a connector process: rewrite ``status.json``.
 
-    def __init__(self, directory: Path, name: str) -> None:
-        self.path = directory / "status.json"
-        self.name = name
-        self.failed = False
+    The status is informative; the offsets file is what must not fail
+    silently, so a status that cannot be written is skipped.
+    """
+    path = directory / "status.json"
 
-    def __call__(self, stats: Stats) -> None:
-        payload = {"name": self.name, "pid": os.getpid(), "updated_at": time.time(), **stats.as_dict()}
-        try:
-            write_atomic(self.path, orjson.dumps(payload, option=orjson.OPT_INDENT_2))
-        except CheckpointError:
-            # status is informative; the offsets file is what must not fail silently
-            self.failed = True
+    def write(status: Status) -> None:
+        payload = {"name": name, "pid": os.getpid(), "updated_at": time.time(), **status.as_dict()}
+        with contextlib.suppress(CheckpointError):
+            write_atomic(path, orjson.dumps(payload, option=orjson.OPT_INDENT_2))
+
+    return write
 
 
 def read_status(directory: Path, name: str) -> dict[str, Any]:
@@ -133,13 +135,14 @@ def read_status(directory: Path, name: str) -> dict[str, Any]:
     return status
 
 
-def install_signal_handlers(connector: Connector) -> None:
-    """SIGTERM / SIGINT stop gracefully; a second one stops without finishing the open transaction."""
+def install_signal_handlers(stop: threading.Event, stop_now: threading.Event) -> None:
+    """SIGTERM / SIGINT set ``stop`` (graceful); a second one sets ``stop_now`` too (do not wait for
+    the open transaction)."""
 
     def handler(signum: int, _frame: Any) -> None:
-        if connector.stop.is_set():
-            connector.stop_now.set()
-        connector.stop.set()
+        if stop.is_set():
+            stop_now.set()
+        stop.set()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
@@ -156,7 +159,7 @@ def request_stop(directory: Path, name: str, timeout: float) -> int:
         if running_pid(directory) is None:
             return pid
         time.sleep(0.1)
-    raise CdcError(
+    raise ControlError(
         f"connector {name!r} (pid {pid}) did not stop within {timeout:g} s: it is still flushing; "
         "wait, or kill it (it resumes from its last confirmed position)"
     )
@@ -179,7 +182,7 @@ def detach(argv: list[str], directory: Path, name: str, timeout: float = 60) -> 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise CdcError(f"the connector exited at start: {_last_error(log_path)} (log: {log_path})")
+            raise ControlError(f"the connector exited at start: {_last_error(log_path)} (log: {log_path})")
         status = read_status(directory, name)
         started = ("running", "reconnecting", "snapshotting")
         if status.get("pid") == proc.pid and status.get("state") in started:
@@ -197,3 +200,74 @@ def _last_error(log_path: Path) -> str:
         if lines:
             return lines[-1].strip()
     return "no output"
+
+
+# -- requests to a running connector (`cdc snapshot`) ------------------------------------
+#
+# ``requests/<id>.request.json`` (atomic) asks; the connector looks there every status
+# interval and answers ``<id>.result.json`` (accepted tables, rejected ones with the reason).
+
+
+@dataclass(slots=True)
+class RequestResult:
+    accepted: list[str]
+    rejected: dict[str, str]
+    answered: bool  # False: the connector has not picked the request up yet
+
+
+def request_snapshot(directory: Path, name: str, tables: list[str], timeout: float = 30.0) -> RequestResult:
+    """Ask the running connector to snapshot ``tables`` incrementally; wait for its answer.
+
+    Raises `NotRunning` when no connector with this name runs. When it does
+    not answer within ``timeout`` (it picks requests up only while streaming,
+    so not during its initial snapshot) the request stays queued.
+    """
+    if not tables:
+        raise ConfigError("name at least one table: cdc snapshot schema.table ...")
+    pid = running_pid(directory)
+    if pid is None or pid <= 0:
+        raise NotRunning(
+            f"no connector named {name!r} is running (state dir {directory}): start it, then ask again"
+        )
+    request_id = f"{time.time_ns()}-{secrets.token_hex(4)}"
+    requests = directory / "requests"
+    path = requests / f"{request_id}.request.json"
+    result = requests / f"{request_id}.result.json"
+    write_atomic(path, orjson.dumps({"version": 1, "tables": tables, "requested_at": time.time()}))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result.exists():
+            try:
+                answer = orjson.loads(result.read_bytes())
+            except (OSError, orjson.JSONDecodeError) as exc:
+                raise CheckpointError(f"cannot read the connector's answer {result}: {exc}") from None
+            result.unlink(missing_ok=True)
+            return RequestResult(list(answer["accepted"]), dict(answer["rejected"]), True)
+        time.sleep(0.05)
+    return RequestResult([], {}, False)
+
+
+def pending_requests(directory: Path) -> list[tuple[Path, list[str]]]:
+    """The connector's side: the snapshot requests waiting, oldest first (malformed ones dropped)."""
+    try:
+        entries = sorted(os.scandir(directory / "requests"), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.name.endswith(".request.json"):
+            continue
+        path = Path(entry.path)
+        try:
+            found.append((path, [str(t) for t in orjson.loads(path.read_bytes())["tables"]]))
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("ignoring the malformed request %s", path)
+            path.unlink(missing_ok=True)
+    return found
+
+
+def answer_request(path: Path, accepted: list[str], rejected: dict[str, str]) -> None:
+    """Answer the request at ``path`` (from `pending_requests`) and remove it."""
+    result = path.with_name(path.name.replace(".request.json", ".result.json"))
+    write_atomic(result, orjson.dumps({"accepted": accepted, "rejected": rejected}))
+    path.unlink(missing_ok=True)
