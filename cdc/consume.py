@@ -27,7 +27,6 @@ import contextlib
 import json
 import logging
 import math
-import socket
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +41,7 @@ import orjson
 from cdc import avro
 from cdc.errors import SchemaError, SinkError
 from cdc.events import schemas_topic
+from cdc.kafka import Message, SchemaTopicReader, TopicReader, read_schema_records
 from cdc.pgtypes import ColumnType, column_type
 
 log = logging.getLogger(__name__)
@@ -355,7 +355,7 @@ class RecordDecoder:
         return reader
 
 
-# -- Kafka ---------------------------------------------------------------------------------------
+# -- reading topics -------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -390,96 +390,19 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _sink_error(exc: Exception, bootstrap_servers: str) -> SinkError:
-    """A kafka-python error as one line (its classes differ between 2.x and 3.x: go by name)."""
-    text = str(exc)
-    if type(exc).__name__ == "NoBrokersAvailable" or "bootstrap" in text.lower():
-        return SinkError(
-            f"cannot reach the broker at {bootstrap_servers}: check --bootstrap-servers and that Kafka runs",
-            retriable=True,
-        )
-    return SinkError(
-        f"kafka ({bootstrap_servers}): {text}; check the broker and the topic names",
-        retriable=bool(getattr(exc, "retriable", False)),
-    )
+class _SchemaLoader:
+    """The schema topics, read into the decoder's registry: at start, and again on an unknown
+    fingerprint. Unreadable schema records are skipped (and counted in `errors`)."""
 
-
-def check_reachable(bootstrap_servers: str, timeout: float = 5.0) -> None:
-    """Fail fast, with a clear message, when no bootstrap server accepts a connection.
-
-    kafka-python retries for 30 s before giving up (and then leaks the sockets
-    of its attempts); a plain TCP connect answers in milliseconds.
-    """
-    reasons = []
-    for server in (s.strip() for s in bootstrap_servers.split(",")):
-        host, sep, port = server.rpartition(":")
-        if not sep or not port.isdigit():
-            host, port = server, "9092"
-        try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-        except OSError as exc:
-            reasons.append(f"{server}: {exc.strerror or exc}")
-        else:
-            return
-    raise SinkError(
-        f"cannot reach the broker at {bootstrap_servers} ({'; '.join(reasons)}): "
-        "check --bootstrap-servers and that Kafka runs",
-        retriable=True,
-    )
-
-
-class SchemaTopicReader:
-    """Reads ``<prefix>.schemas`` topics into a registry, to their current end."""
-
-    def __init__(
-        self, bootstrap_servers: str, topics: Sequence[str], registry: avro.SchemaRegistry, **config: Any
-    ) -> None:
-        from kafka import KafkaConsumer, TopicPartition  # noqa: PLC0415
-
-        self.topics = list(topics)
+    def __init__(self, reader: SchemaTopicReader, registry: avro.SchemaRegistry) -> None:
+        self.reader = reader
         self.registry = registry
         self.errors: list[str] = []
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
-            enable_auto_commit=False,
-            allow_auto_create_topics=False,
-            fetch_max_wait_ms=100,
-            **config,
-        )
-        self._partitions = [
-            TopicPartition(topic, p)
-            for topic in self.topics
-            for p in sorted(self._consumer.partitions_for_topic(topic) or ())
-        ]
-        self._consumer.assign(self._partitions)
-        if self._partitions:
-            self._consumer.seek_to_beginning(*self._partitions)
-
-    def close(self) -> None:
-        self._consumer.close()
-
-    def records(self, timeout: float = 30.0) -> Iterator[tuple[bytes | None, bytes | None]]:
-        """The raw (key, value) records from where the last call stopped to the current end."""
-        if not self._partitions:
-            return
-        # The end from ListOffsets can be short of the true end (Tansu reports the last batch's
-        # base offset + 1), but a position past it means the last batch was read: complete.
-        ends = self._consumer.end_offsets(self._partitions)
-        deadline = time.monotonic() + timeout
-        while any(self._consumer.position(tp) < end for tp, end in ends.items()):
-            if time.monotonic() > deadline:
-                raise SinkError(
-                    f"reading the schema topic {', '.join(self.topics)} took over {timeout:.0f} s: "
-                    "is the broker overloaded?"
-                )
-            for batch in self._consumer.poll(timeout_ms=200).values():
-                for message in batch:
-                    yield message.key, message.value
 
     def refresh(self) -> int:
-        """Read what is new; returns how many schemas were added. Bad records land in `errors`."""
+        """Read what is new; returns how many schemas were added."""
         added = 0
-        for key, value in self.records():
+        for key, value in self.reader.records():
             try:
                 if self.registry.load(key, value) is not None:
                     added += 1
@@ -523,58 +446,24 @@ class ChangeConsumer:
         group: str | None = None,
         consumer_config: dict[str, Any] | None = None,
     ) -> None:
-        from kafka import KafkaConsumer, TopicPartition  # noqa: PLC0415
-        from kafka.errors import KafkaError  # noqa: PLC0415
-
         if not topics:
             raise SinkError("no topics to consume: name at least one")
-        check_reachable(bootstrap_servers)
         self.topics = list(topics)
         self.bootstrap_servers = bootstrap_servers
         self.decoder = RecordDecoder()
         config = dict(consumer_config or {})
-        self._schemas: SchemaTopicReader | None = None
+        self._schemas: _SchemaLoader | None = None
+        self._reader = TopicReader(
+            self.topics, bootstrap_servers, group=group, from_beginning=from_beginning, config=config
+        )
         try:
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=bootstrap_servers,
-                group_id=group,
-                enable_auto_commit=group is not None,
-                auto_offset_reset="earliest" if from_beginning else "latest",
-                allow_auto_create_topics=False,
-                **config,
-            )
-        except KafkaError as exc:
-            raise _sink_error(exc, bootstrap_servers) from None
-        try:
-            existing = set(self._consumer.topics())
-            missing = [t for t in self.topics if t not in existing]
-            if missing:
-                raise SinkError(
-                    f"topic {', '.join(missing)} does not exist on {bootstrap_servers}: check the name "
-                    "(cdc writes <prefix>.<schema>.<table>, <prefix>.messages, <prefix>.schemas)"
-                )
-            self.schema_topics = schema_topics_for(self.topics, topic_prefix, existing)
-            if group is None:
-                partitions = [
-                    TopicPartition(t, p)
-                    for t in self.topics
-                    for p in sorted(self._consumer.partitions_for_topic(t) or ())
-                ]
-                self._consumer.assign(partitions)
-                if from_beginning:
-                    self._consumer.seek_to_beginning(*partitions)
-                else:
-                    self._consumer.seek_to_end(*partitions)
-            else:
-                self._consumer.subscribe(self.topics)
+            self.schema_topics = schema_topics_for(self.topics, topic_prefix, self._reader.existing)
             schema_config = {k: v for k, v in config.items() if k not in ("group_id", "max_poll_interval_ms")}
-            self._schemas = SchemaTopicReader(
-                bootstrap_servers, self.schema_topics, self.decoder.registry, **schema_config
+            self._schemas = _SchemaLoader(
+                SchemaTopicReader(bootstrap_servers, self.schema_topics, **schema_config),
+                self.decoder.registry,
             )
             self._schemas.refresh()
-        except KafkaError as exc:
-            self.close()
-            raise _sink_error(exc, bootstrap_servers) from None
         except BaseException:
             self.close()
             raise
@@ -589,15 +478,12 @@ class ChangeConsumer:
 
     def close(self) -> None:
         if self._schemas is not None:
-            self._schemas.close()
+            self._schemas.reader.close()
             self._schemas = None
-        with contextlib.suppress(Exception):  # closing after a failed connect may raise anything
-            self._consumer.close()
+        self._reader.close()
 
     def records(self, max_messages: int | None = None, idle_timeout: float | None = None) -> Iterator[Record]:
         """Decoded records, until ``max_messages`` were read or none came for ``idle_timeout`` seconds."""
-        from kafka.errors import KafkaError  # noqa: PLC0415
-
         count = 0
         last = time.monotonic()
         while max_messages is None or count < max_messages:
@@ -605,24 +491,20 @@ class ChangeConsumer:
                 1.0 if idle_timeout is None else max(0.0, min(1.0, idle_timeout - (time.monotonic() - last)))
             )
             limit = None if max_messages is None else max_messages - count
-            try:
-                batches = self._consumer.poll(timeout_ms=int(wait * 1000), max_records=limit)
-            except KafkaError as exc:
-                raise _sink_error(exc, self.bootstrap_servers) from None
-            if not batches:
+            messages = self._reader.poll(wait, limit)
+            if not messages:
                 if idle_timeout is not None and time.monotonic() - last >= idle_timeout:
                     return
                 continue
             last = time.monotonic()
-            for batch in batches.values():
-                for message in batch:
-                    yield self._record(message)
-                    count += 1
+            for message in messages:
+                yield self._record(message)
+                count += 1
 
     def __iter__(self) -> Iterator[Record]:
         return self.records()
 
-    def _record(self, message: Any) -> Record:
+    def _record(self, message: Message) -> Record:
         topic, partition, offset = message.topic, message.partition, message.offset
         errors: list[str] = []
         if topic in self.schema_topics:
@@ -654,30 +536,11 @@ class ChangeConsumer:
             return None
 
 
-def read_schema_records(
-    bootstrap_servers: str, topic_prefix: str, **config: Any
-) -> list[tuple[bytes | None, bytes | None]]:
-    """Every record of ``<prefix>.schemas`` (for `cdc.avro.AvroSerializer.load_schema_records`)."""
-    from kafka.errors import KafkaError  # noqa: PLC0415
-
-    check_reachable(bootstrap_servers)
-    try:
-        reader = SchemaTopicReader(
-            bootstrap_servers, [schemas_topic(topic_prefix)], avro.SchemaRegistry(), **config
-        )
-    except KafkaError as exc:
-        raise _sink_error(exc, bootstrap_servers) from None
-    try:
-        return list(reader.records())
-    finally:
-        reader.close()
-
-
 def export_schemas(bootstrap_servers: str, topic_prefix: str, out_dir: Path) -> list[Path]:
     """Write every schema of ``<prefix>.schemas`` to ``out_dir/<subject>.v<version>.avsc``."""
     registry = avro.SchemaRegistry()
     errors = 0
-    for key, value in read_schema_records(bootstrap_servers, topic_prefix):
+    for key, value in read_schema_records(bootstrap_servers, schemas_topic(topic_prefix)):
         try:
             registry.load(key, value)
         except SchemaError as exc:

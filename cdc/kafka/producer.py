@@ -1,6 +1,6 @@
-"""The Kafka side: an idempotent producer with delivery tracking, and topic creation.
+"""Producing to Kafka: an idempotent producer with delivery tracking, and topic creation.
 
-The only module that imports a Kafka client. Two producers share one small
+With `cdc.kafka.consumer`, the only code importing a Kafka client. Two producers share one small
 interface: kafka-python (pure Python, the default) and confluent-kafka
 (librdkafka, optional and several times faster; ``--producer confluent``).
 
@@ -76,9 +76,7 @@ class _Deliveries:
                 entry.done_at = now
             n += 1
         if self.failures:
-            token, error = self.failures[0]
-            if token is not None:
-                token.failed = True
+            _, error = self.failures[0]
             retriable = bool(getattr(error, "retriable", True))
             raise SinkError(f"kafka did not take a record: {error}", retriable=retriable)
         return n

@@ -36,8 +36,10 @@ import orjson
 from kafka import KafkaConsumer, TopicPartition
 
 from cdc.avro import SchemaRegistry
-from cdc.consume import RecordDecoder, read_schema_records
+from cdc.consume import RecordDecoder
 from cdc.errors import CdcError
+from cdc.events import schemas_topic
+from cdc.kafka import read_schema_records
 from tests.chaos.workload import BULK, SCHEMA, TABLES, TXLOG, Change, Ledger, Txn
 
 Decode = Callable[[str, bytes | None, bytes | None], tuple[Any, Any]]
@@ -54,7 +56,7 @@ def avro_decoder(bootstrap: str, prefix: str) -> Decode:
     The schema topic is read when this is called: call it after the records were written.
     """
     registry = SchemaRegistry()
-    for key, value in read_schema_records(bootstrap, prefix):
+    for key, value in read_schema_records(bootstrap, schemas_topic(prefix)):
         registry.load(key, value)
     records = RecordDecoder(registry)
 
