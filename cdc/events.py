@@ -24,7 +24,8 @@ from typing import Any, Final, Protocol
 import orjson
 
 from cdc import __version__
-from cdc.pgoutput import PG_EPOCH_US, Relation, ReplicaIdentity, format_lsn
+from cdc.lsn import PG_EPOCH_US
+from cdc.pgoutput import Relation, ReplicaIdentity
 from cdc.pgtypes import ColumnType, TypeCatalog, column_type
 
 CONNECTOR: Final = "cdc"
@@ -99,6 +100,30 @@ def table_from_relation(
     return Table(
         relation.relation_id, schema, relation.name, relation.replica_identity, columns, version, primary_key
     )
+
+
+class TableVersions:
+    """The one owner of table versions, shared by the stream and the incremental snapshots.
+
+    A table described again (a Relation message, or the catalog for a
+    snapshot) keeps its version while its shape is the same, so its Avro
+    schema does not change; another shape becomes the next version.
+    """
+
+    __slots__ = ("_latest",)
+
+    def __init__(self) -> None:
+        self._latest: dict[str, Table] = {}
+
+    def resolve(self, table: Table) -> Table:
+        """The current version of ``table``'s shape: the known one when the same, else ``table``
+        numbered as the next version."""
+        previous = self._latest.get(table.qualified_name)
+        if previous is not None and previous.same_shape(table):
+            return previous
+        table.version = previous.version + 1 if previous is not None else 1
+        self._latest[table.qualified_name] = table
+        return table
 
 
 @dataclass(slots=True)
@@ -237,10 +262,6 @@ def envelope(event: ChangeEvent, info: SourceInfo, now_ms: int | None = None) ->
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def describe_position(event: ChangeEvent) -> str:
-    return f"{format_lsn(event.commit_lsn)}#{event.total_order}"
 
 
 # -- topics and the JSON format ---------------------------------------------------------
