@@ -1,0 +1,96 @@
+"""Progress of the initial snapshot: a bar per table on a terminal, a log line per table otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any, Final
+
+log = logging.getLogger(__name__)
+
+#: Seconds between progress log lines when stderr is not a terminal.
+LOG_INTERVAL: Final = 10.0
+
+
+class SnapshotProgress:
+    """A progress bar per table on a terminal (rich), a log line per table every 10 s otherwise."""
+
+    def __init__(self, tables: dict[str, tuple[int, int]], interactive: bool | None = None) -> None:
+        """``tables``: name -> (rows already done, estimated total rows; 0 if unknown)."""
+        self.started = time.monotonic()
+        self.rows = {name: done for name, (done, _) in tables.items()}
+        self.base = dict(self.rows)
+        self.totals = {name: total for name, (_, total) in tables.items()}
+        self.finished: set[str] = set()
+        self.next_log = self.started + LOG_INTERVAL
+        self.interactive = sys.stderr.isatty() if interactive is None else interactive
+        self.bars: Any = None
+        self.ids: dict[str, Any] = {}
+        self._handlers: list[tuple[logging.StreamHandler[Any], Any]] = []
+        if self.interactive and tables:
+            self._start_bars()
+
+    def _start_bars(self) -> None:
+        from rich.console import Console  # noqa: PLC0415 - only on a terminal
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
+
+        self.bars = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:>12,.0f} / ~{task.total:,.0f} rows"),
+            TextColumn("{task.fields[rate]:>10} rows/s"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        for name, done in self.rows.items():
+            total = max(self.totals[name], done) or None
+            self.ids[name] = self.bars.add_task(name, total=total, completed=done, rate="-")
+        self.bars.start()
+        # log lines go through rich's stderr proxy, above the bars
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.__stderr__:
+                self._handlers.append((handler, handler.setStream(sys.stderr)))
+
+    def advance(self, name: str, rows: int) -> None:
+        self.rows[name] = self.rows.get(name, 0) + rows
+        if self.bars is not None:
+            task = self.ids[name]
+            self.bars.update(task, advance=rows, rate=f"{self._rate(name):,.0f}")
+            total = self.bars.tasks[task].total
+            if total is not None and self.rows[name] > total:
+                self.bars.update(task, total=self.rows[name])
+        elif time.monotonic() >= self.next_log:
+            self.next_log = time.monotonic() + LOG_INTERVAL
+            for table in self.rows:
+                if table not in self.finished:
+                    self._log_line(table)
+
+    def _rate(self, name: str) -> float:
+        elapsed = max(time.monotonic() - self.started, 1e-3)
+        return (self.rows[name] - self.base[name]) / elapsed
+
+    def _log_line(self, name: str) -> None:
+        rows, total, rate = self.rows[name], self.totals[name], self._rate(name)
+        if total > rows:
+            eta = f", ETA {(total - rows) / rate:.0f} s" if rate > 0 else ""
+            log.info(
+                "snapshot %s: %s of ~%s rows (%.0f%%), %s rows/s%s",
+                name, f"{rows:,}", f"{total:,}", 100 * rows / total, f"{rate:,.0f}", eta,
+            )  # fmt: skip
+        else:
+            log.info("snapshot %s: %s rows, %s rows/s", name, f"{rows:,}", f"{rate:,.0f}")
+
+    def table_done(self, name: str, rows: int) -> None:
+        self.finished.add(name)
+        self.rows[name] = rows
+        if self.bars is not None:
+            self.bars.update(self.ids[name], completed=rows, total=rows)
+        log.info("snapshot of %s done: %s rows", name, f"{rows:,}")
+
+    def close(self) -> None:
+        if self.bars is not None:
+            self.bars.stop()
+            for handler, stream in self._handlers:
+                handler.setStream(stream)
+            self.bars = None
