@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from cdc.config import Settings
-from cdc.errors import CdcError
+from cdc.errors import AlreadyRunning, CdcError, ConfigError
 
 app = typer.Typer(
     name="cdc",
@@ -160,14 +160,14 @@ def start(
     directory = settings.instance_dir
     if detach:
         if control.running_pid(directory) is not None:
-            raise control.AlreadyRunning(f"connector {settings.name!r} is already running")
+            raise AlreadyRunning(f"connector {settings.name!r} is already running")
         argv = [a for a in sys.argv[1:] if a != "--detach"]
         pid = control.detach(argv, directory, settings.name)
         typer.echo(f"started {settings.name} (pid {pid}); log: {directory / 'cdc.log'}")
         return
     with control.InstanceLock(directory, settings.name):
-        connector = Connector(settings, on_status=control.StatusFile(directory, settings.name))
-        control.install_signal_handlers(connector)
+        connector = Connector(settings, publish=control.status_writer(directory, settings.name))
+        control.install_signal_handlers(connector.stop, connector.stop_now)
         connector.run()
 
 
@@ -234,17 +234,17 @@ def snapshot_tables(
     ] = 30.0,
 ) -> None:
     """Re-read tables of a running connector in chunks while it keeps streaming (incremental snapshot)."""
-    from cdc import snapshot  # noqa: PLC0415
+    from cdc import control  # noqa: PLC0415
 
     settings = _settings({"name": name, "state_dir": state_dir}, None)
-    result = snapshot.request_snapshot(settings.instance_dir, settings.name, tables, timeout)
+    result = control.request_snapshot(settings.instance_dir, settings.name, tables, timeout)
     if not result.answered:
         typer.echo(f"queued for {settings.name}: it takes the request once it streams")
         return
     if result.accepted:
         typer.echo(f"{settings.name} snapshots {', '.join(result.accepted)} while streaming")
     if result.rejected:
-        raise CdcError("; ".join(result.rejected.values()))
+        raise ConfigError("; ".join(result.rejected.values()))
 
 
 DevDir = Annotated[
