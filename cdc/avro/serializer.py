@@ -1,0 +1,344 @@
+"""`AvroSerializer`: change events -> Avro single-object encoded keys and values, plus schema records."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cdc import __version__
+from cdc.avro.compat import Incompatibility, _describe, check_backward
+from cdc.avro.encoding import (
+    _ENCODE_ERRORS,
+    _OPS,
+    Encoder,
+    _bytes,
+    _fastavro_encoder,
+    _long,
+    _nullable_string,
+    _row_encoder,
+    _string,
+    column_encoder,
+)
+from cdc.avro.registry import RegisteredSchema, SchemaRegistry, encode_schema_record
+from cdc.avro.schemas import (
+    MAGIC,
+    SIDE_SCHEMAS,
+    canonical_form,
+    fingerprint,
+    fixed_schema,
+    key_schema,
+    message_schema,
+    value_schema,
+)
+from cdc.errors import SchemaError
+from cdc.events import (
+    CONNECTOR,
+    ChangeEvent,
+    SourceInfo,
+    Table,
+    event_topic,
+    messages_topic,
+    schemas_topic,
+    table_topic,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _TableCodec:
+    """Everything per table version that the per-row path needs, built once."""
+
+    table: Table
+    topic: str
+    value_fields: list[dict[str, Any]]
+    row: Callable[[list[Any]], bytes]
+    key: Callable[[list[Any]], bytes] | None
+    value_header: bytes
+    key_header: bytes | None
+    source_head: bytes  # connector .. table of the source block
+
+
+@dataclass(slots=True)
+class Registration:
+    """A schema this serializer registered: its compatibility with the subject's previous version."""
+
+    schema: RegisteredSchema
+    previous_version: int | None
+    problems: list[Incompatibility] = field(default_factory=list)
+
+    @property
+    def compatible(self) -> bool:
+        return not self.problems
+
+
+class AvroSerializer:
+    """Change events -> (key, value) in Avro single-object encoding, plus the schema records.
+
+    Call `encode` (or `encode_key`), then `take_schema_records` and produce
+    those to `schema_topic` and wait for their acknowledgement before
+    producing the data record. Schemas are built once per table version;
+    values are the wire values of `cdc.pgtypes`. Raises `SchemaError` when a
+    value does not fit its column's Avro type.
+    """
+
+    def __init__(self, topic_prefix: str, source: SourceInfo) -> None:
+        self.topic_prefix = topic_prefix
+        self.source = source
+        self.schema_topic = schemas_topic(topic_prefix)
+        self.registry = SchemaRegistry()
+        self.registrations: list[Registration] = []
+        self._pending: list[tuple[bytes, bytes]] = []
+        self._codecs: dict[int, _TableCodec] = {}
+        self._txn_key: tuple[Any, ...] | None = None
+        self._txn_parts: tuple[bytes, bytes, bytes] = (b"", b"", b"")
+        self._now_ms = -1
+        self._now_bytes = b""
+        self._message_headers: tuple[bytes, bytes] | None = None
+        self._side: dict[tuple[str, str], tuple[bytes, Encoder, bytes, Encoder]] = {}
+        message_schema()  # the fixed pieces load now: a broken installation fails here, not mid-stream
+        self._message_source_head = (
+            _string(CONNECTOR)
+            + _string(__version__)
+            + _string(source.name)
+            + _string(source.db)
+            + b"\x00\x00"
+        )
+
+    # -- what the connector calls
+
+    def encode(self, event: ChangeEvent, now_ms: int | None = None) -> tuple[bytes | None, bytes]:
+        """(key, value) of ``event`` for its topic (`topic_for`); key None without one."""
+        table = event.table
+        if table is None:
+            return self._encode_message(event, now_ms)
+        codec = self._codecs.get(table.relation_id)
+        if codec is None or codec.table is not table:
+            codec = self._codec(table)
+        try:
+            before = b"\x00" if event.before is None else b"\x02" + codec.row(event.before)
+            after = b"\x00" if event.after is None else b"\x02" + codec.row(event.after)
+        except _ENCODE_ERRORS as exc:
+            raise _row_error(codec, event, exc) from None
+        value = b"".join((codec.value_header, before, after, codec.source_head, *self._tail(event, now_ms)))
+        key = None
+        if codec.key is not None and event.op != "t":
+            values = event.key_values()
+            if values is not None:
+                key = self._encode_key(codec, values)
+        return key, value
+
+    def encode_key(self, table: Table, key: list[Any]) -> bytes | None:
+        """The key alone (for tombstones); None when ``table`` has no key."""
+        codec = self._codecs.get(table.relation_id)
+        if codec is None or codec.table is not table:
+            codec = self._codec(table)
+        return self._encode_key(codec, key)
+
+    def encode_fixed(
+        self, kind: str, topic: str, key: dict[str, Any], value: dict[str, Any]
+    ) -> tuple[bytes, bytes]:
+        """A record of a side topic (``transaction``, ``heartbeat``) in its fixed schema."""
+        codec = self._side.get((kind, topic))
+        if codec is None:
+            key_name, value_name = SIDE_SCHEMAS[kind]
+            key_entry, key_header = self._register(
+                topic, "key", lambda _variant: copy.deepcopy(fixed_schema(key_name))
+            )
+            value_entry, value_header = self._register(
+                topic, "value", lambda _variant: copy.deepcopy(fixed_schema(value_name))
+            )
+            codec = (
+                key_header,
+                _fastavro_encoder(key_entry.schema),
+                value_header,
+                _fastavro_encoder(value_entry.schema),
+            )
+            self._side[(kind, topic)] = codec
+        key_header, encode_key, value_header, encode_value = codec
+        try:
+            return key_header + encode_key(key), value_header + encode_value(value)
+        except _ENCODE_ERRORS as exc:
+            raise SchemaError(f"cannot encode a {kind} record: {exc}") from None
+
+    def take_schema_records(self) -> Sequence[tuple[bytes, bytes]]:
+        """(key, value) records for the schema topic registered since the last call."""
+        if not self._pending:
+            return ()  # the per-event case: no allocation
+        records, self._pending = self._pending, []
+        return records
+
+    # -- also useful
+
+    def topic_for(self, event: ChangeEvent) -> str:
+        return event_topic(self.topic_prefix, event)
+
+    def load_schema_records(self, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
+        """Start from what the schema topic already holds (after a restart), so versions continue."""
+        for key, value in records:
+            self.registry.load(key, value)
+
+    # -- internals
+
+    def _encode_key(self, codec: _TableCodec, key: list[Any]) -> bytes | None:
+        if codec.key is None or codec.key_header is None:
+            return None
+        try:
+            return codec.key_header + codec.key(key)
+        except _ENCODE_ERRORS as exc:
+            raise SchemaError(
+                f"cannot encode the key of {codec.table.qualified_name}: {exc}; "
+                "the key values do not match its columns' types"
+            ) from None
+
+    def _tail(self, event: ChangeEvent, now_ms: int | None) -> tuple[bytes, ...]:
+        """The parts after the source head: txId, lsn, commit_lsn, ts_ms, snapshot, op, ts_ms, transaction."""
+        txn_key = (event.xid, event.commit_lsn, event.commit_ts_ms, event.snapshot, event.transaction_id)
+        if txn_key != self._txn_key:
+            self._txn_key = txn_key
+            self._txn_parts = (
+                _long(event.xid),
+                _long(event.commit_lsn) + _long(event.commit_ts_ms) + _nullable_string(event.snapshot),
+                b"\x00" if event.transaction_id is None else b"\x02" + _string(event.transaction_id),
+            )
+        txid, source_tail, txn_head = self._txn_parts
+        if now_ms is None:
+            now_ms = int(time.time() * 1000)
+        if now_ms != self._now_ms:
+            self._now_ms, self._now_bytes = now_ms, _long(now_ms)
+        op = _OPS.get(event.op)
+        if op is None:
+            raise SchemaError(f"unknown op {event.op!r}: expected one of {', '.join(_OPS)}")
+        lsn = _long(event.lsn)
+        if event.transaction_id is None:
+            return txid, lsn, source_tail, op, self._now_bytes, txn_head
+        order = _long(event.total_order) + _long(event.data_collection_order)
+        return txid, lsn, source_tail, op, self._now_bytes, txn_head, order
+
+    def _encode_message(self, event: ChangeEvent, now_ms: int | None) -> tuple[bytes, bytes]:
+        """A logical message: keyed by its prefix, the value in the fixed message envelope."""
+        if self._message_headers is None:
+            topic = messages_topic(self.topic_prefix)
+            value_header = self._register(topic, "value", lambda _variant: message_schema())[1]
+            key_header = self._register(
+                topic, "key", lambda _variant: copy.deepcopy(fixed_schema("message_key"))
+            )[1]
+            self._message_headers = (key_header, value_header)
+        key_header, value_header = self._message_headers
+        prefix = _string(event.message_prefix or "")
+        message = prefix + _bytes(event.message_content or b"")
+        value = b"".join((value_header, message, self._message_source_head, *self._tail(event, now_ms)))
+        return key_header + prefix, value
+
+    def _codec(self, table: Table) -> _TableCodec:
+        topic = table_topic(self.topic_prefix, table)
+        value, value_header = self._register(topic, "value", lambda v: value_schema(table, topic, v))
+        value_fields: list[dict[str, Any]] = value.schema["fields"][0]["type"][1]["fields"]
+        key_header = key = None
+        if table.has_key:
+            entry, key_header = self._register(topic, "key", lambda v: key_schema(table, topic, v) or {})
+            key = _row_encoder([f["type"] for f in entry.schema["fields"]])
+        source = self.source
+        codec = _TableCodec(
+            table=table,
+            topic=topic,
+            value_fields=value_fields,
+            row=_row_encoder([f["type"] for f in value_fields]),
+            key=key,
+            value_header=value_header,
+            key_header=key_header,
+            source_head=(
+                _string(CONNECTOR)
+                + _string(__version__)
+                + _string(source.name)
+                + _string(source.db)
+                + _nullable_string(table.schema)
+                + _nullable_string(table.name)
+            ),
+        )
+        self._codecs[table.relation_id] = codec
+        return codec
+
+    def _register(
+        self, topic: str, kind: str, build: Callable[[int], dict[str, Any]]
+    ) -> tuple[RegisteredSchema, bytes]:
+        """Find or register the schema ``build(variant)`` for ``topic``; (entry, record header)."""
+        subject = f"{topic}-{kind}"
+        for variant in range(100):
+            schema = build(variant)
+            canonical = canonical_form(schema)
+            fp = fingerprint(canonical)
+            owned = self.registry.owns(fp, subject, schema)
+            if owned is False:
+                continue  # same canonical form, another meaning or subject: try the next variant
+            if owned is True:
+                entry = self.registry.get(fp)
+                assert entry is not None
+                return entry, MAGIC + fp
+            previous = self.registry.latest(subject)
+            entry = RegisteredSchema(
+                fp, subject, self.registry.next_version(subject), topic, kind, schema, canonical
+            )
+            self.registry.add(entry)
+            self._pending.append(encode_schema_record(entry))
+            self.registrations.append(_report(entry, previous))
+            return entry, MAGIC + fp
+        raise SchemaError(
+            f"no free fingerprint for {subject} after 100 variants: a bug in cdc, please report it"
+        )
+
+
+def _report(entry: RegisteredSchema, previous: RegisteredSchema | None) -> Registration:
+    """Check a new version against the previous one of its subject and log the result."""
+    if previous is None:
+        log.info("schema %s v%d registered (%s)", entry.subject, entry.version, entry.fingerprint.hex())
+        return Registration(entry, None)
+    problems = check_backward(entry.schema, previous.schema)
+    if entry.kind == "value":  # before.x and after.x are the same column
+        unique: dict[str, Incompatibility] = {}
+        for p in problems:
+            path = p.path[1:] if p.path[:1] in (("before",), ("after",)) else p.path
+            unique.setdefault(str(Incompatibility(path, p.reason)), Incompatibility(path, p.reason))
+        problems = list(unique.values())
+    if problems:
+        log.warning(
+            "schema %s v%d is not backward compatible with v%d (streamed anyway; a reader with the new "
+            "schema cannot read the old records): %s",
+            entry.subject,
+            entry.version,
+            previous.version,
+            "; ".join(f"column {p}" for p in problems),
+        )
+    else:
+        log.info(
+            "schema %s v%d registered (%s), backward compatible with v%d",
+            entry.subject,
+            entry.version,
+            entry.fingerprint.hex(),
+            previous.version,
+        )
+    return Registration(entry, previous.version, problems)
+
+
+def _row_error(codec: _TableCodec, event: ChangeEvent, exc: Exception) -> SchemaError:
+    """Name the column whose value does not fit (the slow path, only on failure)."""
+    for row in (event.before, event.after):
+        if row is None or len(row) != len(codec.value_fields):
+            continue
+        for column, spec, value in zip(codec.table.columns, codec.value_fields, row, strict=True):
+            try:
+                column_encoder(spec["type"])(value)
+            except _ENCODE_ERRORS as column_exc:
+                return SchemaError(
+                    f"cannot encode column {column.name} ({column.type.name}) of "
+                    f"{codec.table.qualified_name}: {type(value).__name__} {column_exc}; "
+                    f"its Avro type is {_describe(spec['type'])}, so cdc.pgtypes parsed it wrongly"
+                )
+    return SchemaError(
+        f"cannot encode a row of {codec.table.qualified_name} (version {codec.table.version}): {exc}; "
+        "the row does not match the table's columns"
+    )
