@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from cdc.devservers import Broker, PostgresServer
-from cdc.pgoutput import parse_lsn
+from cdc.lsn import parse_lsn
 from tests.consuming import consume
 from tests.fix_servers import BrokerHandle, TestDb, new_db, wait_until
 from tests.pipeline import FAST_FAILING_PRODUCER, read_topics, running, settings_for, wait_caught_up
@@ -41,13 +41,13 @@ def test_broker_outage_confirms_nothing_unacknowledged(
         before_b = parse_lsn(db.scalar("SELECT pg_current_wal_lsn()::text"))
         db.execute("INSERT INTO items SELECT g, 'b' FROM generate_series(101, 200) g")
         wait_until(
-            lambda: run.connector.stats.state == "reconnecting", timeout=60, message="a failed delivery"
+            lambda: run.connector.status.state == "reconnecting", timeout=60, message="a failed delivery"
         )
         for _ in range(3):  # a few rounds of the reconnect loop, still without a broker
             assert slot_confirmed(db, settings.slot) <= before_b
             offsets = orjson.loads((settings.instance_dir / "offsets.json").read_bytes())
             assert parse_lsn(offsets["lsn"]) <= before_b
-            wait_until(lambda: run.connector.stats.sessions >= 2, timeout=30, message="a retry")
+            wait_until(lambda: run.connector.status.sessions >= 2, timeout=30, message="a retry")
 
         own_broker.start()  # same port, empty: Tansu keeps nothing across restarts
         wait_caught_up(db, run, timeout=90)
@@ -79,7 +79,7 @@ def test_walsender_terminated_reconnects(
                 (100 * (round_ + 1), 100 * (round_ + 1) + 49),
             )
             wait_caught_up(db, run)
-        assert run.connector.stats.sessions >= 3
+        assert run.connector.status.sessions >= 3
     ids = [r.key["id"] for r in read_topics(broker.bootstrap_servers, [f"{prefix}.public.items"])]
     assert set(ids) == set(range(1, 51)) | set(range(100, 150)) | set(range(200, 250))
 
@@ -103,3 +103,45 @@ def test_postgres_restart_reconnects(
             wait_caught_up(db, run, timeout=90)
     ids = {r.key["id"] for r in read_topics(broker.bootstrap_servers, [f"{prefix}.public.items"])}
     assert ids == set(range(1, 51)) | set(range(100, 150)) | set(range(200, 250))
+
+
+def test_backend_killed_during_session_start_is_retried(
+    db: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path
+) -> None:
+    """A connection lost in the checks that open a session (here: the publication lookup, held on a
+    lock and then terminated) is a disconnect like any other: retried, never a traceback."""
+    db.execute("CREATE TABLE items (id int PRIMARY KEY)")
+    settings = settings_for(db, broker.bootstrap_servers, prefix, state_dir, reconnect_max_seconds=1.0)
+    application = f"cdc-{settings.name}"
+    with running(settings) as run, db.connect() as locker:
+        db.execute("INSERT INTO items SELECT generate_series(1, 50)")
+        wait_caught_up(db, run)
+        sessions = run.connector.status.sessions
+        with locker.transaction():
+            # the next session's publication check waits for this lock ...
+            locker.execute("LOCK TABLE pg_catalog.pg_publication IN ACCESS EXCLUSIVE MODE")
+            db.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s",
+                (settings.slot,),
+            )
+            blocked = wait_until(
+                lambda: db.scalar(
+                    "SELECT pid FROM pg_stat_activity "
+                    "WHERE application_name = %s AND wait_event_type = 'Lock'",
+                    (application,),
+                ),
+                timeout=30,
+                message="the session start to wait on the publication lookup",
+            )
+            # ... and its connection dies there
+            db.execute("SELECT pg_terminate_backend(%s)", (blocked,))
+            wait_until(
+                lambda: run.connector.status.sessions >= sessions + 2,
+                timeout=30,
+                message="another session after the lost start",
+            )
+        assert not run.errors
+        db.execute("INSERT INTO items SELECT generate_series(100, 149)")
+        wait_caught_up(db, run, timeout=60)
+    ids = {r.key["id"] for r in read_topics(broker.bootstrap_servers, [f"{prefix}.public.items"])}
+    assert ids == set(range(1, 51)) | set(range(100, 150))
