@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 
 from bench.common import load_one_transaction, servers
-from cdc import replication
+from cdc import pg
 from cdc.config import Settings
 from cdc.connector import Connector
 
@@ -53,7 +53,7 @@ class Result:
 
 def copy_limit(dsn: str) -> float:
     """Rows/s of ``COPY bench_rows TO STDOUT`` read with libpq and dropped: what Postgres can hand out."""
-    with replication.connect(dsn, "bench-copy") as conn, conn.cursor() as cur:
+    with pg.connect(dsn, "bench-copy") as conn, conn.cursor() as cur:
         started = time.perf_counter()
         rows = 0
         with cur.copy("COPY bench_rows TO STDOUT") as copy:
@@ -99,7 +99,7 @@ def snapshot_rate(
             dsn, bootstrap, Path(tmp) / "state",
             snapshot_workers=workers, producer=producer, format=format, snapshot_chunk_rows=chunk_rows,
         )  # fmt: skip
-        stats = connector.stats.snapshot
+        stats = connector.status.snapshot
         if profile:
             print(profile_worker(dsn, bootstrap, Path(tmp) / "state", producer, format))
         gc.collect()  # librdkafka producers sit in reference cycles: free them before the broker stops
@@ -115,35 +115,35 @@ def profile_worker(dsn: str, bootstrap: str, state_dir: Path, producer: str, for
     """cProfile of one worker's path over 200,000 rows, in this process: the top by own time."""
     import multiprocessing
 
-    from cdc import snapshot
     from cdc.events import SourceInfo
     from cdc.pgtypes import TypeCatalog
+    from cdc.snapshot import tables, workers
 
     name = "prof" + secrets.token_hex(3)
     settings = Settings(
         dsn=dsn, bootstrap_servers=bootstrap, name=name, topic_prefix=name, state_dir=state_dir,
         producer=producer, format=format,  # type: ignore[arg-type]
     )  # fmt: skip
-    with replication.connect(dsn) as conn:
-        spec = snapshot.describe_table(conn, TABLE, "none")
-        table = snapshot.table_from_spec(spec, TypeCatalog.from_connection(conn))
+    with pg.connect(dsn) as conn:
+        spec = tables.describe_table(conn, TABLE, "none")
+        table = tables.table_from_spec(spec, TypeCatalog.from_connection(conn))
         bounds = [[str(b)] for b in range(50_000, 200_001, 50_000)]
-        exporter = replication.connect(dsn)
+        exporter = pg.connect(dsn)
         exporter.autocommit = False
         exporter.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         row = exporter.execute("SELECT pg_export_snapshot()").fetchone()
         assert row is not None
         source, level = SourceInfo(name, "bench"), logging.WARNING
-        job = snapshot.WorkerJob(settings, source, str(row[0]), {"o": spec}, {"o": bounds}, 1, 1, level)
+        job = workers.WorkerJob(settings, source, str(row[0]), {"o": spec}, {"o": bounds}, 1, 1, level)
         ours, theirs = multiprocessing.Pipe()
-        with snapshot._Worker(job, 0, theirs) as worker:
-            worker.producer.ensure_topic(f"{name}.{table.schema}.{table.name}")
+        with workers._Worker(job, 0, theirs) as worker:
+            worker.writer.ensure_topic(f"{name}.{table.schema}.{table.name}")
             profiler = cProfile.Profile()
             started = time.perf_counter()
             profiler.enable()
             for index in range(4):
                 worker._chunk("o", index)
-            worker.producer.flush(60)
+            worker.writer.flush(60)
             profiler.disable()
             elapsed = time.perf_counter() - started
         exporter.close()

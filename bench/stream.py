@@ -26,7 +26,7 @@ from bench.common import (
     reset_table,
     servers,
 )
-from cdc.pgoutput import parse_lsn
+from cdc.lsn import parse_lsn
 
 _ids = itertools.count(1)
 

@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from cdc.config import Settings
 from cdc.connector import Connector
-from cdc.pgoutput import parse_lsn
+from cdc.lsn import parse_lsn
 from tests.fix_servers import TestDb, wait_until
 
 #: Producer settings that make a lost broker a failed session within seconds, so that tests see
@@ -111,7 +111,7 @@ def running(settings: Settings, wait_streaming: bool = True) -> Iterator[Running
     handle = Running(connector, thread, errors)
     if wait_streaming:
         wait_until(
-            lambda: connector.stats.state == "running" or errors or not thread.is_alive(),
+            lambda: connector.status.state == "running" or errors or not thread.is_alive(),
             timeout=60,
             message="the connector to start streaming",
         )
@@ -131,7 +131,7 @@ def wait_caught_up(db: TestDb, run: Running, timeout: float = 60) -> None:
     def done() -> bool:
         if run.errors:
             raise run.errors[0]
-        return run.connector.stats.confirmed_lsn >= target
+        return run.connector.status.confirmed_lsn >= target
 
     wait_until(done, timeout=timeout, message="the connector to confirm the current WAL position")
 

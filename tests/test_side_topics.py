@@ -44,7 +44,7 @@ def test_transaction_boundaries_and_heartbeats(
             conn.execute("UPDATE orders SET status = 'none' WHERE false")  # no change: no boundaries
             conn.execute("INSERT INTO unpublished VALUES (1)")  # not captured: no boundaries
         wait_caught_up(db, run)
-        wait_until(lambda: run.connector.stats.events_total >= 5, timeout=30, message="five events")
+        wait_until(lambda: run.connector.status.events_total >= 5, timeout=30, message="five events")
         # heartbeats keep coming while nothing changes
         wait_until(
             lambda: len(read(broker, prefix, [f"{prefix}.heartbeat"], most=3)) == 3,

@@ -14,8 +14,8 @@ import orjson
 import psycopg
 import pytest
 
-from cdc import snapshot
-from cdc.pgoutput import parse_lsn
+from cdc.lsn import parse_lsn
+from cdc.snapshot import tables, workers
 from tests.fix_servers import BrokerHandle, TestDb, wait_until
 from tests.pipeline import Record, read_topics, rebuild, running, settings_for, source_rows, wait_caught_up
 from tests.snapshotting import Writers, version_problems
@@ -234,7 +234,7 @@ def test_graceful_stop_during_snapshot_keeps_what_kafka_holds(
 def test_a_table_rewritten_under_the_snapshot_is_refused(db_latest: TestDb) -> None:
     """TRUNCATE is not MVCC-safe: a snapshot older than it would read the table as empty."""
     from cdc.errors import SourceUnavailable
-    from cdc.replication import connect
+    from cdc.pg import connect
 
     db = db_latest
     db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
@@ -243,14 +243,14 @@ def test_a_table_rewritten_under_the_snapshot_is_refused(db_latest: TestDb) -> N
         exporter.isolation_level = reader.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         row = exporter.execute("SELECT pg_export_snapshot()").fetchone()
         assert row is not None
-        spec = snapshot.describe_table(exporter, "public.t", "none")
+        spec = tables.describe_table(exporter, "public.t", "none")
         reader.execute(f"SET TRANSACTION SNAPSHOT '{row[0]}'")
-        snapshot._hold_tables(reader, [spec])  # nothing happened yet: fine
+        workers._hold_tables(reader, [spec])  # nothing happened yet: fine
         reader.rollback()
         db.execute("TRUNCATE t")
         reader.execute(f"SET TRANSACTION SNAPSHOT '{row[0]}'")
         with pytest.raises(SourceUnavailable, match="table t was rewritten"):
-            snapshot._hold_tables(reader, [spec])
+            workers._hold_tables(reader, [spec])
 
 
 def test_initial_only_then_stream(
@@ -340,8 +340,9 @@ def test_avro_snapshot_reads_decode_like_streamed_rows(
 def test_catalog_table_has_the_streamed_shape(db: TestDb) -> None:
     """`Table.same_shape` between the catalog's table and the Relation message, on every version."""
     from cdc.events import table_from_relation
+    from cdc.pg import connect
     from cdc.pgoutput import Decoder, Relation
-    from cdc.replication import ReplicationConnection, connect, primary_key
+    from cdc.replication import ReplicationConnection, primary_key
 
     db.execute(
         """
@@ -388,20 +389,20 @@ def test_catalog_table_has_the_streamed_shape(db: TestDb) -> None:
             relation = relations[name]
             pk = primary_key(conn, relation.relation_id) if chr(relation.replica_identity) in "fn" else None
             streamed = table_from_relation(relation, primary_key=pk)
-            spec = snapshot.describe_table(conn, f"public.{name}", "shapes")
-            from_catalog = snapshot.table_from_spec(spec)
+            spec = tables.describe_table(conn, f"public.{name}", "shapes")
+            from_catalog = tables.table_from_spec(spec)
             assert from_catalog.relation_id == streamed.relation_id, name
             assert from_catalog.same_shape(streamed), (name, spec)
             assert from_catalog.key_indexes == streamed.key_indexes, name
-        listed = snapshot.describe_table(conn, "public.listed", "shapes")
+        listed = tables.describe_table(conn, "public.listed", "shapes")
         assert [c.name for c in listed.columns] == ["id", "shown"]
-        assert [c.name for c in snapshot.describe_table(conn, "public.gen", "shapes").columns] == ["id", "x"]
+        assert [c.name for c in tables.describe_table(conn, "public.gen", "shapes").columns] == ["id", "x"]
 
 
 def test_copy_text_format() -> None:
     """COPY's escapes undone: the bytes are the type's text output, as pgoutput sends it."""
-    assert snapshot.copy_fields(b"1\tplain\t\\N") == [b"1", b"plain", None]
-    assert snapshot.copy_fields(b"a\\tb\tc\\nd\t\\\\N\t\\\\\t\\r\\b\\f\\v") == [
+    assert tables.copy_fields(b"1\tplain\t\\N") == [b"1", b"plain", None]
+    assert tables.copy_fields(b"a\\tb\tc\\nd\t\\\\N\t\\\\\t\\r\\b\\f\\v") == [
         b"a\tb", b"c\nd", b"\\N", b"\\", b"\r\b\f\v",
     ]  # fmt: skip
-    assert snapshot.copy_fields(b"") == [b""]
+    assert tables.copy_fields(b"") == [b""]

@@ -10,7 +10,7 @@ import pytest
 from kafka import KafkaAdminClient
 
 from cdc import control
-from cdc.snapshot import PgSnapshot
+from cdc.snapshot.incremental import PgSnapshot
 from tests.fix_servers import BrokerHandle, TestDb, wait_until
 from tests.pipeline import (
     Running,
@@ -29,7 +29,7 @@ from tests.snapshotting import Writers, version_problems
 def incremental_done(run: Running) -> bool:
     if run.errors:
         raise run.errors[0]
-    return run.connector.stats.snapshot.get("incremental") == []
+    return run.connector.status.snapshot.get("incremental") == []
 
 
 def test_incremental_snapshot_under_concurrent_updates(
@@ -103,7 +103,7 @@ def test_streamed_change_wins_over_the_chunk_read(
         blocker.commit()
         wait_until(lambda: incremental_done(run), timeout=60, message="the incremental snapshot")
         wait_caught_up(db, run)
-        dropped = run.connector.stats.snapshot["incremental_dropped"]
+        dropped = run.connector.status.snapshot["incremental_dropped"]
 
     topic = f"{prefix}.public.hot"
     records = read_topics(broker.bootstrap_servers, [topic])

@@ -10,7 +10,7 @@ import pytest
 
 from cdc.checkpoint import Offsets, OffsetStore
 from cdc.errors import CheckpointError
-from cdc.snapshot import SnapshotState, SnapshotStore
+from cdc.snapshot.state import SnapshotState, SnapshotStore
 
 STORES: list[tuple[Any, str, Any, str]] = [
     (OffsetStore, "offsets.json", Offsets(), "fix or delete it (the slot keeps the server's position)"),

@@ -22,7 +22,7 @@ from typing import Any
 
 from cdc.devservers import Broker, PostgresServer
 from cdc.kafka import resolve_producer_kind
-from cdc.pgoutput import parse_lsn
+from cdc.lsn import parse_lsn
 from tests.chaos import harness
 from tests.chaos.harness import ConnectorProcess, ShapedBroker, current_wal, slot_confirmed, wait_for
 from tests.chaos.verify import Report, decoder, read_all, verify

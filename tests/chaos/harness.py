@@ -22,7 +22,7 @@ import orjson
 import psycopg
 
 from cdc.devservers import Broker, free_port, tansu_binary
-from cdc.pgoutput import parse_lsn
+from cdc.lsn import parse_lsn
 from tests.pipeline import cdc
 
 T = TypeVar("T")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from cdc.devservers import Broker, PostgresServer, find_pg_installs
 from cdc.kafka import resolve_producer_kind
-from cdc.pgoutput import parse_lsn
+from cdc.lsn import parse_lsn
 from tests.chaos.harness import ConnectorProcess, current_wal, memory_kb, slot_confirmed, wait_for
 from tests.chaos.verify import Report, decoder, read_all, verify
 from tests.chaos.workload import Workload, create_schema, published_tables, random_seed

@@ -37,7 +37,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc.pgoutput import parse_lsn
+from cdc.lsn import parse_lsn
 
 SCHEMA = "chaos"
 #: Tables the small transactions write: name -> REPLICA IDENTITY
