@@ -1,21 +1,30 @@
 """The ``cdc`` command. Thin: parse, call one function of the modules, print.
 
-Expected failures are `CdcError`s; `main` prints their one-line message on
-stderr and exits 1 (a traceback only with ``--debug``).
+The options of the settings are not written here: `with_settings` adds them
+to a command from their declarations (`cdc.config.OPTIONS`), and the command
+hands what it received to `cdc.config.build`. Expected failures are
+`CdcError`s; `main` prints their one-line message on stderr and exits 1 (a
+traceback only with ``--debug``); usage errors exit 2.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import inspect
 import logging
 import os
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar, cast
 
 import typer
 
-from cdc.config import Settings
+from cdc import config
+from cdc.config import Option, Settings
 from cdc.errors import AlreadyRunning, CdcError, ConfigError
+
+_HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}  # inherited by every subcommand
 
 app = typer.Typer(
     name="cdc",
@@ -23,16 +32,42 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings=_HELP_OPTIONS,
+    rich_markup_mode=None,
 )
-dev_app = typer.Typer(help="Local Postgres and broker for trying cdc out.", no_args_is_help=True)
+dev_app = typer.Typer(
+    help="Local Postgres and broker for trying cdc out.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(dev_app, name="dev")
 
 _debug = False
 
 
+def version() -> str:
+    """The installed distribution's version (it is to be renamed pgcdc), else the package's own."""
+    for distribution in ("pgcdc", "cdc"):
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    from cdc import __version__  # noqa: PLC0415
+
+    return __version__
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"cdc {version()}")
+        raise typer.Exit
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    _version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version),
+    ] = False,
 ) -> None:
     global _debug
     _debug = debug or os.environ.get("CDC_DEBUG", "") not in ("", "0")
@@ -43,120 +78,95 @@ def _root(
     )
 
 
+# -- the declared settings as options --------------------------------------------------------
+
+Command = TypeVar("Command", bound=Callable[..., None])
+
+_CONFIG = inspect.Parameter(
+    "config",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=None,
+    annotation=Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="TOML file with any of the settings below (keys: their flags' names).",
+            envvar="CDC_CONFIG",
+        ),
+    ],
+)
+
+
+def _parameter(option: Option) -> inspect.Parameter:
+    """The typer option of a declared setting. None when not given: the environment and file fill it."""
+    decls = [option.flag]
+    kind: Any = option.type | None
+    if option.repeatable:
+        kind = list[str] | None
+    elif option.type is bool:
+        decls = [f"{option.flag}/--no-{option.flag.removeprefix('--')}"]
+    elif option.type == list[str]:
+        kind = str | None  # a,b,c
+    # click's own layout, without the parentheses it puts around a default that is not the value
+    # (the option's default is None, which lets the environment and the file fill it)
+    text = f"{option.help}  [env var: {option.env}; default: {option.default}]"
+    metavar = None
+    if option.repeatable:
+        text = f"{option.help} Once per pair.  [env var: {option.env} (KEY=VALUE,...)]"
+        metavar = "KEY=VALUE"
+    info = typer.Option(*decls, help=text, show_default=False, metavar=metavar)
+    return inspect.Parameter(
+        option.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=cast(Any, Annotated)[kind, info]
+    )
+
+
+def with_settings(*names: str) -> Callable[[Command], Command]:
+    """Give a command ``--config`` and the options of the settings ``names`` (every one when none).
+
+    The command takes them as ``**flags``, by field name, None when not given;
+    `_settings` turns them into `Settings`. Its own parameters come after them.
+    """
+
+    def add(command: Command) -> Command:
+        own = inspect.signature(command, eval_str=True).parameters.values()
+        declared = [config.OPTIONS[name] for name in names] if names else list(config.OPTIONS.values())
+        parameters = [
+            _CONFIG,
+            *map(_parameter, declared),
+            *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.kind is not p.VAR_KEYWORD),
+        ]
+        cast(Any, command).__signature__ = inspect.Signature(parameters, return_annotation=None)
+        return command
+
+    return add
+
+
+def _config_file(flags: Mapping[str, object]) -> Path | None:
+    path = flags.get("config")
+    return path if isinstance(path, Path) else None
+
+
+def _settings(flags: Mapping[str, object]) -> Settings:
+    return config.build(flags, _config_file(flags))
+
+
 # -- start / stop / status -------------------------------------------------------------
 
-Name = Annotated[
-    str | None, typer.Option("--name", help="Connector name (state, slot and publication default to it).")
-]
-StateDir = Annotated[
-    Path | None, typer.Option("--state-dir", help="Where connectors keep offsets and status.")
-]
 
-
-def _settings(flags: dict[str, object], config: Path | None) -> Settings:
-    from cdc import config as config_module  # noqa: PLC0415
-
-    return config_module.build(flags, config)
-
-
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+@app.command()
+@with_settings()
 def start(
-    config: Annotated[
-        Path | None, typer.Option("--config", help="TOML file with any of these settings.")
-    ] = None,
-    dsn: Annotated[
-        str | None, typer.Option("--dsn", help="Postgres connection string (env CDC_DSN).")
-    ] = None,
-    bootstrap_servers: Annotated[
-        str | None, typer.Option("--bootstrap-servers", help="Kafka brokers, host:port,...")
-    ] = None,
-    name: Name = None,
-    tables: Annotated[
-        str | None, typer.Option("--tables", help="schema.table,... to capture (default: all).")
-    ] = None,
-    topic_prefix: Annotated[
-        str | None, typer.Option("--topic-prefix", help="Topics are PREFIX.schema.table.")
-    ] = None,
-    slot: Annotated[str | None, typer.Option("--slot", help="Replication slot (default cdc_NAME).")] = None,
-    publication: Annotated[
-        str | None, typer.Option("--publication", help="Publication (default cdc_NAME).")
-    ] = None,
-    snapshot: Annotated[str | None, typer.Option("--snapshot", help="initial | never | initial-only")] = None,
-    format: Annotated[str | None, typer.Option("--format", help="avro | json")] = None,
-    state_dir: StateDir = None,
     detach: Annotated[
         bool, typer.Option("--detach", help="Run in the background (log in the state dir).")
     ] = False,
-    status_interval: Annotated[
-        float | None, typer.Option("--status-interval", help="Seconds between confirmations.")
-    ] = None,
-    tombstones: Annotated[
-        bool | None, typer.Option("--tombstones/--no-tombstones", help="Tombstone after each delete.")
-    ] = None,
-    messages: Annotated[
-        bool | None, typer.Option("--messages/--no-messages", help="Stream pg_logical_emit_message.")
-    ] = None,
-    transaction_metadata: Annotated[
-        bool | None,
-        typer.Option(
-            "--transaction-metadata/--no-transaction-metadata",
-            help="BEGIN/END records of every transaction on PREFIX.transaction.",
-        ),
-    ] = None,
-    heartbeat_interval: Annotated[
-        float | None,
-        typer.Option("--heartbeat-interval", help="Seconds between PREFIX.heartbeat records (0: none)."),
-    ] = None,
-    producer: Annotated[
-        str | None,
-        typer.Option("--producer", help="auto | kafka-python | confluent (auto: confluent when installed)"),
-    ] = None,
-    topic_partitions: Annotated[
-        int | None, typer.Option("--topic-partitions", help="Partitions of new topics.")
-    ] = None,
-    topic_replication_factor: Annotated[
-        int | None,
-        typer.Option("--topic-replication-factor", help="Replicas of new topics (-1: broker default)."),
-    ] = None,
-    topic_config: Annotated[
-        list[str] | None, typer.Option("--topic-config", help="key=value for new topics (repeatable).")
-    ] = None,
-    producer_config: Annotated[
-        list[str] | None, typer.Option("--producer-config", help="key=value producer setting (repeatable).")
-    ] = None,
-    unavailable_placeholder: Annotated[
-        str | None,
-        typer.Option("--unavailable-placeholder", help="Stands for unchanged TOAST values not sent."),
-    ] = None,
-    max_buffer_mb: Annotated[
-        int | None, typer.Option("--max-buffer-mb", help="Producer buffer; reading pauses when full.")
-    ] = None,
-    snapshot_workers: Annotated[
-        int | None, typer.Option("--snapshot-workers", help="Processes reading the initial snapshot.")
-    ] = None,
-    snapshot_chunk_rows: Annotated[
-        int | None, typer.Option("--snapshot-chunk-rows", help="Rows per snapshot chunk (key order).")
-    ] = None,
+    **flags: object,
 ) -> None:
     """Stream changes from Postgres to Kafka until stopped."""
-    from cdc import config as config_module  # noqa: PLC0415
     from cdc import control  # noqa: PLC0415
     from cdc.connector import Connector  # noqa: PLC0415
 
-    flags: dict[str, object] = {
-        "dsn": dsn, "bootstrap_servers": bootstrap_servers, "name": name, "tables": tables,
-        "topic_prefix": topic_prefix, "slot": slot, "publication": publication, "snapshot": snapshot,
-        "format": format, "state_dir": state_dir, "status_interval": status_interval,
-        "tombstones": tombstones, "messages": messages, "producer": producer,
-        "transaction_metadata": transaction_metadata, "heartbeat_interval": heartbeat_interval,
-        "topic_partitions": topic_partitions, "topic_replication_factor": topic_replication_factor,
-        "topic_configs": ",".join(topic_config) if topic_config else None,
-        "producer_configs": ",".join(producer_config) if producer_config else None,
-        "unavailable_placeholder": unavailable_placeholder, "max_buffer_mb": max_buffer_mb,
-        "snapshot_workers": snapshot_workers, "snapshot_chunk_rows": snapshot_chunk_rows,
-    }  # fmt: skip
-    settings = _settings(flags, config)
-    config_module.require_dsn(settings)
+    settings = _settings(flags)
+    config.require_dsn(settings)
     directory = settings.instance_dir
     if detach:
         if control.running_pid(directory) is not None:
@@ -172,31 +182,31 @@ def start(
 
 
 @app.command()
+@with_settings("name", "state_dir")
 def stop(
-    name: Name = None,
-    state_dir: StateDir = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for a graceful stop.")] = 60.0,
+    **flags: object,
 ) -> None:
     """Stop a running connector gracefully (flush, confirm, exit)."""
     from cdc import control  # noqa: PLC0415
 
-    settings = _settings({"name": name, "state_dir": state_dir}, None)
+    settings = _settings(flags)
     pid = control.request_stop(settings.instance_dir, settings.name, timeout)
     typer.echo(f"stopped {settings.name} (pid {pid})")
 
 
 @app.command()
+@with_settings("name", "state_dir")
 def status(
-    name: Name = None,
-    state_dir: StateDir = None,
     json: Annotated[bool, typer.Option("--json", help="One JSON object, for machines.")] = False,
+    **flags: object,
 ) -> None:
     """Show a connector's state, positions and event counts."""
     import orjson  # noqa: PLC0415
 
     from cdc import control  # noqa: PLC0415
 
-    settings = _settings({"name": name, "state_dir": state_dir}, None)
+    settings = _settings(flags)
     info = control.read_status(settings.instance_dir, settings.name)
     if json:
         typer.echo(orjson.dumps(info).decode())
@@ -225,18 +235,18 @@ def status(
 
 
 @app.command("snapshot")
+@with_settings("name", "state_dir")
 def snapshot_tables(
     tables: Annotated[list[str], typer.Argument(help="schema.table to read again (one or more).")],
-    name: Name = None,
-    state_dir: StateDir = None,
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for the connector to take the request.")
     ] = 30.0,
+    **flags: object,
 ) -> None:
     """Re-read tables of a running connector in chunks while it keeps streaming (incremental snapshot)."""
     from cdc import control  # noqa: PLC0415
 
-    settings = _settings({"name": name, "state_dir": state_dir}, None)
+    settings = _settings(flags)
     result = control.request_snapshot(settings.instance_dir, settings.name, tables, timeout)
     if not result.answered:
         typer.echo(f"queued for {settings.name}: it takes the request once it streams")
@@ -273,7 +283,9 @@ def dev_down(directory: DevDir = Path(".cdc-dev")) -> None:
 
 # -- consume, schemas export (issue 6) --------------------------------------------------------
 
-schemas_app = typer.Typer(help="The Avro schemas on the schema topic.", no_args_is_help=True)
+schemas_app = typer.Typer(
+    help="The Avro schemas on the schema topic.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(schemas_app, name="schemas")
 
 
@@ -283,18 +295,10 @@ def _quiet_kafka() -> None:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 
-BootstrapServers = Annotated[
-    str,
-    typer.Option(
-        "--bootstrap-servers", help="Kafka brokers, host:port[,host:port].", envvar="CDC_BOOTSTRAP_SERVERS"
-    ),
-]
-
-
 @app.command("consume")
+@with_settings("bootstrap_servers", "topic_prefix")
 def consume(
     topics: Annotated[list[str], typer.Argument(help="Topics to read (<prefix>.<schema>.<table>, ...).")],
-    bootstrap_servers: BootstrapServers = "localhost:9092",
     from_beginning: Annotated[
         bool,
         typer.Option(
@@ -315,24 +319,22 @@ def consume(
         str | None,
         typer.Option("--group", help="Consume in this consumer group (commits offsets).", envvar="CDC_GROUP"),
     ] = None,
-    topic_prefix: Annotated[
-        str | None,
-        typer.Option(
-            "--topic-prefix",
-            help="Where the schemas are (<prefix>.schemas); guessed from the topic names if not given.",
-            envvar="CDC_TOPIC_PREFIX",
-        ),
-    ] = None,
+    **flags: object,
 ) -> None:
-    """Print records as JSON lines {"topic", "partition", "offset", "key", "value"}; bad ones on stderr."""
+    """Print records as JSON lines {"topic", "partition", "offset", "key", "value"}; bad ones on stderr.
+
+    The schemas are read from PREFIX.schemas; without a topic prefix set, it is guessed from the topics.
+    """
     from cdc.consume import ChangeConsumer  # noqa: PLC0415
 
+    given = config.resolve(flags, _config_file(flags))
+    settings = config.from_values(given)
     _quiet_kafka()
     try:
         with ChangeConsumer(
             topics,
-            bootstrap_servers,
-            topic_prefix=topic_prefix,
+            settings.bootstrap_servers,
+            topic_prefix=given.get("topic_prefix"),
             from_beginning=from_beginning,
             group=group,
         ) as consumer:
@@ -347,28 +349,26 @@ def consume(
 
 
 @schemas_app.command("export")
+@with_settings("bootstrap_servers", "topic_prefix")
 def schemas_export(
     out: Annotated[
         Path, typer.Option("--out", help="Directory for the .avsc files.", envvar="CDC_SCHEMAS_OUT")
     ],
-    topic_prefix: Annotated[
-        str,
-        typer.Option("--topic-prefix", help="The schemas of <prefix>.schemas.", envvar="CDC_TOPIC_PREFIX"),
-    ] = "cdc",
-    bootstrap_servers: BootstrapServers = "localhost:9092",
+    **flags: object,
 ) -> None:
-    """Write every registered schema to OUT/<subject>.v<version>.avsc."""
+    """Write every schema registered on PREFIX.schemas to OUT/<subject>.v<version>.avsc."""
     from cdc.consume import export_schemas  # noqa: PLC0415
 
+    settings = _settings(flags)
     _quiet_kafka()
-    for path in export_schemas(bootstrap_servers, topic_prefix, out):
+    for path in export_schemas(settings.bootstrap_servers, settings.topic_prefix, out):
         typer.echo(str(path))
 
 
 def main() -> None:
     """Entry point: every expected failure is one line on stderr and a non-zero exit."""
     try:
-        result = app(standalone_mode=False)
+        result = app(prog_name="cdc", standalone_mode=False)
     except typer.TyperException as exc:  # usage errors: unknown flag, bad value
         ctx = getattr(exc, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""

@@ -1,22 +1,34 @@
 """Typed settings from flags, the environment (``CDC_*``) and a TOML file.
 
-Precedence: flag > environment > file > default. Every value is checked
-here, once, and a bad one raises `ConfigError` naming the setting, where it
-came from, and what is expected.
+Each setting is declared once, as a field of `Settings` made with `setting()`.
+Everything users see derives from that declaration (`OPTIONS`): the flag
+(``--topic-config``), its environment variable (the flag's name in upper case,
+``CDC_TOPIC_CONFIG``), its TOML key (``topic_config`` or ``topic-config``), the
+default, the help, the choices of an enumerated setting (its ``Literal`` type)
+and whether the flag is given once per ``key=value``. The CLI builds its
+options from `OPTIONS`, the README's table comes from `markdown_table`.
+
+Precedence: flag > environment > file > default. Every value is checked here,
+once, and a bad one raises `ConfigError` naming the setting, where it came
+from, and what is expected.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from cdc.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SnapshotMode = Literal["initial", "never", "initial-only"]
 Format = Literal["avro", "json"]
@@ -25,41 +37,116 @@ ProducerKind = Literal["auto", "kafka-python", "confluent"]
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
+#: libpq reads these when a connection string leaves them out, so any of them names a database.
+LIBPQ_VARIABLES = (
+    "PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGPASSFILE",
+    "PGSERVICE", "PGSERVICEFILE",
+)  # fmt: skip
+
 
 def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "cdc"
 
 
+@dataclass(frozen=True, slots=True)
+class _Declared:
+    help: str
+    flag: str
+    shown: str
+    repeatable: bool
+    secret: bool
+    old_names: tuple[str, ...]
+
+
+_DECLARED = "cdc.setting"
+
+
+def setting(
+    default: object,
+    help: str,
+    *,
+    flag: str = "",
+    shown: str = "",
+    repeatable: bool = False,
+    secret: bool = False,
+    old_names: tuple[str, ...] = (),
+) -> Any:
+    """Declare a `Settings` field together with the option that sets it.
+
+    ``default`` is the value, or a function making it (for lists, dicts and
+    computed defaults). ``flag`` is the flag's name without dashes when it is
+    not the field's name with ``-`` for ``_``; ``shown`` is the default as
+    ``--help`` shows it when the value itself does not say it; ``repeatable``
+    marks a ``key=value`` option given once per pair; ``secret`` values
+    print as ``***``; ``old_names`` are former TOML keys / ``CDC_`` names,
+    still read with a warning.
+    """
+    declared = _Declared(help, flag, shown, repeatable, secret, old_names)
+    metadata = {_DECLARED: declared}
+    if callable(default):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(slots=True)
 class Settings:
-    """Everything `cdc start` needs. Field names are the flag names with underscores."""
+    """Everything `cdc start` needs; each field is one option (see `OPTIONS`)."""
 
-    dsn: str = ""
-    bootstrap_servers: str = "localhost:9092"
-    name: str = "cdc"
-    tables: list[str] = field(default_factory=list)
-    topic_prefix: str = "cdc"
-    slot: str = ""  # default: cdc_<name>
-    publication: str = ""  # default: cdc_<name>
-    snapshot: SnapshotMode = "initial"
-    format: Format = "avro"
-    state_dir: Path = field(default_factory=default_state_dir)
-    status_interval: float = 1.0
-    tombstones: bool = True
-    messages: bool = True
-    transaction_metadata: bool = False  # BEGIN/END records on <prefix>.transaction
-    heartbeat_interval: float = 0.0  # seconds between <prefix>.heartbeat records; 0: none
-    unavailable_placeholder: str = "__cdc_unavailable_value"
-    topic_partitions: int = 1
-    topic_replication_factor: int = -1  # -1: the broker's default
-    topic_configs: dict[str, str] = field(default_factory=dict)
-    producer: ProducerKind = "auto"  # confluent-kafka when installed, else kafka-python
-    producer_configs: dict[str, str] = field(default_factory=dict)
-    max_buffer_mb: int = 64
-    snapshot_workers: int = 2
-    snapshot_chunk_rows: int = 50_000
-    reconnect_max_seconds: float = 30.0
+    dsn: str = setting(
+        "", "Postgres connection string (key=value or URI).", shown="libpq's PG* variables", secret=True
+    )
+    bootstrap_servers: str = setting("localhost:9092", "Kafka brokers, host:port,...")
+    name: str = setting("cdc", "Connector name: its state, slot and publication default to it.")
+    tables: list[str] = setting(list, "schema.table,... to capture.", shown="every published table")
+    topic_prefix: str = setting("cdc", "Topics are PREFIX.schema.table, PREFIX.schemas, PREFIX.messages, ...")
+    slot: str = setting("", "Replication slot.", shown="cdc_NAME")
+    publication: str = setting("", "Publication.", shown="cdc_NAME")
+    snapshot: SnapshotMode = setting(
+        "initial",
+        "initial: read the existing rows, then stream; never: only stream; initial-only: only read them.",
+    )
+    format: Format = setting("avro", "Encoding of keys and values.")
+    state_dir: Path = setting(
+        default_state_dir,
+        "Where connectors keep offsets, status, pid and log (one directory per name).",
+        shown="$XDG_STATE_HOME/cdc or ~/.local/state/cdc",
+    )
+    status_interval: float = setting(1.0, "Seconds between confirmations to Postgres and status updates.")
+    tombstones: bool = setting(True, "A tombstone (same key, null value) after each delete.")
+    messages: bool = setting(True, "Stream pg_logical_emit_message to PREFIX.messages.")
+    transaction_metadata: bool = setting(
+        False, "BEGIN/END records of every transaction on PREFIX.transaction."
+    )
+    heartbeat_interval: float = setting(0.0, "Seconds between PREFIX.heartbeat records (0: none).")
+    unavailable_placeholder: str = setting(
+        "__cdc_unavailable_value", "Stands for an unchanged TOAST value the server did not send."
+    )
+    topic_partitions: int = setting(1, "Partitions of new topics.")
+    topic_replication_factor: int = setting(-1, "Replicas of new topics (-1: the broker's default).")
+    topic_configs: dict[str, str] = setting(
+        dict,
+        "key=value config of new topics.",
+        flag="topic-config",
+        repeatable=True,
+        old_names=("topic_configs",),
+    )
+    producer: ProducerKind = setting(
+        "auto", "Kafka client (auto: confluent when installed, else kafka-python)."
+    )
+    producer_configs: dict[str, str] = setting(
+        dict,
+        "key=value producer setting.",
+        flag="producer-config",
+        repeatable=True,
+        old_names=("producer_configs",),
+    )
+    max_buffer_mb: int = setting(64, "Producer buffer in MB; reading pauses while it is full.")
+    snapshot_workers: int = setting(2, "Processes reading the initial snapshot.")
+    snapshot_chunk_rows: int = setting(50_000, "Rows per snapshot chunk (key order).")
+    reconnect_max_seconds: float = setting(
+        30.0, "Longest wait between reconnects (the wait doubles from 0.5 s)."
+    )
 
     @property
     def instance_dir(self) -> Path:
@@ -77,72 +164,160 @@ def _identifier(text: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", text.lower())[:63]
 
 
-FIELDS = {f.name for f in dataclasses.fields(Settings)}
+@dataclass(frozen=True, slots=True)
+class Option:
+    """A setting as users see it, derived from its `Settings` field."""
+
+    name: str  # the Settings field
+    flag: str  # --topic-config
+    env: str  # CDC_TOPIC_CONFIG
+    key: str  # topic_config in TOML (topic-config works too)
+    type: Any  # the field's type
+    help: str
+    default: str  # as --help shows it
+    value: object  # the default itself
+    choices: tuple[str, ...]  # of a Literal type; empty otherwise
+    repeatable: bool  # --topic-config a=1 --topic-config b=2
+    secret: bool  # printed as ***
+    old_names: tuple[str, ...]  # former TOML keys (and CDC_ names, upper case)
 
 
-def _coerce(name: str, raw: Any, origin: str) -> Any:
-    """Convert ``raw`` (a string from a flag/env, or a TOML value) to the field's type."""
-    hint = get_type_hints(Settings)[name]
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value in ({}, [], ""):
+        return "none"
+    return str(value)
+
+
+def _options() -> dict[str, Option]:
+    hints = get_type_hints(Settings)
+    options: dict[str, Option] = {}
+    for spec in dataclasses.fields(Settings):
+        declared = spec.metadata.get(_DECLARED)
+        if not isinstance(declared, _Declared):
+            raise TypeError(f"Settings.{spec.name} is not declared with setting()")
+        flag = declared.flag or spec.name.replace("_", "-")
+        if spec.default_factory is not dataclasses.MISSING:
+            default: object = spec.default_factory()
+        else:
+            default = spec.default
+        options[spec.name] = Option(
+            name=spec.name,
+            flag=f"--{flag}",
+            env="CDC_" + flag.upper().replace("-", "_"),
+            key=flag.replace("-", "_"),
+            type=hints[spec.name],
+            help=declared.help,
+            default=declared.shown or _shown(default),
+            value=default,
+            choices=get_args(hints[spec.name]) if get_origin(hints[spec.name]) is Literal else (),
+            repeatable=declared.repeatable,
+            secret=declared.secret,
+            old_names=declared.old_names,
+        )
+    return options
+
+
+#: Every setting, in declaration order, by `Settings` field name.
+OPTIONS: dict[str, Option] = _options()
+
+#: TOML key (dashes read as underscores) -> field name, the former keys included.
+_KEYS = {key: o.name for o in OPTIONS.values() for key in (o.key, *o.old_names)}
+
+
+def _coerce(option: Option, raw: Any, label: str, origin: str) -> Any:
+    """Convert ``raw`` (text from the environment, a TOML value, or a parsed flag) to the field's type."""
     try:
-        if hint is bool:
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError("expected true or false")
-        if hint is int:
-            if isinstance(raw, bool | float):
-                raise ValueError("expected an integer")
-            return int(raw)
-        if hint is float:
-            if isinstance(raw, bool):
-                raise ValueError("expected a number")
-            return float(raw)
-        if hint is Path:
-            if not isinstance(raw, str | Path):
-                raise ValueError("expected a path (a string)")
-            return Path(str(raw)).expanduser()
-        if hint == list[str]:
-            if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
-                items = [x.strip() for x in raw]
-            elif isinstance(raw, str):
-                items = [x.strip() for x in raw.split(",")]
-            else:
-                raise ValueError('expected a list of strings or "a,b" text')
-            return [x for x in items if x]
-        if hint == dict[str, str]:
-            if isinstance(raw, dict):
-                if not all(isinstance(v, str | int | float | bool) for v in raw.values()):
-                    raise ValueError("expected a table of key = value (text, number or boolean)")
-                return {str(k): str(v) for k, v in raw.items()}
-            if not isinstance(raw, str):
-                raise ValueError('expected a table of key = value or "key=value,..." text')
-            pairs = [p.strip() for p in raw.split(",") if p.strip()]
-            result = {}
-            for pair in pairs:
-                key, sep, value = pair.partition("=")
-                if not sep:
-                    raise ValueError(f"expected key=value pairs, got {pair!r}")
-                result[key.strip()] = value.strip()
-            return result
-        choices = get_args(hint)
-        if choices:
-            if raw not in choices:
-                raise ValueError(f"expected one of {', '.join(choices)}")
-            return raw
-        if not isinstance(raw, str):
-            raise ValueError("expected a string")
-        return raw
+        return _CONVERTERS.get(option.type, _convert_text)(option, raw)
     except (TypeError, ValueError) as exc:
-        shown = "***" if name == "dsn" else repr(raw)
-        raise ConfigError(f"{name} = {shown} from {origin}: {exc}") from None
+        shown = "***" if option.secret else repr(raw)
+        raise ConfigError(f"{label} = {shown} from {origin}: {exc}") from None
 
 
-def load_file(path: Path) -> dict[str, Any]:
-    """Read a TOML config; keys may use dashes or underscores."""
+def _convert_bool(option: Option, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _convert_int(option: Option, raw: Any) -> int:
+    if isinstance(raw, int | str) and not isinstance(raw, bool):
+        with contextlib.suppress(ValueError):
+            return int(raw)
+    raise ValueError("expected an integer")
+
+
+def _convert_float(option: Option, raw: Any) -> float:
+    if isinstance(raw, int | float | str) and not isinstance(raw, bool):
+        with contextlib.suppress(ValueError):
+            return float(raw)
+    raise ValueError("expected a number")
+
+
+def _convert_path(option: Option, raw: Any) -> Path:
+    if not isinstance(raw, str | Path):
+        raise ValueError("expected a path (a string)")
+    return Path(str(raw)).expanduser()
+
+
+def _convert_list(option: Option, raw: Any) -> list[str]:
+    if isinstance(raw, list | tuple) and all(isinstance(x, str) for x in raw):
+        items = [x.strip() for x in raw]
+    elif isinstance(raw, str):
+        items = [x.strip() for x in raw.split(",")]
+    else:
+        raise ValueError('expected a list of strings or "a,b" text')
+    return [x for x in items if x]
+
+
+def _convert_pairs(option: Option, raw: Any) -> dict[str, str]:
+    if isinstance(raw, dict):
+        if not all(isinstance(v, str | int | float | bool) for v in raw.values()):
+            raise ValueError("expected a table of key = value (text, number or boolean)")
+        return {str(k): str(v) for k, v in raw.items()}
+    if isinstance(raw, list | tuple) and all(isinstance(x, str) for x in raw):
+        pairs = [p.strip() for p in raw]  # one flag per pair: a value may hold commas
+    elif isinstance(raw, str):
+        pairs = [p.strip() for p in raw.split(",")]
+    else:
+        raise ValueError('expected a table of key = value or "key=value,..." text')
+    result = {}
+    for pair in filter(None, pairs):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"expected key=value pairs, got {pair!r}")
+        result[key.strip()] = value.strip()
+    return result
+
+
+def _convert_text(option: Option, raw: Any) -> Any:
+    if option.choices:
+        if raw not in option.choices:
+            raise ValueError(f"expected one of {', '.join(option.choices)}")
+        return raw
+    if not isinstance(raw, str):
+        raise ValueError("expected a string")
+    return raw
+
+
+_CONVERTERS: dict[object, Callable[[Option, Any], Any]] = {
+    bool: _convert_bool,
+    int: _convert_int,
+    float: _convert_float,
+    Path: _convert_path,
+    list[str]: _convert_list,
+    dict[str, str]: _convert_pairs,
+}
+
+
+def load_file(path: Path) -> dict[str, tuple[str, Any]]:
+    """Read a TOML config: field name -> (the key as written, its value). Keys may use - or _."""
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -151,36 +326,71 @@ def load_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    values: dict[str, Any] = {}
+    values: dict[str, tuple[str, Any]] = {}
     for key, value in data.items():
-        name = key.replace("-", "_")
-        if name not in FIELDS:
+        name = _KEYS.get(key.replace("-", "_"))
+        if name is None:
             raise ConfigError(f"unknown key {key!r} in config file {path}: see `cdc start --help`")
-        values[name] = value
+        if name in values:
+            raise ConfigError(
+                f"{values[name][0]!r} and {key!r} in config file {path} are one setting: keep one"
+            )
+        if key.replace("-", "_") in OPTIONS[name].old_names:
+            log.warning("config file %s: %r is now %r; rename it", path, key, OPTIONS[name].key)
+        values[name] = (key, value)
     return values
 
 
+def _from_environment(option: Option, environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """``(variable, text)`` of the option's ``CDC_`` variable, or of a former name (with a warning)."""
+    for variable in (option.env, *(f"CDC_{old.upper()}" for old in option.old_names)):
+        text = environ.get(variable)
+        if text not in (None, ""):
+            if variable != option.env:
+                log.warning("%s is now %s; rename it", variable, option.env)
+            return variable, str(text)
+    return None
+
+
+def resolve(
+    flags: Mapping[str, object],
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The settings given by flag, ``CDC_<FLAG>`` variable or file, converted; defaults left out.
+
+    ``flags`` maps field names to parsed flag values, None (or an empty list)
+    meaning not given. Raises `ConfigError` for a bad value or file.
+    """
+    environ = os.environ if environ is None else environ
+    in_file = load_file(config_file) if config_file else {}
+    chosen: dict[str, Any] = {}
+    for option in OPTIONS.values():
+        flag = flags.get(option.name)
+        if flag is not None and flag not in ([], ()):
+            chosen[option.name] = _coerce(option, flag, option.flag, "the command line")
+        elif variable := _from_environment(option, environ):
+            chosen[option.name] = _coerce(option, variable[1], variable[0], "the environment")
+        elif option.name in in_file:
+            key, value = in_file[option.name]
+            chosen[option.name] = _coerce(option, value, key, str(config_file))
+    return chosen
+
+
+def from_values(values: Mapping[str, Any]) -> Settings:
+    """`Settings` from what `resolve` found, the rest defaulted; checked as a whole."""
+    settings = Settings(**values)
+    validate(settings)
+    return settings
+
+
 def build(
-    flags: Mapping[str, Any],
+    flags: Mapping[str, object],
     config_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Settings from flags (None = not given), ``CDC_<FLAG>`` variables, then the file."""
-    environ = os.environ if environ is None else environ
-    chosen: dict[str, Any] = {}
-    file_values = load_file(config_file) if config_file else {}
-    for name in FIELDS:
-        flag = flags.get(name)
-        env_key = f"CDC_{name.upper()}"
-        if flag is not None:
-            chosen[name] = _coerce(name, flag, f"--{name.replace('_', '-')}")
-        elif environ.get(env_key) not in (None, ""):
-            chosen[name] = _coerce(name, environ[env_key], env_key)
-        elif name in file_values:
-            chosen[name] = _coerce(name, file_values[name], str(config_file))
-    settings = Settings(**chosen)
-    validate(settings)
-    return settings
+    """Settings from flags, ``CDC_<FLAG>`` variables, the file and the defaults, in that precedence."""
+    return from_values(resolve(flags, config_file, environ))
 
 
 def validate(settings: Settings) -> None:
@@ -205,11 +415,39 @@ def validate(settings: Settings) -> None:
         raise ConfigError("snapshot_workers must be at least 1")
     if settings.snapshot_chunk_rows < 1:
         raise ConfigError("snapshot_chunk_rows must be at least 1")
+    if settings.reconnect_max_seconds <= 0:
+        raise ConfigError("reconnect_max_seconds must be a positive number of seconds")
     for table in settings.tables:
         if not re.fullmatch(r"[^.\s]+(\.[^.\s]+)?", table):
             raise ConfigError(f"table {table!r}: expected schema.table or table")
 
 
-def require_dsn(settings: Settings) -> None:
-    if not settings.dsn:
-        raise ConfigError("no database given: pass --dsn, set CDC_DSN, or put dsn in the config file")
+def require_dsn(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+    """A database must be named: by the dsn, or by libpq's ``PG*`` variables, which fill an empty one."""
+    environ = os.environ if environ is None else environ
+    if settings.dsn or any(environ.get(variable) for variable in LIBPQ_VARIABLES):
+        return
+    raise ConfigError(
+        "no database given: pass --dsn, set CDC_DSN or libpq's PGHOST/PGDATABASE/PGUSER/PGSERVICE, "
+        "or put dsn in the config file"
+    )
+
+
+def markdown_table() -> str:
+    """The README's table of settings, made from the declarations (a test keeps the README current)."""
+    rows = [
+        "| flag | environment | TOML key | default | |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for option in OPTIONS.values():
+        flag = f"`{option.flag}`"
+        if option.type is bool:
+            flag = f"`{option.flag}` / `--no-{option.flag[2:]}`"
+        elif option.repeatable:
+            flag = f"`{option.flag} KEY=VALUE` (repeatable)"
+        elif option.choices:
+            flag = f"`{option.flag} " + "\\|".join(option.choices) + "`"  # a | would split the cell
+        described = option.default != _shown(option.value) or option.value in ({}, [], "")
+        default = option.default if described else f"`{option.default}`"
+        rows.append(f"| {flag} | `{option.env}` | `{option.key}` | {default} | {option.help} |")
+    return "\n".join(rows) + "\n"

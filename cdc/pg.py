@@ -77,7 +77,7 @@ def connect_error(exc: Exception, dsn: str) -> SourceError:
     # libpq says 'connection to server at "h", port p failed: FATAL:  <reason>': keep the reason
     text = re.sub(r'^connection to server at "[^"]*", port \d+ failed: (FATAL:\s+)?', "", text)
     text = strip_password(text, dsn)
-    where = redact_dsn(dsn)
+    where = redact_dsn(dsn) or "libpq's PG* variables"
     if "password authentication failed" in text or "no password supplied" in text:
         return SourceError(f"cannot connect to postgres ({where}): {text}; check the user and password")
     if "not permitted to log in" in text or "not allowed to log in" in text:
