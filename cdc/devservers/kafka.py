@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from cdc.devservers.process import free_port, kill_process, send_signal, stop_process
+from cdc.devservers.process import free_ports, kill_process, send_signal, stop_process
 from cdc.errors import ServerError
 
 log = logging.getLogger(__name__)
@@ -578,7 +578,8 @@ class KafkaServer:
     # -- lifecycle
 
     def _pick_ports(self) -> None:
-        self.ports = {name: free_port(self.host) for name in [*self._names(), "CONTROLLER"]}
+        names = [*self._names(), "CONTROLLER"]
+        self.ports = dict(zip(names, free_ports(len(names), self.host), strict=True))
 
     def format(self) -> None:
         """``kafka-storage format``: the cluster id, and the SCRAM users in the first metadata."""
