@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from cdc.devservers.process import free_ports, kill_process, send_signal, stop_process
+from cdc.devservers.process import free_ports, kill_process, pause_process, send_signal, stop_process
 from cdc.errors import ServerError
 
 log = logging.getLogger(__name__)
@@ -689,7 +689,7 @@ class KafkaServer:
         self.start()
 
     def pause(self) -> None:
-        send_signal(self.pid, signal.SIGSTOP)
+        pause_process(self.pid)
 
     def resume(self) -> None:
         send_signal(self.pid, signal.SIGCONT)

@@ -65,6 +65,28 @@ def send_signal(pid: int, sig: int) -> None:
             os.kill(pid, sig)
 
 
+def pause_process(pid: int, timeout: float = 5) -> None:
+    """SIGSTOP, and wait until every thread has stopped.
+
+    The signal is only queued when os.kill returns: a busy JVM thread can
+    still answer a request for a moment, and a test that pauses a server
+    must not see it do so.
+    """
+    send_signal(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not _all_stopped(pid):
+        time.sleep(0.01)
+
+
+def _all_stopped(pid: int) -> bool:
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        states = [(task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in tasks]
+    except OSError:
+        return True  # gone, or no /proc: nothing to wait for
+    return all(state in "TtZX" for state in states)
+
+
 def running(pid: int, proc: subprocess.Popen[bytes] | None) -> bool:
     if proc is not None:
         return proc.poll() is None

@@ -24,6 +24,7 @@ from cdc.devservers.process import (
     free_port,
     kill_process,
     log_tail,
+    pause_process,
     running,
     send_signal,
     stop_process,
@@ -127,7 +128,7 @@ class Broker:
         self.start()
 
     def pause(self) -> None:
-        self._signal(signal.SIGSTOP)
+        pause_process(self.pid)
 
     def resume(self) -> None:
         self._signal(signal.SIGCONT)
