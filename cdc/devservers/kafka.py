@@ -206,10 +206,13 @@ def kafka_install(version: str = KAFKA_VERSION) -> KafkaInstall:
     java = find_java()
     home = kafka_cache(version)
     if not (home / ".complete").exists():
-        home.mkdir(parents=True, exist_ok=True)
-        with _locked(home / ".lock"):
-            if not (home / ".complete").exists():
-                _fetch(version, home)
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+            with _locked(home / ".lock"):
+                if not (home / ".complete").exists():
+                    _fetch(version, home)
+        except OSError as exc:
+            raise ServerError(f"cannot fill the kafka jar cache {home}: {exc}; set CDC_KAFKA_CACHE") from exc
     return KafkaInstall(version, home, java)
 
 
