@@ -4,15 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint demo bench soak clean
+.PHONY: setup kafka-jars test lint demo bench soak clean
 
-setup: $(STAMP)
+setup: $(STAMP) kafka-jars
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# Apache Kafka's jars from Maven Central into ~/.cache/cdc (CDC_KAFKA_CACHE), once, so that
+# tests do not pay for them. Without Java or Maven it says why and passes: those tests skip.
+kafka-jars: $(STAMP)
+	$(BIN)/python -m cdc.devservers prepare-kafka
 
 # pytest exits 5 when it collected nothing: that is a failure here
 test: setup

