@@ -34,6 +34,11 @@ SnapshotMode = Literal["initial", "never", "initial-only"]
 Format = Literal["avro", "json"]
 ProducerKind = Literal["auto", "kafka-python", "confluent"]
 
+#: ops ``--skip-ops`` takes (Debezium's skipped.operations); ``none`` alone skips nothing
+SKIPPABLE_OPS = ("c", "u", "d", "t")
+#: the placeholder of an unchanged TOAST value when --unavailable-placeholder is not given
+PLACEHOLDERS = {"native": "__cdc_unavailable_value"}
+
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -120,7 +125,9 @@ class Settings:
     )
     heartbeat_interval: float = setting(0.0, "Seconds between PREFIX.heartbeat records (0: none).")
     unavailable_placeholder: str = setting(
-        "__cdc_unavailable_value", "Stands for an unchanged TOAST value the server did not send."
+        "",
+        "Stands for an unchanged TOAST value the server did not send.",
+        shown="__cdc_unavailable_value",
     )
     topic_partitions: int = setting(1, "Partitions of new topics.")
     topic_replication_factor: int = setting(-1, "Replicas of new topics (-1: the broker's default).")
@@ -147,6 +154,11 @@ class Settings:
     reconnect_max_seconds: float = setting(
         30.0, "Longest wait between reconnects (the wait doubles from 0.5 s)."
     )
+    skip_ops: list[str] = setting(
+        list,
+        "Change events not to send: c,u,d,t (none: send all).",
+        shown="none",
+    )
 
     @property
     def instance_dir(self) -> Path:
@@ -158,6 +170,15 @@ class Settings:
             self.slot = _identifier(f"cdc_{self.name}")
         if not self.publication:
             self.publication = _identifier(f"cdc_{self.name}")
+        if not self.unavailable_placeholder:
+            self.unavailable_placeholder = PLACEHOLDERS["native"]
+
+    @property
+    def skipped_ops(self) -> frozenset[str]:
+        """The ops not to send: ``--skip-ops``, by default none."""
+        if not self.skip_ops:
+            return frozenset()
+        return frozenset(op for op in self.skip_ops if op != "none")
 
 
 def _identifier(text: str) -> str:
@@ -420,6 +441,17 @@ def validate(settings: Settings) -> None:
     for table in settings.tables:
         if not re.fullmatch(r"[^.\s]+(\.[^.\s]+)?", table):
             raise ConfigError(f"table {table!r}: expected schema.table or table")
+    _validate_formats(settings)
+
+
+def _validate_formats(settings: Settings) -> None:
+    """--skip-ops takes c, u, d, t, or none alone."""
+    ops = settings.skip_ops
+    unknown = [op for op in ops if op not in (*SKIPPABLE_OPS, "none")]
+    if unknown or ("none" in ops and len(ops) > 1):
+        raise ConfigError(
+            f"skip_ops {','.join(ops)!r}: expected some of {','.join(SKIPPABLE_OPS)}, or none alone"
+        )
 
 
 def require_dsn(settings: Settings, environ: Mapping[str, str] | None = None) -> None:

@@ -32,8 +32,10 @@ from cdc.events import (
     Table,
     TableVersions,
     Transaction,
+    changed_key,
     heartbeat_topic,
     pg_ts_to_ms,
+    pg_ts_to_us,
     table_from_relation,
     table_topic,
     transaction_topic,
@@ -217,6 +219,11 @@ class _Session:
         self.placeholder = settings.unavailable_placeholder
         self.tombstones = settings.tombstones
         self.transaction_metadata = settings.transaction_metadata
+        self.skipped_ops = settings.skipped_ops
+        # Debezium's forms: a key change is a delete (and its tombstone) and a create; a delete of a
+        # keyless row gets a tombstone too (null key)
+        self.split_key_changes = self.keyless_tombstones = False
+        self.last_end_lsn: int | None = None  # of the last transaction received (Debezium's sequence)
         self._heartbeat_token = InFlight(0)  # heartbeats belong to no transaction
         self._next_heartbeat = 0.0
         #: one handler per message type (the decoder already refused anything else)
@@ -357,27 +364,43 @@ class _Session:
         full = message.old_kind == ord("O") or state.table.replica_identity == ReplicaIdentity.FULL
         if UNCHANGED in after:
             after = self._unchanged(state, after, before if full else None)
-        event = self._emit("u", state, before, after, lsn)
-        if self.tombstones and before is not None:
-            old_key = event.old_key_values()
-            if old_key is not None:
-                self._tombstone(state, old_key)
+        old_key = None if before is None else changed_key(state.table, before, after)
+        if old_key is not None and self.split_key_changes:
+            self._delete_row(state, before, old_key, lsn)
+            self._emit("c", state, None, after, lsn)
+            return
+        if self._emit("u", state, before, after, lsn) and self.tombstones and old_key is not None:
+            self._tombstone(state, old_key)
 
     def _delete(self, message: Delete, lsn: int) -> None:
         state = self._table(message.relation)
         before = state.parse(message.old)
         if UNCHANGED in before:
             before = self._unchanged(state, before, None)
-        self._emit("d", state, before, None, lsn)
-        if self.tombstones and state.table.has_key:
-            self._tombstone(state, [before[i] for i in state.table.key_indexes])
+        key = [before[i] for i in state.table.key_indexes] if state.table.has_key else None
+        self._delete_row(state, before, key, lsn)
+
+    def _delete_row(self, state: _TableState, before: Any, key: list[Any] | None, lsn: int) -> None:
+        """A delete event, then (unless skipped) a tombstone for its key."""
+        if (
+            self._emit("d", state, before, None, lsn)
+            and self.tombstones
+            and (key is not None or self.keyless_tombstones)
+        ):
+            self._tombstone(state, key or [])
 
     def _truncate(self, message: Truncate, lsn: int) -> None:
         for relation in message.relations:
             self._emit("t", self._table(relation), None, None, lsn)
 
     def _begin(self, message: Begin, lsn: int) -> None:
-        self.txn = Transaction(message.xid, message.final_lsn, pg_ts_to_ms(message.commit_ts))
+        self.txn = Transaction(
+            message.xid,
+            message.final_lsn,
+            pg_ts_to_ms(message.commit_ts),
+            commit_ts_us=pg_ts_to_us(message.commit_ts),
+            previous_end_lsn=self.last_end_lsn,
+        )
         self.entry = self.tracker.begin(message.final_lsn, self.txn.commit_ts_ms)
         if not self.status.first_event_at:
             self.status.first_event_at = time.time()
@@ -389,6 +412,7 @@ class _Session:
             self._transaction_marker("END", self.txn)
         self.tracker.commit(self.entry, message.end_lsn)
         self.txn = self.entry = None
+        self.last_end_lsn = message.end_lsn
 
     def _type(self, message: Type, lsn: int) -> None:
         self.catalog.forget(message.type_oid)  # it may have changed since we looked it up
@@ -445,16 +469,18 @@ class _Session:
             total, per_table = txn.next_order(0)
             event = ChangeEvent(
                 "m", None, None, None, message.lsn, txn.commit_lsn, txn.xid, txn.commit_ts_ms,
-                total, per_table, txn.id, None, message.prefix, message.content,
+                total, per_table, txn.id, "false", message.prefix, message.content,
+                txn.commit_ts_us, txn.previous_end_lsn,
             )  # fmt: skip
             self.writer.write(event, self.entry)
             self.status.events_total += 1
             return
         # outside a transaction: its own unit of confirmation, just past its LSN
         entry = self.tracker.begin(message.lsn)
+        self.last_end_lsn = message.lsn  # Debezium's sequence counts it as committed at its LSN
         event = ChangeEvent(
             "m", None, None, None, message.lsn, message.lsn, 0, int(time.time() * 1000),
-            message_prefix=message.prefix, message_content=message.content,
+            message_prefix=message.prefix, message_content=message.content, last_commit_lsn=message.lsn,
         )  # fmt: skip
         self.writer.write(event, entry)
         self.status.events_total += 1
@@ -464,26 +490,29 @@ class _Session:
 
     def _emit(
         self, op: str, state: _TableState, before: list[Any] | None, after: list[Any] | None, lsn: int
-    ) -> ChangeEvent:
+    ) -> bool:
+        """Write one change event; False when ``--skip-ops`` leaves its op out."""
         txn = self.txn
         entry = self.entry
         if txn is None or entry is None:
             raise DecodeError(f"{op} change outside a transaction", kind="pgoutput")
         table = state.table
+        if table.relation_id == self.incremental.watched:
+            self.incremental.changed(txn.xid, op, table, before, after)
+        if op in self.skipped_ops:
+            return False
         if self.transaction_metadata and not txn.events:
             self._transaction_marker("BEGIN", txn)
         total, per_table = txn.next_order(table.relation_id)
         event = ChangeEvent(
             op, table, before, after, lsn, txn.commit_lsn, txn.xid, txn.commit_ts_ms,
-            total, per_table, txn.id,
+            total, per_table, txn.id, "false", None, None, txn.commit_ts_us, txn.previous_end_lsn,
         )  # fmt: skip
         self.writer.write(event, entry, state.topic)
         status = self.status
         status.events_total += 1
         status.events_per_table[table.qualified_name] += 1
-        if table.relation_id == self.incremental.watched:
-            self.incremental.changed(txn.xid, op, table, before, after)
-        return event
+        return True
 
     def _tombstone(self, state: _TableState, key: list[Any]) -> None:
         assert self.entry is not None

@@ -136,6 +136,8 @@ class Transaction:
     id: str = ""
     events: int = 0  # events so far: the next event's total_order is events + 1
     per_table: dict[int, int] = field(default_factory=dict)  # relation id -> events so far
+    commit_ts_us: int = 0  # the commit time in Unix microseconds (0: only milliseconds known)
+    previous_end_lsn: int | None = None  # end LSN of the transaction received before (Debezium's sequence)
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -154,6 +156,11 @@ def pg_ts_to_ms(pg_ts: int) -> int:
     return (pg_ts + PG_EPOCH_US) // 1000
 
 
+def pg_ts_to_us(pg_ts: int) -> int:
+    """A protocol timestamp (microseconds since 2000-01-01) as Unix microseconds."""
+    return pg_ts + PG_EPOCH_US
+
+
 @dataclass(slots=True)
 class ChangeEvent:
     """One change: op is c (insert), u, d, r (snapshot read), t (truncate) or m (message)."""
@@ -169,9 +176,16 @@ class ChangeEvent:
     total_order: int = 0
     data_collection_order: int = 0
     transaction_id: str | None = None
-    snapshot: str | None = None  # "true", "last" (snapshot reads), None when streamed
+    snapshot: str | None = "false"  # "true", "last", "incremental" (snapshot reads), "false" streamed
     message_prefix: str | None = None
     message_content: bytes | None = None
+    commit_ts_us: int = 0  # the commit time in microseconds when known (see `commit_us`)
+    last_commit_lsn: int | None = None  # end LSN of the transaction received before this one
+
+    @property
+    def commit_us(self) -> int:
+        """The commit time in Unix microseconds (from the milliseconds when that is all there is)."""
+        return self.commit_ts_us or self.commit_ts_ms * 1000
 
     def key_values(self) -> list[Any] | None:
         """The replica-identity key of the row as it is after the change (before, for deletes)."""
@@ -186,11 +200,18 @@ class ChangeEvent:
     def old_key_values(self) -> list[Any] | None:
         """For an update that changed the key: the old key; otherwise None."""
         table = self.table
-        if self.op != "u" or table is None or not table.has_key or self.before is None or self.after is None:
+        if self.op != "u" or table is None or self.before is None or self.after is None:
             return None
-        old = [self.before[i] for i in table.key_indexes]
-        new = [self.after[i] for i in table.key_indexes]
-        return old if old != new else None
+        return changed_key(table, self.before, self.after)
+
+
+def changed_key(table: Table, before: list[Any], after: list[Any]) -> list[Any] | None:
+    """The old key of a row whose key an update changed; None when the key stayed (or there is none)."""
+    if not table.has_key:
+        return None
+    old = [before[i] for i in table.key_indexes]
+    new = [after[i] for i in table.key_indexes]
+    return old if old != new else None
 
 
 def render_row(table: Table, row: list[Any] | None) -> dict[str, Any] | None:
@@ -230,12 +251,23 @@ def source_block(event: ChangeEvent, info: SourceInfo) -> dict[str, Any]:
         "lsn": event.lsn,
         "commit_lsn": event.commit_lsn,
         "ts_ms": event.commit_ts_ms,
+        "ts_us": event.commit_us,
+        "ts_ns": event.commit_us * 1000,
         "snapshot": event.snapshot,
     }
 
 
+def now_ns(now_ms: int | None = None) -> int:
+    """Processing time in Unix nanoseconds (``now_ms`` fixes it, for tests)."""
+    return time.time_ns() if now_ms is None else now_ms * 1_000_000
+
+
 def envelope(event: ChangeEvent, info: SourceInfo, now_ms: int | None = None) -> dict[str, Any]:
-    """The event as the JSON-able envelope of DESIGN.md (values rendered per type)."""
+    """The event as the JSON-able envelope of DESIGN.md (values rendered per type).
+
+    ``ts_ms`` / ``ts_us`` / ``ts_ns`` (top level) are the processing time, those of ``source``
+    the commit time.
+    """
     value: dict[str, Any] = {}
     if event.op == "m":
         content = event.message_content or b""
@@ -247,7 +279,10 @@ def envelope(event: ChangeEvent, info: SourceInfo, now_ms: int | None = None) ->
         value["after"] = render_row(table, event.after)
     value["source"] = source_block(event, info)
     value["op"] = event.op
-    value["ts_ms"] = int(time.time() * 1000) if now_ms is None else now_ms
+    ns = now_ns(now_ms)
+    value["ts_ms"] = ns // 1_000_000
+    value["ts_us"] = ns // 1000
+    value["ts_ns"] = ns
     value["transaction"] = (
         None
         if event.transaction_id is None

@@ -21,7 +21,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from cdc.errors import SourceError, SourceUnavailable
 
 #: Session settings that make the server's text output of values unambiguous
-#: for `cdc.pgtypes`: UTC offsets, ISO dates and intervals, exact floats, hex bytea.
+#: for `cdc.pgtypes`: UTC offsets, ISO dates and intervals, exact floats, hex bytea, C money.
 OUTPUT_SETTINGS: Final[dict[str, str]] = {
     "TimeZone": "UTC",
     "DateStyle": "ISO, YMD",
@@ -29,6 +29,8 @@ OUTPUT_SETTINGS: Final[dict[str, str]] = {
     "extra_float_digits": "3",
     "bytea_output": "hex",
     "client_encoding": "UTF8",
+    # money prints as -$1,234.56 whatever the server's locale; cdc.pgtypes reads that
+    "lc_monetary": "C",
 }
 
 Query = str | sql.SQL | sql.Composed

@@ -96,11 +96,14 @@ KINDS: Final = frozenset(
     {
         "bool", "int", "float4", "float8", "numeric", "decimal", "text", "bytes", "date", "time",
         "timetz", "timestamp", "timestamptz", "interval", "uuid", "json", "enum", "array", "string",
+        "money",
     }
 )  # fmt: skip
 
 # Kinds whose values can be TOASTed and whose Avro type takes the placeholder string.
-_PLACEHOLDER_KINDS: Final = frozenset({"numeric", "decimal", "text", "json", "array", "string"})
+_PLACEHOLDER_KINDS: Final = frozenset({"numeric", "decimal", "text", "json", "string"})
+# Kinds whose wire values are never str: in an array, the placeholder passes their renderer by.
+_NOT_STR_KINDS: Final = frozenset({"bool", "int", "float4", "float8", "bytes", "date", "time"})
 
 
 @dataclass(slots=True, frozen=True)
@@ -129,15 +132,19 @@ class ColumnType:
     def unavailable(self, placeholder: str) -> Any:
         """The wire value standing for an unchanged TOAST value the server did not send.
 
-        The placeholder string itself for string-like types (and those whose
-        Avro type has a string branch), its UTF-8 bytes for bytea. Values of
-        the other types are never TOASTed, so the server cannot omit them:
-        asking raises `DecodeError`.
+        Typed like the column: the placeholder string itself for string-like
+        types (and those whose Avro type has a string branch), its UTF-8
+        bytes for bytea, a one-element array holding the string for arrays
+        (their Avro items have a string branch). Values of the other types
+        are never TOASTed, so the server cannot omit them: asking raises
+        `DecodeError`.
         """
         if self.kind in _PLACEHOLDER_KINDS:
             return placeholder
         if self.kind == "bytes":
             return placeholder.encode()
+        if self.kind == "array":
+            return [placeholder]
         raise DecodeError(
             f"TupleData: the server omitted an unchanged TOAST value of type {self.name}, "
             "which is never TOASTed"
@@ -223,6 +230,22 @@ def _interval(value: bytes) -> str:
     if value[:1] != b"P":
         raise ValueError("interval not in ISO 8601 format: set IntervalStyle=iso_8601")
     return value.decode()
+
+
+_MONEY: Final = re.compile(rb"(-?)\$([0-9]{1,3}(?:,[0-9]{3})*)(\.[0-9]+)?")
+
+
+def _money(value: bytes) -> str:
+    """``-$1,234.56`` (money in the C locale, ``lc_monetary=C``) -> ``"-1234.56"``.
+
+    The text output of money depends on ``lc_monetary``; the session settings set C,
+    whose output is this one, so the value never depends on the server's locale.
+    """
+    match = _MONEY.fullmatch(value)
+    if match is None:
+        raise ValueError("money not in the C locale's format: set lc_monetary=C")
+    sign, whole, fraction = match.groups()
+    return (sign + whole.replace(b",", b"") + (fraction or b"")).decode()
 
 
 def _date(value: bytes) -> int:
@@ -527,7 +550,14 @@ def _render_uuid(value: str | uuid.UUID) -> str:
     return str(value)
 
 
-def _array_renderer(element: Render) -> Render:
+def _array_renderer(element: Render, kind: str = "string") -> Render:
+    """Render each element; an element placeholder (str) of a non-str kind passes as it is."""
+    if kind in _NOT_STR_KINDS:
+        inner = element
+
+        def element(value: Any) -> Any:
+            return value if value.__class__ is str else inner(value)
+
     def render(value: list[Any] | str) -> list[Any] | str:
         if isinstance(value, str):
             return value
@@ -562,6 +592,7 @@ _CONVERTERS: Final[dict[int, tuple[str, Parse, Any, Render]]] = {
     1114: ("timestamp", _timestamp, [_LOCAL_TS_MICROS, "string"], _render_timestamp),
     1184: ("timestamptz", _timestamptz, [_TS_MICROS, "string"], _render_timestamptz),
     1186: ("interval", _interval, "string", _same),
+    790: ("money", _money, "string", _same),
     2950: ("uuid", _text, {"type": "string", "logicalType": "uuid"}, _render_uuid),
     114: ("json", _text, "string", _same),
     3802: ("json", _text, "string", _same),
@@ -656,14 +687,18 @@ def _flatten(avro: Any) -> list[Any]:
 
 
 def _array_type(oid: int, typmod: int, name: str, element: ColumnType) -> ColumnType:
-    avro = [{"type": "array", "items": ["null", *_flatten(element.avro)]}, "string"]
+    # the items take a string too: the placeholder of an unchanged TOAST value is [placeholder]
+    items = ["null", *_flatten(element.avro)]
+    if "string" not in items:
+        items.append("string")
+    avro = [{"type": "array", "items": items}, "string"]
     return ColumnType(
         oid,
         typmod,
         name,
         _array_parser(element.parse, element.delimiter),
         avro,
-        _array_renderer(element.render),
+        _array_renderer(element.render, element.kind),
         "array",
         element,
     )

@@ -204,7 +204,7 @@ def rebuild(records: list[Record], placeholder: str = "__cdc_unavailable_value")
             previous = rows.pop(before_key, None) if before_key else rows.get(key)
             after = dict(value["after"])
             for column, item in after.items():
-                if item == placeholder and previous is not None:
+                if item in (placeholder, [placeholder]) and previous is not None:
                     after[column] = previous[column]
             rows[key] = after
         elif op == "d":

@@ -67,7 +67,7 @@ TYPES = {
     "timestamp": ctype(1114, "timestamp", {"type": "long", "logicalType": "local-timestamp-micros"}),
     "timestamptz": ctype(1184, "timestamptz", {"type": "long", "logicalType": "timestamp-micros"}),
     "uuid": ctype(2950, "uuid", {"type": "string", "logicalType": "uuid"}),
-    "int4[]": ctype(1007, "_int4", [{"type": "array", "items": ["null", "int"]}, "string"]),
+    "int4[]": ctype(1007, "_int4", [{"type": "array", "items": ["null", "int", "string"]}, "string"]),
     "text[]": ctype(1009, "_text", [{"type": "array", "items": ["null", "string"]}, "string"]),
 }
 
@@ -188,6 +188,8 @@ def test_value_columns_are_nullable_and_unions_flattened() -> None:
         "source",
         "op",
         "ts_ms",
+        "ts_us",
+        "ts_ns",
         "transaction",
     ]
     assert schema["name"] == "Envelope"
@@ -197,7 +199,7 @@ def test_value_columns_are_nullable_and_unions_flattened() -> None:
     assert [(f["type"], f["default"]) for f in row["fields"]] == [
         (["null", "int"], None),
         (["null", decimal_type(10, 2), "string"], None),
-        (["null", {"type": "array", "items": ["null", "int"]}, "string"], None),
+        (["null", {"type": "array", "items": ["null", "int", "string"]}, "string"], None),
         (["null", {"type": "long", "logicalType": "timestamp-micros"}], None),
     ]
     assert row["fields"][1]["pg.typmod"] == ((10 << 16) | 2) + 4
@@ -254,8 +256,8 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "timestamp": INT8,
     "timestamptz": INT8,
     "uuid": st.uuids().map(str),
-    "int4[]": st.lists(st.none() | INT4, max_size=5) | PLACEHOLDER,
-    "text[]": st.lists(st.none() | st.text(max_size=5), max_size=5) | PLACEHOLDER,
+    "int4[]": st.lists(st.none() | INT4, max_size=5) | PLACEHOLDER | PLACEHOLDER.map(lambda p: [p]),
+    "text[]": st.lists(st.none() | st.text(max_size=5), max_size=5) | PLACEHOLDER.map(lambda p: [p]),
 }
 
 
@@ -284,6 +286,8 @@ def _reference_value(schema: dict[str, Any], names: list[str], ev: ChangeEvent) 
         "source": source_block(ev, SOURCE),
         "op": ev.op,
         "ts_ms": NOW_MS,
+        "ts_us": NOW_MS * 1000,
+        "ts_ns": NOW_MS * 1_000_000,
         "transaction": None
         if ev.transaction_id is None
         else {

@@ -138,13 +138,36 @@ def test_truncate_and_envelope(db: TestDb, broker: BrokerHandle, prefix: str, st
     assert insert["source"]["connector"] == "cdc"
     assert insert["source"]["db"] == db.name
     assert (insert["source"]["schema"], insert["source"]["table"]) == ("public", "orders")
-    assert insert["source"]["snapshot"] is None
+    assert insert["source"]["snapshot"] == "false"
+    assert insert["source"]["ts_us"] // 1000 == insert["source"]["ts_ms"]
+    assert insert["ts_ns"] // 1_000_000 == insert["ts_ms"]
     assert insert["transaction"]["total_order"] == 1
     assert insert["transaction"]["id"] == f"{insert['source']['txId']}:{insert['source']['commit_lsn']}"
     assert records[1].key is None and records[1].value["after"] is None
     message = records[2].value
     assert message["message"] == {"prefix": "outbox", "content": "aGVsbG8="}
     assert records[2].key == {"prefix": "outbox"}
+
+
+def test_skip_ops_leaves_truncates_and_updates_out(
+    db: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path
+) -> None:
+    """--skip-ops t,u: no truncate and no update events (and a skipped delete has no tombstone)."""
+    db.execute(SCHEMA)
+    settings = settings_for(
+        db, broker.bootstrap_servers, prefix, state_dir, tables=["public.customers"], skip_ops=["t", "u", "d"]
+    )
+    with running(settings) as run:
+        db.execute("INSERT INTO customers VALUES (1, 'a', NULL), (2, 'b', NULL)")
+        db.execute("UPDATE customers SET name = 'c' WHERE id = 1")
+        db.execute("UPDATE customers SET id = 3 WHERE id = 2")  # a key change is an update too
+        db.execute("DELETE FROM customers WHERE id = 1")
+        db.execute("TRUNCATE customers")
+        db.execute("INSERT INTO customers VALUES (5, 'e', NULL)")
+        wait_caught_up(db, run)
+    records = read_topics(broker.bootstrap_servers, [f"{prefix}.public.customers"])
+    assert [(r.key, r.value["op"]) for r in records] == [({"id": 1}, "c"), ({"id": 2}, "c"), ({"id": 5}, "c")]
+    assert [r.value["transaction"]["total_order"] for r in records] == [1, 2, 1]
 
 
 @PRODUCERS

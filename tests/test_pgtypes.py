@@ -377,14 +377,32 @@ def test_unavailable_placeholder_per_kind() -> None:
     assert column_type(25).unavailable(placeholder) == placeholder
     assert column_type(3802).unavailable(placeholder) == placeholder
     assert column_type(17).unavailable(placeholder) == placeholder.encode()
-    assert column_type(1007).unavailable(placeholder) == placeholder  # the array's string branch
+    # typed like the column: an array holding it (the array's items have a string branch)
+    assert column_type(1007).unavailable(placeholder) == [placeholder]
+    assert column_type(1007).render([placeholder]) == [placeholder]
+    assert column_type(1182).render([placeholder, 0]) == [placeholder, "1970-01-01"]  # date[]
+    assert column_type(1001).render([placeholder]) == [placeholder]  # bytea[]
     numeric = column_type(1700, (10 << 16 | 2) + 4)
     assert numeric.unavailable(placeholder) == placeholder and numeric.render(placeholder) == placeholder
-    assert column_type(1007).render(placeholder) == placeholder
+    assert column_type(1007).render("{{1,2},{3,4}}") == "{{1,2},{3,4}}"  # the string branch: several dims
     with pytest.raises(DecodeError, match="never TOASTed"):
         column_type(23).unavailable(placeholder)
-    for column in (column_type(25), column_type(17), column_type(1007), numeric, column_type(1700)):
+    arrays = (column_type(1007), column_type(1009), column_type(1182), column_type(1001), column_type(1231))
+    for column in (column_type(25), column_type(17), numeric, column_type(1700), *arrays):
         avro_round_trip(column, column.unavailable(placeholder))
+
+
+def test_money_is_a_plain_decimal_whatever_the_locale() -> None:
+    """With lc_monetary=C (the session settings) money prints as -$1,234.56: read as "-1234.56"."""
+    money = column_type(790)
+    assert money.avro == "string" and money.kind == "money"
+    assert money.parse(b"$1,234,567.89") == "1234567.89"
+    assert money.parse(b"-$0.01") == "-0.01"
+    assert money.parse(b"-$92,233,720,368,547,758.08") == "-92233720368547758.08"
+    assert money.parse(b"$0.00") == "0.00"
+    for other_locale in (b"1.234,56 \xe2\x82\xac", b"($1.00)", b"1234.56", b"$1234.56"):
+        with pytest.raises(ValueError, match="lc_monetary=C"):
+            money.parse(other_locale)
 
 
 def test_renderers_accept_python_temporals() -> None:

@@ -610,7 +610,9 @@ CASES: dict[str, Case] = {
         setup="CREATE DOMAIN ints AS int4[]",
     ),
     "inet": Case("inet", st.ip_addresses().map(str), reference="host(v)"),
-    "money": Case("money", st.integers(-(10**9), 10**9).map(lambda c: f"{c / 100:.2f}"), reference="v::text"),
+    "money": Case(
+        "money", st.integers(-(10**9), 10**9).map(lambda c: f"{c / 100:.2f}"), reference="v::numeric::text"
+    ),
     "int4range": Case(
         "int4range",
         st.tuples(st.integers(-100, 100), st.integers(0, 50)).map(lambda t: f"[{t[0]},{t[0] + t[1]})"),

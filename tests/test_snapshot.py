@@ -84,7 +84,7 @@ def test_initial_snapshot_with_concurrent_writers(
     consistent = snapshot_state(settings)["consistent_lsn"]
     assert {r.value["source"]["lsn"] for r in reads} == {parse_lsn(consistent)}
     streamed = [r for r in records if r.value is not None and r.value["op"] != "r"]
-    assert streamed and all(r.value["source"]["snapshot"] is None for r in streamed)
+    assert streamed and all(r.value["source"]["snapshot"] == "false" for r in streamed)
     assert min(int(r.value["source"]["commit_lsn"]) for r in streamed) > parse_lsn(consistent)
 
     rebuilt = rebuild(records)

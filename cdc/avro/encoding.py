@@ -140,11 +140,29 @@ _PRIMITIVE_ENCODERS: Final[dict[str, Encoder]] = {
 }
 
 
+def _array_encoder(items: Any) -> Encoder:
+    """An array as one block (count, items, 0), as fastavro writes it; items by `column_encoder`.
+
+    fastavro's own writer cannot take the TOAST placeholder (a str) among the items of a date
+    array: its union resolution hands the str to the date writer, which fails on it.
+    """
+    item = column_encoder(items)
+
+    def encode(values: list[Any]) -> bytes:
+        if not values:
+            return b"\x00"
+        return b"".join((_long(len(values)), *map(item, values), b"\x00"))
+
+    return encode
+
+
 def _branch_encoder(schema: Any) -> Encoder:
     """The encoder of a non-null value of one (non-union) Avro type."""
     kind, logical = kind_of(schema), logical_type(schema)
     if logical == "decimal" and kind == "bytes":
         return _decimal_encoder(int(schema["precision"]), int(schema.get("scale", 0)))
+    if kind == "array" and logical is None and isinstance(schema, dict) and isinstance(schema["items"], list):
+        return _array_encoder(schema["items"])
     if logical is None or logical in _MEANINGFUL_LOGICAL or logical == "uuid":
         # date, time and timestamps are ints in cdc.pgtypes, uuid a str: the underlying type's encoding
         primitive = _PRIMITIVE_ENCODERS.get(kind)

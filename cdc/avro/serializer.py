@@ -196,28 +196,44 @@ class AvroSerializer:
             ) from None
 
     def _tail(self, event: ChangeEvent, now_ms: int | None) -> tuple[bytes, ...]:
-        """The parts after the source head: txId, lsn, commit_lsn, ts_ms, snapshot, op, ts_ms, transaction."""
-        txn_key = (event.xid, event.commit_lsn, event.commit_ts_ms, event.snapshot, event.transaction_id)
+        """The parts after the source head: txId, lsn, commit_lsn, ts_ms, ts_us, ts_ns, snapshot, op,
+        ts_ms, ts_us, ts_ns, transaction."""
+        txn_key = (
+            event.xid,
+            event.commit_lsn,
+            event.commit_ts_ms,
+            event.commit_ts_us,
+            event.snapshot,
+            event.transaction_id,
+        )
         if txn_key != self._txn_key:
             self._txn_key = txn_key
+            commit_us = event.commit_us
             self._txn_parts = (
                 _long(event.xid),
-                _long(event.commit_lsn) + _long(event.commit_ts_ms) + _nullable_string(event.snapshot),
+                _long(event.commit_lsn)
+                + _long(event.commit_ts_ms)
+                + b"\x02"
+                + _long(commit_us)
+                + b"\x02"
+                + _long(commit_us * 1000)
+                + _nullable_string(event.snapshot),
                 b"\x00" if event.transaction_id is None else b"\x02" + _string(event.transaction_id),
             )
         txid, source_tail, txn_head = self._txn_parts
-        if now_ms is None:
-            now_ms = int(time.time() * 1000)
-        if now_ms != self._now_ms:
-            self._now_ms, self._now_bytes = now_ms, _long(now_ms)
+        ns = time.time_ns() if now_ms is None else now_ms * 1_000_000
+        ms = ns // 1_000_000
+        if ms != self._now_ms:
+            self._now_ms, self._now_bytes = ms, _long(ms)
         op = _OPS.get(event.op)
         if op is None:
             raise SchemaError(f"unknown op {event.op!r}: expected one of {', '.join(_OPS)}")
         lsn = _long(event.lsn)
+        now = b"\x02" + _long(ns // 1000) + b"\x02" + _long(ns)
         if event.transaction_id is None:
-            return txid, lsn, source_tail, op, self._now_bytes, txn_head
+            return txid, lsn, source_tail, op, self._now_bytes, now, txn_head
         order = _long(event.total_order) + _long(event.data_collection_order)
-        return txid, lsn, source_tail, op, self._now_bytes, txn_head, order
+        return txid, lsn, source_tail, op, self._now_bytes, now, txn_head, order
 
     def _encode_message(self, event: ChangeEvent, now_ms: int | None) -> tuple[bytes, bytes]:
         """A logical message: keyed by its prefix, the value in the fixed message envelope."""

@@ -11,7 +11,7 @@ The checks, for the records of all topics of a prefix:
     writers committed;
 (d) a repeat of a position ``(source.commit_lsn, transaction.total_order)``
     is counted as a duplicate and must be byte-for-byte the same event (the
-    processing time ``ts_ms`` aside); a different event at a known position
+    processing time ``ts_ms``, ``ts_us``, ``ts_ns`` aside); a different event at a known position
     is a violation.
 
 Changes a broker lost by itself (Tansu keeps records in memory) are excused
@@ -205,7 +205,7 @@ def _event(record: RawRecord, key: Any, value: dict[str, Any], report: Report) -
     commit_lsn = int(source["commit_lsn"])
     position = (commit_lsn, int(transaction["total_order"]))
     ts_ms = value.get("ts_ms")
-    content = {k: v for k, v in value.items() if k != "ts_ms"}
+    content = {k: v for k, v in value.items() if k not in ("ts_ms", "ts_us", "ts_ns")}
     digest = orjson.dumps([record.topic, key, content], option=orjson.OPT_SORT_KEYS)
     lag = max(0, record.timestamp_ms - int(source.get("ts_ms") or record.timestamp_ms))
     if op == "m":
