@@ -296,7 +296,7 @@ def _quiet_kafka() -> None:
 
 
 @app.command("consume")
-@with_settings("bootstrap_servers", "topic_prefix")
+@with_settings("bootstrap_servers", "topic_prefix", "schema_registry_url", "schema_registry_config")
 def consume(
     topics: Annotated[list[str], typer.Argument(help="Topics to read (<prefix>.<schema>.<table>, ...).")],
     from_beginning: Annotated[
@@ -323,13 +323,16 @@ def consume(
 ) -> None:
     """Print records as JSON lines {"topic", "partition", "offset", "key", "value"}; bad ones on stderr.
 
-    The schemas are read from PREFIX.schemas; without a topic prefix set, it is guessed from the topics.
+    Avro, JSON and Schema Registry records alike. The schemas are read from PREFIX.schemas (without a
+    topic prefix set, it is guessed from the topics), or by id from --schema-registry-url.
     """
     from cdc.consume import ChangeConsumer  # noqa: PLC0415
+    from cdc.schema_registry import open_registry  # noqa: PLC0415
 
     given = config.resolve(flags, _config_file(flags))
     settings = config.from_values(given)
     _quiet_kafka()
+    registry = open_registry(settings.schema_registry_url, settings.schema_registry_config)
     try:
         with ChangeConsumer(
             topics,
@@ -337,6 +340,7 @@ def consume(
             topic_prefix=given.get("topic_prefix"),
             from_beginning=from_beginning,
             group=group,
+            registry_client=registry,
         ) as consumer:
             for record in consumer.records(max_messages, idle_timeout):
                 if record.error is None:
@@ -346,6 +350,9 @@ def consume(
     except BrokenPipeError:
         # the reader went away (| head): stop quietly, and keep Python from complaining at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        if registry is not None:
+            registry.close()
 
 
 @schemas_app.command("export")

@@ -159,6 +159,20 @@ class Settings:
         "Change events not to send: c,u,d,t (none: send all).",
         shown="none",
     )
+    schema_registry_url: str = setting(
+        "",
+        "Schema Registry (Confluent API) for --format avro: records in its wire format "
+        "(0x00, schema id, body), subjects TOPIC-key / TOPIC-value.",
+        shown="none (schemas on PREFIX.schemas)",
+        secret=True,
+    )
+    schema_registry_config: dict[str, str] = setting(
+        dict,
+        "key=value of the registry client (confluent-kafka's SchemaRegistryClient): "
+        "basic.auth.user.info, bearer.auth.*, ssl.ca.location, ...",
+        repeatable=True,
+        secret=True,
+    )
 
     @property
     def instance_dir(self) -> Path:
@@ -445,13 +459,19 @@ def validate(settings: Settings) -> None:
 
 
 def _validate_formats(settings: Settings) -> None:
-    """--skip-ops takes c, u, d, t, or none alone."""
+    """--skip-ops takes c, u, d, t or none; --schema-registry-url is a URL, for --format avro."""
     ops = settings.skip_ops
     unknown = [op for op in ops if op not in (*SKIPPABLE_OPS, "none")]
     if unknown or ("none" in ops and len(ops) > 1):
         raise ConfigError(
             f"skip_ops {','.join(ops)!r}: expected some of {','.join(SKIPPABLE_OPS)}, or none alone"
         )
+    url = settings.schema_registry_url
+    if url:
+        if not all(re.match(r"https?://[^\s/]", part.strip()) for part in url.split(",")):
+            raise ConfigError("schema_registry_url: expected http(s)://host[:port][/path], comma-separated")
+        if settings.format != "avro":
+            raise ConfigError("schema_registry_url is for --format avro: drop it or use --format avro")
 
 
 def require_dsn(settings: Settings, environ: Mapping[str, str] | None = None) -> None:

@@ -1,9 +1,14 @@
 """The downstream side: read change topics, decode any schema version, render JSON.
 
-A record of a cdc topic is Avro single-object encoded: ``C3 01``, the
-writer schema's fingerprint, the body. The writer schemas come from the
-``<prefix>.schemas`` topic (`cdc.avro`), read to its end at start and again
-whenever a record names a fingerprint not seen yet.
+Every format is told apart by its first byte. A record of a cdc topic is Avro
+single-object encoded: ``C3 01``, the writer schema's fingerprint, the body.
+The writer schemas come from the ``<prefix>.schemas`` topic (`cdc.avro`), read
+to its end at start and again whenever a record names a fingerprint not seen
+yet. A record in Confluent's wire format (``00``, a schema id, the body:
+``--schema-registry-url``, Debezium's Avro) takes its schema from the Schema
+Registry given (`cdc.avro.confluent.SchemaIds`), by id, once. JSON records
+pass as they are (a ``{schema, payload}`` record of Kafka Connect's
+JsonConverter as its payload).
 
 Values are decoded raw (the writer schema with its logical types removed, so
 dates and timestamps stay the integers cdc wrote: Python datetimes cannot hold
@@ -39,6 +44,7 @@ from typing import Any, Final, Self
 import orjson
 
 from cdc import avro
+from cdc.avro import confluent
 from cdc.errors import SchemaError, SinkError
 from cdc.events import schemas_topic
 from cdc.kafka import Message, SchemaTopicReader, TopicReader, read_schema_records
@@ -309,11 +315,16 @@ class _Reader:
 
 
 class RecordDecoder:
-    """Single-object encoded bytes -> rendered, JSON-able values, for every registered schema."""
+    """Avro records (single-object encoded, or Confluent's wire format with ``registry_client``)
+    -> rendered, JSON-able values, for every registered schema."""
 
-    def __init__(self, registry: avro.SchemaRegistry | None = None) -> None:
+    def __init__(
+        self, registry: avro.SchemaRegistry | None = None, registry_client: avro.SchemaIds | None = None
+    ) -> None:
         self.registry = avro.SchemaRegistry() if registry is None else registry
+        self.registry_client = registry_client
         self._readers: dict[bytes, _Reader] = {}
+        self._by_id: dict[int, _Reader] = {}
         schema = avro.fixed_schema("schema_record")  # the schema topic's own records decode too
         canonical = avro.canonical_form(schema)
         self._builtin = avro.RegisteredSchema(
@@ -334,13 +345,37 @@ class RecordDecoder:
 
     def decode_raw(self, data: bytes) -> tuple[avro.RegisteredSchema, Any]:
         """(writer schema, the wire values as fastavro reads them without logical types)."""
-        reader = self._reader(data)
-        return reader.entry, avro.read_body(avro.split_single_object(data)[1], reader.parsed)
+        reader, body = self._reader_and_body(data)
+        return reader.entry, avro.read_body(body, reader.parsed)
 
     def decode(self, data: bytes) -> Any:
         """The record rendered as the JSON format renders it (DESIGN.md's type table)."""
-        reader = self._reader(data)
-        return reader.render(avro.read_body(avro.split_single_object(data)[1], reader.parsed))
+        reader, body = self._reader_and_body(data)
+        return reader.render(avro.read_body(body, reader.parsed))
+
+    def _reader_and_body(self, data: bytes) -> tuple[_Reader, memoryview]:
+        if data[:1] == confluent.MAGIC_BYTE:
+            schema_id, body = confluent.split(data)
+            return self._registry_reader(schema_id), body
+        return self._reader(data), avro.split_single_object(data)[1]
+
+    def _registry_reader(self, schema_id: int) -> _Reader:
+        """The reader of a Schema Registry's schema id, fetched once."""
+        reader = self._by_id.get(schema_id)
+        if reader is None:
+            if self.registry_client is None:
+                raise SchemaError(
+                    f"a record in Confluent's wire format (schema id {schema_id}): "
+                    "give --schema-registry-url to read it"
+                )
+            schema = json.loads(self.registry_client.schema(schema_id))
+            canonical = avro.canonical_form(schema)
+            entry = avro.RegisteredSchema(
+                avro.fingerprint(canonical), f"id {schema_id}", 0, "", "", schema, canonical, schema_id
+            )
+            reader = _Reader(entry, avro.parse(_strip_logical(schema)), _Compiler(schema).render(schema, ""))
+            self._by_id[schema_id] = reader
+        return reader
 
     def _reader(self, data: bytes) -> _Reader:
         entry = self.schema_of(data)
@@ -380,6 +415,13 @@ class Record:
             },
             default=_json_default,
         )
+
+
+def _payload(value: Any) -> Any:
+    """A record of Kafka Connect's JsonConverter with ``schemas.enable``: its payload."""
+    if isinstance(value, dict) and value.keys() == {"schema", "payload"}:
+        return value["payload"]
+    return value
 
 
 def _json_default(value: Any) -> Any:
@@ -445,12 +487,13 @@ class ChangeConsumer:
         from_beginning: bool = False,
         group: str | None = None,
         consumer_config: dict[str, Any] | None = None,
+        registry_client: avro.SchemaIds | None = None,
     ) -> None:
         if not topics:
             raise SinkError("no topics to consume: name at least one")
         self.topics = list(topics)
         self.bootstrap_servers = bootstrap_servers
-        self.decoder = RecordDecoder()
+        self.decoder = RecordDecoder(registry_client=registry_client)
         config = dict(consumer_config or {})
         self._schemas: _SchemaLoader | None = None
         self._reader = TopicReader(
@@ -521,7 +564,7 @@ class ChangeConsumer:
         if data[:1] in (b"{", b"[", b'"'):
             # --format json writes the rendered envelope already: print it as it is
             with contextlib.suppress(orjson.JSONDecodeError):
-                return orjson.loads(data)
+                return _payload(orjson.loads(data))
         try:
             is_avro = data[:2] == avro.MAGIC
             if is_avro and not self.decoder.knows(data) and self._schemas is not None:

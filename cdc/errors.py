@@ -7,6 +7,7 @@
      +-- DecodeError              malformed pgoutput / replication bytes
      +-- SchemaError              Avro schema or record problems, unknown fingerprints
      +-- SinkError                Kafka; ``retriable`` says whether to try again
+     |    +-- RegistryUnavailable the Schema Registry cannot be reached; retried
      +-- CheckpointError          the state directory cannot be read or written
      +-- ControlError             a connector process cannot be started, stopped or asked
      |    +-- AlreadyRunning      another process runs a connector with this name
@@ -56,6 +57,13 @@ class SinkError(CdcError):
     def __init__(self, message: str, *, retriable: bool = False) -> None:
         super().__init__(message)
         self.retriable = retriable
+
+
+class RegistryUnavailable(SinkError):
+    """The Schema Registry did not answer (network, 5xx); worth retrying like Kafka."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=True)
 
 
 class CheckpointError(CdcError):

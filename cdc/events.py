@@ -345,6 +345,10 @@ class Serializer(Protocol):
 
     def take_schema_records(self) -> Sequence[tuple[bytes, bytes]]: ...
 
+    def close(self) -> None:
+        """Release what the serializer holds (a Schema Registry client)."""
+        ...
+
 
 class JsonSerializer:
     """``--format json``: the envelope as UTF-8 JSON, values rendered per type."""
@@ -372,3 +376,6 @@ class JsonSerializer:
 
     def take_schema_records(self) -> Sequence[tuple[bytes, bytes]]:
         return ()
+
+    def close(self) -> None:
+        pass

@@ -689,8 +689,8 @@ def _flatten(avro: Any) -> list[Any]:
 def _array_type(oid: int, typmod: int, name: str, element: ColumnType) -> ColumnType:
     # the items take a string too: the placeholder of an unchanged TOAST value is [placeholder]
     items = ["null", *_flatten(element.avro)]
-    if "string" not in items:
-        items.append("string")
+    if not any(b == "string" or (isinstance(b, dict) and b.get("type") == "string") for b in items):
+        items.append("string")  # (a union has one string branch at most: uuid's takes it)
     avro = [{"type": "array", "items": items}, "string"]
     return ColumnType(
         oid,

@@ -15,7 +15,7 @@ from typing import Any
 from cdc.checkpoint import InFlight
 from cdc.config import Settings
 from cdc.events import ChangeEvent, JsonSerializer, Serializer, SourceInfo, Table, event_topic, schemas_topic
-from cdc.kafka import Producer, TopicSettings, make_producer, read_schema_records
+from cdc.kafka import Producer, TopicSettings, check_reachable, make_producer, read_schema_records
 
 
 class RecordWriter:
@@ -71,7 +71,10 @@ class RecordWriter:
             self.producer.send_and_wait(self.schema_topic, key, value, timeout=60)
 
     def close(self) -> None:
-        self.producer.close()
+        try:
+            self.producer.close()
+        finally:
+            self.serializer.close()
 
     def __enter__(self) -> RecordWriter:
         return self
@@ -81,16 +84,24 @@ class RecordWriter:
 
 
 def make_serializer(settings: Settings, source: SourceInfo) -> Serializer:
-    """The serializer of ``--format``; Avro starts from what the schema topic already holds.
+    """The serializer of ``--format`` (and ``--schema-registry-url``): the one place a format plugs in.
 
-    Made anew for every session: after a broker restart (or a new cluster) the
-    schema topic may have lost schemas this process published, and a fresh
-    registry publishes them again before the first record that needs them.
+    Avro starts from what the schema topic already holds; with a Schema Registry it registers its
+    schemas there instead. Made anew for every session: after a broker restart (or a new cluster)
+    the schema topic may have lost schemas this process published, and a fresh registry publishes
+    them again before the first record that needs them.
     """
     if settings.format == "json":
         return JsonSerializer(settings.topic_prefix, source)
     from cdc.avro import AvroSerializer  # noqa: PLC0415 - fastavro only when used
 
+    if settings.schema_registry_url:
+        from cdc.schema_registry import RegistryClient  # noqa: PLC0415 - an optional dependency
+
+        check_reachable(settings.bootstrap_servers)  # the schema topic's read does it otherwise
+        registry = RegistryClient(settings.schema_registry_url, settings.schema_registry_config)
+        registry.check()  # a wrong address or password fails the start, not the first event
+        return AvroSerializer(settings.topic_prefix, source, registry)
     serializer = AvroSerializer(settings.topic_prefix, source)
     serializer.load_schema_records(
         read_schema_records(settings.bootstrap_servers, schemas_topic(settings.topic_prefix))

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"cdc", "cdc.errors", "cdc.lsn", "cdc.config"}),
     ("pure", {"cdc.pgoutput", "cdc.pgtypes", "cdc.events", "cdc.avro", "cdc.avro.*"}),
     ("state", {"cdc.checkpoint", "cdc.status", "cdc.control"}),
-    ("boundaries", {"cdc.pg", "cdc.replication", "cdc.kafka", "cdc.kafka.*"}),
+    ("boundaries", {"cdc.pg", "cdc.replication", "cdc.kafka", "cdc.kafka.*", "cdc.schema_registry"}),
     ("stages", {"cdc.writer", "cdc.consume", "cdc.snapshot", "cdc.snapshot.*"}),
     ("pipeline", {"cdc.connector"}),
     ("front", {"cdc.cli", "cdc.__main__", "cdc.demo", "cdc.dev", "cdc.devservers", "cdc.devservers.*"}),

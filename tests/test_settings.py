@@ -81,6 +81,8 @@ def sample(option: Option, which: int, tmp_path: Path) -> Any:
     kind = option.type
     if option.name == "skip_ops":
         return [["t", "u"], ["d"]][which]
+    if option.name == "schema_registry_url":
+        return f"http://registry{which}:8081"
     if option.choices:
         return option.choices[-1 - which]  # the default is listed first
     if kind is bool:
@@ -157,6 +159,7 @@ def test_names_derive_from_the_flag() -> None:
     assert {o.name for o in OPTIONS.values() if o.repeatable} == {
         "topic_configs",
         "producer_configs",
+        "schema_registry_config",
     }
 
 

@@ -3,11 +3,14 @@
 One module per job: `cdc.avro.schemas` (the schemas of a table version, names,
 canonical form, fingerprints, single-object framing), `cdc.avro.compat`
 (backward compatibility between versions), `cdc.avro.registry` (the writer
-schemas the schema topic holds), `cdc.avro.encoding` (the per-row encoders)
-and `cdc.avro.serializer` (`AvroSerializer`, what the writer uses).
+schemas the schema topic holds), `cdc.avro.confluent` (Confluent's wire format
+and registering schemas in a Schema Registry), `cdc.avro.encoding` (the
+per-row encoders) and `cdc.avro.serializer` (`AvroSerializer`, what the
+writer uses).
 """
 
-from cdc.avro.compat import Incompatibility, check_backward
+from cdc.avro.compat import Incompatibility, Registration, check_backward
+from cdc.avro.confluent import RegistryFraming, SchemaIds
 from cdc.avro.registry import (
     RegisteredSchema,
     SchemaRegistry,
@@ -37,7 +40,7 @@ from cdc.avro.schemas import (
     split_single_object,
     value_schema,
 )
-from cdc.avro.serializer import AvroSerializer, Registration
+from cdc.avro.serializer import AvroSerializer
 
 __all__ = [
     "FIXED_SCHEMAS",
@@ -49,6 +52,8 @@ __all__ = [
     "NamedTypes",
     "RegisteredSchema",
     "Registration",
+    "RegistryFraming",
+    "SchemaIds",
     "SchemaRegistry",
     "avro_name",
     "canonical_form",

@@ -7,9 +7,10 @@ bytes (decimal scale, date vs int).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
+from cdc.avro.registry import RegisteredSchema
 from cdc.avro.schemas import _MEANINGFUL_LOGICAL, _NAMED, NamedTypes, kind_of, logical_type
 
 _PROMOTIONS: Final = {
@@ -33,6 +34,19 @@ class Incompatibility:
 
     def __str__(self) -> str:
         return f"{'.'.join(self.path) or '<root>'}: {self.reason}"
+
+
+@dataclass(slots=True)
+class Registration:
+    """A schema a serializer registered: its compatibility with the subject's previous version."""
+
+    schema: RegisteredSchema
+    previous_version: int | None
+    problems: list[Incompatibility] = field(default_factory=list)
+
+    @property
+    def compatible(self) -> bool:
+        return not self.problems
 
 
 def _describe(schema: Any) -> str:
@@ -175,4 +189,15 @@ def check_backward(reader: Any, writer: Any) -> list[Incompatibility]:
     unique: dict[str, Incompatibility] = {}
     for problem in problems:
         unique.setdefault(str(problem), problem)
+    return list(unique.values())
+
+
+def column_problems(problems: list[Incompatibility], kind: str) -> list[Incompatibility]:
+    """For a value schema, ``before.x`` and ``after.x`` are one column: report it once, as ``x``."""
+    if kind != "value":
+        return problems
+    unique: dict[str, Incompatibility] = {}
+    for p in problems:
+        path = p.path[1:] if p.path[:1] in (("before",), ("after",)) else p.path
+        unique.setdefault(str(Incompatibility(path, p.reason)), Incompatibility(path, p.reason))
     return list(unique.values())

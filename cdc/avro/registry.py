@@ -37,6 +37,7 @@ class RegisteredSchema:
     kind: str  # "key" or "value"
     schema: dict[str, Any]
     canonical: str
+    schema_id: int | None = None  # the Schema Registry's id, when one registered it
 
     @property
     def json(self) -> str:

@@ -6,11 +6,12 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cdc import __version__
-from cdc.avro.compat import Incompatibility, _describe, check_backward
+from cdc.avro.compat import Registration, _describe, check_backward, column_problems
+from cdc.avro.confluent import RegistryFraming, SchemaIds
 from cdc.avro.encoding import (
     _ENCODE_ERRORS,
     _OPS,
@@ -63,35 +64,29 @@ class _TableCodec:
     source_head: bytes  # connector .. table of the source block
 
 
-@dataclass(slots=True)
-class Registration:
-    """A schema this serializer registered: its compatibility with the subject's previous version."""
-
-    schema: RegisteredSchema
-    previous_version: int | None
-    problems: list[Incompatibility] = field(default_factory=list)
-
-    @property
-    def compatible(self) -> bool:
-        return not self.problems
-
-
 class AvroSerializer:
     """Change events -> (key, value) in Avro single-object encoding, plus the schema records.
 
     Call `encode` (or `encode_key`), then `take_schema_records` and produce
     those to `schema_topic` and wait for their acknowledgement before
-    producing the data record. Schemas are built once per table version;
+    producing the data record. With a Schema Registry (``registry_client``) the
+    records are in Confluent's wire format instead and their schemas are
+    registered there (`cdc.avro.confluent`): the same bodies, another header,
+    no schema records. Schemas are built once per table version;
     values are the wire values of `cdc.pgtypes`. Raises `SchemaError` when a
     value does not fit its column's Avro type.
     """
 
-    def __init__(self, topic_prefix: str, source: SourceInfo) -> None:
+    def __init__(
+        self, topic_prefix: str, source: SourceInfo, registry_client: SchemaIds | None = None
+    ) -> None:
         self.topic_prefix = topic_prefix
         self.source = source
         self.schema_topic = schemas_topic(topic_prefix)
         self.registry = SchemaRegistry()
-        self.registrations: list[Registration] = []
+        # with a Schema Registry: its wire format, no schema topic
+        self.framing = None if registry_client is None else RegistryFraming(registry_client)
+        self.registrations: list[Registration] = [] if self.framing is None else self.framing.registrations
         self._pending: list[tuple[bytes, bytes]] = []
         self._codecs: dict[int, _TableCodec] = {}
         self._txn_key: tuple[Any, ...] | None = None
@@ -171,6 +166,11 @@ class AvroSerializer:
             return ()  # the per-event case: no allocation
         records, self._pending = self._pending, []
         return records
+
+    def close(self) -> None:
+        """Close the Schema Registry client, if any."""
+        if self.framing is not None:
+            self.framing.client.close()
 
     # -- also useful
 
@@ -283,6 +283,8 @@ class AvroSerializer:
         self, topic: str, kind: str, build: Callable[[int], dict[str, Any]]
     ) -> tuple[RegisteredSchema, bytes]:
         """Find or register the schema ``build(variant)`` for ``topic``; (entry, record header)."""
+        if self.framing is not None:
+            return self.framing.register(topic, kind, build(0))
         subject = f"{topic}-{kind}"
         for variant in range(100):
             schema = build(variant)
@@ -313,13 +315,7 @@ def _report(entry: RegisteredSchema, previous: RegisteredSchema | None) -> Regis
     if previous is None:
         log.info("schema %s v%d registered (%s)", entry.subject, entry.version, entry.fingerprint.hex())
         return Registration(entry, None)
-    problems = check_backward(entry.schema, previous.schema)
-    if entry.kind == "value":  # before.x and after.x are the same column
-        unique: dict[str, Incompatibility] = {}
-        for p in problems:
-            path = p.path[1:] if p.path[:1] in (("before",), ("after",)) else p.path
-            unique.setdefault(str(Incompatibility(path, p.reason)), Incompatibility(path, p.reason))
-        problems = list(unique.values())
+    problems = column_problems(check_backward(entry.schema, previous.schema), entry.kind)
     if problems:
         log.warning(
             "schema %s v%d is not backward compatible with v%d (streamed anyway; a reader with the new "

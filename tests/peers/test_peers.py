@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import decimal
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,12 +18,6 @@ from tests.peers.debezium import Debezium, Record
 from tests.peers.registry import SchemaRegistry
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def registry() -> Iterator[SchemaRegistry]:
-    with SchemaRegistry.start() as running:
-        yield running
 
 
 VALUE_SCHEMA: dict[str, Any] = {
@@ -49,7 +42,8 @@ VALUE_SCHEMA: dict[str, Any] = {
 }
 
 
-def test_registry_speaks_confluent(registry: SchemaRegistry) -> None:
+def test_registry_speaks_confluent(schema_registry: SchemaRegistry) -> None:
+    registry = schema_registry
     sr = pytest.importorskip("confluent_kafka.schema_registry")
     avro = pytest.importorskip("confluent_kafka.schema_registry.avro")
     from confluent_kafka.serialization import MessageField, SerializationContext
