@@ -33,11 +33,16 @@ log = logging.getLogger(__name__)
 SnapshotMode = Literal["initial", "never", "initial-only"]
 Format = Literal["avro", "json"]
 ProducerKind = Literal["auto", "kafka-python", "confluent"]
+Compat = Literal["native", "debezium"]
+DecimalHandling = Literal["precise", "string", "double"]
+TimePrecision = Literal["adaptive", "adaptive_time_microseconds", "connect", "isostring"]
+BinaryHandling = Literal["bytes", "base64", "base64-url-safe", "hex"]
+IntervalHandling = Literal["numeric", "string"]
 
 #: ops ``--skip-ops`` takes (Debezium's skipped.operations); ``none`` alone skips nothing
 SKIPPABLE_OPS = ("c", "u", "d", "t")
-#: the placeholder of an unchanged TOAST value when --unavailable-placeholder is not given
-PLACEHOLDERS = {"native": "__cdc_unavailable_value"}
+#: the placeholder of an unchanged TOAST value, per --compat, when --unavailable-placeholder is not given
+PLACEHOLDERS = {"native": "__cdc_unavailable_value", "debezium": "__debezium_unavailable_value"}
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -127,7 +132,7 @@ class Settings:
     unavailable_placeholder: str = setting(
         "",
         "Stands for an unchanged TOAST value the server did not send.",
-        shown="__cdc_unavailable_value",
+        shown="__cdc_unavailable_value (__debezium_unavailable_value with --compat debezium)",
     )
     topic_partitions: int = setting(1, "Partitions of new topics.")
     topic_replication_factor: int = setting(-1, "Replicas of new topics (-1: the broker's default).")
@@ -157,7 +162,7 @@ class Settings:
     skip_ops: list[str] = setting(
         list,
         "Change events not to send: c,u,d,t (none: send all).",
-        shown="none",
+        shown="none (t with --compat debezium)",
     )
     schema_registry_url: str = setting(
         "",
@@ -173,6 +178,28 @@ class Settings:
         repeatable=True,
         secret=True,
     )
+    compat: Compat = setting(
+        "native",
+        "native: cdc's events; debezium: topics, keys, envelope and values as Debezium's "
+        "PostgreSQL connector writes them (docs/types.md).",
+    )
+    json_schemas: bool = setting(
+        True,
+        "--compat debezium --format json: keys and values as {schema, payload} "
+        "(Kafka Connect's JsonConverter, schemas.enable).",
+    )
+    decimal_handling_mode: DecimalHandling = setting(
+        "precise", "--compat debezium: numeric and money as Debezium's decimal.handling.mode."
+    )
+    time_precision_mode: TimePrecision = setting(
+        "adaptive", "--compat debezium: dates and times as Debezium's time.precision.mode."
+    )
+    binary_handling_mode: BinaryHandling = setting(
+        "bytes", "--compat debezium: bytea as Debezium's binary.handling.mode."
+    )
+    interval_handling_mode: IntervalHandling = setting(
+        "numeric", "--compat debezium: interval as Debezium's interval.handling.mode."
+    )
 
     @property
     def instance_dir(self) -> Path:
@@ -185,13 +212,13 @@ class Settings:
         if not self.publication:
             self.publication = _identifier(f"cdc_{self.name}")
         if not self.unavailable_placeholder:
-            self.unavailable_placeholder = PLACEHOLDERS["native"]
+            self.unavailable_placeholder = PLACEHOLDERS.get(self.compat, PLACEHOLDERS["native"])
 
     @property
     def skipped_ops(self) -> frozenset[str]:
-        """The ops not to send: ``--skip-ops``, by default none."""
+        """The ops not to send: ``--skip-ops``, by default none (Debezium's t with --compat debezium)."""
         if not self.skip_ops:
-            return frozenset()
+            return frozenset({"t"}) if self.compat == "debezium" else frozenset()
         return frozenset(op for op in self.skip_ops if op != "none")
 
 
@@ -459,7 +486,10 @@ def validate(settings: Settings) -> None:
 
 
 def _validate_formats(settings: Settings) -> None:
-    """--skip-ops takes c, u, d, t or none; --schema-registry-url is a URL, for --format avro."""
+    """--skip-ops, --schema-registry-url and the --compat debezium options fit together.
+
+    (--compat debezium --format avro without a registry is refused where the serializer is made.)
+    """
     ops = settings.skip_ops
     unknown = [op for op in ops if op not in (*SKIPPABLE_OPS, "none")]
     if unknown or ("none" in ops and len(ops) > 1):
@@ -472,6 +502,22 @@ def _validate_formats(settings: Settings) -> None:
             raise ConfigError("schema_registry_url: expected http(s)://host[:port][/path], comma-separated")
         if settings.format != "avro":
             raise ConfigError("schema_registry_url is for --format avro: drop it or use --format avro")
+    if settings.compat != "debezium":
+        for name in DEBEZIUM_ONLY:
+            if getattr(settings, name) != OPTIONS[name].value:
+                log.warning(
+                    "%s applies to --compat debezium only: it changes nothing here", OPTIONS[name].flag
+                )
+
+
+#: settings that shape Debezium's values, without effect on the native format
+DEBEZIUM_ONLY = (
+    "json_schemas",
+    "decimal_handling_mode",
+    "time_precision_mode",
+    "binary_handling_mode",
+    "interval_handling_mode",
+)
 
 
 def require_dsn(settings: Settings, environ: Mapping[str, str] | None = None) -> None:

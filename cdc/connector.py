@@ -33,12 +33,10 @@ from cdc.events import (
     TableVersions,
     Transaction,
     changed_key,
-    heartbeat_topic,
     pg_ts_to_ms,
     pg_ts_to_us,
     table_from_relation,
     table_topic,
-    transaction_topic,
 )
 from cdc.lsn import format_lsn
 from cdc.pgoutput import (
@@ -222,7 +220,7 @@ class _Session:
         self.skipped_ops = settings.skipped_ops
         # Debezium's forms: a key change is a delete (and its tombstone) and a create; a delete of a
         # keyless row gets a tombstone too (null key)
-        self.split_key_changes = self.keyless_tombstones = False
+        self.split_key_changes = self.keyless_tombstones = settings.compat == "debezium"
         self.last_end_lsn: int | None = None  # of the last transaction received (Debezium's sequence)
         self._heartbeat_token = InFlight(0)  # heartbeats belong to no transaction
         self._next_heartbeat = 0.0
@@ -540,7 +538,7 @@ class _Session:
             "ts_ms": txn.commit_ts_ms,
         }
         self.writer.write_fixed(
-            "transaction", transaction_topic(self.prefix), {"id": txn.id}, value, self.entry
+            "transaction", self.writer.topics.transaction, {"id": txn.id}, value, self.entry
         )
 
     def _heartbeat(self) -> None:
@@ -549,5 +547,5 @@ class _Session:
         value = {"name": name, "lsn": self.offsets.lsn, "ts_ms": int(time.time() * 1000)}
         # not part of any transaction: its acknowledgement confirms nothing
         self.writer.write_fixed(
-            "heartbeat", heartbeat_topic(self.prefix), {"name": name}, value, self._heartbeat_token
+            "heartbeat", self.writer.topics.heartbeat, {"name": name}, value, self._heartbeat_token
         )

@@ -330,8 +330,31 @@ def event_topic(prefix: str, event: ChangeEvent) -> str:
     return messages_topic(prefix) if event.table is None else table_topic(prefix, event.table)
 
 
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """Where a serializer's records go: tables, logical messages and the side topics."""
+
+    prefix: str
+    messages: str
+    transaction: str
+    heartbeat: str
+
+    @classmethod
+    def native(cls, prefix: str) -> TopicNames:
+        return cls(prefix, messages_topic(prefix), transaction_topic(prefix), heartbeat_topic(prefix))
+
+    def table(self, table: Table) -> str:
+        return table_topic(self.prefix, table)
+
+    def of(self, event: ChangeEvent) -> str:
+        return self.messages if event.table is None else table_topic(self.prefix, event.table)
+
+
 class Serializer(Protocol):
-    """Turns events into Kafka keys and values (JSON here, Avro in `cdc.avro`)."""
+    """Turns events into Kafka keys and values (JSON here, Avro in `cdc.avro`, Debezium's in
+    `cdc.debezium`), and names the topics they go to."""
+
+    topics: TopicNames
 
     def encode(self, event: ChangeEvent) -> tuple[bytes | None, bytes]: ...
 
@@ -356,6 +379,7 @@ class JsonSerializer:
     def __init__(self, topic_prefix: str, source: SourceInfo) -> None:
         self.topic_prefix = topic_prefix
         self.source = source
+        self.topics = TopicNames.native(topic_prefix)
 
     def encode(self, event: ChangeEvent) -> tuple[bytes | None, bytes]:
         value = orjson.dumps(envelope(event, self.source))

@@ -128,6 +128,7 @@ class ColumnType:
     kind: str = "string"
     element: ColumnType | None = field(default=None, repr=False)
     delimiter: bytes = b","
+    labels: tuple[str, ...] = ()  # an enum's labels, in their order
 
     def unavailable(self, placeholder: str) -> Any:
         """The wire value standing for an unchanged TOAST value the server did not send.
@@ -769,6 +770,7 @@ class TypeInfo:
     typmod: int  # domains: their type modifier (-1 if none)
     element_oid: int  # arrays: the element type
     delimiter: str
+    labels: tuple[str, ...] = ()  # enums: the labels in their order
 
     @property
     def qualified_name(self) -> str:
@@ -788,7 +790,8 @@ WITH RECURSIVE wanted(oid, depth) AS (
      WHERE next.oid IS NOT NULL AND next.oid <> 0 AND w.depth < 16
 )
 SELECT DISTINCT t.oid::int8, n.nspname, t.typname, t.typtype::text, t.typcategory::text,
-       t.typbasetype::int8, t.typtypmod, t.typelem::int8, t.typdelim::text
+       t.typbasetype::int8, t.typtypmod, t.typelem::int8, t.typdelim::text,
+       ARRAY(SELECT e.enumlabel::text FROM pg_enum e WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder)
   FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
  WHERE t.oid IN (SELECT oid FROM wanted)
 """
@@ -847,6 +850,7 @@ class TypeCatalog:
             info = TypeInfo(
                 int(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4]),
                 int(row[5]), int(row[6]), int(row[7]), str(row[8]),
+                tuple(row[9] or ()) if len(row) > 9 else (),
             )  # fmt: skip
             self.types[info.oid] = info
         self.missing.update(o for o in wanted if o not in self.types)
@@ -885,10 +889,11 @@ class TypeCatalog:
             # a domain's own typmod (numeric(10,2) domain) applies when the column has none
             base = self._resolve(info.base_oid, typmod if typmod != -1 else info.typmod, depth + 1)
             return ColumnType(
-                oid, typmod, name, base.parse, base.avro, base.render, base.kind, base.element, base.delimiter
-            )
+                oid, typmod, name, base.parse, base.avro, base.render, base.kind, base.element,
+                base.delimiter, base.labels,
+            )  # fmt: skip
         if info.typtype == "e":
-            return _string_type(oid, typmod, name, "enum")
+            return ColumnType(oid, typmod, name, _text, "string", _same, "enum", labels=info.labels)
         if info.category == "A" and info.element_oid:
             element = self._resolve(info.element_oid, typmod, depth + 1)
             return _array_type(oid, typmod, element.name + "[]", element)

@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from cdc.avro.confluent import SchemaIds
 from cdc.checkpoint import InFlight
 from cdc.config import Settings
-from cdc.events import ChangeEvent, JsonSerializer, Serializer, SourceInfo, Table, event_topic, schemas_topic
+from cdc.errors import ConfigError
+from cdc.events import ChangeEvent, JsonSerializer, Serializer, SourceInfo, Table, schemas_topic
 from cdc.kafka import Producer, TopicSettings, check_reachable, make_producer, read_schema_records
 
 
@@ -25,6 +27,7 @@ class RecordWriter:
         self.serializer = serializer
         self.producer = producer
         self.prefix = topic_prefix
+        self.topics = serializer.topics  # the messages' and side topics' names depend on the format
         self.schema_topic = schemas_topic(topic_prefix)
         # the per-event path calls these: bound once
         self._encode = serializer.encode
@@ -38,7 +41,7 @@ class RecordWriter:
         """Encode ``event`` and queue it on ``topic`` (default: its own), its schema first."""
         key, value = self._encode(event)
         if topic is None:
-            topic = event_topic(self.prefix, event)
+            topic = self.topics.of(event)
             self.producer.ensure_topic(topic)
         records = self._take_schemas()
         if records:
@@ -91,22 +94,61 @@ def make_serializer(settings: Settings, source: SourceInfo) -> Serializer:
     the schema topic may have lost schemas this process published, and a fresh registry publishes
     them again before the first record that needs them.
     """
+    if settings.compat == "debezium":
+        return _debezium_serializer(settings, source)
     if settings.format == "json":
         return JsonSerializer(settings.topic_prefix, source)
     from cdc.avro import AvroSerializer  # noqa: PLC0415 - fastavro only when used
 
     if settings.schema_registry_url:
-        from cdc.schema_registry import RegistryClient  # noqa: PLC0415 - an optional dependency
-
-        check_reachable(settings.bootstrap_servers)  # the schema topic's read does it otherwise
-        registry = RegistryClient(settings.schema_registry_url, settings.schema_registry_config)
-        registry.check()  # a wrong address or password fails the start, not the first event
-        return AvroSerializer(settings.topic_prefix, source, registry)
+        return AvroSerializer(settings.topic_prefix, source, _registry(settings))
     serializer = AvroSerializer(settings.topic_prefix, source)
     serializer.load_schema_records(
         read_schema_records(settings.bootstrap_servers, schemas_topic(settings.topic_prefix))
     )
     return serializer
+
+
+def _registry(settings: Settings) -> SchemaIds:
+    """The Schema Registry client of the settings, checked: a wrong address or password fails the
+    start, not the first event."""
+    from cdc.schema_registry import RegistryClient  # noqa: PLC0415 - an optional dependency
+
+    check_reachable(settings.bootstrap_servers)  # the schema topic's read does it otherwise
+    registry = RegistryClient(settings.schema_registry_url, settings.schema_registry_config)
+    try:
+        registry.check()
+    except BaseException:
+        registry.close()
+        raise
+    return registry
+
+
+def _debezium_serializer(settings: Settings, source: SourceInfo) -> Serializer:
+    """``--compat debezium``: Debezium's JSON (JsonConverter), or its Avro through a Schema Registry."""
+    from cdc.debezium import DebeziumAvroSerializer, DebeziumJsonSerializer, options_of  # noqa: PLC0415
+
+    options = options_of(settings)
+    if settings.format == "json":
+        return DebeziumJsonSerializer(
+            settings.topic_prefix,
+            source,
+            options,
+            schemas=settings.json_schemas,
+            transaction_metadata=settings.transaction_metadata,
+        )
+    if not settings.schema_registry_url:
+        raise ConfigError(
+            "--compat debezium --format avro writes through a Schema Registry: "
+            "give --schema-registry-url (or use --format json)"
+        )
+    return DebeziumAvroSerializer(
+        settings.topic_prefix,
+        source,
+        options,
+        _registry(settings),
+        transaction_metadata=settings.transaction_metadata,
+    )
 
 
 def open_writer(settings: Settings, source: SourceInfo, client_id: str) -> RecordWriter:

@@ -169,6 +169,7 @@ def test_defaults_when_nothing_is_given(built: list[Settings]) -> None:
         if option.name not in ("slot", "publication", "unavailable_placeholder"):  # derived
             assert getattr(Settings(), option.name) == option.value
     assert Settings().unavailable_placeholder == "__cdc_unavailable_value"
+    assert Settings(compat="debezium").unavailable_placeholder == "__debezium_unavailable_value"
 
 
 # -- every option from every source -----------------------------------------------------------

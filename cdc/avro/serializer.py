@@ -41,6 +41,7 @@ from cdc.events import (
     ChangeEvent,
     SourceInfo,
     Table,
+    TopicNames,
     event_topic,
     messages_topic,
     schemas_topic,
@@ -82,6 +83,7 @@ class AvroSerializer:
     ) -> None:
         self.topic_prefix = topic_prefix
         self.source = source
+        self.topics = TopicNames.native(topic_prefix)
         self.schema_topic = schemas_topic(topic_prefix)
         self.registry = SchemaRegistry()
         # with a Schema Registry: its wire format, no schema topic

@@ -51,6 +51,9 @@ from tests.peers.jvm import (
 
 DEBEZIUM_VERSION = "3.6.1.Final"
 SLF4J_VERSION = "1.7.36"  # the slf4j-api that Debezium 3.6 resolves to; simple logger on stderr
+#: Apicurio's Kafka Connect converter: its AvroData (a fork of Confluent's) turns Debezium's Connect
+#: records into Avro as the AvroConverter does; the oracle prints those schemas and bodies too
+AVRODATA_ARTIFACT = "io.apicurio:apicurio-registry-utils-converter:2.6.13.Final"
 MAIN_SOURCE = Path(__file__).with_name("DebeziumOracle.java")
 MAIN_CLASS = "DebeziumOracle"
 
@@ -68,7 +71,7 @@ class DebeziumInstall:
 def debezium_install(version: str = DEBEZIUM_VERSION) -> DebeziumInstall:
     """Jars of the engine + connector and the compiled main, in the cache (built on first use)."""
     java = find_java(17)
-    home = cache_dir() / f"debezium-{version}"
+    home = cache_dir() / f"debezium-{version}-avrodata"
     done = home / ".complete"
     with locked(f"debezium-{version}"):
         if not done.is_file():
@@ -77,6 +80,7 @@ def debezium_install(version: str = DEBEZIUM_VERSION) -> DebeziumInstall:
                     f"io.debezium:debezium-embedded:{version}",
                     f"io.debezium:debezium-connector-postgres:{version}",
                     f"org.slf4j:slf4j-simple:{SLF4J_VERSION}",
+                    AVRODATA_ARTIFACT,
                 ],
                 home,
             )
@@ -115,6 +119,8 @@ class Record:
 
     ``key``/``value``: with ``schemas.enable=true`` (``{"schema": ..., "payload": ...}``);
     ``key_plain``/``value_plain``: with ``schemas.enable=false``. ``None`` for no key / a tombstone.
+    ``key_avro``/``value_avro``: the Avro schemas AvroData makes of the Connect schemas (as the
+    AvroConverter registers them); ``key_avro_data``/``value_avro_data``: the Avro binary bodies.
     """
 
     topic: str
@@ -122,6 +128,10 @@ class Record:
     value: Any
     key_plain: Any
     value_plain: Any
+    key_avro: Any = None
+    value_avro: Any = None
+    key_avro_data: bytes | None = None
+    value_avro_data: bytes | None = None
 
     @property
     def op(self) -> str | None:
@@ -318,7 +328,15 @@ class Debezium:
                 if kind == "record":
                     self._records.append(
                         Record(
-                            line["topic"], line["key"], line["value"], line["key_plain"], line["value_plain"]
+                            line["topic"],
+                            line["key"],
+                            line["value"],
+                            line["key_plain"],
+                            line["value_plain"],
+                            line.get("key_avro"),
+                            line.get("value_avro"),
+                            _bytes(line.get("key_avro_data")),
+                            _bytes(line.get("value_avro_data")),
                         )
                     )
                 elif kind == "streaming":
@@ -402,6 +420,10 @@ class Debezium:
         tb: TracebackType | None,
     ) -> None:
         self.destroy()
+
+
+def _bytes(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text)
 
 
 def _escape(value: str) -> str:
