@@ -87,6 +87,8 @@ COLUMNS: dict[str, str] = {
     "big_ba": "bytea",
     "big_jb": "jsonb",
     "big_ta": "text[]",
+    "big_hs": "hstore",
+    "big_ua": "uuid[]",
 }
 
 #: columns stored out of line (TOAST): the update leaves them alone, so the server does not send them
@@ -96,6 +98,8 @@ BIG: dict[str, str] = {
     "big_ba": "(SELECT decode(string_agg(md5(g::text), ''), 'hex') FROM generate_series(1, 600) g)",
     "big_jb": "(SELECT jsonb_agg(md5(g::text)) FROM generate_series(1, 300) g)",
     "big_ta": "(SELECT array_agg(md5(g::text)) FROM generate_series(1, 300) g)",
+    "big_hs": "(SELECT hstore(array_agg(md5(g::text)), array_agg(g::text)) FROM generate_series(1, 300) g)",
+    "big_ua": "(SELECT array_agg(md5(g::text)::uuid) FROM generate_series(1, 300) g)",
 }
 
 #: one dict per inserted row (ids 1, 2, ...): column -> SQL literal (text cast to the column's type)
