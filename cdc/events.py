@@ -26,7 +26,7 @@ import orjson
 from cdc import __version__
 from cdc.lsn import PG_EPOCH_US
 from cdc.pgoutput import Relation, ReplicaIdentity
-from cdc.pgtypes import ColumnType, TypeCatalog, column_type
+from cdc.pgtypes import IDENTITY, ColumnType, TypeCatalog, column_type
 
 CONNECTOR: Final = "cdc"
 UNAVAILABLE_PLACEHOLDER: Final = "__cdc_unavailable_value"
@@ -59,6 +59,8 @@ class Table:
     key_indexes: list[int] = field(default_factory=list)
     # "schema.table", computed once: the per-event path counts events under it
     qualified_name: str = field(init=False, default="", compare=False)
+    # the JSON rendering of a row (`render_row`), made on first use
+    row_renderer: Any = field(init=False, default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.qualified_name = f"{self.schema}.{self.name}"
@@ -215,12 +217,32 @@ def changed_key(table: Table, before: list[Any], after: list[Any]) -> list[Any] 
 
 
 def render_row(table: Table, row: list[Any] | None) -> dict[str, Any] | None:
+    """A row of wire values as the JSON format renders it (column name -> rendering)."""
     if row is None:
         return None
-    return {
-        col.name: None if value is None else col.type.render(value)
-        for col, value in zip(table.columns, row, strict=True)
-    }
+    render = table.row_renderer
+    if render is None:
+        render = table.row_renderer = _row_renderer(table)
+    result: dict[str, Any] = render(row)
+    return result
+
+
+def _row_renderer(table: Table) -> Any:
+    """One function per table version: the values as they are, then the columns whose type renders."""
+    names = [c.name for c in table.columns]
+    steps = [(i, c.name, c.type.render) for i, c in enumerate(table.columns) if c.type.render is not IDENTITY]
+
+    def render(row: list[Any]) -> dict[str, Any]:
+        if len(row) != len(names):
+            raise ValueError(f"a row of {len(row)} values for {len(names)} columns")
+        rendered = dict(zip(names, row, strict=True))
+        for i, name, step in steps:
+            value = row[i]
+            if value is not None:
+                rendered[name] = step(value)
+        return rendered
+
+    return render
 
 
 def render_key(table: Table, key: list[Any]) -> dict[str, Any]:

@@ -454,6 +454,10 @@ def _same(value: Any) -> Any:
     return value
 
 
+#: the render of types whose wire value is already their JSON (callers may skip calling it)
+IDENTITY: Final[Render] = _same
+
+
 def _render_float8(value: float) -> float | str:
     if math.isfinite(value):
         return value

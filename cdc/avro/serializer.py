@@ -15,6 +15,7 @@ from cdc.avro.confluent import RegistryFraming, SchemaIds
 from cdc.avro.encoding import (
     _ENCODE_ERRORS,
     _OPS,
+    Clock,
     Encoder,
     _bytes,
     _fastavro_encoder,
@@ -93,8 +94,7 @@ class AvroSerializer:
         self._codecs: dict[int, _TableCodec] = {}
         self._txn_key: tuple[Any, ...] | None = None
         self._txn_parts: tuple[bytes, bytes, bytes] = (b"", b"", b"")
-        self._now_ms = -1
-        self._now_bytes = b""
+        self._clock = Clock()
         self._message_headers: tuple[bytes, bytes] | None = None
         self._side: dict[tuple[str, str], tuple[bytes, Encoder, bytes, Encoder]] = {}
         message_schema()  # the fixed pieces load now: a broken installation fails here, not mid-stream
@@ -223,19 +223,15 @@ class AvroSerializer:
                 b"\x00" if event.transaction_id is None else b"\x02" + _string(event.transaction_id),
             )
         txid, source_tail, txn_head = self._txn_parts
-        ns = time.time_ns() if now_ms is None else now_ms * 1_000_000
-        ms = ns // 1_000_000
-        if ms != self._now_ms:
-            self._now_ms, self._now_bytes = ms, _long(ms)
+        now = self._clock.encode(time.time_ns() if now_ms is None else now_ms * 1_000_000)
         op = _OPS.get(event.op)
         if op is None:
             raise SchemaError(f"unknown op {event.op!r}: expected one of {', '.join(_OPS)}")
         lsn = _long(event.lsn)
-        now = b"\x02" + _long(ns // 1000) + b"\x02" + _long(ns)
         if event.transaction_id is None:
-            return txid, lsn, source_tail, op, self._now_bytes, now, txn_head
+            return txid, lsn, source_tail, op, now, txn_head
         order = _long(event.total_order) + _long(event.data_collection_order)
-        return txid, lsn, source_tail, op, self._now_bytes, now, txn_head, order
+        return txid, lsn, source_tail, op, now, txn_head, order
 
     def _encode_message(self, event: ChangeEvent, now_ms: int | None) -> tuple[bytes, bytes]:
         """A logical message: keyed by its prefix, the value in the fixed message envelope."""
