@@ -6,7 +6,10 @@ for the same workload (a six-column table of mixed types):
 - the limit: pg_recvlogical (pgoutput, same publication) to /dev/null;
 - the connector end to end, events acknowledged per second from the first
   event read to the last acknowledgement, for one 200k-row transaction and
-  for 10-row transactions, with both producers;
+  for 10-row transactions, with both producers; and with confluent-kafka, in
+  the same runs, the Schema Registry wire format and ``--compat debezium``
+  (JSON, and Avro through the registry) next to the native Avro (a registry,
+  the tests' Apicurio peer, is started when Java is there);
 - commit-to-ack latency p50/p99 at a steady 1,000 transactions/s;
 - RSS: peak over the runs, and during a 1M-row transaction;
 - seconds from `cdc start` to the first event acknowledged;
@@ -34,11 +37,18 @@ import orjson
 
 from bench import stream
 from bench.common import median, servers
+from bench.stream import FORMATS, format_flags, schema_registry
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRODUCERS = ("confluent", "kafka-python")
 
 WORKLOADS = (("one_txn", "one {rows}-row transaction"), ("small_txns", "10-row transactions"))
+#: the formats beside the native Avro, measured with confluent-kafka: key -> label
+FORMAT_LABELS = {
+    "registry": "Avro, Schema Registry wire format",
+    "debezium_json": "--compat debezium, JSON",
+    "debezium_avro": "--compat debezium, Avro (registry)",
+}
 
 #: the issue's targets: (figure key, comparison, threshold, text)
 TARGETS: list[tuple[str, str, float, str]] = [
@@ -86,7 +96,11 @@ def run(runs: int, rows: int, big_rows: int, quick: bool) -> dict[str, Any]:
         print(f"  {key}: {value:,.2f}", flush=True)
 
     peak_rss: list[float] = []
-    with servers() as s, tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp:
+    with (
+        servers() as s,
+        tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp,
+        schema_registry() as registry_url,
+    ):
         state = Path(tmp)
         for i in range(runs):
             print(f"run {i + 1}/{runs}", flush=True)
@@ -98,6 +112,13 @@ def run(runs: int, rows: int, big_rows: int, quick: bool) -> dict[str, Any]:
                 for producer in PRODUCERS:
                     result = stream.connector_rate(s, state, rows, small, producer, "avro")
                     add(f"stream_{workload}_{producer}_events_per_s", result["events_per_s"])
+                    peak_rss.append(result["peak_rss_mb"])
+                for name in FORMATS:
+                    if registry_url is None and name != "debezium_json":
+                        continue  # no Java: no registry
+                    fmt, extra = format_flags(name, registry_url or "")
+                    result = stream.connector_rate(s, state, rows, small, "confluent", fmt, *extra)
+                    add(f"stream_{workload}_{name}_events_per_s", result["events_per_s"])
                     peak_rss.append(result["peak_rss_mb"])
             for producer in PRODUCERS:
                 lat = stream.latency(s, state, producer, "avro", seconds=4 if quick else 8)
@@ -122,6 +143,11 @@ def run(runs: int, rows: int, big_rows: int, quick: bool) -> dict[str, Any]:
             rate = figures[f"stream_{workload}_{producer}_events_per_s"]
             figures[f"stream_{workload}_{producer}_ratio"] = rate / limit
             figures[f"stream_{workload}_{producer}_strict_ratio"] = rate / strict
+        native = figures[f"stream_{workload}_confluent_events_per_s"]
+        for name in FORMATS:
+            key = f"stream_{workload}_{name}_events_per_s"
+            if key in figures and native:
+                figures[f"stream_{workload}_{name}_vs_native"] = figures[key] / native
     snapshot = optional("bench.snapshot", "snapshot_rows_per_second")
     if snapshot is not None:
         figures["snapshot_table_rows"] = big_rows
@@ -154,6 +180,14 @@ def table(figures: dict[str, Any]) -> str:
             rows.append(
                 (f"cdc ({producer}), {label} (events/s)", fig(f"{key}_events_per_s"), ratio(f"{key}_ratio"))
             )
+    for name, label in FORMAT_LABELS.items():
+        for workload, wlabel in workloads:
+            key = f"stream_{workload}_{name}"
+            if f"{key}_events_per_s" in figures:
+                versus = f"{figures[f'{key}_vs_native']:.2f} x native"
+                rows.append(
+                    (f"cdc (confluent), {label}, {wlabel} (events/s)", fig(f"{key}_events_per_s"), versus)
+                )
     for producer in PRODUCERS:
         p50, p99 = fig(f"latency_p50_ms_{producer}", "{:.1f}"), fig(f"latency_p99_ms_{producer}", "{:.1f}")
         rows.append((f"commit-to-ack p50 / p99 at 1,000 txn/s, {producer} (ms)", f"{p50} / {p99}", ""))
@@ -177,12 +211,13 @@ def table(figures: dict[str, Any]) -> str:
     ]
     width = max(len(r[0]) for r in rows)
     lines = [
-        f"| {'figure':<{width}} | {'value':>16} | {'vs limit':>11} |",
-        f"|{'-' * (width + 2)}|{'-' * 18}|{'-' * 13}|",
+        f"| {'figure':<{width}} | {'value':>16} | {'vs limit':>13} |",
+        f"|{'-' * (width + 2)}|{'-' * 18}|{'-' * 15}|",
     ]
-    lines += [f"| {name:<{width}} | {value:>16} | {r:>11} |" for name, value, r in rows]
+    lines += [f"| {name:<{width}} | {value:>16} | {r:>13} |" for name, value, r in rows]
     lines.append("")
-    lines.append("vs limit: whole run / streaming (see bench/stream.py limit_rate)")
+    lines.append("vs limit: whole run / streaming (see bench/stream.py limit_rate); x native: the same")
+    lines.append("run's native Avro with confluent-kafka")
     lines.append("")
     for key, op, threshold, text in TARGETS:
         if key not in figures:

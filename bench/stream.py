@@ -50,11 +50,28 @@ def _fresh_slot(s: Servers, kind: str) -> Iterator[str]:
             drop_slot(conn, name)
 
 
-def _connector(s: Servers, state_dir: Path, name: str, producer: str, fmt: str) -> ConnectorProcess:
+def _connector(
+    s: Servers, state_dir: Path, name: str, producer: str, fmt: str, *extra: str
+) -> ConnectorProcess:
     return ConnectorProcess(
         s, state_dir, name, "--slot", name, "--publication", name, "--snapshot", "never",
-        "--producer", producer, "--format", fmt,
+        "--producer", producer, "--format", fmt, *extra,
     )  # fmt: skip
+
+
+#: the formats beside the native one: (label, --format, extra flags; REGISTRY stands for the URL)
+REGISTRY = "{registry}"
+FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "registry": ("avro", ("--schema-registry-url", REGISTRY)),
+    "debezium_json": ("json", ("--compat", "debezium")),
+    "debezium_avro": ("avro", ("--compat", "debezium", "--schema-registry-url", REGISTRY)),
+}
+
+
+def format_flags(name: str, registry_url: str) -> tuple[str, list[str]]:
+    """(--format, extra flags) of one of `FORMATS`, with the registry's URL filled in."""
+    fmt, extra = FORMATS[name]
+    return fmt, [registry_url if flag == REGISTRY else flag for flag in extra]
 
 
 def _confirmed(end: int) -> Any:
@@ -98,14 +115,14 @@ def limit_rate(s: Servers, rows: int, small: bool) -> tuple[float, float]:
 
 
 def connector_rate(
-    s: Servers, state_dir: Path, rows: int, small: bool, producer: str, fmt: str
+    s: Servers, state_dir: Path, rows: int, small: bool, producer: str, fmt: str, *extra: str
 ) -> dict[str, Any]:
     """The connector on the same workload: events acknowledged per second, first event to last ack."""
     with _fresh_slot(s, "run") as name:
         with s.connect() as conn:
             load = load_small_transactions if small else load_one_transaction
             end = parse_lsn(load(conn, _next_range(rows), rows))
-        proc = _connector(s, state_dir, name, producer, fmt)
+        proc = _connector(s, state_dir, name, producer, fmt, *extra)
         try:
             status = proc.wait("the backlog to be confirmed", _confirmed(end))
             proc.sample()
@@ -193,7 +210,28 @@ def start_to_first_event(s: Servers, state_dir: Path, producer: str, fmt: str) -
     return float(status["last_ack_at"] - proc.started_at)
 
 
+@contextlib.contextmanager
+def schema_registry() -> Iterator[str | None]:
+    """A Schema Registry (the tests' Apicurio peer) for the registry formats; None without Java."""
+    try:
+        from tests.peers.jvm import PeerError
+        from tests.peers.registry import SchemaRegistry
+    except ImportError:
+        yield None
+        return
+    try:
+        registry = SchemaRegistry.start(compatibility="NONE")
+    except PeerError as exc:
+        print(f"no Schema Registry ({exc}): the registry formats are not measured")
+        yield None
+        return
+    with registry:
+        yield registry.url
+
+
 def main() -> None:
+    """``python -m bench.stream``: the limit, then the connector per producer; ``BENCH_FORMATS=all``
+    adds the registry wire format and --compat debezium (JSON, Avro) with confluent-kafka."""
     rows = int(os.environ.get("BENCH_ROWS", "200000"))
     with servers() as s, tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp:
         print(f"limit, one transaction (whole run, streaming): {limit_rate(s, rows, small=False)} rows/s")
@@ -203,6 +241,15 @@ def main() -> None:
                 s, Path(tmp), rows, False, producer, os.environ.get("BENCH_FORMAT", "avro")
             )
             print(f"connector ({producer}), one transaction: {result}")
+        if os.environ.get("BENCH_FORMATS") != "all":
+            return
+        with schema_registry() as url:
+            for name in FORMATS:
+                if url is None and REGISTRY in FORMATS[name][1]:
+                    continue
+                fmt, extra = format_flags(name, url or "")
+                result = connector_rate(s, Path(tmp), rows, False, "confluent", fmt, *extra)
+                print(f"connector (confluent, {name}), one transaction: {result}")
 
 
 if __name__ == "__main__":
