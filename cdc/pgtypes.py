@@ -471,7 +471,10 @@ def _render_float4(value: float) -> float | str:
     """The shortest decimal that reads back as the same float32 (1.1, not 1.100000023841858)."""
     if not math.isfinite(value):
         return _render_float8(value)
-    single = _F32.unpack(_F32.pack(value))[0]
+    try:
+        single = _F32.unpack(_F32.pack(value))[0]
+    except OverflowError:  # beyond float32: not a float4 the server sends, rendered as it is
+        return value
     for digits in range(6, 10):
         shortest = float(f"{single:.{digits}g}")
         if _F32.unpack(_F32.pack(shortest))[0] == single:
@@ -693,9 +696,18 @@ def _flatten(avro: Any) -> list[Any]:
 
 def _array_type(oid: int, typmod: int, name: str, element: ColumnType) -> ColumnType:
     # the items take a string too: the placeholder of an unchanged TOAST value is [placeholder]
-    items = ["null", *_flatten(element.avro)]
-    if not any(b == "string" or (isinstance(b, dict) and b.get("type") == "string") for b in items):
-        items.append("string")  # (a union has one string branch at most: uuid's takes it)
+    # items take a string too: the placeholder of an unchanged TOAST value is [placeholder]; a union
+    # has one string branch at most, so uuid items are plain strings (Avro readers would turn the
+    # placeholder in a uuid branch into a UUID, and fail)
+    items = [
+        "null",
+        *(
+            "string" if isinstance(b, dict) and b.get("type") == "string" else b
+            for b in _flatten(element.avro)
+        ),
+    ]
+    if "string" not in items:
+        items.append("string")
     avro = [{"type": "array", "items": items}, "string"]
     return ColumnType(
         oid,

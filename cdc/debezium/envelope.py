@@ -20,8 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import orjson
-
 from cdc import __version__
 from cdc.debezium.types import (
     ColumnField,
@@ -276,7 +274,7 @@ def source_value(event: ChangeEvent, info: SourceInfo, prefix: str) -> dict[str,
         "ts_ms": event.commit_ts_ms,
         "snapshot": SNAPSHOT_VALUES.get(event.snapshot, event.snapshot),
         "db": info.db,
-        "sequence": orjson.dumps([None if last is None else str(last), str(event.lsn)]).decode(),
+        "sequence": sequence(last, event.lsn),
         "ts_us": commit_us,
         "ts_ns": commit_us * 1000,
         "schema": table.schema if table is not None else "",
@@ -287,6 +285,13 @@ def source_value(event: ChangeEvent, info: SourceInfo, prefix: str) -> dict[str,
         "origin": None,
         "origin_lsn": None,
     }
+
+
+def sequence(last_commit_lsn: int | None, lsn: int) -> str:
+    """Debezium's ``source.sequence``: ``["<end LSN of the transaction before>","<lsn>"]``."""
+    if last_commit_lsn is None:
+        return f'[null,"{lsn}"]'
+    return f'["{last_commit_lsn}","{lsn}"]'
 
 
 def block_value(event: ChangeEvent) -> dict[str, Any] | None:

@@ -37,6 +37,7 @@ from cdc.debezium.envelope import (
     json_render,
     message_value_schema,
     row_converter,
+    sequence,
     side_record,
     source_value,
     table_shape,
@@ -213,8 +214,7 @@ class _AvroCodec:
     value_header: bytes
     key_header: bytes | None
     head: bytes  # version, connector, name of the source block
-    snapshot_null: bytes  # the union index of null in source.snapshot (which has a default)
-    snapshot_string: bytes
+    snapshot_string: bytes  # the union index of the string in source.snapshot (its default is not null)
     names: bytes  # schema, table
 
 
@@ -275,7 +275,6 @@ class DebeziumAvroSerializer:
             value_header,
             key_header,
             _string(__version__) + _string("postgresql") + _string(self.prefix),
-            _long(null_at),
             _long(1 - null_at),
             _string(table.schema) + _string(table.name),
         )
@@ -332,8 +331,7 @@ class DebeziumAvroSerializer:
                 _long(event.commit_ts_ms),
                 codec.snapshot_string + _string(snapshot),
                 _string(self.source.db),
-                b"\x02"
-                + _string(orjson.dumps([None if last is None else str(last), str(event.lsn)]).decode()),
+                b"\x02" + _string(sequence(last, event.lsn)),
                 b"\x02" + _long(commit_us),
                 b"\x02" + _long(commit_us * 1000),
                 codec.names,

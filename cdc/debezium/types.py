@@ -638,26 +638,29 @@ def _array_placeholder(element: ColumnType, placeholder: str) -> Any:
     return None
 
 
-_ARRAY_TOKEN = re.compile(rb'"((?:[^"\\]|\\.)*)"|([{}])|([^,{}"]+)|(,)', re.DOTALL)
 _ARRAY_UNESCAPE = re.compile(rb"\\(.)", re.DOTALL)
 
 
 def _array_text_parser(element: ColumnType) -> Callable[[str], list[Any]]:
     """The text output of any array (bounds, several dimensions) -> its elements in order, flattened."""
     parse = element.parse
+    delimiter = re.escape(element.delimiter)
+    tokens = re.compile(
+        rb'"((?:[^"\\]|\\.)*)"|[{}]|((?:(?!' + delimiter + rb')[^{}"])+)|' + delimiter, re.DOTALL
+    )
 
     def elements(text: str) -> list[Any]:
         data = text.encode()
         if data[:1] == b"[":  # [lo:hi]={...}
             data = data[data.index(b"=") + 1 :]
         out: list[Any] = []
-        for quoted, brace, bare, _comma in (m.groups() for m in _ARRAY_TOKEN.finditer(data)):
+        for match in tokens.finditer(data):
+            quoted, bare = match.groups()
             if quoted is not None:
                 out.append(parse(_ARRAY_UNESCAPE.sub(rb"\1", quoted)))
             elif bare is not None:
                 token = bare.strip()
                 out.append(None if token == b"NULL" else parse(token))
-            del brace
         return out
 
     return elements
