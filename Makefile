@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup kafka-jars test lint demo bench soak clean
+.PHONY: setup kafka-jars peers test lint demo bench soak clean
 
-setup: $(STAMP) kafka-jars
+setup: $(STAMP) kafka-jars peers
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml
 # tests do not pay for them. Without Java or Maven it says why and passes: those tests skip.
 kafka-jars: $(STAMP)
 	$(BIN)/python -m cdc.devservers prepare-kafka
+
+# The interoperability peers (Apicurio Registry, Debezium) into ~/.cache/cdc/peers, once; without
+# Java or Maven it says why and passes: their tests skip.
+peers: $(STAMP)
+	$(BIN)/python -m tests.peers prepare
 
 # pytest exits 5 when it collected nothing: that is a failure here
 test: setup

@@ -202,12 +202,42 @@ def _branch_encoder(schema: Any) -> Encoder:
         return _decimal_encoder(int(schema["precision"]), int(schema.get("scale", 0)))
     if kind == "array" and logical is None and isinstance(schema, dict) and isinstance(schema["items"], list):
         return _array_encoder(schema["items"])
+    if kind == "record" and isinstance(schema, dict) and _self_contained(schema):
+        return _record_encoder(schema)
     if logical is None or logical in _MEANINGFUL_LOGICAL or logical == "uuid":
         # date, time and timestamps are ints in cdc.pgtypes, uuid a str: the underlying type's encoding
         primitive = _PRIMITIVE_ENCODERS.get(kind)
         if primitive is not None and (logical is None or kind in ("int", "long", "string")):
             return primitive
     return _fastavro_encoder(schema)
+
+
+def _self_contained(schema: Any) -> bool:
+    """No reference to a named type defined elsewhere (a record's own encoder can be made)."""
+    if isinstance(schema, str):
+        return schema in _PRIMITIVE_ENCODERS or schema == "null"
+    if isinstance(schema, list):
+        return all(_self_contained(b) for b in schema)
+    if isinstance(schema, dict):
+        kind = schema.get("type")
+        if kind == "record":
+            return all(_self_contained(f["type"]) for f in schema["fields"])
+        if kind == "array":
+            return _self_contained(schema["items"])
+        if kind == "map":
+            return _self_contained(schema["values"])
+        return isinstance(kind, str) and kind in _PRIMITIVE_ENCODERS
+    return False
+
+
+def _record_encoder(schema: dict[str, Any]) -> Encoder:
+    """A record as its fields' encodings one after the other (Debezium's structs: Point, ...)."""
+    fields = [(f["name"], column_encoder(f["type"])) for f in schema["fields"]]
+
+    def encode(value: dict[str, Any]) -> bytes:
+        return b"".join([encode_field(value[name]) for name, encode_field in fields])
+
+    return encode
 
 
 def _special_decimal(value: Any) -> str | None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import decimal
+import functools
 import hashlib
 import math
 import re
@@ -142,6 +143,8 @@ def _decimal_of(scale: int) -> Convert:
     def convert(value: Any) -> Decimal | None:
         if value.__class__ is not Decimal or not value.is_finite():
             return None  # NaN and infinities (and a placeholder) cannot be a Connect Decimal
+        if value.as_tuple().exponent == -scale:
+            return value  # the server's text of numeric(p,s) has the column's scale already
         return value.quantize(quantum, context=_EXACT)
 
     return convert
@@ -194,6 +197,7 @@ def format_year(year: int) -> str:
     return f"+{year}" if year > 9999 else f"-{-year:04d}"
 
 
+@functools.lru_cache(maxsize=4096)  # a stream repeats dates
 def iso_date(days: int) -> str:
     year, month, day = civil_from_days(days)
     return f"{format_year(year)}-{month:02d}-{day:02d}"
