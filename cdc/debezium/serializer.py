@@ -21,6 +21,8 @@ from cdc import __version__
 from cdc.avro.confluent import RegistryFraming, SchemaIds
 from cdc.avro.encoding import (
     _ENCODE_ERRORS,
+    _OPS,
+    Clock,
     Encoder,
     _fastavro_encoder,
     _long,
@@ -210,6 +212,7 @@ class _AvroCodec:
     shape: TableShape
     row: Callable[[list[Any]], bytes]
     convert: list[tuple[int, Callable[[Any], Any]]]
+    key_convert: list[Callable[[Any], Any] | None]  # per key column
     key: Callable[[list[Any]], bytes] | None
     value_header: bytes
     key_header: bytes | None
@@ -244,6 +247,9 @@ class DebeziumAvroSerializer:
         self._codecs: dict[int, _AvroCodec] = {}
         self._side: dict[tuple[str, str], tuple[bytes, Encoder, bytes, Encoder]] = {}
         self._content = _CONTENT[options.binary]
+        self._clock = Clock()
+        self._source_key: tuple[Any, ...] | None = None
+        self._source_bytes = (b"", b"")
 
     def _codec(self, table: Table) -> _AvroCodec:
         codec = self._codecs.get(table.relation_id)
@@ -264,6 +270,8 @@ class DebeziumAvroSerializer:
             step = avro_render(f.to_connect, f.schema)
             if step is not None:
                 convert.append((i, step))
+        steps = dict(convert)
+        key_convert = [steps.get(i) for i in table.key_indexes]
         source_fields = value_schema["fields"][2]["type"]["fields"]
         snapshot_type = next(f["type"] for f in source_fields if f["name"] == "snapshot")
         null_at = snapshot_type.index("null")
@@ -271,6 +279,7 @@ class DebeziumAvroSerializer:
             shape,
             row,
             convert,
+            key_convert,
             key,
             value_header,
             key_header,
@@ -302,18 +311,22 @@ class DebeziumAvroSerializer:
             raise SchemaError(
                 f"cannot encode a row of {table.qualified_name} in Debezium's Avro: {exc}"
             ) from None
-        ns = _now(now_ms)
+        head, middle = self._source_parts(codec, event)
+        op = _OPS.get(event.op) or _string(event.op)
         value = b"".join(
             (
                 codec.value_header,
                 before,
                 after,
-                self._source(codec, event),
+                head,
+                _string(sequence(event.last_commit_lsn, event.lsn)),
+                middle,
+                _long(event.lsn),
+                b"\x00\x00\x00",  # xmin, origin, origin_lsn: null
                 self._block(event),
-                _string(event.op),
-                b"\x02" + _long(ns // 1_000_000),
-                b"\x02" + _long(ns // 1000),
-                b"\x02" + _long(ns),
+                op,
+                b"\x02",
+                self._clock.encode(_now(now_ms)),  # ts_ms; then ts_us, ts_ns, each with its union index
             )
         )
         if event.op == "t" or codec.key is None:
@@ -321,25 +334,33 @@ class DebeziumAvroSerializer:
         values = event.key_values()
         return (None if values is None else self._key(codec, values)), value
 
-    def _source(self, codec: _AvroCodec, event: ChangeEvent) -> bytes:
-        snapshot = {None: "false", "false": "false"}.get(event.snapshot, event.snapshot) or "false"
-        last = event.last_commit_lsn
-        commit_us = event.commit_us
-        return b"".join(
-            (
-                codec.head,
-                _long(event.commit_ts_ms),
-                codec.snapshot_string + _string(snapshot),
-                _string(self.source.db),
-                b"\x02" + _string(sequence(last, event.lsn)),
-                b"\x02" + _long(commit_us),
-                b"\x02" + _long(commit_us * 1000),
-                codec.names,
-                b"\x00" if not event.xid else b"\x02" + _long(event.xid),
-                b"\x02" + _long(event.lsn),
-                b"\x00\x00\x00",  # xmin, origin, origin_lsn: null
+    def _source_parts(self, codec: _AvroCodec, event: ChangeEvent) -> tuple[bytes, bytes]:
+        """The source block around the per-event sequence and lsn: (version .. sequence's union index,
+        ts_us .. lsn's union index), the same for every event of a transaction and table."""
+        key = (event.xid, event.commit_ts_ms, event.commit_ts_us, event.snapshot, codec.names)
+        if key != self._source_key:
+            snapshot = event.snapshot or "false"
+            commit_us = event.commit_us
+            head = b"".join(
+                (
+                    codec.head,
+                    _long(event.commit_ts_ms),
+                    codec.snapshot_string + _string(snapshot),
+                    _string(self.source.db),
+                    b"\x02",
+                )
             )
-        )
+            middle = b"".join(
+                (
+                    b"\x02" + _long(commit_us),
+                    b"\x02" + _long(commit_us * 1000),
+                    codec.names,
+                    b"\x00" if not event.xid else b"\x02" + _long(event.xid),
+                    b"\x02",
+                )
+            )
+            self._source_key, self._source_bytes = key, (head, middle)
+        return self._source_bytes
 
     def _block(self, event: ChangeEvent) -> bytes:
         if not self.transaction_metadata or event.transaction_id is None:
@@ -354,11 +375,8 @@ class DebeziumAvroSerializer:
     def _key(self, codec: _AvroCodec, key: list[Any]) -> bytes | None:
         if codec.key is None or codec.key_header is None:
             return None
-        steps = dict(codec.convert)
-        at = codec.shape.table.key_indexes
         converted = [
-            v if v is None or (step := steps.get(i)) is None else step(v)
-            for i, v in zip(at, key, strict=True)
+            v if v is None or c is None else c(v) for c, v in zip(codec.key_convert, key, strict=True)
         ]
         return codec.key_header + codec.key(converted)
 
