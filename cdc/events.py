@@ -279,16 +279,11 @@ def source_block(event: ChangeEvent, info: SourceInfo) -> dict[str, Any]:
     }
 
 
-def now_ns(now_ms: int | None = None) -> int:
-    """Processing time in Unix nanoseconds (``now_ms`` fixes it, for tests)."""
-    return time.time_ns() if now_ms is None else now_ms * 1_000_000
-
-
 def envelope(event: ChangeEvent, info: SourceInfo, now_ms: int | None = None) -> dict[str, Any]:
     """The event as the JSON-able envelope of DESIGN.md (values rendered per type).
 
-    ``ts_ms`` / ``ts_us`` / ``ts_ns`` (top level) are the processing time, those of ``source``
-    the commit time.
+    ``ts_ms`` / ``ts_us`` / ``ts_ns`` (top level) are the processing time, at millisecond
+    resolution; those of ``source`` the commit time, at Postgres' microseconds.
     """
     value: dict[str, Any] = {}
     if event.op == "m":
@@ -301,10 +296,10 @@ def envelope(event: ChangeEvent, info: SourceInfo, now_ms: int | None = None) ->
         value["after"] = render_row(table, event.after)
     value["source"] = source_block(event, info)
     value["op"] = event.op
-    ns = now_ns(now_ms)
-    value["ts_ms"] = ns // 1_000_000
-    value["ts_us"] = ns // 1000
-    value["ts_ns"] = ns
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    value["ts_ms"] = ms
+    value["ts_us"] = ms * 1000
+    value["ts_ns"] = ms * 1_000_000
     value["transaction"] = (
         None
         if event.transaction_id is None

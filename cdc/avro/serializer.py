@@ -15,7 +15,6 @@ from cdc.avro.confluent import RegistryFraming, SchemaIds
 from cdc.avro.encoding import (
     _ENCODE_ERRORS,
     _OPS,
-    Clock,
     Encoder,
     _bytes,
     _fastavro_encoder,
@@ -94,7 +93,8 @@ class AvroSerializer:
         self._codecs: dict[int, _TableCodec] = {}
         self._txn_key: tuple[Any, ...] | None = None
         self._txn_parts: tuple[bytes, bytes, bytes] = (b"", b"", b"")
-        self._clock = Clock()
+        self._now_ms = -1
+        self._now_bytes = b""
         self._message_headers: tuple[bytes, bytes] | None = None
         self._side: dict[tuple[str, str], tuple[bytes, Encoder, bytes, Encoder]] = {}
         message_schema()  # the fixed pieces load now: a broken installation fails here, not mid-stream
@@ -223,7 +223,15 @@ class AvroSerializer:
                 b"\x00" if event.transaction_id is None else b"\x02" + _string(event.transaction_id),
             )
         txid, source_tail, txn_head = self._txn_parts
-        now = self._clock.encode(time.time_ns() if now_ms is None else now_ms * 1_000_000)
+        if now_ms is None:
+            now_ms = int(time.time() * 1000)
+        if now_ms != self._now_ms:
+            # ts_ms, ts_us, ts_ns: the processing time at millisecond resolution, encoded once per ms
+            self._now_ms = now_ms
+            self._now_bytes = (
+                _long(now_ms) + b"\x02" + _long(now_ms * 1000) + b"\x02" + _long(now_ms * 1_000_000)
+            )
+        now = self._now_bytes
         op = _OPS.get(event.op)
         if op is None:
             raise SchemaError(f"unknown op {event.op!r}: expected one of {', '.join(_OPS)}")
