@@ -14,6 +14,7 @@ import inspect
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
@@ -201,16 +202,20 @@ def status(
     json: Annotated[bool, typer.Option("--json", help="One JSON object, for machines.")] = False,
     **flags: object,
 ) -> None:
-    """Show a connector's state, positions and event counts."""
+    """Show a connector's state, positions and event counts.
+
+    Exit code: 0 running, 1 failed (or killed), 3 stopped or never started.
+    """
     import orjson  # noqa: PLC0415
 
     from cdc import control  # noqa: PLC0415
 
     settings = _settings(flags)
     info = control.read_status(settings.instance_dir, settings.name)
+    code = control.status_exit_code(info)
     if json:
         typer.echo(orjson.dumps(info).decode())
-        return
+        raise typer.Exit(code)
     typer.echo(f"{settings.name}: {info.get('state')} (pid {info.get('pid') or '-'})")
     typer.echo(f"  slot           {info.get('slot') or '-'}")
     typer.echo(f"  received lsn   {info.get('received_lsn') or '-'}")
@@ -230,8 +235,14 @@ def status(
             )
     for task in snapshot.get("incremental") or []:
         typer.echo(f"  incremental    {task['table']}: {task['rows']} rows so far")
+    if snapshot.get("phase") == "interrupted":
+        typer.echo("  snapshot       interrupted: the next start resumes it")
     if info.get("last_error"):
         typer.echo(f"  last error     {info['last_error']}")
+    if info.get("state") in ("failed", "stopped") and info.get("ended_at"):
+        ended = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(info["ended_at"]))
+        typer.echo(f"  {info['state']:<14} {ended}")
+    raise typer.Exit(code)
 
 
 @app.command("snapshot")

@@ -93,7 +93,32 @@ class Connector:
     # -- lifecycle -----------------------------------------------------------------
 
     def run(self) -> None:
-        """Stream until stopped; retry lost connections with exponential backoff."""
+        """Stream until stopped; retry lost connections with exponential backoff.
+
+        However it ends, the status says so last: ``stopped``, or ``failed`` with the error
+        that ended it (and an unfinished snapshot shows as ``interrupted``).
+        """
+        try:
+            self._run()
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                self._ended("stopped")
+            else:
+                self._ended("failed", " ".join(str(exc).split()) or type(exc).__name__)
+            raise
+        self._ended("stopped")
+
+    def _ended(self, state: str, error: str = "") -> None:
+        status = self.status
+        status.state = state
+        status.ended_at = time.time()
+        if error:
+            status.last_error = error
+        if status.snapshot.get("phase") == "running":
+            status.snapshot["phase"] = "interrupted"  # the next start resumes it
+        status.report()
+
+    def _run(self) -> None:
         self.store.load()
         status = self.status
         delay = 0.5
@@ -116,8 +141,6 @@ class Connector:
                 if self.stop.wait(delay):
                     break
                 delay = min(delay * 2, self.settings.reconnect_max_seconds)
-        status.state = "stopped"
-        status.report()
 
     def _session(self) -> None:
         s = self.settings
@@ -131,17 +154,20 @@ class Connector:
                 replication.validate_slot(conn, slot)
             else:
                 replication.check_slot_capacity(conn)
-            replication.ensure_publication(conn, s.publication, tables)
+            replication.check_publication(conn, s.publication, tables)
             database = replication.current_database(conn)
             with pg.errors("reading the type catalog"):
                 catalog = TypeCatalog.from_connection(conn)
             source = SourceInfo(name=s.name, db=database)
+            # every precondition (the broker and a walsender included) before anything is created:
+            # a refused start leaves no publication and no slot behind
             with (
                 open_writer(s, source, f"cdc-{s.name}") as writer,
                 replication.ReplicationConnection(s.dsn, f"cdc-{s.name}") as repl,
             ):
                 self.serializer = writer.serializer
                 system = repl.identify_system()
+                replication.ensure_publication(conn, s.publication, tables)
                 slot_lsn = slot.confirmed_flush_lsn or 0 if slot else 0
                 exported = None
                 if slot is None:

@@ -32,7 +32,7 @@ import orjson
 
 from cdc.checkpoint import write_atomic
 from cdc.errors import AlreadyRunning, CheckpointError, ConfigError, ControlError, NotRunning
-from cdc.status import Status
+from cdc.status import LIVE_STATES, Status
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +115,26 @@ def status_writer(directory: Path, name: str) -> Callable[[Status], None]:
     return write
 
 
+#: `cdc status` exit codes, for scripts and health checks (LSB-like).
+EXIT_RUNNING, EXIT_FAILED, EXIT_NOT_RUNNING = 0, 1, 3
+
+
 def read_status(directory: Path, name: str) -> dict[str, Any]:
+    """The connector's last status. A process that is gone while its status still says it ran
+    was ended without a word (kill -9, out of memory, power loss): its state is ``killed``."""
     pid = running_pid(directory)
     try:
         status: dict[str, Any] = orjson.loads((directory / "status.json").read_bytes())
     except (OSError, orjson.JSONDecodeError):
         status = {"name": name}
     if pid is None:
-        status["state"] = "stopped" if status.get("state") else "unknown"
+        state = status.get("state")
+        if state in LIVE_STATES:
+            status["state"] = "killed"
+            if status.get("snapshot", {}).get("phase") == "running":
+                status["snapshot"]["phase"] = "interrupted"
+        elif state not in ("stopped", "failed"):
+            status["state"] = "unknown"  # never ran here
         status["pid"] = None
     else:
         status["pid"] = pid
@@ -132,7 +144,17 @@ def read_status(directory: Path, name: str) -> dict[str, Any]:
     status.setdefault("lag_bytes", None)
     status.setdefault("events_total", 0)
     status.setdefault("events_per_table", {})
+    status.setdefault("last_error", "")
     return status
+
+
+def status_exit_code(status: dict[str, Any]) -> int:
+    """0 while it runs, 1 when it ended on an error or was killed, 3 when stopped or never run."""
+    if status.get("pid"):
+        return EXIT_RUNNING
+    if status.get("state") in ("failed", "killed"):
+        return EXIT_FAILED
+    return EXIT_NOT_RUNNING
 
 
 def install_signal_handlers(stop: threading.Event, stop_now: threading.Event) -> None:

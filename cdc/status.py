@@ -31,6 +31,7 @@ class Status:
     sessions: int = 0
     last_error: str = ""
     started_at: float = field(default_factory=time.time)
+    ended_at: float = 0.0  # wall clock when the connector stopped or failed
     first_event_at: float = 0.0  # wall clock of the first change read from the slot
     last_ack_at: float = 0.0  # wall clock of the latest acknowledgement from Kafka
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
@@ -57,11 +58,16 @@ class Status:
             "sessions": self.sessions,
             "last_error": self.last_error,
             "started_at": self.started_at,
+            "ended_at": self.ended_at,
             "first_event_at": self.first_event_at,
             "last_ack_at": self.last_ack_at,
             "latency_ms": percentiles(self.latencies),
             "snapshot": self.snapshot,
         }
+
+
+#: States of a connector process that is (or was, when it died unannounced) alive.
+LIVE_STATES = frozenset({"starting", "snapshotting", "running", "reconnecting", "stopping"})
 
 
 def percentiles(samples: deque[float]) -> dict[str, float | int]:
