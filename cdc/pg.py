@@ -86,6 +86,15 @@ def connect_error(exc: Exception, dsn: str) -> SourceError:
         )
     if "database" in text and "does not exist" in text:
         return SourceError(f"cannot connect to postgres ({where}): {text}; fix dbname in --dsn")
+    if "exceeds max_wal_senders" in text:
+        return SourceUnavailable(
+            f"cannot connect to postgres ({where}): {text}: every walsender is taken; stop another "
+            "replication client or raise max_wal_senders (and restart postgres)"
+        )
+    if "too many clients" in text or "remaining connection slots are reserved" in text:
+        return SourceUnavailable(
+            f"cannot connect to postgres ({where}): {text}: close idle connections or raise max_connections"
+        )
     if "pg_hba.conf" in text:
         return SourceError(f"cannot connect to postgres ({where}): {text}; allow it in pg_hba.conf")
     return SourceUnavailable(f"cannot connect to postgres ({where}): {text}; is the server running?")

@@ -175,12 +175,50 @@ def publication_tables(conn: psycopg.Connection[Any], publication: str) -> tuple
 MANAGED_PUBLICATION = "created by cdc; tables are added to it when --tables grows"
 
 
+def check_publication(conn: psycopg.Connection[Any], publication: str, tables: list[str]) -> None:
+    """Refuse now, before anything is created, what `ensure_publication` could not do.
+
+    One created by someone else must already publish ``tables``; a new one needs
+    the role to own the listed tables (or all tables: superuser).
+    """
+    existing = publication_tables(conn, publication)
+    wanted = {".".join(split_table(t)) for t in tables}
+    if existing is not None:
+        all_tables, covered = existing
+        missing = sorted(wanted - covered)
+        if missing and not all_tables and not _managed(conn, publication):
+            raise SourceError(
+                f"publication {publication!r} does not publish {', '.join(missing)}: "
+                f"ALTER PUBLICATION {publication} ADD TABLE {', '.join(missing)}"
+            )
+        return
+    row = pg.query_one(conn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    if row is not None and row[0]:
+        return
+    if not tables:
+        raise SourceError(
+            f"creating publication {publication!r} FOR ALL TABLES needs a superuser: create it as one, "
+            "or list --tables the role owns"
+        )
+    for table in tables:
+        owner = pg.query_one(
+            conn, "SELECT pg_has_role(c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = to_regclass(%s)",
+            (quote_table(table),),
+        )  # fmt: skip
+        if owner is not None and not owner[0]:
+            raise SourceError(
+                f"creating publication {publication!r} needs the role to own {table}: create the "
+                "publication as its owner (or a superuser), or leave the table out of --tables"
+            )
+
+
 def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: list[str]) -> None:
     """Create ``publication`` (listed tables, or all) or check that it covers ``tables``.
 
     A publication cdc created gets the tables added to ``--tables`` since;
-    one created by someone else must already publish them.
+    one created by someone else must already publish them (`check_publication`).
     """
+    check_publication(conn, publication, tables)
     existing = publication_tables(conn, publication)
     wanted = {".".join(split_table(t)) for t in tables}
     name = sql.Identifier(publication)
@@ -216,12 +254,6 @@ def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: 
         ):
             conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(name, added))
         log.info("added %s to publication %s", ", ".join(missing), publication)
-        return
-    if missing and not all_tables:
-        raise SourceError(
-            f"publication {publication!r} does not publish {', '.join(missing)}: "
-            f"ALTER PUBLICATION {publication} ADD TABLE {', '.join(missing)}"
-        )
 
 
 def _managed(conn: psycopg.Connection[Any], publication: str) -> bool:
