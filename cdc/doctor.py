@@ -70,11 +70,13 @@ def render(checks: list[Check]) -> None:
     table = Table(show_lines=False, expand=False)
     table.add_column("check", no_wrap=True)
     table.add_column("result", no_wrap=True)
-    table.add_column("detail")
-    table.add_column("fix")
+    table.add_column("detail", overflow="fold")
+    table.add_column("fix", overflow="fold")
     for c in checks:
         table.add_row(c.check, f"[{colours[c.result]}]{c.result}[/]", c.detail, c.fix, end_section=False)
     console = Console(soft_wrap=False)
+    if not console.is_terminal:
+        console = Console(soft_wrap=False, width=160)  # a file or a pipe: no need to squeeze
     console.print(table)
     counts = {r: sum(c.result == r for c in checks) for r in ("pass", "warn", "fail")}
     verdict = "not ready: fix the failures above" if counts["fail"] else "ready"
@@ -198,7 +200,7 @@ def _captured(conn: psycopg.Connection[Any], s: Settings) -> tuple[list[str], li
     listed = [".".join(replication.split_table(t)) for t in s.tables]
     missing = replication.missing_tables(conn, listed)
     for table in missing:
-        checks.append(Check("tables", "fail", f"{table} does not exist", "create it, or fix --tables"))
+        checks.append(Check(f"table {table}", "fail", "does not exist", "create it, or fix --tables"))
     wanted = [t for t in listed if t not in missing]
     existing = replication.publication_tables(conn, s.publication)
     name = f"publication {s.publication}"
@@ -299,7 +301,8 @@ def _tables_and_publication(conn: psycopg.Connection[Any], s: Settings) -> list[
         checks += problems
         keyed += not problems
     if captured:
-        checks.append(Check("tables", "pass", f"{keyed} of {len(captured)} captured tables need nothing"))
+        more = "" if keyed == len(captured) else f"; {len(captured) - keyed} have warnings above"
+        checks.append(Check("tables", "pass", f"{len(captured)} captured, {keyed} need nothing{more}"))
     return checks
 
 

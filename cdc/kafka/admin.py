@@ -4,7 +4,8 @@ With the client the connector would use (``--producer``) and the settings it
 would pass (``--producer-config``), so a broker that needs SASL or TLS is
 checked as the connector will meet it. Read-only: topic creation is asked
 with ``validate_only``, which the broker checks (authorization included)
-without creating anything.
+without creating anything; a broker that ignores it (Tansu 0.6 does) has the
+probe topic deleted again at once.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ def _ask_confluent(
         report.create_error = ""
     except confluent_kafka.KafkaException as exc:
         report.create_error = _first(exc)
+    if report.create_error == "" and probe in admin.list_topics(timeout=timeout).topics:
+        # a broker that ignores validate_only (Tansu 0.6) created it: take it back
+        admin.delete_topics([probe], request_timeout=timeout)[probe].result(timeout)
     report.schema_topic_exists = schema_topic in metadata.topics
     if report.schema_topic_exists:
         try:
@@ -120,11 +124,17 @@ def _ask_kafka_python(
             report.create_error = ""
         except KafkaError as exc:
             report.create_error = _first(exc)
+        if report.create_error == "" and probe in set(admin.list_topics()):
+            admin.delete_topics([probe])  # a broker that ignores validate_only (Tansu 0.6) created it
         report.schema_topic_exists = schema_topic in topics
         if report.schema_topic_exists:
             try:
-                answer = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, schema_topic)])
-                report.schema_topic_policy = _kafka_python_policy(answer)
+                resource = ConfigResource(ConfigResourceType.TOPIC, schema_topic)
+                try:  # kafka-python 3 lists only non-default values unless asked for all
+                    answer = admin.describe_configs([resource], config_filter="all")
+                except TypeError:  # kafka-python 2
+                    answer = admin.describe_configs([resource])
+                report.schema_topic_policy = _kafka_python_policy(answer, schema_topic)
             except KafkaError as exc:
                 report.schema_topic_error = _first(exc)
     except KafkaError as exc:
@@ -133,8 +143,11 @@ def _ask_kafka_python(
         admin.close()
 
 
-def _kafka_python_policy(answer: Any) -> str | None:
-    """cleanup.policy out of kafka-python's DescribeConfigs responses (tuples or objects, by version)."""
+def _kafka_python_policy(answer: Any, topic: str) -> str | None:
+    """cleanup.policy out of kafka-python's describe_configs: a dict (3.x) or responses (2.x)."""
+    if isinstance(answer, dict):
+        entry = answer.get("topic", {}).get(topic, {}).get("cleanup.policy")
+        return None if entry is None else str(entry.get("value"))
     for response in answer if isinstance(answer, list) else [answer]:
         resources = getattr(response, "resources", None) or []
         for resource in resources:
