@@ -78,7 +78,7 @@ def test_a_good_setup_passes_and_checks_the_broker(db: TestDb, broker: BrokerHan
         admin.create_topics([NewTopic(schemas, 1, 1, topic_configs={"cleanup.policy": "delete"})])
     finally:
         admin.close()
-    code, report, human = doctor(
+    code, report, _ = doctor(
         "--dsn", db.dsn, "--tables", "public.orders", "--bootstrap-servers", broker.bootstrap_servers,
         "--topic-prefix", prefix,
     )  # fmt: skip
@@ -98,7 +98,7 @@ def test_a_good_setup_passes_and_checks_the_broker(db: TestDb, broker: BrokerHan
     if found[f"topic {schemas}"][0] == "fail":
         assert code == 1 and "cleanup.policy=compact" in found[f"topic {schemas}"][2]
     # the same questions through kafka-python's admin client
-    code_kp, report_kp, _ = doctor(
+    _, report_kp, _ = doctor(
         "--dsn", db.dsn, "--tables", "public.orders", "--bootstrap-servers", broker.bootstrap_servers,
         "--topic-prefix", prefix, "--producer", "kafka-python",
     )  # fmt: skip

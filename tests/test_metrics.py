@@ -86,7 +86,7 @@ def test_readyz_flips_while_postgres_restarts(
     with running(settings) as run, metrics.serve(settings, run.connector.status):
         assert probe(port, "/readyz")[0] == 200
         server.stop()
-        status, body = wait_until(
+        _, body = wait_until(
             lambda: (r := probe(port, "/readyz"))[0] == 503 and r, timeout=30, message="/readyz to fail"
         )
         assert "reconnecting for" in body

@@ -11,22 +11,37 @@ from cdc.config import Settings
 from cdc.devservers import PostgresServer, free_port
 from tests.fix_servers import BrokerHandle, TestDb, new_db, wait_until
 from tests.operations import scrape, value
-from tests.pipeline import cdc, error_line, read_topics, rebuild, running, settings_for, source_rows, wait_caught_up
+from tests.pipeline import (
+    cdc,
+    error_line,
+    read_topics,
+    rebuild,
+    running,
+    settings_for,
+    source_rows,
+    wait_caught_up,
+)
 
 LOSING = {"max_slot_wal_keep_size": "1MB", "wal_keep_size": "0"}
+Servers = Callable[[dict[str, str]], PostgresServer]
+
+
+def wal_status(db: TestDb, slot: str) -> str | None:
+    value: str | None = db.scalar("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+    return value
 
 
 def lose_the_slot(db: TestDb, slot: str) -> None:
     """Write WAL and checkpoint until the server invalidates the (inactive) slot."""
     with db.connect() as conn:
-        for round_ in range(30):
-            if db.scalar("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (slot,)) == "lost":
+        for _ in range(30):
+            if wal_status(db, slot) == "lost":
                 return
             conn.execute("INSERT INTO filler SELECT g, repeat('x', 500) FROM generate_series(1, 2000) g")
             conn.execute("SELECT pg_switch_wal()")
             conn.execute("CHECKPOINT")
             conn.execute("TRUNCATE filler")
-    raise AssertionError(f"slot {slot} was not invalidated after {round_ + 1} rounds")
+    raise AssertionError(f"slot {slot} was not invalidated after 30 rounds of WAL and checkpoints")
 
 
 def changes_while_stopped(db: TestDb) -> None:
@@ -37,7 +52,7 @@ def changes_while_stopped(db: TestDb) -> None:
 
 
 def prepare(
-    make_server: Callable[[dict[str, str]], PostgresServer], broker: BrokerHandle, prefix: str, state_dir: Path
+    make_server: Servers, broker: BrokerHandle, prefix: str, state_dir: Path
 ) -> tuple[TestDb, Settings]:
     db = new_db(make_server(LOSING))
     db.execute("CREATE TABLE items (id int PRIMARY KEY, label text)")
@@ -55,12 +70,13 @@ def prepare(
 
 
 def test_a_lost_slot_fails_with_one_line(
-    make_server: Callable[[dict[str, str]], PostgresServer], broker: BrokerHandle, prefix: str, state_dir: Path
+    make_server: Servers, broker: BrokerHandle, prefix: str, state_dir: Path
 ) -> None:
     db, settings = prepare(make_server, broker, prefix, state_dir)
     proc = cdc(
         "start", "--dsn", db.dsn, "--bootstrap-servers", broker.bootstrap_servers, "--name", settings.name,
-        "--state-dir", str(state_dir), "--topic-prefix", prefix, "--tables", "public.items", "--format", "json",
+        "--state-dir", str(state_dir), "--topic-prefix", prefix, "--tables", "public.items",
+        "--format", "json",
     )  # fmt: skip
     line = error_line(proc)
     assert f"replication slot '{settings.slot}' is lost" in line
@@ -68,11 +84,11 @@ def test_a_lost_slot_fails_with_one_line(
     assert "--on-slot-lost recreate" in line
     assert db.server.password not in proc.stderr
     # nothing was dropped: the operator decides
-    assert db.scalar("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (settings.slot,)) == "lost"
+    assert wal_status(db, settings.slot) == "lost"
 
 
 def test_recreate_reads_the_tables_again_and_they_end_exact(
-    make_server: Callable[[dict[str, str]], PostgresServer], broker: BrokerHandle, prefix: str, state_dir: Path
+    make_server: Servers, broker: BrokerHandle, prefix: str, state_dir: Path
 ) -> None:
     db, settings = prepare(make_server, broker, prefix, state_dir)
     settings.on_slot_lost = "recreate"
@@ -97,15 +113,12 @@ def test_recreate_reads_the_tables_again_and_they_end_exact(
     markers = [r for r in records if r.value and r.value["op"] == "t"]
     assert len(markers) == 1 and markers[0].value["source"]["snapshot"] == "incremental"
     assert rebuild(records)[topic] == source_rows(db, "items", ["id"])
-    assert db.scalar("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (settings.slot,)) in (
-        "reserved",
-        "extended",
-    )
+    assert wal_status(db, settings.slot) in ("reserved", "extended")
     assert not (state_dir / settings.name / "slot_lost.json").exists()
 
 
 def test_a_slot_lost_while_streaming_is_replaced(
-    make_server: Callable[[dict[str, str]], PostgresServer], broker: BrokerHandle, prefix: str, state_dir: Path
+    make_server: Servers, broker: BrokerHandle, prefix: str, state_dir: Path
 ) -> None:
     """A long transaction holds the slot's restart_lsn while WAL piles up: the server invalidates the
     slot under the running connector, which notices, replaces it and reads the tables again."""
