@@ -351,7 +351,8 @@ class ConfluentProducer:
             self.queued_bytes = int(orjson.loads(text).get("msg_size", 0))
 
     def backlog(self) -> tuple[int, int]:
-        return len(self.producer), self.queued_bytes
+        queued = len(self.producer)
+        return queued, self.queued_bytes if queued else 0  # the statistics are up to 5 s old
 
     def _callback(self, token: InFlight) -> Any:
         """The delivery callback for ``token``, made once per transaction rather than per record."""
