@@ -139,6 +139,8 @@ class Connector:
             replication.check_wal_level(conn)
             replication.check_role(conn)
             tables = self._tables(conn)
+            slots.check_failover(conn, s)
+            slots.check_heartbeat_query(conn, s)
             slot = replication.find_slot(conn, s.slot)
             if slot is not None:
                 replication.validate_slot(conn, slot)
@@ -146,8 +148,6 @@ class Connector:
                 self.slot_lost = ""
             else:
                 replication.check_slot_capacity(conn)
-            slots.check_failover(conn, s)
-            slots.check_heartbeat_query(conn, s)
             gap = slots.pending_gap(s) is not None  # a lost slot is being replaced
             replication.ensure_publication(conn, s.publication, tables)
             database = replication.current_database(conn)
