@@ -3,7 +3,8 @@
 ``<state-dir>/<name>/`` holds ``cdc.pid`` (locked with flock for as long as
 the connector runs, so a second ``cdc start`` with the same name refuses),
 ``status.json`` (rewritten every status interval, read by ``cdc status``),
-``offsets.json`` (see `cdc.checkpoint`), with ``--detach`` ``cdc.log``, and
+``offsets.json`` (see `cdc.checkpoint`), with ``--detach`` ``cdc.log`` (the log, rotated) and
+``cdc.out`` (what the process printed: a fatal error, a crash), and
 ``requests/``: what ``cdc snapshot`` asks of the running connector.
 
 Light on purpose: ``cdc status``, ``cdc stop`` and ``cdc snapshot`` import this
@@ -187,24 +188,34 @@ def request_stop(directory: Path, name: str, timeout: float) -> int:
     )
 
 
-def detach(argv: list[str], directory: Path, name: str, timeout: float = 60) -> int:
-    """Run ``cdc start`` (``argv`` without --detach) in the background; return its pid once it streams."""
+def detach(
+    argv: list[str], directory: Path, name: str, timeout: float = 60, log_path: Path | None = None
+) -> int:
+    """Run ``cdc start`` (``argv`` without --detach) in the background; return its pid once it streams.
+
+    The connector writes its log itself (``log_path``, rotated); what the process prints
+    (a fatal error line, a crash) goes to ``cdc.out``.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    log_path = directory / "cdc.log"
+    out_path = directory / "cdc.out"
+    log_path = log_path or out_path
     with contextlib.suppress(OSError):
         (directory / "status.json").unlink()
-    with open(log_path, "ab") as log_file:
+    with open(out_path, "ab") as out_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "cdc", *argv],
             stdin=subprocess.DEVNULL,
-            stdout=log_file,
+            stdout=out_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ControlError(f"the connector exited at start: {_last_error(log_path)} (log: {log_path})")
+            raise ControlError(
+                f"the connector exited at start: {_last_error(out_path) or _last_error(log_path)} "
+                f"(log: {log_path})"
+            )
         status = read_status(directory, name)
         started = ("running", "reconnecting", "snapshotting")
         if status.get("pid") == proc.pid and status.get("state") in started:
@@ -221,7 +232,7 @@ def _last_error(log_path: Path) -> str:
                 return line.strip()
         if lines:
             return lines[-1].strip()
-    return "no output"
+    return ""
 
 
 # -- requests to a running connector (`cdc snapshot`) ------------------------------------

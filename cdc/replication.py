@@ -20,7 +20,7 @@ import psycopg
 from psycopg import pq, sql
 
 from cdc import pg
-from cdc.errors import SourceError, SourceUnavailable
+from cdc.errors import SlotLost, SourceError, SourceUnavailable
 from cdc.lsn import PG_EPOCH_US, format_lsn, parse_lsn
 from cdc.pgoutput import encode_standby_status
 
@@ -351,22 +351,34 @@ class ReplicationConnection:
         row = self.command("IDENTIFY_SYSTEM")[0]
         return SystemInfo(str(row[0]), int(row[1] or 0), parse_lsn(row[2] or "0/0"), row[3])
 
-    def create_slot(self, slot: str, export_snapshot: bool = False) -> tuple[int, str | None]:
+    def create_slot(
+        self, slot: str, export_snapshot: bool = False, failover: bool = False
+    ) -> tuple[int, str | None]:
         """Create a pgoutput slot; return (consistent point, exported snapshot name).
 
         An exported snapshot stays valid only until the next command on this
         connection, so a snapshot reader must use it before `start`.
+        ``failover`` (PostgreSQL 17+) lets standbys with ``sync_replication_slots``
+        keep a copy that survives their promotion.
         """
         name = sql.Identifier(slot).as_string(None)
         if self.server_version >= 150000:
             mode = "'export'" if export_snapshot else "'nothing'"
-            query = f"CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput (SNAPSHOT {mode})"
+            extra = ", FAILOVER true" if failover else ""
+            query = f"CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput (SNAPSHOT {mode}{extra})"
         else:
             mode = "EXPORT_SNAPSHOT" if export_snapshot else "NOEXPORT_SNAPSHOT"
             query = f"CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput {mode}"
         row = self.command(query)[0]
-        log.info("created slot %s at %s", slot, row[1])
+        log.info(
+            "created slot %s at %s%s", slot, row[1], " (failover)" if failover else "", extra={"lsn": row[1]}
+        )
         return parse_lsn(row[1] or "0/0"), row[2]
+
+    def enable_failover(self, slot: str) -> None:
+        """Mark an existing slot FAILOVER (PostgreSQL 17+; it must not be in use)."""
+        self.command(f"ALTER_REPLICATION_SLOT {sql.Identifier(slot).as_string(None)} (FAILOVER true)")
+        log.info("slot %s is now a failover slot", slot)
 
     def start(
         self,
@@ -397,8 +409,9 @@ class ReplicationConnection:
         self.pgconn.nonblocking = 1
         self.streaming = True
         log.info(
-            "streaming slot %s from %s (pgoutput protocol %s)", slot, format_lsn(start_lsn), proto_version
-        )
+            "streaming slot %s from %s (pgoutput protocol %s)", slot, format_lsn(start_lsn), proto_version,
+            extra={"lsn": format_lsn(start_lsn)},
+        )  # fmt: skip
         return proto_version
 
     def read(self, timeout: float) -> bytes | None:
@@ -415,6 +428,8 @@ class ReplicationConnection:
             if nbytes == -1:
                 result = pgconn.get_result()
                 message, _ = _result_error(result, pgconn)
+                if pg.is_slot_lost(message):
+                    raise SlotLost(f"the replication slot is lost: {message}; {pg.LOST_SLOT_FIX}")
                 raise SourceUnavailable(
                     f"replication stream ended by the server: {message or 'no reason given'}"
                 )

@@ -45,3 +45,10 @@ def test_dockerfile_installs_the_package() -> None:
     copies = [line.split()[1:-1] for line in dockerfile.splitlines() if line.startswith("COPY")]
     copied = {path for sources in copies for path in sources}
     assert {"pyproject.toml", "README.md", "cdc", "schemas"} <= copied
+
+
+def test_the_connector_has_a_healthcheck_on_readyz() -> None:
+    cdc = load()["services"]["cdc"]
+    port = cdc["environment"]["CDC_METRICS_PORT"]
+    assert cdc["environment"]["CDC_METRICS_HOST"] == "0.0.0.0"
+    assert f"http://127.0.0.1:{port}/readyz" in " ".join(cdc["healthcheck"]["test"])

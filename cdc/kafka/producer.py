@@ -13,14 +13,17 @@ confirmed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from cdc.checkpoint import InFlight
-from cdc.errors import ConfigError, SinkError
+from cdc.errors import ConfigError, DeliveryFailed, SinkError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,9 @@ class Producer(Protocol):
         """Wait until every queued record is delivered or failed; False on timeout."""
 
     def close(self) -> None: ...
+
+    def backlog(self) -> tuple[int, int]:
+        """Records and bytes queued or in flight, not acknowledged yet (read from any thread)."""
 
     def ensure_topic(self, topic: str, compact: bool = False) -> None:
         """Create ``topic`` unless it exists (once per process per topic)."""
@@ -78,7 +84,7 @@ class _Deliveries:
         if self.failures:
             _, error = self.failures[0]
             retriable = bool(getattr(error, "retriable", True))
-            raise SinkError(f"kafka did not take a record: {error}", retriable=retriable)
+            raise DeliveryFailed(f"kafka did not take a record: {error}", retriable=retriable)
         return n
 
 
@@ -150,6 +156,7 @@ class KafkaPythonProducer:
         # kafka-python 3 has no buffer_memory: bound the bytes in flight here
         self.max_buffer = max_buffer_mb * 1024 * 1024
         self.buffered = 0
+        self.queued = 0  # records sent and not acknowledged
         self.sizes: deque[int] = deque()
         self._token: InFlight | None = None
         self._token_callbacks: tuple[Any, Any] = (None, None)
@@ -203,6 +210,7 @@ class KafkaPythonProducer:
             token.pending -= 1
             raise SinkError(f"cannot produce to {topic}: {exc}", retriable=_retriable(exc)) from None
         self.buffered += size
+        self.queued += 1
         ok, failed = self._callbacks(token)
         future.add_callback(ok)
         future.add_errback(failed)
@@ -226,9 +234,14 @@ class KafkaPythonProducer:
 
     def poll(self) -> int:
         sizes = self.sizes
-        while sizes:
+        acked = len(sizes)
+        for _ in range(acked):
             self.buffered -= sizes.popleft()
+        self.queued -= acked
         return self.deliveries.apply()
+
+    def backlog(self) -> tuple[int, int]:
+        return max(0, self.queued), max(0, self.buffered)
 
     def flush(self, timeout: float) -> bool:
         try:
@@ -298,6 +311,9 @@ class ConfluentProducer:
             "message.timeout.ms": 120_000,
             "message.max.bytes": 16 * 1024 * 1024,
             "error_cb": self._on_error,
+            # librdkafka's statistics: the bytes in its queue, for the metrics (every 5 s, from poll)
+            "statistics.interval.ms": 5000,
+            "stats_cb": self._on_stats,
             # librdkafka's own log lines go through Python logging, not raw stderr
             "logger": logging.getLogger("cdc.kafka.librdkafka"),
         }
@@ -308,6 +324,7 @@ class ConfluentProducer:
         self.deliveries = _Deliveries()
         self._token: InFlight | None = None
         self._token_callback: Any = None
+        self.queued_bytes = 0
         try:
             self.producer = confluent_kafka.Producer(config)
         except confluent_kafka.KafkaException as exc:
@@ -328,6 +345,14 @@ class ConfluentProducer:
             self.deliveries.failures.append((None, _ConfluentFailure(error)))
         else:
             log.debug("kafka: %s", error)
+
+    def _on_stats(self, text: str) -> None:
+        with contextlib.suppress(orjson.JSONDecodeError, TypeError, ValueError):
+            self.queued_bytes = int(orjson.loads(text).get("msg_size", 0))
+
+    def backlog(self) -> tuple[int, int]:
+        queued = len(self.producer)
+        return queued, self.queued_bytes if queued else 0  # the statistics are up to 5 s old
 
     def _callback(self, token: InFlight) -> Any:
         """The delivery callback for ``token``, made once per transaction rather than per record."""

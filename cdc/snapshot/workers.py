@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import psycopg
 from psycopg import sql
 
-from cdc import pg
+from cdc import logs, pg
 from cdc.checkpoint import InFlight
 from cdc.config import Settings
 from cdc.errors import (
@@ -100,7 +100,9 @@ def worker_main(job: WorkerJob, number: int, parent: int, pipe: Connection) -> N
     """Entry point of a snapshot worker process: read chunks, produce rows, report acked chunks."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the connector decides when to stop
-    logging.basicConfig(level=job.log_level, format=f"%(asctime)s %(levelname)s worker-{number}: %(message)s")
+    s = job.settings
+    level = logging.getLevelName(job.log_level).lower()
+    logs.configure(s.log_format, level, s.log_file, prefix=f"worker-{number}")  # the connector's log
     # these lines bypass the connector's console (and its progress bars): only what matters
     logging.getLogger("kafka").setLevel(max(job.log_level, logging.WARNING))
     try:
