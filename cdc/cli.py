@@ -113,8 +113,10 @@ def _parameter(option: Option) -> inspect.Parameter:
     text = f"{option.help}  [env var: {option.env}; default: {option.default}]"
     metavar = None
     if option.repeatable:
-        text = f"{option.help} Once per pair.  [env var: {option.env} (KEY=VALUE,...)]"
-        metavar = "KEY=VALUE"
+        each = "table" if option.type in (config.TableColumns, config.TableConditions) else "value"
+        each = "pair" if option.type == dict[str, str] else each
+        text = f"{option.help} Once per {each}.  [env var: {option.env} ({option.env_form})]"
+        metavar = option.metavar
     info = typer.Option(*decls, help=text, show_default=False, metavar=metavar)
     return inspect.Parameter(
         option.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=cast(Any, Annotated)[kind, info]
