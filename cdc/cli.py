@@ -259,6 +259,10 @@ def status(
     typer.echo(f"  events         {info.get('events_total', 0)}")
     for table, count in sorted((info.get("events_per_table") or {}).items()):
         typer.echo(f"    {table:<30} {count}")
+    captured = info.get("tables") or []
+    if captured:
+        typer.echo(f"  tables         {len(captured)} captured: {', '.join(captured[:20])}"
+                   + (f" and {len(captured) - 20} more" if len(captured) > 20 else ""))  # fmt: skip
     snapshot = info.get("snapshot") or {}
     if snapshot.get("phase") == "running":
         for table, progress in sorted((snapshot.get("tables") or {}).items()):

@@ -59,6 +59,8 @@ from cdc.pgoutput import (
     decode_copy_data,
 )
 from cdc.pgtypes import RowParser, TypeCatalog, row_parser
+from cdc.shaping import catalog as shaping
+from cdc.shaping.select import Selection
 from cdc.snapshot.gap import close_gap
 from cdc.status import OpCount, Status
 from cdc.writer import RecordWriter, open_writer
@@ -162,6 +164,7 @@ class Connector:
             replication.check_wal_level(conn)
             replication.check_role(conn)
             tables = self._tables(conn)
+            capture = shaping.plan(conn, s, tables)  # patterns, column lists, row filters
             slots.check_failover(conn, s)
             slots.check_heartbeat_query(conn, s)
             slot = replication.find_slot(conn, s.slot)
@@ -171,7 +174,7 @@ class Connector:
                 self.slot_lost = ""
             else:
                 replication.check_slot_capacity(conn)
-            replication.check_publication(conn, s.publication, tables)
+            replication.check_publication(conn, s.publication, tables, capture.published)
             gap = slots.pending_gap(s) is not None  # a lost slot is being replaced
             database = replication.current_database(conn)
             with pg.errors("reading the type catalog"):
@@ -185,8 +188,9 @@ class Connector:
             ):
                 self.serializer = writer.serializer
                 writer.records = self.status.records_per_topic
+                self.status.tables = capture.tables
                 system = repl.identify_system()
-                replication.ensure_publication(conn, s.publication, tables)
+                replication.ensure_publication(conn, s.publication, tables, capture.published)
                 slot_lsn = slot.confirmed_flush_lsn or 0 if slot else 0
                 exported = None
                 if slot is None:
@@ -207,7 +211,7 @@ class Connector:
                 if not snapshot.before_streaming(s, self.status, self.stop, conn, writer, catalog, begin):
                     return  # stopped during the snapshot, or --snapshot initial-only
                 session = _Session(s, self.status, self.stop, self.stop_now, self.store, repl, conn)
-                session.stream(writer, catalog, offsets)
+                session.stream(writer, catalog, offsets, capture)
 
     def _tables(self, conn: psycopg.Connection[Any]) -> list[str]:
         """The listed tables to stream: at start all must exist; a reconnect leaves out dropped ones.
@@ -218,6 +222,8 @@ class Connector:
         ``--tables`` no longer lists it.
         """
         tables = self.settings.tables
+        if shaping.shaped(self.settings):  # patterns among them: the exact names must exist
+            tables = Selection.from_settings(self.settings).names
         if not self.status.progressed:
             replication.check_tables(conn, tables)
             return tables
@@ -279,7 +285,9 @@ class _Session:
 
     # -- the loop --------------------------------------------------------------------
 
-    def stream(self, writer: RecordWriter, catalog: TypeCatalog, offsets: Offsets) -> None:
+    def stream(
+        self, writer: RecordWriter, catalog: TypeCatalog, offsets: Offsets, capture: shaping.Capture
+    ) -> None:
         s = self.settings
         self.writer = writer
         self.catalog = catalog
@@ -288,6 +296,12 @@ class _Session:
         self.tracker.latencies = self.status.latencies
         self.wal_end = self.received = offsets.lsn
         self.incremental = snapshot.IncrementalSnapshots(s, self.status, writer, self.versions, catalog)
+        # tables created later that match --tables patterns join the capture
+        self.watcher = (
+            shaping.TableWatcher(self.conn, s, self.status, capture, self.incremental.joined)
+            if shaping.shaped(s)
+            else None
+        )
         try:
             self._stream()
         finally:
@@ -350,6 +364,8 @@ class _Session:
                     self._next_heartbeat = now + s.heartbeat_interval
                 incremental.tick()
                 self.monitor.tick()
+                if self.watcher is not None:
+                    self.watcher.tick()
             if incremental.ready:
                 incremental.step()
         self._finish()

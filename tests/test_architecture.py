@@ -20,9 +20,26 @@ ROOT = Path(__file__).resolve().parent.parent / "cdc"
 #: Lowest first. A module may import from its own layer and the layers before it.
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"cdc", "cdc.errors", "cdc.lsn", "cdc.config", "cdc.logs"}),
-    ("pure", {"cdc.pgoutput", "cdc.pgtypes", "cdc.events", "cdc.avro", "cdc.avro.*"}),
+    (
+        "pure",
+        {
+            "cdc.pgoutput",
+            "cdc.pgtypes",
+            "cdc.events",
+            "cdc.avro",
+            "cdc.avro.*",
+            "cdc.shaping",
+            "cdc.shaping.select",
+            "cdc.shaping.transform",
+            "cdc.shaping.deadletter",
+            "cdc.shaping.shaper",
+        },
+    ),
     ("state", {"cdc.checkpoint", "cdc.status", "cdc.control", "cdc.metrics"}),
-    ("boundaries", {"cdc.pg", "cdc.replication", "cdc.kafka", "cdc.kafka.*", "cdc.slots"}),
+    (
+        "boundaries",
+        {"cdc.pg", "cdc.replication", "cdc.kafka", "cdc.kafka.*", "cdc.slots", "cdc.shaping.catalog"},
+    ),
     ("stages", {"cdc.writer", "cdc.consume", "cdc.snapshot", "cdc.snapshot.*", "cdc.doctor"}),
     ("pipeline", {"cdc.connector"}),
     ("front", {"cdc.cli", "cdc.__main__", "cdc.demo", "cdc.dev", "cdc.devservers", "cdc.devservers.*"}),

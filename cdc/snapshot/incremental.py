@@ -200,6 +200,19 @@ class IncrementalSnapshots:
         self.chunk = None
         self.ready = self.reading is not None
 
+    def joined(self, tables: list[str]) -> None:
+        """Tables that joined the capture while streaming (`cdc.shaping.catalog.TableWatcher`): their
+        rows from before the publication took them are not in the stream, so they are read now."""
+        queued = {task.table for task in self.state.incremental}
+        for name in tables:
+            if name not in queued:
+                log.info("table %s joined the capture: queueing an incremental snapshot of it", name)
+                self.state.incremental.append(IncrementalTask(name))
+        self.state.tables = sorted({*self.state.tables, *tables})
+        self.store.save(self.state)
+        self.ready = self.ready or self.chunk is None
+        self._publish_stats()
+
     def tick(self) -> None:
         """Every status interval: take requests, record chunks Kafka holds."""
         self._take_requests()
@@ -335,7 +348,7 @@ class IncrementalSnapshots:
 
     def _accept(self, wanted: list[str]) -> tuple[list[str], dict[str, str]]:
         s = self.settings
-        captured = set(captured_tables(self._catalog_conn(), s.tables, s.publication))
+        captured = set(captured_tables(self._catalog_conn(), s.tables, s.publication, s.exclude_tables))
         accepted: list[str] = []
         rejected: dict[str, str] = {}
         queued = {task.table for task in self.state.incremental}

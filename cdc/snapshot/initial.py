@@ -32,6 +32,7 @@ from cdc.errors import CdcError, SinkError, SourceError
 from cdc.events import ChangeEvent, SourceInfo, table_topic
 from cdc.lsn import format_lsn
 from cdc.pgtypes import TypeCatalog
+from cdc.shaping.select import Selection
 from cdc.snapshot.progress import SnapshotProgress
 from cdc.snapshot.state import IncrementalTask, SnapshotState, SnapshotStore, TablePlan
 from cdc.snapshot.tables import (
@@ -389,8 +390,11 @@ def before_streaming(
     s = settings
     store = SnapshotStore(s.instance_dir)
     state = store.load()
-    tables = captured_tables(conn, s.tables, s.publication)
-    listed = [normalize_table(t) for t in s.tables]
+    tables = captured_tables(conn, s.tables, s.publication, s.exclude_tables)
+    selection = Selection.from_settings(s)
+    patterns = not (selection.exact or selection.everything)
+    # what the next start compares with: --tables names, or the set patterns matched
+    listed = tables if patterns else [normalize_table(t) for t in s.tables]
     if start.new_slot or not state.belongs_to(s.slot, start.system_id, start.database):
         if not start.new_slot and s.snapshot == "initial-only":
             raise SourceError(
@@ -424,7 +428,7 @@ def before_streaming(
     if state.phase == "running":
         specs = _plan(conn, s, state, tables, catalog)
     elif s.snapshot != "never":
-        _queue_added_tables(state, listed)
+        _queue_added_tables(state, listed, patterns)
     state.tables = listed
     store.save(state)
     status.snapshot = {"phase": state.phase}
@@ -467,13 +471,16 @@ def _plan(
     return specs
 
 
-def _queue_added_tables(state: SnapshotState, listed: list[str]) -> None:
-    """Tables added to an explicit ``--tables`` since the last start get an incremental snapshot."""
-    if not state.tables or not listed:
+def _queue_added_tables(state: SnapshotState, listed: list[str], patterns: bool = False) -> None:
+    """Tables added to an explicit ``--tables`` since the last start get an incremental snapshot, and
+    so do tables that match ``--tables`` patterns and were not captured before (created while the
+    connector was stopped: the publication took them only now)."""
+    if not patterns and (not state.tables or not listed):
         return  # all tables: new ones are streamed from their creation
     queued = {task.table for task in state.incremental}
     for name in listed:
         if name not in state.tables and name not in queued:
-            log.info("table %s was added to --tables: queueing an incremental snapshot of it", name)
+            why = "matches --tables" if patterns else "was added to --tables"
+            log.info("table %s %s: queueing an incremental snapshot of it", name, why)
             state.incremental.append(IncrementalTask(name))
     state.incremental = [task for task in state.incremental if task.table in listed]
