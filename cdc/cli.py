@@ -263,6 +263,15 @@ def status(
     if captured:
         typer.echo(f"  tables         {len(captured)} captured: {', '.join(captured[:20])}"
                    + (f" and {len(captured) - 20} more" if len(captured) > 20 else ""))  # fmt: skip
+    shaping = info.get("shaping") or {}
+    if shaping.get("filtered"):
+        typer.echo(f"  filtered       {shaping['filtered']} events dropped by transforms")
+    for name, n in sorted(shaping.items()):
+        kind, _, what = name.partition(":")
+        if kind == "dead_letters":
+            typer.echo(f"  dead letters   {n} ({what})")
+        elif kind == "transform_errors":
+            typer.echo(f"  transform errs {n} ({what})")
     snapshot = info.get("snapshot") or {}
     if snapshot.get("phase") == "running":
         for table, progress in sorted((snapshot.get("tables") or {}).items()):

@@ -188,6 +188,7 @@ class Connector:
             ):
                 self.serializer = writer.serializer
                 writer.records = self.status.records_per_topic
+                writer.shaping_counts = self.status.shaping
                 self.status.tables = capture.tables
                 system = repl.identify_system()
                 replication.ensure_publication(conn, s.publication, tables, capture.published)

@@ -118,6 +118,9 @@ class Status:
     heartbeat_query_errors: int = 0
     # -- shaping (cdc.shaping)
     tables: list[str] = field(default_factory=list)  # the captured set, kept by the TableWatcher
+    #: ``filtered`` (events transforms dropped), ``transform_errors:<transform>``,
+    #: ``dead_letters:<stage>`` (transform, encode, kafka): the writer's Shaper counts into it
+    shaping: Counter[str] = field(default_factory=Counter)
     # -- for the probes: when the process last reported, when the state last changed
     reported_at: float = field(default_factory=time.monotonic)
     state_since: float = field(default_factory=time.time)
@@ -189,6 +192,7 @@ class Status:
             "latency_ms": percentiles(self.latencies),
             "snapshot": self.snapshot,
             "tables": self.tables,
+            "shaping": dict(self.shaping),
         }
 
 
