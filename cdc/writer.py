@@ -113,8 +113,8 @@ class RecordWriter:
             out = shaped
             if out.topic != topic:
                 self.producer.ensure_topic(out.topic)
-            if self._limits is not None and not out.dead:
-                out = self._fit(out, event)
+            if self._limits is not None:
+                out = self._cut(out) if out.dead else self._fit(out, event)
             self._send(out.topic, out.key, out.value, token, out.headers)
             self.records[out.topic] += 1
             size += (len(out.value) if out.value else 0) + (len(out.key) if out.key else 0)
@@ -154,6 +154,17 @@ class RecordWriter:
         assert self.shaper is not None
         error = f"{size:,} bytes, larger than {out.topic}'s max.message.bytes ({limit:,})"
         return self.shaper.refused(out, event, error, self._limit(self.shaper.dead_letter_topic))
+
+    def _cut(self, letter: Outgoing) -> Outgoing:
+        """A dead letter made by the shaper (a transform's failure, say), cut to fit its topic."""
+        limit = self._limit(letter.topic)
+        if self._size(letter) <= limit or letter.value is None:
+            return letter
+        found = list(letter.headers or [])
+        deadletter.set_header(found, "truncated", "true")
+        return Outgoing(
+            letter.topic, letter.key, deadletter.cut(letter.value, letter.key, found, limit), found, True
+        )
 
     def _poll_rejected(self) -> int:
         """`poll`, then records the broker refused for their size (librdkafka hands them back) go to

@@ -81,7 +81,7 @@ def plan(conn: psycopg.Connection[Any], settings: Settings, listed: list[str]) -
             f"--columns, --exclude-columns and --row-filter need PostgreSQL 15 or later (the server is "
             f"{version // 10000}): leave them out, or mask columns with --mask-columns or a transform"
         )
-    published: list[PublishedTable] | None = None
+    keeps_list = False  # cdc keeps the publication's list: it holds the tables in their forms
     if not shaped(s):
         tables = list(listed) if listed else sorted(_published(conn, s.publication))
     else:
@@ -103,6 +103,7 @@ def plan(conn: psycopg.Connection[Any], settings: Settings, listed: list[str]) -
                 "keeps it; DROP PUBLICATION removes it)"
             )
         else:
+            keeps_list = True
             tables = sorted({*listed, *selection.pick(publishable_tables(conn))})
             if not tables:
                 log.warning("no table matches --tables %s yet: waiting for one", selection.describe())
@@ -114,8 +115,7 @@ def plan(conn: psycopg.Connection[Any], settings: Settings, listed: list[str]) -
     per_table = {name: rules.for_table(name) for name in tables}
     forms = {name: _form(conn, name, per_table[name]) for name in tables if per_table[name].required
              or per_table[name].shapes_publication}  # fmt: skip
-    if shaped(s) and (existing is None or replication.is_managed(conn, s.publication)):
-        published = [forms.get(name) or PublishedTable(name) for name in tables]
+    published = [forms.get(name) or PublishedTable(name) for name in tables] if keeps_list else None
     return Capture(tables, published, per_table)
 
 

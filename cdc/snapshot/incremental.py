@@ -205,7 +205,14 @@ class IncrementalSnapshots:
         rows from before the publication took them are not in the stream, so they are read now."""
         queued = {task.table for task in self.state.incremental}
         for name in tables:
-            if name not in queued:
+            if self.settings.snapshot == "never":
+                log.warning(
+                    "table %s joined the capture; its rows from before are not read (--snapshot never): "
+                    "`cdc snapshot %s` reads them",
+                    name,
+                    name,
+                )
+            elif name not in queued:
                 log.info("table %s joined the capture: queueing an incremental snapshot of it", name)
                 self.state.incremental.append(IncrementalTask(name))
         self.state.tables = sorted({*self.state.tables, *tables})
