@@ -11,7 +11,10 @@ for the same workload (a six-column table of mixed types):
 - RSS: peak over the runs, and during a 1M-row transaction;
 - seconds from `cdc start` to the first event acknowledged;
 - the snapshot rate of a 1M-row table (bench/snapshot.py) and the decoder
-  micro-benchmark (bench/decoder.py).
+  micro-benchmark (bench/decoder.py);
+- what shaping costs: the one-transaction run with a no-op transform, a
+  masking transform (HMAC of one column, in Python) and ``--mask-columns``,
+  confluent producer, as events/s and microseconds per event over the plain run.
 
 Throughput and latency figures are medians of ``--runs`` runs (3). Results go
 to ``bench/results/latest.json`` (and a timestamped copy) for comparing runs.
@@ -99,6 +102,11 @@ def run(runs: int, rows: int, big_rows: int, quick: bool) -> dict[str, Any]:
                     result = stream.connector_rate(s, state, rows, small, producer, "avro")
                     add(f"stream_{workload}_{producer}_events_per_s", result["events_per_s"])
                     peak_rss.append(result["peak_rss_mb"])
+                if not small:  # shaping, next to the plain run of the same workload
+                    for kind in stream.SHAPING:
+                        shaping = stream.shaping_args(kind, state)
+                        result = stream.connector_rate(s, state, rows, small, "confluent", "avro", *shaping)
+                        add(f"stream_one_txn_confluent_{kind}_events_per_s", result["events_per_s"])
             for producer in PRODUCERS:
                 lat = stream.latency(s, state, producer, "avro", seconds=4 if quick else 8)
                 add(f"latency_p50_ms_{producer}", lat["p50_ms"] or 0.0)
@@ -122,6 +130,11 @@ def run(runs: int, rows: int, big_rows: int, quick: bool) -> dict[str, Any]:
             rate = figures[f"stream_{workload}_{producer}_events_per_s"]
             figures[f"stream_{workload}_{producer}_ratio"] = rate / limit
             figures[f"stream_{workload}_{producer}_strict_ratio"] = rate / strict
+    plain = figures.get("stream_one_txn_confluent_events_per_s")
+    for kind in stream.SHAPING:
+        rate = figures.get(f"stream_one_txn_confluent_{kind}_events_per_s")
+        if plain and rate:
+            figures[f"{kind}_us_per_event"] = (1 / rate - 1 / plain) * 1e6
     snapshot = optional("bench.snapshot", "snapshot_rows_per_second")
     if snapshot is not None:
         figures["snapshot_table_rows"] = big_rows
@@ -153,6 +166,18 @@ def table(figures: dict[str, Any]) -> str:
             key = f"stream_{workload}_{producer}"
             rows.append(
                 (f"cdc ({producer}), {label} (events/s)", fig(f"{key}_events_per_s"), ratio(f"{key}_ratio"))
+            )
+    shaping_labels = {
+        "noop_transform": "a no-op transform",
+        "masking_transform": "a masking transform (HMAC of a column)",
+        "mask_columns": "--mask-columns (HMAC of a column)",
+    }
+    for kind, label in shaping_labels.items():
+        key = f"stream_one_txn_confluent_{kind}"
+        if f"{key}_events_per_s" in figures:
+            cost = fig(f"{kind}_us_per_event", "+{:.1f} us/event")
+            rows.append(
+                (f"cdc (confluent), one transaction, {label} (events/s)", fig(f"{key}_events_per_s"), cost)
             )
     for producer in PRODUCERS:
         p50, p99 = fig(f"latency_p50_ms_{producer}", "{:.1f}"), fig(f"latency_p99_ms_{producer}", "{:.1f}")

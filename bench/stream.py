@@ -50,10 +50,12 @@ def _fresh_slot(s: Servers, kind: str) -> Iterator[str]:
             drop_slot(conn, name)
 
 
-def _connector(s: Servers, state_dir: Path, name: str, producer: str, fmt: str) -> ConnectorProcess:
+def _connector(
+    s: Servers, state_dir: Path, name: str, producer: str, fmt: str, *extra: str
+) -> ConnectorProcess:
     return ConnectorProcess(
         s, state_dir, name, "--slot", name, "--publication", name, "--snapshot", "never",
-        "--producer", producer, "--format", fmt,
+        "--producer", producer, "--format", fmt, *extra,
     )  # fmt: skip
 
 
@@ -97,15 +99,31 @@ def limit_rate(s: Servers, rows: int, small: bool) -> tuple[float, float]:
         return rows / (last - started), rows / (last - first)
 
 
+#: Shaping runs next to the plain one (``--transform``, ``--mask-columns``): what each costs per event.
+SHAPING: dict[str, tuple[str, ...]] = {
+    "noop_transform": ("--transform", "bench.transforms:nothing"),
+    "masking_transform": ("--transform", "bench.transforms:mask_name"),
+    "mask_columns": ("--mask-columns", "public.bench_rows:name", "--mask-salt-file", "{salt}"),
+}
+
+
+def shaping_args(kind: str, state_dir: Path) -> tuple[str, ...]:
+    """The flags of a `SHAPING` run (the salt file it needs is made in ``state_dir``)."""
+    salt = state_dir / "bench-salt"
+    if not salt.exists():
+        salt.write_text("the benchmark's mask salt, 32 bytes\n")
+    return tuple(arg.format(salt=salt) for arg in SHAPING[kind])
+
+
 def connector_rate(
-    s: Servers, state_dir: Path, rows: int, small: bool, producer: str, fmt: str
+    s: Servers, state_dir: Path, rows: int, small: bool, producer: str, fmt: str, *extra: str
 ) -> dict[str, Any]:
     """The connector on the same workload: events acknowledged per second, first event to last ack."""
     with _fresh_slot(s, "run") as name:
         with s.connect() as conn:
             load = load_small_transactions if small else load_one_transaction
             end = parse_lsn(load(conn, _next_range(rows), rows))
-        proc = _connector(s, state_dir, name, producer, fmt)
+        proc = _connector(s, state_dir, name, producer, fmt, *extra)
         try:
             status = proc.wait("the backlog to be confirmed", _confirmed(end))
             proc.sample()
@@ -198,11 +216,18 @@ def main() -> None:
     with servers() as s, tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp:
         print(f"limit, one transaction (whole run, streaming): {limit_rate(s, rows, small=False)} rows/s")
         print(f"limit, small transactions (whole run, streaming): {limit_rate(s, rows, small=True)} rows/s")
-        for producer in ("kafka-python", "confluent"):
-            result = connector_rate(
-                s, Path(tmp), rows, False, producer, os.environ.get("BENCH_FORMAT", "avro")
-            )
+        fmt = os.environ.get("BENCH_FORMAT", "avro")
+        producers = os.environ.get("BENCH_PRODUCERS", "kafka-python,confluent").split(",")
+        for producer in producers:
+            result = connector_rate(s, Path(tmp), rows, False, producer, fmt)
             print(f"connector ({producer}), one transaction: {result}")
+        # BENCH_SHAPING=noop_transform,masking_transform,mask_columns: the same with shaping
+        for kind in filter(None, os.environ.get("BENCH_SHAPING", "").split(",")):
+            for producer in producers:
+                result = connector_rate(
+                    s, Path(tmp), rows, False, producer, fmt, *shaping_args(kind, Path(tmp))
+                )
+                print(f"connector ({producer}), one transaction, {kind}: {result}")
 
 
 if __name__ == "__main__":
