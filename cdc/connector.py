@@ -191,9 +191,19 @@ class Connector:
                 exported = None
                 if slot is None:
                     # the exported snapshot is valid until the next command on `repl`
-                    slot_lsn, exported = repl.create_slot(
-                        s.slot, export_snapshot=s.snapshot != "never" and not gap, failover=s.failover_slot
-                    )
+                    try:
+                        slot_lsn, exported = repl.create_slot(
+                            s.slot,
+                            export_snapshot=s.snapshot != "never" and not gap,
+                            failover=s.failover_slot,
+                            waiting=replication.slot_creation_waits(conn, s.slot),
+                            stop=self.stop,
+                        )
+                    except SourceUnavailable:
+                        if self.stop.is_set():
+                            log.info("stopped while waiting for the slot's consistent point")
+                            return
+                        raise
                 elif slots.needs_failover(conn, s, s.slot):
                     repl.enable_failover(s.slot)
                 start = slots.resume_point(s, self.store, slot_lsn, system, database)

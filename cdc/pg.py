@@ -86,7 +86,7 @@ def connect_error(exc: Exception, dsn: str) -> SourceError:
         )
     if "database" in text and "does not exist" in text:
         return SourceError(f"cannot connect to postgres ({where}): {text}; fix dbname in --dsn")
-    if "exceeds max_wal_senders" in text:
+    if "max_wal_senders" in text and "exceeds" in text:
         return SourceUnavailable(
             f"cannot connect to postgres ({where}): {text}: every walsender is taken; stop another "
             "replication client or raise max_wal_senders (and restart postgres)"
