@@ -34,20 +34,6 @@ except ServerError as exc:
     PG_INSTALLS, _INSTALL_ERROR = [], str(exc)
 
 
-def wait_until(
-    condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, message: str = ""
-) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message or condition}", pytrace=False)
-        time.sleep(interval)
-
-
 class ServerPool:
     """Clusters started on first use, stopped at the end of the session."""
 

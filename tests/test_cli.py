@@ -12,13 +12,14 @@ import pytest
 
 from cdc.devservers import PostgresServer
 from cdc.replication import ReplicationConnection
-from tests.fix_servers import BrokerHandle, TestDb, wait_until
-from tests.pipeline import cdc, error_line
+from tests.fix_servers import BrokerHandle, TestDb
+from tests.support import cdc, error_line, wait_until
 
 
-def start_args(db: TestDb, broker: BrokerHandle, prefix: str, state: Path, name: str) -> list[str]:
+def start_args(broker: BrokerHandle, prefix: str, state: Path, name: str) -> list[str]:
+    """`cdc start` of a test connector; its DSN goes in the environment (`cdc(..., dsn=)`), not here."""
     return [
-        "start", "--dsn", db.dsn, "--bootstrap-servers", broker.bootstrap_servers, "--name", name,
+        "start", "--bootstrap-servers", broker.bootstrap_servers, "--name", name,
         "--topic-prefix", prefix, "--state-dir", str(state), "--format", "json", "--snapshot", "never",
         "--status-interval", "0.2",
     ]  # fmt: skip
@@ -35,7 +36,7 @@ def status(state: Path, name: str, exit_code: int = 0) -> dict[str, Any]:
 def test_detached_start_status_stop(db: TestDb, broker: BrokerHandle, prefix: str, tmp_path: Path) -> None:
     db.execute("CREATE TABLE items (id int PRIMARY KEY, label text)")
     name = "n" + secrets.token_hex(3)
-    started = cdc(*start_args(db, broker, prefix, tmp_path, name), "--detach")
+    started = cdc(*start_args(broker, prefix, tmp_path, name), "--detach", dsn=db.dsn)
     assert started.returncode == 0, started.stderr
     try:
         info = status(tmp_path, name)
@@ -43,7 +44,7 @@ def test_detached_start_status_stop(db: TestDb, broker: BrokerHandle, prefix: st
         assert info["slot"] == f"cdc_{name}"
 
         # a second connector with the same name refuses, in one line
-        second = cdc(*start_args(db, broker, prefix, tmp_path, name))
+        second = cdc(*start_args(broker, prefix, tmp_path, name), dsn=db.dsn)
         assert "already running" in error_line(second)
 
         db.execute("INSERT INTO items SELECT g, 'x' FROM generate_series(1, 25) g")
@@ -92,41 +93,38 @@ def test_wrong_password_never_printed(
     db_latest: TestDb, broker: BrokerHandle, prefix: str, tmp_path: Path
 ) -> None:
     secret = "s3cret-" + secrets.token_hex(4)
-    args = start_args(db_latest, broker, prefix, tmp_path, "pw")
-    args[args.index("--dsn") + 1] = db_latest.dsn.replace(db_latest.server.password, secret)
-    proc = cdc(*args, "--debug")
+    args = start_args(broker, prefix, tmp_path, "pw")
+    wrong = db_latest.dsn.replace(db_latest.server.password, secret)
+    proc = cdc(*args, "--debug", dsn=wrong)
     assert proc.returncode != 0
     assert secret not in proc.stdout + proc.stderr
-    line = error_line(cdc(*args))
+    line = error_line(cdc(*args, dsn=wrong))
     assert "password authentication failed" in line and secret not in line
 
 
 def test_preconditions_on_a_database(db: TestDb, broker: BrokerHandle, prefix: str, tmp_path: Path) -> None:
     db.execute("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)")
-    base = start_args(db, broker, prefix, tmp_path, "pre")
+    base = start_args(broker, prefix, tmp_path, "pre")
 
-    assert "table public.nope does not exist" in error_line(cdc(*base, "--tables", "public.nope"))
+    assert "table public.nope does not exist" in error_line(cdc(*base, "--tables", "public.nope", dsn=db.dsn))
 
     db.execute("CREATE PUBLICATION only_a FOR TABLE a")
-    line = error_line(cdc(*base, "--tables", "a,b", "--publication", "only_a"))
+    line = error_line(cdc(*base, "--tables", "a,b", "--publication", "only_a", dsn=db.dsn))
     assert "does not publish public.b" in line and "ALTER PUBLICATION" in line
 
     db.execute("CREATE ROLE plain LOGIN PASSWORD 'plainpw'")
-    plain = [*base]
-    plain[plain.index("--dsn") + 1] = db.dsn.replace("user=postgres", "user=plain").replace(
-        db.server.password, "plainpw"
-    )
-    assert "lacks REPLICATION" in error_line(cdc(*plain))
+    plain = db.dsn.replace("user=postgres", "user=plain").replace(db.server.password, "plainpw")
+    assert "lacks REPLICATION" in error_line(cdc(*base, dsn=plain))
     db.execute("ALTER ROLE plain NOLOGIN REPLICATION")
-    assert "lacks LOGIN" in error_line(cdc(*plain))
+    assert "lacks LOGIN" in error_line(cdc(*base, dsn=plain))
 
     db.execute("SELECT pg_create_logical_replication_slot('other_plugin', 'test_decoding')")
-    assert "not pgoutput" in error_line(cdc(*base, "--slot", "other_plugin"))
+    assert "not pgoutput" in error_line(cdc(*base, "--slot", "other_plugin", dsn=db.dsn))
 
     with ReplicationConnection(db.dsn) as holder:
         holder.create_slot("busy")
         holder.start("busy", "only_a")
-        line = error_line(cdc(*base, "--slot", "busy", "--publication", "only_a"))
+        line = error_line(cdc(*base, "--slot", "busy", "--publication", "only_a", dsn=db.dsn))
     assert "active in process" in line and "another connector" in line
 
 
@@ -145,8 +143,8 @@ def one_slot_server(make_server: Any) -> PostgresServer:
 def test_wal_level_must_be_logical(
     replica_server: PostgresServer, broker: BrokerHandle, tmp_path: Path
 ) -> None:
-    proc = cdc("start", "--dsn", replica_server.dsn(), "--bootstrap-servers", broker.bootstrap_servers,
-               "--state-dir", str(tmp_path), "--snapshot", "never")  # fmt: skip
+    proc = cdc("start", "--bootstrap-servers", broker.bootstrap_servers, "--state-dir", str(tmp_path),
+               "--snapshot", "never", dsn=replica_server.dsn())  # fmt: skip
     line = error_line(proc)
     assert "wal_level is 'replica'" in line and "ALTER SYSTEM SET wal_level = logical" in line
 
@@ -154,8 +152,8 @@ def test_wal_level_must_be_logical(
 def test_slots_exhausted(one_slot_server: PostgresServer, broker: BrokerHandle, tmp_path: Path) -> None:
     with psycopg.connect(one_slot_server.dsn(), autocommit=True) as conn:
         conn.execute("SELECT pg_create_logical_replication_slot('taken', 'pgoutput')")
-    proc = cdc("start", "--dsn", one_slot_server.dsn(), "--bootstrap-servers", broker.bootstrap_servers,
-               "--state-dir", str(tmp_path), "--snapshot", "never")  # fmt: skip
+    proc = cdc("start", "--bootstrap-servers", broker.bootstrap_servers, "--state-dir", str(tmp_path),
+               "--snapshot", "never", dsn=one_slot_server.dsn())  # fmt: skip
     assert "max_replication_slots (1) exhausted" in error_line(proc)
 
 
@@ -166,6 +164,6 @@ def test_slots_exhausted(one_slot_server: PostgresServer, broker: BrokerHandle, 
 def test_broker_unreachable_at_start(
     db_latest: TestDb, prefix: str, tmp_path: Path, producer: list[str]
 ) -> None:
-    args = start_args(db_latest, BrokerHandle("127.0.0.1:9"), prefix, tmp_path, "nobroker")
-    line = error_line(cdc(*args, *producer, timeout=120))
+    args = start_args(BrokerHandle("127.0.0.1:9"), prefix, tmp_path, "nobroker")
+    line = error_line(cdc(*args, *producer, dsn=db_latest.dsn, timeout=120))
     assert "cannot reach the broker at 127.0.0.1:9" in line and "--bootstrap-servers" in line

@@ -10,7 +10,8 @@ import pytest
 from cdc.checkpoint import InFlight
 from cdc.devservers import Broker
 from cdc.kafka import make_producer
-from tests.fix_servers import BrokerHandle, wait_until
+from tests.fix_servers import BrokerHandle
+from tests.support import wait_until
 
 PRODUCERS = pytest.mark.parametrize("kind", ["kafka-python", "confluent"])
 

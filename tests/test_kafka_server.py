@@ -62,15 +62,6 @@ def topic_name(kind: str) -> str:
     return f"{kind}-{secrets.token_hex(4)}"
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, message: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message}", pytrace=False)
-        time.sleep(0.05)
-    return value
-
-
 # -- clients, configured from what the launcher says a listener needs
 
 
