@@ -10,10 +10,11 @@ import orjson
 import psycopg
 import pytest
 
-from cdc.devservers import PostgresServer
+from cdc.devservers import Broker, PostgresServer
+from cdc.lsn import parse_lsn
 from cdc.replication import ReplicationConnection
 from tests.fix_servers import BrokerHandle, TestDb
-from tests.support import cdc, error_line, wait_until
+from tests.support import ConnectorProcess, cdc, current_wal, error_line, slot_confirmed, wait_until
 
 
 def start_args(broker: BrokerHandle, prefix: str, state: Path, name: str) -> list[str]:
@@ -33,6 +34,11 @@ def status(state: Path, name: str, exit_code: int = 0) -> dict[str, Any]:
     return result
 
 
+def confirmed_past(info: dict[str, Any], lsn: int) -> dict[str, Any] | None:
+    """``info`` if its confirmed position is at or past ``lsn``."""
+    return info if parse_lsn(info.get("confirmed_lsn") or "0/0") >= lsn else None
+
+
 def test_detached_start_status_stop(db: TestDb, broker: BrokerHandle, prefix: str, tmp_path: Path) -> None:
     db.execute("CREATE TABLE items (id int PRIMARY KEY, label text)")
     name = "n" + secrets.token_hex(3)
@@ -48,10 +54,13 @@ def test_detached_start_status_stop(db: TestDb, broker: BrokerHandle, prefix: st
         assert "already running" in error_line(second)
 
         db.execute("INSERT INTO items SELECT g, 'x' FROM generate_series(1, 25) g")
-        wait_until(lambda: status(tmp_path, name)["events_total"] >= 25, timeout=30, message="25 events")
-        running = status(tmp_path, name)
+        written = current_wal(db.dsn)
+        # idle, the connector confirms the server's WAL end from keepalives: no lag left
+        running = wait_until(
+            lambda: confirmed_past(status(tmp_path, name), written), timeout=30, message="25 events confirmed"
+        )
         assert running["events_per_table"] == {"public.items": 25}
-        assert running["lag_bytes"] >= 0
+        assert running["lag_bytes"] == 0
     finally:
         stopped = cdc("stop", "--name", name, "--state-dir", str(tmp_path), "--timeout", "60")
     assert stopped.returncode == 0, stopped.stderr
@@ -69,6 +78,63 @@ def test_detached_start_status_stop(db: TestDb, broker: BrokerHandle, prefix: st
     assert "is running" in error_line(cdc("stop", "--name", name, "--state-dir", str(tmp_path)))
     log = (tmp_path / name / "cdc.log").read_text()
     assert db.server.password not in log
+
+
+def test_lag_is_the_wal_not_yet_confirmed(
+    db_latest: TestDb, own_broker: Broker, prefix: str, tmp_path: Path
+) -> None:
+    """`lag_bytes` is the server's WAL end, as the connector last heard it, minus the confirmed position:
+    positive while a transaction waits for the broker, bounded by the server's own positions."""
+    db = db_latest
+    db.execute("CREATE TABLE items (id int PRIMARY KEY, label text)")
+    connector = ConnectorProcess(
+        db.dsn,
+        own_broker.bootstrap_servers,
+        "lag",
+        prefix,
+        tmp_path / "state",
+        ["public.items"],
+        format="json",
+    )
+    connector.start()
+    try:
+        db.execute("INSERT INTO items SELECT g, 'x' FROM generate_series(1, 10) g")  # the topic exists
+        written = current_wal(db.dsn)
+        wait_until(lambda: connector.caught_up(written), 30, "the first rows to be confirmed")
+        own_broker.pause()  # SIGSTOP: nothing more is acknowledged, so nothing more is confirmed
+        try:
+            with db.connect(autocommit=False) as conn:
+                conn.execute("INSERT INTO items SELECT g, 'y' FROM generate_series(11, 20) g")
+                row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+                assert row is not None
+                inside = parse_lsn(row[0])  # before the commit record: the connector hears of more
+                conn.commit()
+            held = wait_until(
+                lambda: (
+                    (info := status(connector.state_dir, connector.name))["events_total"] >= 20
+                    and info["lag_bytes"] > 0
+                    and info
+                ),
+                timeout=30,
+                message="the unacknowledged transaction to show as lag",
+            )
+            server_end = current_wal(db.dsn)
+            slot = slot_confirmed(db.dsn, connector.slot)
+        finally:
+            own_broker.resume()
+        confirmed = parse_lsn(held["confirmed_lsn"])
+        assert confirmed == slot, "status and slot disagree on the confirmed position"
+        assert inside - confirmed <= held["lag_bytes"] <= server_end - confirmed, held
+        # acknowledged and idle again: nothing left
+        caught = wait_until(
+            lambda: confirmed_past(status(connector.state_dir, connector.name), server_end),
+            timeout=60,
+            message="the held transaction to be confirmed",
+        )
+        assert caught["lag_bytes"] == 0
+        assert connector.stop().returncode == 0
+    finally:
+        connector.cleanup()
 
 
 def test_bad_input_is_one_line(tmp_path: Path) -> None:
