@@ -6,6 +6,7 @@ Only Apache Kafka can show it: Tansu lets read_committed consumers see aborted r
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import signal
@@ -65,8 +66,9 @@ def positions(records: list[Record]) -> Counter[tuple[str, Any]]:
     return seen
 
 
+@pytest.mark.parametrize("producer", ["confluent", "kafka-python"])
 def test_streams_and_snapshots_each_change_once(
-    db_latest: TestDb, kafka: KafkaServer, prefix: str, state_dir: Path
+    db_latest: TestDb, kafka: KafkaServer, prefix: str, state_dir: Path, producer: str
 ) -> None:
     db = db_latest
     db.execute(
@@ -75,13 +77,16 @@ def test_streams_and_snapshots_each_change_once(
     )
     settings = settings_for(
         db, kafka.bootstrap_servers, prefix, state_dir, delivery="exactly-once", snapshot="initial",
-        tables=["public.items"], snapshot_chunk_rows=700, producer="confluent",
+        tables=["public.items"], snapshot_chunk_rows=700, producer=producer, transaction_metadata=True,
+        heartbeat_interval=0.5,
     )  # fmt: skip
     with running(settings) as run:
         for n in range(20):
             db.execute("UPDATE items SET v = v + 1 WHERE id %% 20 = %s", (n,))
         db.execute("INSERT INTO items SELECT g, 0 FROM generate_series(3001, 3500) g")
         db.execute("DELETE FROM items WHERE id > 3400")
+        db.execute("SELECT pg_logical_emit_message(true, 'app', 'in a transaction')")
+        db.execute("SELECT pg_logical_emit_message(false, 'app', 'on its own')")
         wait_caught_up(db, run)
     topic = f"{prefix}.public.items"
     records = read_topics(kafka.bootstrap_servers, [topic], isolation="read_committed")
@@ -90,6 +95,14 @@ def test_streams_and_snapshots_each_change_once(
     reads = [r for r in records if r.value is not None and r.value["op"] == "r"]
     assert len(reads) == 3000 and [r.value["source"]["snapshot"] for r in reads].count("last") == 1
     assert reads[-1].value["source"]["snapshot"] == "last"
+    # side topics ride in the same Kafka transactions: each once too
+    side = read_topics(
+        kafka.bootstrap_servers, [f"{prefix}.messages", f"{prefix}.transaction"], isolation="read_committed"
+    )
+    messages = [r.value["message"]["content"] for r in side if r.topic.endswith(".messages")]
+    assert sorted(base64.b64decode(m).decode() for m in messages) == ["in a transaction", "on its own"]
+    markers = [(r.value["id"], r.value["status"]) for r in side if r.topic.endswith(".transaction")]
+    assert len(markers) == len(set(markers)) > 0
     # the position the transactions reached is committed beside them
     from cdc.kafka import read_latest
 
@@ -242,3 +255,57 @@ def test_a_fenced_producer_commits_nothing(kafka: KafkaServer, prefix: str, prod
         older.close()
     values = [r.value for r in read_topics(kafka.bootstrap_servers, [topic], isolation="read_committed")]
     assert values == [{"from": "newer"}]
+
+
+def test_kill_9_inside_the_snapshot_reads_each_row_once(
+    db_latest: TestDb, kafka: KafkaServer, prefix: str, tmp_path: Path
+) -> None:
+    """A chunk's rows and its done record are one Kafka transaction: a snapshot killed half-way
+    resumes from the chunks Kafka committed, and no row is read twice."""
+    db = db_latest
+    db.execute(
+        "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL);"
+        "INSERT INTO items SELECT g, 0 FROM generate_series(1, 100000) g"
+    )
+    name = "s" + secrets.token_hex(3)
+    env = {"CDC_DSN": db.dsn}
+    args = _connector_args(
+        kafka,
+        prefix,
+        tmp_path,
+        name,
+        "--snapshot",
+        "initial",
+        "--snapshot-chunk-rows",
+        "2000",
+        "--snapshot-workers",
+        "1",
+    )
+    assert cdc(*args, "--detach", env=env).returncode == 0
+
+    def rows_read() -> int:
+        tables = _status(tmp_path, name).get("snapshot", {}).get("tables", {})
+        return sum(t["rows"] for t in tables.values())
+
+    wait_until(lambda: rows_read() >= 4000, timeout=60, message="a part of the snapshot")
+    os.kill(_status(tmp_path, name)["pid"], signal.SIGKILL)
+    wait_until(lambda: _status(tmp_path, name)["pid"] is None, timeout=30, message="the process to die")
+    assert cdc(*args, "--detach", env=env).returncode == 0
+    wait_until(lambda: _status(tmp_path, name)["state"] == "running", timeout=120, message="streaming")
+    db.execute("UPDATE items SET v = 1 WHERE id <= 10")
+    target = db.scalar("SELECT pg_current_wal_lsn()::text")
+    wait_until(
+        lambda: db.scalar(
+            "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+            (target, f"cdc_{name}"),
+        ),
+        timeout=60,
+        message="the update to be confirmed",
+    )
+    assert cdc("stop", "--name", name, "--state-dir", str(tmp_path)).returncode == 0
+    topic = f"{prefix}.public.items"
+    committed = read_topics(kafka.bootstrap_servers, [topic], isolation="read_committed")
+    reads = [r for r in committed if r.value is not None and r.value["op"] == "r"]
+    assert sorted(r.key["id"] for r in reads) == list(range(1, 100001))  # each row once
+    assert [r.value["source"]["snapshot"] for r in reads].count("last") == 1
+    assert rebuild(committed)[topic] == source_rows(db, "items", ["id"])

@@ -139,6 +139,13 @@ class InitialSnapshot:
         tasks = []
         for round_ in range(max((len(p) for p in pending), default=0)):
             tasks += [p[round_] for p in pending if round_ < len(p)]
+        if self.exactly_once:
+            # the chunk read last carries "last": one with an upper bound, planned full (a table's
+            # tail chunk, past its last bound, is often empty)
+            bounded = [t for t in tasks if t[1] < len(self.state.plans[t[0]].bounds)]
+            if bounded:
+                tasks.remove(bounded[-1])
+                tasks.append(bounded[-1])
         return tasks
 
     def _export(self) -> tuple[psycopg.Connection[Any], str]:
