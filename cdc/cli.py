@@ -9,6 +9,7 @@ traceback only with ``--debug``); usage errors exit 2.
 
 from __future__ import annotations
 
+import enum
 import importlib.metadata
 import inspect
 import logging
@@ -392,6 +393,11 @@ def _quiet_kafka() -> None:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 
+class Isolation(enum.StrEnum):
+    read_committed = "read_committed"
+    read_uncommitted = "read_uncommitted"
+
+
 @app.command("consume")
 @with_settings("bootstrap_servers", "topic_prefix")
 def consume(
@@ -416,6 +422,15 @@ def consume(
         str | None,
         typer.Option("--group", help="Consume in this consumer group (commits offsets).", envvar="CDC_GROUP"),
     ] = None,
+    isolation: Annotated[
+        Isolation,
+        typer.Option(
+            "--isolation",
+            help="read_committed: only what committed Kafka transactions wrote (exactly once from an "
+            "exactly-once connector); read_uncommitted: aborted records too.",
+            envvar="CDC_ISOLATION",
+        ),
+    ] = Isolation.read_committed,
     **flags: object,
 ) -> None:
     """Print records as JSON lines {"topic", "partition", "offset", "key", "value"}; bad ones on stderr.
@@ -434,6 +449,7 @@ def consume(
             topic_prefix=given.get("topic_prefix"),
             from_beginning=from_beginning,
             group=group,
+            isolation=isolation.value,
         ) as consumer:
             for record in consumer.records(max_messages, idle_timeout):
                 if record.error is None:

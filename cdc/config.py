@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 SnapshotMode = Literal["initial", "never", "initial-only"]
 Format = Literal["avro", "json"]
 ProducerKind = Literal["auto", "kafka-python", "confluent"]
+Delivery = Literal["at-least-once", "exactly-once"]
 SlotLostAction = Literal["fail", "recreate"]
 OffsetMismatchAction = Literal["trust-slot", "fail"]
 LogFormat = Literal["text", "json"]
@@ -146,6 +147,18 @@ class Settings:
         old_names=("producer_configs",),
     )
     max_buffer_mb: int = setting(64, "Producer buffer in MB; reading pauses while it is full.")
+    delivery: Delivery = setting(
+        "at-least-once",
+        "exactly-once: Kafka transactions write whole Postgres transactions with the position they "
+        "reach, so read_committed consumers see every change once, even after a crash.",
+    )
+    transaction_max_records: int = setting(
+        50_000, "exactly-once: records per Kafka transaction before it commits (whole Postgres transactions)."
+    )
+    transaction_linger_ms: int = setting(
+        100,
+        "exactly-once: longest a Kafka transaction waits for more Postgres transactions before it commits.",
+    )
     snapshot_workers: int = setting(2, "Processes reading the initial snapshot.")
     snapshot_chunk_rows: int = setting(50_000, "Rows per snapshot chunk (key order).")
     reconnect_max_seconds: float = setting(
@@ -437,6 +450,8 @@ def build(
 
 
 def validate(settings: Settings) -> None:
+    if settings.transaction_max_records < 1 or settings.transaction_linger_ms < 0:
+        raise ConfigError("transaction_max_records must be at least 1 and transaction_linger_ms at least 0")
     if not _NAME.fullmatch(settings.name):
         raise ConfigError(
             f"name {settings.name!r} is not usable: up to 63 letters, digits, _ . -, not starting with . or -"

@@ -432,7 +432,10 @@ class ChangeConsumer:
 
     Without ``group`` it assigns every partition of ``topics`` itself (no
     consumer group, nothing committed); with one it subscribes and commits.
-    ``consumer_config`` goes to kafka-python's KafkaConsumer as is. Raises
+    ``consumer_config`` goes to kafka-python's KafkaConsumer as is. ``isolation``
+    ``read_committed`` (the default) shows only what committed transactions
+    wrote: every change exactly once from a ``--delivery exactly-once``
+    connector; ``read_uncommitted`` shows aborted records too. Raises
     `SinkError` when the broker cannot be reached or a topic does not exist.
     """
 
@@ -445,20 +448,22 @@ class ChangeConsumer:
         from_beginning: bool = False,
         group: str | None = None,
         consumer_config: dict[str, Any] | None = None,
+        isolation: str = "read_committed",
     ) -> None:
         if not topics:
             raise SinkError("no topics to consume: name at least one")
         self.topics = list(topics)
         self.bootstrap_servers = bootstrap_servers
         self.decoder = RecordDecoder()
-        config = dict(consumer_config or {})
+        config = {"isolation_level": isolation, **(consumer_config or {})}
         self._schemas: _SchemaLoader | None = None
         self._reader = TopicReader(
             self.topics, bootstrap_servers, group=group, from_beginning=from_beginning, config=config
         )
         try:
             self.schema_topics = schema_topics_for(self.topics, topic_prefix, self._reader.existing)
-            schema_config = {k: v for k, v in config.items() if k not in ("group_id", "max_poll_interval_ms")}
+            own = ("group_id", "max_poll_interval_ms", "isolation_level")
+            schema_config = {k: v for k, v in config.items() if k not in own}
             self._schemas = _SchemaLoader(
                 SchemaTopicReader(bootstrap_servers, self.schema_topics, **schema_config),
                 self.decoder.registry,

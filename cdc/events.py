@@ -291,6 +291,11 @@ def heartbeat_topic(prefix: str) -> str:
     return f"{prefix}.heartbeat"
 
 
+def offsets_topic(prefix: str) -> str:
+    """Where ``--delivery exactly-once`` commits the position its Kafka transactions reach."""
+    return f"{prefix}.offsets"
+
+
 def event_topic(prefix: str, event: ChangeEvent) -> str:
     return messages_topic(prefix) if event.table is None else table_topic(prefix, event.table)
 

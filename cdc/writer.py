@@ -113,11 +113,14 @@ def make_serializer(settings: Settings, source: SourceInfo) -> Serializer:
     return serializer
 
 
-def open_writer(settings: Settings, source: SourceInfo, client_id: str) -> RecordWriter:
+def open_writer(
+    settings: Settings, source: SourceInfo, client_id: str, transactional_id: str = ""
+) -> RecordWriter:
     """A producer and a serializer as ``settings`` say; the caller closes the writer.
 
     The serializer first: reading the schema topic is also the quick check that the broker
-    answers (a producer would retry for seconds before saying it does not).
+    answers (a producer would retry for seconds before saying it does not). With
+    ``transactional_id`` the producer is transactional (``--delivery exactly-once``).
     """
     serializer = make_serializer(settings, source)
     producer = make_producer(
@@ -127,5 +130,6 @@ def open_writer(settings: Settings, source: SourceInfo, client_id: str) -> Recor
         settings.max_buffer_mb,
         TopicSettings(settings.topic_partitions, settings.topic_replication_factor, settings.topic_configs),
         settings.producer_configs,
+        transactional_id,
     )
     return RecordWriter(serializer, producer, settings.topic_prefix)

@@ -56,9 +56,11 @@ class Record:
     value: Any
 
 
-def read_topics(bootstrap: str, topics: list[str], idle_ms: int = 1500) -> list[Record]:
+def read_topics(
+    bootstrap: str, topics: list[str], idle_ms: int = 1500, isolation: str = "read_uncommitted"
+) -> list[Record]:
     """Every record of ``topics``, in partition order, reading until a poll comes back empty."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation)
     try:
         partitions = []
         for topic in topics:

@@ -23,7 +23,10 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("pure", {"cdc.pgoutput", "cdc.pgtypes", "cdc.events", "cdc.avro", "cdc.avro.*"}),
     ("state", {"cdc.checkpoint", "cdc.status", "cdc.control", "cdc.metrics"}),
     ("boundaries", {"cdc.pg", "cdc.replication", "cdc.kafka", "cdc.kafka.*", "cdc.slots"}),
-    ("stages", {"cdc.writer", "cdc.consume", "cdc.snapshot", "cdc.snapshot.*", "cdc.doctor"}),
+    (
+        "stages",
+        {"cdc.writer", "cdc.exactly_once", "cdc.consume", "cdc.snapshot", "cdc.snapshot.*", "cdc.doctor"},
+    ),
     ("pipeline", {"cdc.connector"}),
     ("front", {"cdc.cli", "cdc.__main__", "cdc.demo", "cdc.dev", "cdc.devservers", "cdc.devservers.*"}),
 ]

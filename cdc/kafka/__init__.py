@@ -10,6 +10,7 @@ from cdc.kafka.consumer import (
     SchemaTopicReader,
     TopicReader,
     check_reachable,
+    read_latest,
     read_schema_records,
 )
 from cdc.kafka.producer import (
@@ -31,6 +32,7 @@ __all__ = [
     "TopicSettings",
     "check_reachable",
     "make_producer",
+    "read_latest",
     "read_schema_records",
     "resolve_producer_kind",
 ]

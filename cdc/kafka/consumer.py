@@ -92,7 +92,9 @@ class TopicReader:
                 enable_auto_commit=group is not None,
                 auto_offset_reset="earliest" if from_beginning else "latest",
                 allow_auto_create_topics=False,
-                **(config or {}),
+                # committed records only: what an exactly-once connector aborted never shows (on
+                # non-transactional topics both levels read the same)
+                **{"isolation_level": "read_committed", **(config or {})},
             )
         except KafkaError as exc:
             raise consumer_error(exc, bootstrap_servers) from None
@@ -149,7 +151,9 @@ class TopicReader:
 
 
 class SchemaTopicReader:
-    """Reads schema topics (``<prefix>.schemas``) from the beginning, in steps, to their current end."""
+    """Reads compacted side topics (``<prefix>.schemas``, ``<prefix>.offsets``) from the beginning, in
+    steps, to their current end; committed records only (a record of an aborted transaction never
+    counts)."""
 
     def __init__(self, bootstrap_servers: str, topics: Sequence[str], **config: Any) -> None:
         from kafka import KafkaConsumer, TopicPartition  # noqa: PLC0415
@@ -164,7 +168,7 @@ class SchemaTopicReader:
                 enable_auto_commit=False,
                 allow_auto_create_topics=False,
                 fetch_max_wait_ms=100,
-                **config,
+                **{"isolation_level": "read_committed", **config},
             )
             self._partitions = [
                 TopicPartition(topic, p)
@@ -203,6 +207,20 @@ class SchemaTopicReader:
                         yield message.key, message.value
         except KafkaError as exc:
             raise consumer_error(exc, self.bootstrap_servers) from None
+
+
+def read_latest(bootstrap_servers: str, topic: str, **config: Any) -> dict[bytes, bytes]:
+    """The last committed value of every key of the compacted ``topic`` (a tombstone removes the key);
+    empty when the topic does not exist."""
+    latest: dict[bytes, bytes] = {}
+    for key, value in read_schema_records(bootstrap_servers, topic, **config):
+        if key is None:
+            continue
+        if value is None:
+            latest.pop(bytes(key), None)
+        else:
+            latest[bytes(key)] = bytes(value)
+    return latest
 
 
 def read_schema_records(

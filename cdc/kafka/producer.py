@@ -18,7 +18,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 
@@ -48,6 +48,33 @@ class Producer(Protocol):
 
     def ensure_topic(self, topic: str, compact: bool = False) -> None:
         """Create ``topic`` unless it exists (once per process per topic)."""
+
+    # -- transactions (a producer made with a transactional id) ----------------------------
+
+    def init_transactions(self, timeout: float) -> None:
+        """Register the transactional id: an older producer with it is fenced, its open transaction
+        aborted. Raises `SinkError` (not retriable when fenced)."""
+
+    def begin_transaction(self) -> None: ...
+
+    def commit_transaction(self, timeout: float) -> None:
+        """Deliver everything sent since `begin_transaction` and commit it atomically; `SinkError` when
+        Kafka did not commit (nothing of the transaction is visible to read_committed consumers)."""
+
+    def abort_transaction(self, timeout: float) -> None: ...
+
+
+#: What Kafka says when another producer with the same transactional id took over.
+FENCED_CODES: Final = frozenset({"_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH"})
+FENCED_ERRORS: Final = frozenset({"ProducerFencedError", "InvalidProducerEpochError"})
+
+
+def fenced_error(transactional_id: str) -> SinkError:
+    return SinkError(
+        f"fenced: another process took over transactional id {transactional_id!r} (a connector started "
+        "with the same name elsewhere); stop one of them",
+        retriable=False,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +124,7 @@ _PERMANENT_ERRORS = frozenset({
     "InvalidTopicError", "TopicAuthorizationFailedError", "ClusterAuthorizationFailedError",
     "TransactionalIdAuthorizationFailedError", "SaslAuthenticationFailedError", "UnsupportedVersionError",
     "UnsupportedForMessageFormatError", "UnsupportedCompressionTypeError", "InvalidRequiredAcksError",
-    "KafkaConfigurationError",
+    "KafkaConfigurationError", "ProducerFencedError", "InvalidProducerEpochError",
 })  # fmt: skip
 
 
@@ -149,6 +176,8 @@ class KafkaPythonProducer:
             "reconnect_backoff_max_ms": 2_000,
         }
         config.update(_typed(overrides or {}))
+        self.transactional_id = str(config.get("transactional_id") or "")
+        self.in_transaction = False
         self.bootstrap_servers = bootstrap_servers
         self.topics = topics or TopicSettings()
         self.known_topics: set[str] = set()
@@ -250,7 +279,38 @@ class KafkaPythonProducer:
             return False
         return True
 
+    def init_transactions(self, timeout: float) -> None:
+        self._txn("registering the transactional id", self.producer.init_transactions)
+
+    def begin_transaction(self) -> None:
+        self._txn("beginning a transaction", self.producer.begin_transaction)
+        self.in_transaction = True
+
+    def commit_transaction(self, timeout: float) -> None:
+        try:
+            self._txn("committing a transaction", self.producer.commit_transaction)
+        finally:
+            self.in_transaction = False
+        self.poll()
+
+    def abort_transaction(self, timeout: float) -> None:
+        try:
+            self._txn("aborting a transaction", self.producer.abort_transaction)
+        finally:
+            self.in_transaction = False
+
+    def _txn(self, doing: str, call: Any) -> None:
+        try:
+            call()
+        except self._kafka_error as exc:
+            if type(exc).__name__ in FENCED_ERRORS:
+                raise fenced_error(self.transactional_id) from None
+            raise SinkError(f"kafka refused {doing}: {exc}", retriable=_retriable(exc)) from None
+
     def close(self) -> None:
+        if self.in_transaction:  # what it held is read from the slot again; free the partitions now
+            with contextlib.suppress(SinkError):
+                self.abort_transaction(5)
         try:
             self.producer.close(timeout=5)
         except Exception as exc:
@@ -318,6 +378,8 @@ class ConfluentProducer:
             "logger": logging.getLogger("cdc.kafka.librdkafka"),
         }
         config.update(overrides or {})
+        self.transactional_id = str(config.get("transactional.id") or "")
+        self.in_transaction = False
         self.bootstrap_servers = bootstrap_servers
         self.topics = topics or TopicSettings()
         self.known_topics: set[str] = set()
@@ -431,7 +493,40 @@ class ConfluentProducer:
         except (self._ck.KafkaException, SystemError):
             return False
 
+    def init_transactions(self, timeout: float) -> None:
+        self._txn("registering the transactional id", lambda: self.producer.init_transactions(timeout))
+
+    def begin_transaction(self) -> None:
+        self._txn("beginning a transaction", self.producer.begin_transaction)
+        self.in_transaction = True
+
+    def commit_transaction(self, timeout: float) -> None:
+        try:
+            self._txn("committing a transaction", lambda: self.producer.commit_transaction(timeout))
+        finally:
+            self.in_transaction = False
+        self.poll()
+
+    def abort_transaction(self, timeout: float) -> None:
+        try:
+            self._txn("aborting a transaction", lambda: self.producer.abort_transaction(timeout))
+        finally:
+            self.in_transaction = False
+
+    def _txn(self, doing: str, call: Any) -> None:
+        try:
+            call()
+        except (self._ck.KafkaException, SystemError) as exc:
+            error = exc.args[0] if exc.args else None
+            name = error.name() if error is not None and hasattr(error, "name") else ""
+            if name in FENCED_CODES:
+                raise fenced_error(self.transactional_id) from None
+            raise SinkError(f"kafka refused {doing}: {exc}", retriable=_confluent_retriable(exc)) from None
+
     def close(self) -> None:
+        if self.in_transaction:  # what it held is read from the slot again; free the partitions now
+            with contextlib.suppress(SinkError):
+                self.abort_transaction(5)
         try:
             if int(self.producer.flush(5)):
                 # what the broker did not take is read from the slot again by the next session:
@@ -474,13 +569,20 @@ _PERMANENT_CODES = frozenset({
     "MSG_SIZE_TOO_LARGE", "INVALID_MSG_SIZE", "RECORD_LIST_TOO_LARGE", "INVALID_RECORD", "INVALID_MSG",
     "TOPIC_EXCEPTION", "TOPIC_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED",
     "SASL_AUTHENTICATION_FAILED", "_AUTHENTICATION", "UNSUPPORTED_VERSION", "UNSUPPORTED_FOR_MESSAGE_FORMAT",
-    "UNSUPPORTED_COMPRESSION_TYPE", "INVALID_REQUIRED_ACKS", "_INVALID_ARG",
+    "UNSUPPORTED_COMPRESSION_TYPE", "INVALID_REQUIRED_ACKS", "_INVALID_ARG", "_FENCED", "PRODUCER_FENCED",
+    "INVALID_PRODUCER_EPOCH", "TRANSACTIONAL_ID_AUTHORIZATION_FAILED",
 })  # fmt: skip
 
 
 class _ConfluentFailure(Exception):
     def __init__(self, error: Any) -> None:
-        super().__init__(str(error))
+        fenced = error.name() in FENCED_CODES
+        super().__init__(
+            "fenced: another process took over this connector's transactional id (a connector started "
+            "with the same name elsewhere); stop one of them"
+            if fenced
+            else str(error)
+        )
         self.retriable = error.name() not in _PERMANENT_CODES
 
 
@@ -514,6 +616,11 @@ def resolve_producer_kind(kind: str) -> str:
     return "confluent"
 
 
+#: How long a Kafka transaction may stay open: it spans whole Postgres transactions, which may be
+#: large (Kafka's broker allows 15 minutes by default).
+TRANSACTION_TIMEOUT_MS: Final = 600_000
+
+
 def make_producer(
     kind: str,
     bootstrap_servers: str,
@@ -521,7 +628,32 @@ def make_producer(
     max_buffer_mb: int,
     topics: TopicSettings | None = None,
     overrides: dict[str, str] | None = None,
+    transactional_id: str = "",
 ) -> Producer:
+    """A producer of ``kind``; with ``transactional_id``, a transactional one, already registered
+    (`Producer.init_transactions`), so a producer of another process with the same id is fenced."""
+    confluent = resolve_producer_kind(kind) == "confluent"
+    settings = dict(overrides or {})
+    if transactional_id:
+        if confluent:
+            settings = {
+                "transactional.id": transactional_id,
+                "transaction.timeout.ms": str(TRANSACTION_TIMEOUT_MS),
+                **settings,
+            }
+        else:
+            settings = {
+                "transactional_id": transactional_id,
+                "transaction_timeout_ms": str(TRANSACTION_TIMEOUT_MS),
+                **settings,
+            }
     cls: type[KafkaPythonProducer] | type[ConfluentProducer]
-    cls = ConfluentProducer if resolve_producer_kind(kind) == "confluent" else KafkaPythonProducer
-    return cls(bootstrap_servers, client_id, max_buffer_mb, topics, overrides)
+    cls = ConfluentProducer if confluent else KafkaPythonProducer
+    producer = cls(bootstrap_servers, client_id, max_buffer_mb, topics, settings)
+    if transactional_id:
+        try:
+            producer.init_transactions(60)
+        except BaseException:
+            producer.close()
+            raise
+    return producer

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
@@ -63,12 +63,19 @@ class InitialSnapshot:
         stop: threading.Event,
         writer: RecordWriter,
         source: SourceInfo,
+        system_id: str,
         catalog: TypeCatalog,
         state: SnapshotState,
         store: SnapshotStore,
         specs: dict[str, TableSpec],
     ) -> None:
         self.settings = settings
+        self.system_id = system_id
+        #: exactly-once: each worker commits a chunk's rows with its done record, so no row is held
+        #: back; the very last chunk is handed out once every other one is in Kafka, to carry "last"
+        self.exactly_once = settings.delivery == "exactly-once"
+        self.waiting: list[int] = []  # workers asking for a chunk
+        self.busy: set[int] = set()  # workers reading one
         self.status = status
         self.stop = stop
         self.writer = writer
@@ -132,6 +139,13 @@ class InitialSnapshot:
         tasks = []
         for round_ in range(max((len(p) for p in pending), default=0)):
             tasks += [p[round_] for p in pending if round_ < len(p)]
+        if self.exactly_once:
+            # the chunk read last carries "last": one with an upper bound, planned full (a table's
+            # tail chunk, past its last bound, is often empty)
+            bounded = [t for t in tasks if t[1] < len(self.state.plans[t[0]].bounds)]
+            if bounded:
+                tasks.remove(bounded[-1])
+                tasks.append(bounded[-1])
         return tasks
 
     def _export(self) -> tuple[psycopg.Connection[Any], str]:
@@ -163,6 +177,7 @@ class InitialSnapshot:
             self.state.consistent_lsn,
             self.ts_ms,
             logging.getLogger().getEffectiveLevel(),
+            self.system_id,
         )
         pipes: dict[int, Connection] = {}
         processes: dict[int, SpawnProcess] = {}
@@ -197,12 +212,14 @@ class InitialSnapshot:
                             "the next start resumes the snapshot"
                         )
                     if message[0] in ("ready", "want"):
-                        order = ("task", *self.queue.popleft()) if self.queue and not aborted else ("done",)
-                        send(pipe, order)
+                        self.busy.discard(n)
+                        self.waiting.append(n)
                     elif message[0] == "exit":
                         del pipes[n]
+                        self.busy.discard(n)
                     else:
                         error = error or self._on_message(message)
+                self._dispatch(pipes, aborted)
                 self._settle()
                 if not aborted and (error is not None or self.stop.is_set()):
                     aborted = True  # what Kafka holds stays recorded; the rest is read next time
@@ -224,6 +241,25 @@ class InitialSnapshot:
             self._flush_held("true")
             return False
         return True
+
+    def _dispatch(self, pipes: dict[int, Connection], aborted: bool) -> None:
+        """Hand chunks to the workers asking for one; "done" once there are none left."""
+        while self.waiting:
+            n = self.waiting[0]
+            if n not in pipes:
+                self.waiting.pop(0)
+                continue
+            if aborted or not self.queue:
+                self.waiting.pop(0)
+                send(pipes[n], ("done",))
+                continue
+            if self.exactly_once and len(self.queue) == 1 and self.busy:
+                return  # the last chunk waits for every other one to be committed
+            self.waiting.pop(0)
+            name, index = self.queue.popleft()
+            last = self.exactly_once and not self.queue
+            self.busy.add(n)
+            send(pipes[n], ("task", name, index, last))
 
     def _report(self) -> None:
         """Progress into the connector's status (``cdc status``)."""
@@ -368,6 +404,8 @@ class Start:
     new_slot: bool
     exported: str | None  # the snapshot the new slot exported
     source: SourceInfo
+    #: with exactly-once, the chunks Kafka committed: (consistent lsn, table, chunk) -> rows
+    committed_chunks: dict[tuple[int, str, int], int] = field(default_factory=dict)
 
 
 def before_streaming(
@@ -423,6 +461,12 @@ def before_streaming(
     specs: dict[str, TableSpec] = {}
     if state.phase == "running":
         specs = _plan(conn, s, state, tables, catalog)
+        for (lsn, name, index), rows in start.committed_chunks.items():
+            plan = state.plans.get(name)
+            if lsn == state.consistent_lsn and plan is not None and index not in plan.done:
+                # committed to Kafka with its rows before the last stop wrote it down here
+                plan.done.add(index)
+                plan.rows += rows
     elif s.snapshot != "never":
         _queue_added_tables(state, listed)
     state.tables = listed
@@ -431,7 +475,9 @@ def before_streaming(
     if state.phase == "running":
         status.state = "snapshotting"
         status.report()
-        snapshot = InitialSnapshot(s, status, stop, writer, start.source, catalog, state, store, specs)
+        snapshot = InitialSnapshot(
+            s, status, stop, writer, start.source, start.system_id, catalog, state, store, specs
+        )
         if not snapshot.run(start.exported if start.new_slot else None):
             return False
     elif s.snapshot == "initial-only":
