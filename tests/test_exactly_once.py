@@ -23,17 +23,9 @@ import pytest
 from cdc.devservers import KafkaServer, KafkaUnavailable
 from cdc.errors import ServerError
 from cdc.events import offsets_topic
-from tests.fix_servers import TestDb, wait_until
-from tests.pipeline import (
-    Record,
-    cdc,
-    read_topics,
-    rebuild,
-    running,
-    settings_for,
-    source_rows,
-    wait_caught_up,
-)
+from tests.fix_servers import TestDb
+from tests.pipeline import Record, read_topics, rebuild, settings_for, source_rows, wait_caught_up
+from tests.support import cdc, running, wait_until
 
 
 @pytest.fixture(scope="module")
