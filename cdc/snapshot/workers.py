@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 import psycopg
 from psycopg import sql
 
-from cdc import pg
+from cdc import pg, redact
 from cdc.checkpoint import InFlight
 from cdc.config import Settings
 from cdc.errors import (
@@ -100,6 +100,7 @@ def worker_main(job: WorkerJob, number: int, parent: int, pipe: Connection) -> N
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the connector decides when to stop
     logging.basicConfig(level=job.log_level, format=f"%(asctime)s %(levelname)s worker-{number}: %(message)s")
+    redact.install()
     # these lines bypass the connector's console (and its progress bars): only what matters
     logging.getLogger("kafka").setLevel(max(job.log_level, logging.WARNING))
     try:
