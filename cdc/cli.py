@@ -20,7 +20,7 @@ from typing import Annotated, Any, TypeVar, cast
 
 import typer
 
-from cdc import config
+from cdc import config, redact
 from cdc.config import Option, Settings
 from cdc.errors import AlreadyRunning, CdcError, ConfigError
 
@@ -76,6 +76,7 @@ def _root(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    redact.install()
 
 
 # -- the declared settings as options --------------------------------------------------------
@@ -296,7 +297,7 @@ def _quiet_kafka() -> None:
 
 
 @app.command("consume")
-@with_settings("bootstrap_servers", "topic_prefix")
+@with_settings("bootstrap_servers", "kafka_config", "kafka_config_file", "topic_prefix")
 def consume(
     topics: Annotated[list[str], typer.Argument(help="Topics to read (<prefix>.<schema>.<table>, ...).")],
     from_beginning: Annotated[
@@ -326,6 +327,7 @@ def consume(
     The schemas are read from PREFIX.schemas; without a topic prefix set, it is guessed from the topics.
     """
     from cdc.consume import ChangeConsumer  # noqa: PLC0415
+    from cdc.kafka import client_config  # noqa: PLC0415
 
     given = config.resolve(flags, _config_file(flags))
     settings = config.from_values(given)
@@ -333,7 +335,7 @@ def consume(
     try:
         with ChangeConsumer(
             topics,
-            settings.bootstrap_servers,
+            client_config(settings),
             topic_prefix=given.get("topic_prefix"),
             from_beginning=from_beginning,
             group=group,
@@ -349,7 +351,7 @@ def consume(
 
 
 @schemas_app.command("export")
-@with_settings("bootstrap_servers", "topic_prefix")
+@with_settings("bootstrap_servers", "kafka_config", "kafka_config_file", "topic_prefix")
 def schemas_export(
     out: Annotated[
         Path, typer.Option("--out", help="Directory for the .avsc files.", envvar="CDC_SCHEMAS_OUT")
@@ -358,10 +360,11 @@ def schemas_export(
 ) -> None:
     """Write every schema registered on PREFIX.schemas to OUT/<subject>.v<version>.avsc."""
     from cdc.consume import export_schemas  # noqa: PLC0415
+    from cdc.kafka import client_config  # noqa: PLC0415
 
     settings = _settings(flags)
     _quiet_kafka()
-    for path in export_schemas(settings.bootstrap_servers, settings.topic_prefix, out):
+    for path in export_schemas(client_config(settings), settings.topic_prefix, out):
         typer.echo(str(path))
 
 
@@ -383,7 +386,7 @@ def main() -> None:
         if _debug:
             raise
         # one line, whatever the message carries (libpq's own messages have line breaks)
-        print(f"cdc: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"cdc: error: {redact.redact(' '.join(str(exc).split()))}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

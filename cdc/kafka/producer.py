@@ -1,8 +1,10 @@
 """Producing to Kafka: an idempotent producer with delivery tracking, and topic creation.
 
 With `cdc.kafka.consumer`, the only code importing a Kafka client. Two producers share one small
-interface: kafka-python (pure Python, the default) and confluent-kafka
-(librdkafka, optional and several times faster; ``--producer confluent``).
+interface: confluent-kafka (librdkafka, several times faster, the default) and kafka-python
+(pure Python, the fallback). Both start from the one `ClientConfig` of the process, so the same
+security settings reach them and their admin clients; ``--producer-config`` adds settings of the
+producer alone, in its client's own names.
 
 Delivery reports carry the caller's token (the checkpoint's `InFlight`
 entry) back to the main thread through a deque: `Producer.poll` drains it and
@@ -19,8 +21,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cdc import redact
 from cdc.checkpoint import InFlight
 from cdc.errors import ConfigError, SinkError
+from cdc.kafka.clientconfig import ClientConfig, as_client, kafka_python_producer_settings
+from cdc.kafka.connection import await_metadata, check_connection, make_librdkafka
+from cdc.kafka.consumer import consumer_error
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +126,7 @@ class KafkaPythonProducer:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        client: ClientConfig | str,
         client_id: str,
         max_buffer_mb: int,
         topics: TopicSettings | None = None,
@@ -129,8 +135,9 @@ class KafkaPythonProducer:
         from kafka import KafkaProducer  # noqa: PLC0415 - kept local: this module is the only importer
         from kafka.errors import KafkaError  # noqa: PLC0415
 
+        self.client = client = as_client(client)
+        bootstrap_servers = client.bootstrap_servers
         config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap_servers.split(","),
             "client_id": client_id,
             "acks": "all",
             "enable_idempotence": True,
@@ -141,8 +148,10 @@ class KafkaPythonProducer:
             "delivery_timeout_ms": 120_000,
             "request_timeout_ms": 30_000,
             "reconnect_backoff_max_ms": 2_000,
+            **client.kafka_python(),
         }
-        config.update(_typed(overrides or {}))
+        config.update(kafka_python_producer_settings(overrides or {}))
+        check_connection(client)
         self.bootstrap_servers = bootstrap_servers
         self.topics = topics or TopicSettings()
         self.known_topics: set[str] = set()
@@ -157,13 +166,9 @@ class KafkaPythonProducer:
         try:
             self.producer = KafkaProducer(**config)
         except KafkaError as exc:
-            raise SinkError(
-                f"cannot reach the broker at {bootstrap_servers}: {exc}; "
-                "is it running? fix --bootstrap-servers",
-                retriable=True,
-            ) from None
+            raise consumer_error(exc, client) from None
         except (TypeError, ValueError, AssertionError) as exc:
-            raise ConfigError(f"invalid producer setting: {exc}") from None
+            raise ConfigError(f"invalid producer setting: {redact.redact(str(exc))}") from None
         self.admin: Any = None
 
     def _callbacks(self, token: InFlight) -> tuple[Any, Any]:
@@ -254,7 +259,7 @@ class KafkaPythonProducer:
         partitions, replication, configs = self.topics.for_topic(compact)
         try:
             if self.admin is None:
-                self.admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers.split(","))
+                self.admin = KafkaAdminClient(**self.client.kafka_python())
             self.admin.create_topics([NewTopic(topic, partitions, replication, topic_configs=configs)])
             log.info("created topic %s (%s partitions)", topic, partitions)
         except TopicAlreadyExistsError:
@@ -271,7 +276,7 @@ class ConfluentProducer:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        client: ClientConfig | str,
         client_id: str,
         max_buffer_mb: int,
         topics: TopicSettings | None = None,
@@ -280,10 +285,13 @@ class ConfluentProducer:
         try:
             import confluent_kafka  # noqa: PLC0415
         except ImportError:
-            raise ConfigError("producer 'confluent' needs confluent-kafka: pip install 'cdc[fast]'") from None
+            raise ConfigError(
+                "producer 'confluent' needs confluent-kafka: pip install confluent-kafka"
+            ) from None
         self._ck = confluent_kafka
+        self.client = client = as_client(client)
+        bootstrap_servers = client.bootstrap_servers
         config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
             "client.id": client_id,
             "enable.idempotence": True,
             "acks": "all",
@@ -298,36 +306,30 @@ class ConfluentProducer:
             "message.timeout.ms": 120_000,
             "message.max.bytes": 16 * 1024 * 1024,
             "error_cb": self._on_error,
-            # librdkafka's own log lines go through Python logging, not raw stderr
-            "logger": logging.getLogger("cdc.kafka.librdkafka"),
+            **(overrides or {}),
         }
-        config.update(overrides or {})
         self.bootstrap_servers = bootstrap_servers
         self.topics = topics or TopicSettings()
         self.known_topics: set[str] = set()
         self.deliveries = _Deliveries()
         self._token: InFlight | None = None
         self._token_callback: Any = None
-        try:
-            self.producer = confluent_kafka.Producer(config)
-        except confluent_kafka.KafkaException as exc:
-            raise ConfigError(f"invalid producer setting: {exc}") from None
-        try:
-            # librdkafka connects lazily: ask for metadata so a wrong address fails now
-            self.producer.list_topics(timeout=10)
-        except confluent_kafka.KafkaException as exc:
-            raise SinkError(
-                f"cannot reach the broker at {bootstrap_servers}: {exc.args[0] if exc.args else exc}; "
-                "is it running? fix --bootstrap-servers",
-                retriable=True,
-            ) from None
+        self._connect_errors: list[Any] | None = []
+        redact.remember_pairs(overrides or {})
+        self.producer = make_librdkafka(confluent_kafka.Producer, client, config)
+        # librdkafka connects lazily: ask for metadata, so that a wrong address, login or
+        # certificate fails now, and with its cause
+        await_metadata(self.producer, self._connect_errors, client)
+        self._connect_errors = None
         self.admin: Any = None
 
     def _on_error(self, error: Any) -> None:
+        if self._connect_errors is not None:
+            self._connect_errors.append(error)
         if error.fatal():
             self.deliveries.failures.append((None, _ConfluentFailure(error)))
         else:
-            log.debug("kafka: %s", error)
+            log.debug("kafka: %s", redact.redact(str(error)))
 
     def _callback(self, token: InFlight) -> Any:
         """The delivery callback for ``token``, made once per transaction rather than per record."""
@@ -423,11 +425,7 @@ class ConfluentProducer:
 
         partitions, replication, configs = self.topics.for_topic(compact)
         if self.admin is None:
-            admin_config: dict[str, Any] = {
-                "bootstrap.servers": self.bootstrap_servers,
-                "logger": logging.getLogger("cdc.kafka.librdkafka"),
-            }
-            self.admin = AdminClient(admin_config)
+            self.admin = make_librdkafka(AdminClient, self.client, {})
         futures = self.admin.create_topics(
             [NewTopic(topic, partitions, replication, config=configs)], request_timeout=30
         )
@@ -465,19 +463,6 @@ def _confluent_retriable(exc: BaseException) -> bool:
     return error is None or not hasattr(error, "name") or error.name() not in _PERMANENT_CODES
 
 
-def _typed(overrides: dict[str, str]) -> dict[str, Any]:
-    """kafka-python wants ints for its numeric settings; config values arrive as strings."""
-    typed: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if value.isdigit():
-            typed[key] = int(value)
-        elif value.lower() in ("true", "false"):
-            typed[key] = value.lower() == "true"
-        else:
-            typed[key] = value
-    return typed
-
-
 def resolve_producer_kind(kind: str) -> str:
     """``auto`` means confluent-kafka (librdkafka) when it is installed, else kafka-python."""
     if kind != "auto":
@@ -491,12 +476,14 @@ def resolve_producer_kind(kind: str) -> str:
 
 def make_producer(
     kind: str,
-    bootstrap_servers: str,
+    client: ClientConfig | str,
     client_id: str,
     max_buffer_mb: int,
     topics: TopicSettings | None = None,
     overrides: dict[str, str] | None = None,
 ) -> Producer:
+    """The producer of ``kind`` (``auto``, ``confluent``, ``kafka-python``) with the shared client
+    settings ``client`` (or just its brokers) and the producer-only ``overrides``."""
     cls: type[KafkaPythonProducer] | type[ConfluentProducer]
     cls = ConfluentProducer if resolve_producer_kind(kind) == "confluent" else KafkaPythonProducer
-    return cls(bootstrap_servers, client_id, max_buffer_mb, topics, overrides)
+    return cls(client, client_id, max_buffer_mb, topics, overrides)
