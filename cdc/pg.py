@@ -75,7 +75,11 @@ def strip_password(text: str, dsn: str) -> str:
 
 def connect_error(exc: Exception, dsn: str) -> SourceError:
     """Why a connection could not be opened: a refusal to fix, or a server to wait for."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    # libpq tries every address of a host name (::1, then 127.0.0.1): the attempt that reached
+    # the server says why it failed; a refused one before it does not
+    answered = [line for line in lines if "failed:" in line and not _UNREACHED.search(line)]
+    text = (answered or lines or [repr(exc)])[0]
     # libpq says 'connection to server at "h", port p failed: FATAL:  <reason>': keep the reason
     text = re.sub(r'^connection to server at "[^"]*", port \d+ failed: (FATAL:\s+)?', "", text)
     text = strip_password(text, dsn)
@@ -94,6 +98,10 @@ def connect_error(exc: Exception, dsn: str) -> SourceError:
         return SourceError(f"cannot connect to postgres ({where}): {text}; allow it in pg_hba.conf")
     return SourceUnavailable(f"cannot connect to postgres ({where}): {text}; is the server running?")
 
+
+_UNREACHED: Final = re.compile(
+    r"Connection refused|No route to host|Network is unreachable|timeout expired|Cannot assign requested"
+)
 
 #: libpq's words for a TLS failure -> what to change (sslmode, sslrootcert: see libpq's docs).
 _TLS_FIXES: Final = (
