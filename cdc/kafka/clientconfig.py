@@ -100,7 +100,6 @@ SHARED: Final[dict[str, _Key]] = {
     "ssl.key.location": _Key("ssl_keyfile", _file),
     "ssl.key.password": _Key("ssl_password"),
     "ssl.crl.location": _Key("ssl_crlfile", _file),
-    "ssl.cipher.suites": _Key("ssl_ciphers"),
     "ssl.endpoint.identification.algorithm": _Key("ssl_check_hostname", _hostname_check),
     "client.id": _Key("client_id"),
     "request.timeout.ms": _Key("request_timeout_ms", _milliseconds),
