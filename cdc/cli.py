@@ -165,9 +165,11 @@ def start(
     """Stream changes from Postgres to Kafka until stopped."""
     from cdc import control  # noqa: PLC0415
     from cdc.connector import Connector  # noqa: PLC0415
+    from cdc.kafka import client_config  # noqa: PLC0415
 
     settings = _settings(flags)
     config.require_dsn(settings)
+    client_config(settings)  # a bad Kafka setting fails here, before anything is made in Postgres
     directory = settings.instance_dir
     if detach:
         if control.running_pid(directory) is not None:

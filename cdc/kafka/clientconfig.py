@@ -142,6 +142,9 @@ UNSUPPORTED: Final = {
     "bootstrap.servers": "give the brokers with --bootstrap-servers",
 }
 
+#: What a Kafka setting's name looks like: lowercase words joined by dots.
+_SETTING_NAME = re.compile(r"[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+")
+
 _JAAS = re.compile(r"\s*([\w.$]+)\s+(?:required|requisite|sufficient|optional)\s*(.*?)\s*;?\s*", re.S)
 _JAAS_OPTION = re.compile(r'\s*(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;"]+))')
 
@@ -213,6 +216,14 @@ def normalize(pairs: Mapping[str, str]) -> dict[str, str]:
         if key in UNSUPPORTED:
             raise ConfigError(f"kafka setting {key} is not supported: {UNSUPPORTED[key]}")
         if key not in SHARED:
+            if not _SETTING_NAME.fullmatch(key):
+                # "sasl.password=ab,c=d" in CDC_KAFKA_CONFIG splits into sasl.password=ab and c=d:
+                # such a "key" is a piece of a value, maybe of a secret, and is not shown
+                raise ConfigError(
+                    f"an unknown kafka setting (not shown: it is no dotted name, so it may be part of a "
+                    f"value): in CDC_KAFKA_CONFIG write a comma inside a value as \\, or use {_WHERE} "
+                    "once per pair or --kafka-config-file"
+                )
             raise ConfigError(
                 f"unknown kafka setting {key!r}: {_WHERE} takes what every client understands "
                 "(security.protocol, sasl.*, ssl.*, timeouts: see README 'Secured clusters'); "
