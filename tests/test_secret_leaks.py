@@ -48,14 +48,12 @@ class Scan:
 
 @dataclass
 class Secrets:
-    pg_user: str
     pg_password: str
-    oauth_secret: str
     kafka: SecureKafka
 
     @property
     def all(self) -> list[str]:
-        return [self.pg_password, self.oauth_secret, *self.kafka.secrets]
+        return [self.pg_password, *self.kafka.secrets]
 
 
 @pytest.fixture
@@ -81,18 +79,35 @@ def secret_file(path: Path, text: str) -> Path:
     return path
 
 
+#: A login in a properties file as Java writes it: a sasl.jaas.config line.
+LOGINS = {
+    "sasl.password": ("scram.ScramLoginModule", {"username": "sasl.username", "password": "sasl.password"}),
+    "sasl.oauthbearer.client.secret": (
+        "oauthbearer.OAuthBearerLoginModule",
+        {"clientId": "sasl.oauthbearer.client.id", "clientSecret": "sasl.oauthbearer.client.secret"},
+    ),
+}
+
+
+def escape_property(value: str) -> str:
+    return value.replace("\\", "\\\\")
+
+
 def properties(pairs: dict[str, str]) -> str:
-    """A properties file; the SCRAM login as Java writes it (sasl.jaas.config)."""
-    lines = [
-        f"{k}={v.replace(chr(92), chr(92) * 2)}" for k, v in pairs.items() if not k.startswith("sasl.user")
-    ]
-    if "sasl.password" in pairs:
-        lines = [line for line in lines if not line.startswith("sasl.password")]
-        password = pairs["sasl.password"].replace("\\", "\\\\\\\\").replace('"', '\\\\"')
-        lines.append(
-            "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required \\\n"
-            f'    username="{pairs["sasl.username"]}" password="{password}";'
-        )
+    """A properties file of ``pairs``, the login as a JAAS line continued over two lines."""
+    rest = dict(pairs)
+    lines = []
+    for secret, (module, options) in LOGINS.items():
+        if secret in rest:
+            values = {name: rest.pop(key) for name, key in options.items()}
+            quoted = " ".join(
+                f'{name}="{value.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+                for name, value in values.items()
+            )
+            jaas = f"org.apache.kafka.common.security.{module} required {quoted};"
+            head, _, tail = escape_property(jaas).partition(" required ")
+            lines.append(f"sasl.jaas.config={head} required \\\n    {tail}")
+    lines += [f"{key}={escape_property(value)}" for key, value in rest.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -121,7 +136,7 @@ def test_no_secret_in_any_output_or_state_file(
     secure_kafka: SecureKafka, db_latest: TestDb, role: tuple[str, str], tmp_path: Path, prefix: str
 ) -> None:
     user, password = role
-    given = Secrets(user, password, f"oa,u=th-{secrets.token_hex(6)}", secure_kafka)
+    given = Secrets(password, secure_kafka)
     state = tmp_path / "state"
     scan = Scan()
     db_latest.execute("CREATE TABLE public.items (id int PRIMARY KEY, name text)")
@@ -204,7 +219,15 @@ def test_no_secret_in_any_output_or_state_file(
         "--snapshot", "initial-only", *common,
     )  # fmt: skip
 
-    # 6. failures: each one line, none quoting a secret
+    # 6. OAuth: the client secret in a JAAS line of the properties file
+    oauth_file = secret_file(tmp_path / "oauth.properties", properties(secure_kafka.config("OAUTH")))
+    scan.ok(
+        "start", "--dsn-file", str(dsn_path), "--kafka-config-file", str(oauth_file), "--name", "oauth-ok",
+        "--topic-prefix", f"{prefix}h", "--bootstrap-servers", secure_kafka.bootstrap("OAUTH"),
+        "--snapshot", "initial-only", "--producer", "kafka-python", *common,
+    )  # fmt: skip
+
+    # 7. failures: each one line, none quoting a secret
     wrong = {**secure_kafka.config(listener), "sasl.password": "wrong"}
     for detach in ([], ["--detach"]):
         failed = scan.run(
@@ -214,12 +237,7 @@ def test_no_secret_in_any_output_or_state_file(
         )  # fmt: skip
         assert "refused the login" in error_line(failed)
     scan.ok("status", "--name", "wrong", "--state-dir", str(state), "--json")
-    oauth = {
-        "security.protocol": "SASL_SSL",
-        "sasl.mechanism": "OAUTHBEARER",
-        "sasl.oauthbearer.client.id": "cdc",
-        "sasl.oauthbearer.client.secret": given.oauth_secret,  # the token endpoint is missing
-    }
+    oauth = {k: v for k, v in secure_kafka.config("OAUTH").items() if "endpoint" not in k}
     incomplete = scan.run("start", "--dsn-file", str(dsn_path), *flags(oauth), "--name", "oauth", *common)
     assert "sasl.oauthbearer.token.endpoint.url is missing" in error_line(incomplete)
     # a bad Kafka setting is refused before the connector touches Postgres

@@ -1,11 +1,11 @@
 """Secured Kafka against the real broker: one client configuration reaches every client.
 
 Apache Kafka (`tests.fix_secure`) with SASL_PLAINTEXT/SCRAM-SHA-512, TLS with a
-test CA and a certificate for ``localhost`` only, SASL_SSL, and mutual TLS with
-an encrypted client key. Through each, with each producer, the connector
-snapshots a table with its worker processes, streams changes in Avro (the
-schema-topic reader, the producer, its admin client all use the settings), and
-a consumer reads everything back. Wrong credentials, an untrusted or
+test CA and a certificate for ``localhost`` only, SASL_SSL, mutual TLS with an
+encrypted client key, and OAUTHBEARER with an OIDC token endpoint. Through
+each, with each producer, the connector snapshots a table with its worker
+processes, streams changes in Avro (the schema-topic reader, the producer, its
+admin client all use the settings), and a consumer reads everything back. Wrong credentials, an untrusted or
 misnamed certificate and a missing client certificate each end ``cdc start``
 and ``cdc consume`` with one line, exit 1, and nothing confirmed.
 """
@@ -133,6 +133,15 @@ def test_an_untrusted_certificate(
     )
     assert "TLS handshake" in line and "certificate verify failed" in line, line
     assert "set ssl.ca.location to the CA that signed the broker's certificate" in line
+
+
+def test_a_wrong_oauth_client_secret(secure_kafka: SecureKafka, db_latest: TestDb, state_dir: Path) -> None:
+    flags = with_changes(secure_kafka.config("OAUTH"), sasl__oauthbearer__client__secret="wrong")
+    asked = secure_kafka.tokens.requests
+    line = start_refused(secure_kafka, db_latest, state_dir, "OAUTH", *flags)
+    assert secure_kafka.tokens.requests > asked  # the token endpoint refused it, not the settings
+    assert "refused the login" in line and "invalid_client" in line, line
+    assert "check sasl.oauthbearer.client.id, .client.secret" in line
 
 
 def test_the_broker_name_is_verified(secure_kafka: SecureKafka) -> None:

@@ -146,6 +146,8 @@ def refused(name: str, text: str, client: ClientConfig) -> SinkError | None:
     where = f"kafka at {client.bootstrap_servers}"
     if name == "_AUTHENTICATION":
         fix = "check sasl.username and sasl.password"
+        if client.options.get("sasl.mechanism") == "OAUTHBEARER":
+            fix = "check sasl.oauthbearer.client.id, .client.secret, .scope and .token.endpoint.url"
         if "mechanism" in reason and "handshake failed" in reason:
             fix = "check sasl.mechanism (and that the listener is the SASL one)"
         return SinkError(f"{where} refused the login ({client.describe()}): {reason}; {fix}")
