@@ -138,7 +138,7 @@ class KafkaPythonProducer:
         self.client = client = as_client(client)
         bootstrap_servers = client.bootstrap_servers
         config: dict[str, Any] = {
-            "client_id": client_id,
+            "client_id": client_id,  # a shared client.id (in kafka_python() below) wins
             "acks": "all",
             "enable_idempotence": True,
             "linger_ms": 5,
@@ -292,7 +292,7 @@ class ConfluentProducer:
         self.client = client = as_client(client)
         bootstrap_servers = client.bootstrap_servers
         config: dict[str, Any] = {
-            "client.id": client_id,
+            "client.id": client.options.get("client.id", client_id),  # a shared client.id wins
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
