@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 SnapshotMode = Literal["initial", "never", "initial-only"]
 Format = Literal["avro", "json"]
 ProducerKind = Literal["auto", "kafka-python", "confluent"]
+SlotLostAction = Literal["fail", "recreate"]
+OffsetMismatchAction = Literal["trust-slot", "fail"]
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -170,6 +174,45 @@ class Settings:
     reconnect_max_seconds: float = setting(
         30.0, "Longest wait between reconnects (the wait doubles from 0.5 s)."
     )
+    metrics_port: int = setting(
+        0, "Serve Prometheus metrics (/metrics) and probes (/healthz, /readyz) on this port (0: off)."
+    )
+    metrics_host: str = setting(
+        "127.0.0.1", "Address the metrics port listens on (0.0.0.0: every interface, for a container)."
+    )
+    ready_reconnect_seconds: float = setting(
+        30.0, "/readyz fails once the connector has been reconnecting for longer than this."
+    )
+    on_slot_lost: SlotLostAction = setting(
+        "fail",
+        "When the server invalidated the slot (WAL removed): fail, or recreate it and read the tables "
+        "again (incremental snapshot).",
+    )
+    failover_slot: bool = setting(
+        False, "Create the slot with FAILOVER (PostgreSQL 17+): it survives a promotion of a synced standby."
+    )
+    on_offset_mismatch: OffsetMismatchAction = setting(
+        "trust-slot",
+        "When offsets.json is ahead of the slot on another timeline (a failover to a lagging standby): "
+        "trust-slot resumes from the slot, fail stops.",
+    )
+    heartbeat_query: str = setting(
+        "",
+        "SQL run on the database every --heartbeat-interval (10 s without one), so that the slot advances "
+        "on a quiet database.",
+        shown="none",
+    )
+    log_format: LogFormat = setting("text", "text, or json: one object per line.")
+    log_level: LogLevel = setting("info", "Least severe log level written (--debug: debug).")
+    log_file: str = setting(
+        "",
+        "Write the log to this file, rotated by size.",
+        shown="stderr; cdc.log in the state dir with --detach",
+    )
+    log_max_mb: float = setting(
+        50.0, "Rotate the log file at this size (0: never; reopen when moved, for logrotate)."
+    )
+    log_backups: int = setting(5, "Rotated log files kept.")
 
     @property
     def instance_dir(self) -> Path:
@@ -501,6 +544,12 @@ def validate(settings: Settings) -> None:
         raise ConfigError("snapshot_chunk_rows must be at least 1")
     if settings.reconnect_max_seconds <= 0:
         raise ConfigError("reconnect_max_seconds must be a positive number of seconds")
+    if not 0 <= settings.metrics_port <= 65535:
+        raise ConfigError("metrics_port must be a TCP port (1-65535), or 0 for none")
+    if settings.ready_reconnect_seconds <= 0:
+        raise ConfigError("ready_reconnect_seconds must be a positive number of seconds")
+    if settings.log_max_mb < 0 or settings.log_backups < 0:
+        raise ConfigError("log_max_mb and log_backups must be 0 or more")
     for table in settings.tables:
         if not re.fullmatch(r"[^.\s]+(\.[^.\s]+)?", table):
             raise ConfigError(f"table {table!r}: expected schema.table or table")

@@ -21,10 +21,10 @@ from typing import Any
 
 import psycopg
 
-from cdc import pg, replication, snapshot
+from cdc import pg, replication, slots, snapshot
 from cdc.checkpoint import InFlight, Offsets, OffsetStore, Tracker
 from cdc.config import Settings
-from cdc.errors import DecodeError, SinkError, SourceUnavailable
+from cdc.errors import DecodeError, DeliveryFailed, SinkError, SlotLost, SourceUnavailable
 from cdc.events import (
     ChangeEvent,
     Serializer,
@@ -59,7 +59,8 @@ from cdc.pgoutput import (
     decode_copy_data,
 )
 from cdc.pgtypes import RowParser, TypeCatalog, row_parser
-from cdc.status import Status
+from cdc.snapshot.gap import close_gap
+from cdc.status import OpCount, Status
 from cdc.writer import RecordWriter, open_writer
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class _TableState:
     table: Table
     topic: str
     parse: RowParser
+    counts: dict[str, OpCount]  # events and bytes by op, in the Status
 
 
 class Connector:
@@ -89,11 +91,37 @@ class Connector:
         self.status = Status(slot=settings.slot, publish=publish)
         self.store = OffsetStore(settings.instance_dir)
         self.serializer: Serializer | None = None  # the current (or last) session's: for inspection
+        self.slot_lost = ""  # the server said the slot is lost; --on-slot-lost recreate replaces it
 
     # -- lifecycle -----------------------------------------------------------------
 
     def run(self) -> None:
-        """Stream until stopped; retry lost connections with exponential backoff."""
+        """Stream until stopped; retry lost connections with exponential backoff.
+
+        However it ends, the status says so last: ``stopped``, or ``failed`` with the error
+        that ended it (and an unfinished snapshot shows as ``interrupted``).
+        """
+        try:
+            self._run()
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                self._ended("stopped")
+            else:
+                self._ended("failed", " ".join(str(exc).split()) or type(exc).__name__)
+            raise
+        self._ended("stopped")
+
+    def _ended(self, state: str, error: str = "") -> None:
+        status = self.status
+        status.state = state
+        status.ended_at = time.time()
+        if error:
+            status.last_error = error
+        if status.snapshot.get("phase") == "running":
+            status.snapshot["phase"] = "interrupted"  # the next start resumes it
+        status.report()
+
+    def _run(self) -> None:
         self.store.load()
         status = self.status
         delay = 0.5
@@ -102,7 +130,16 @@ class Connector:
             try:
                 self._session()
                 break
+            except SlotLost as exc:
+                # the stream clears last_error: still ours, the replacement never streamed
+                if self.settings.on_slot_lost != "recreate" or status.last_error == f"slot lost: {exc}":
+                    raise
+                self.slot_lost = str(exc)
+                status.last_error = f"slot lost: {exc}"
+                status.reconnects["slot_lost"] += 1
+                continue
             except (SourceUnavailable, SinkError) as exc:
+                status.delivery_errors += isinstance(exc, DeliveryFailed)
                 if isinstance(exc, SinkError) and not exc.retriable:
                     raise
                 if not status.progressed:
@@ -111,13 +148,12 @@ class Connector:
                     delay = 0.5  # the last session ran a while: start the backoff over
                 status.state = "reconnecting"
                 status.last_error = str(exc)
+                status.reconnects["postgres" if isinstance(exc, SourceUnavailable) else "kafka"] += 1
                 status.report()
                 log.warning("%s; reconnecting in %.1f s", exc, delay)
                 if self.stop.wait(delay):
                     break
                 delay = min(delay * 2, self.settings.reconnect_max_seconds)
-        status.state = "stopped"
-        status.report()
 
     def _session(self) -> None:
         s = self.settings
@@ -126,41 +162,58 @@ class Connector:
             replication.check_wal_level(conn)
             replication.check_role(conn)
             tables = self._tables(conn)
+            slots.check_failover(conn, s)
+            slots.check_heartbeat_query(conn, s)
             slot = replication.find_slot(conn, s.slot)
             if slot is not None:
                 replication.validate_slot(conn, slot)
+                slot = slots.unless_lost(conn, s, slot, self.status, self.slot_lost)
+                self.slot_lost = ""
             else:
                 replication.check_slot_capacity(conn)
-            replication.ensure_publication(conn, s.publication, tables)
+            replication.check_publication(conn, s.publication, tables)
+            gap = slots.pending_gap(s) is not None  # a lost slot is being replaced
             database = replication.current_database(conn)
             with pg.errors("reading the type catalog"):
                 catalog = TypeCatalog.from_connection(conn)
             source = SourceInfo(name=s.name, db=database)
+            # every precondition (the broker and a walsender included) before anything is created:
+            # a refused start leaves no publication and no slot behind
             with (
                 open_writer(s, source, f"cdc-{s.name}") as writer,
                 replication.ReplicationConnection(s.dsn, f"cdc-{s.name}") as repl,
             ):
                 self.serializer = writer.serializer
+                writer.records = self.status.records_per_topic
                 system = repl.identify_system()
+                replication.ensure_publication(conn, s.publication, tables)
                 slot_lsn = slot.confirmed_flush_lsn or 0 if slot else 0
                 exported = None
                 if slot is None:
                     # the exported snapshot is valid until the next command on `repl`
-                    slot_lsn, exported = repl.create_slot(s.slot, export_snapshot=s.snapshot != "never")
-                saved = self.store.saved
-                start = slot_lsn
-                if (
-                    saved.slot == s.slot
-                    and saved.system_id == system.system_id
-                    and saved.database == database
-                    and saved.lsn > start
-                ):
-                    log.info("resuming at %s from the state directory", format_lsn(saved.lsn))
-                    start = saved.lsn
-                offsets = Offsets(start, s.slot, system.system_id, database)
+                    try:
+                        slot_lsn, exported = repl.create_slot(
+                            s.slot,
+                            export_snapshot=s.snapshot != "never" and not gap,
+                            failover=s.failover_slot,
+                            waiting=replication.slot_creation_waits(conn, s.slot),
+                            stop=self.stop,
+                        )
+                    except SourceUnavailable:
+                        if self.stop.is_set():
+                            log.info("stopped while waiting for the slot's consistent point")
+                            return
+                        raise
+                elif slots.needs_failover(conn, s, s.slot):
+                    repl.enable_failover(s.slot)
+                start = slots.resume_point(s, self.store, slot_lsn, system, database)
+                offsets = Offsets(start, s.slot, system.system_id, database, system.timeline)
                 self.store.save(offsets)
+                if gap:
+                    close_gap(s, self.status, conn, writer, catalog, system.system_id, database, slot_lsn)
                 # the initial snapshot (or its rest) runs before START_REPLICATION
-                begin = snapshot.Start(system.system_id, database, slot_lsn, slot is None, exported, source)
+                new_slot = slot is None and not gap
+                begin = snapshot.Start(system.system_id, database, slot_lsn, new_slot, exported, source)
                 if not snapshot.before_streaming(s, self.status, self.stop, conn, writer, catalog, begin):
                     return  # stopped during the snapshot, or --snapshot initial-only
                 session = _Session(s, self.status, self.stop, self.stop_now, self.store, repl, conn)
@@ -218,6 +271,7 @@ class _Session:
         self.tombstones = settings.tombstones
         self.transaction_metadata = settings.transaction_metadata
         self._heartbeat_token = InFlight(0)  # heartbeats belong to no transaction
+        self.monitor = slots.SlotMonitor(conn, settings, status)  # slot health, --heartbeat-query
         self._next_heartbeat = 0.0
         #: one handler per message type (the decoder already refused anything else)
         self._handlers: dict[type[Message], Callable[[Any, int], None]] = {
@@ -305,6 +359,7 @@ class _Session:
                     self._heartbeat()
                     self._next_heartbeat = now + s.heartbeat_interval
                 incremental.tick()
+                self.monitor.tick()
             if incremental.ready:
                 incremental.step()
         self._finish()
@@ -333,6 +388,10 @@ class _Session:
         status.received_lsn = max(self.received, self.offsets.lsn)
         status.confirmed_lsn = self.offsets.lsn
         status.wal_end = self.wal_end
+        status.behind_since = tracker.oldest_commit_ms() / 1000
+        if idle:
+            status.caught_up_at = time.time()
+        status.producer_queue = self.writer.backlog()
         # idle, ask the server for a keepalive now: its wal_end is confirmed at the next tick,
         # so WAL of unpublished tables is released within two status intervals, not ~30 s
         self.repl.send_status(
@@ -389,6 +448,7 @@ class _Session:
             self._transaction_marker("END", self.txn)
         self.tracker.commit(self.entry, message.end_lsn)
         self.txn = self.entry = None
+        self.status.transactions += 1
 
     def _type(self, message: Type, lsn: int) -> None:
         self.catalog.forget(message.type_oid)  # it may have changed since we looked it up
@@ -410,7 +470,10 @@ class _Session:
             log.info("table %s changed: schema version %s", table.qualified_name, table.version)
         topic = table_topic(self.prefix, table)
         self.tables[relation.relation_id] = _TableState(
-            table, topic, row_parser([c.type for c in table.columns])
+            table,
+            topic,
+            row_parser([c.type for c in table.columns]),
+            self.status.op_counts(table.qualified_name),
         )
         self.writer.ensure_topic(topic)
 
@@ -477,10 +540,11 @@ class _Session:
             op, table, before, after, lsn, txn.commit_lsn, txn.xid, txn.commit_ts_ms,
             total, per_table, txn.id,
         )  # fmt: skip
-        self.writer.write(event, entry, state.topic)
-        status = self.status
-        status.events_total += 1
-        status.events_per_table[table.qualified_name] += 1
+        size = self.writer.write(event, entry, state.topic)
+        count = state.counts[op]
+        count.events += 1
+        count.bytes += size
+        self.status.events_total += 1
         if table.relation_id == self.incremental.watched:
             self.incremental.changed(txn.xid, op, table, before, after)
         return event
@@ -522,3 +586,4 @@ class _Session:
         self.writer.write_fixed(
             "heartbeat", heartbeat_topic(self.prefix), {"name": name}, value, self._heartbeat_token
         )
+        self.status.last_heartbeat_at = time.time()

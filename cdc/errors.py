@@ -4,9 +4,11 @@
      +-- ConfigError              bad flag, config file, environment value
      +-- SourceError              Postgres: connection, preconditions, slot, publication
      |    +-- SourceUnavailable   the server went away; retried with backoff
+     |    +-- SlotLost            the server invalidated the slot: the WAL it needed is gone
      +-- DecodeError              malformed pgoutput / replication bytes
      +-- SchemaError              Avro schema or record problems, unknown fingerprints
      +-- SinkError                Kafka; ``retriable`` says whether to try again
+     |    +-- DeliveryFailed      Kafka did not acknowledge a record it was given
      +-- CheckpointError          the state directory cannot be read or written
      +-- ControlError             a connector process cannot be started, stopped or asked
      |    +-- AlreadyRunning      another process runs a connector with this name
@@ -36,6 +38,13 @@ class SourceUnavailable(SourceError):
     """The Postgres connection was lost or refused; worth retrying."""
 
 
+class SlotLost(SourceError):
+    """The replication slot was invalidated (WAL removed, idle timeout): it can never stream again.
+
+    ``--on-slot-lost recreate`` replaces it and reads the tables again; otherwise fatal.
+    """
+
+
 class DecodeError(CdcError):
     """Bytes from the server do not parse as the protocol says."""
 
@@ -56,6 +65,10 @@ class SinkError(CdcError):
     def __init__(self, message: str, *, retriable: bool = False) -> None:
         super().__init__(message)
         self.retriable = retriable
+
+
+class DeliveryFailed(SinkError):
+    """A record given to the producer was not acknowledged (counted as a delivery error)."""
 
 
 class CheckpointError(CdcError):

@@ -19,7 +19,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from cdc import redact
-from cdc.errors import SourceError, SourceUnavailable
+from cdc.errors import SlotLost, SourceError, SourceUnavailable
 
 #: Session settings that make the server's text output of values unambiguous
 #: for `cdc.pgtypes`: UTC offsets, ISO dates and intervals, exact floats, hex bytea.
@@ -94,6 +94,15 @@ def connect_error(exc: Exception, dsn: str) -> SourceError:
         )
     if "database" in text and "does not exist" in text:
         return SourceError(f"cannot connect to postgres ({where}): {text}; fix dbname in --dsn")
+    if "max_wal_senders" in text and "exceeds" in text:
+        return SourceUnavailable(
+            f"cannot connect to postgres ({where}): {text}: every walsender is taken; stop another "
+            "replication client or raise max_wal_senders (and restart postgres)"
+        )
+    if "too many clients" in text or "remaining connection slots are reserved" in text:
+        return SourceUnavailable(
+            f"cannot connect to postgres ({where}): {text}: close idle connections or raise max_connections"
+        )
     if "pg_hba.conf" in text:
         return SourceError(f"cannot connect to postgres ({where}): {text}; allow it in pg_hba.conf")
     return SourceUnavailable(f"cannot connect to postgres ({where}): {text}; is the server running?")
@@ -185,8 +194,33 @@ def query_one(
         return conn.execute(statement, params).fetchone()
 
 
+#: How the server says that a slot can never stream again (PostgreSQL 13 to 18 wordings): it was
+#: invalidated (WAL removed past max_slot_wal_keep_size, idle timeout, a conflict on a standby),
+#: or the WAL it needs is gone.
+_SLOT_LOST: Final = (
+    "has already been removed",
+    "can no longer get changes from replication slot",
+    "can no longer access replication slot",
+    "cannot read from logical replication slot",
+    "has been invalidated",
+)
+
+#: The way out of a lost slot, ending every `SlotLost` message.
+LOST_SLOT_FIX: Final = (
+    "start with --on-slot-lost recreate to replace the slot and read the tables again (or `cdc drop` "
+    "the connector); raise max_slot_wal_keep_size so that it does not recur"
+)
+
+
+def is_slot_lost(message: str) -> bool:
+    """Does this server message mean the slot can never stream again?"""
+    return any(hint in message for hint in _SLOT_LOST)
+
+
 def command_error(verb: str, message: str, sqlstate: str) -> SourceError:
     """A replication command (libpq level) the server refused, by SQLSTATE."""
+    if is_slot_lost(message):
+        return SlotLost(f"{verb} failed: the replication slot is lost: {message}; {LOST_SLOT_FIX}")
     if sqlstate == "55006":  # object_in_use
         return SourceError(f"{message}: another connector reads this slot; stop it or choose another --slot")
     if sqlstate == "53400":  # configuration_limit_exceeded

@@ -13,8 +13,9 @@ Two defences, both here:
   log handlers (`install`), the CLI's error line and the status file pass their
   text through it.
 
-Values shorter than `MIN_LENGTH` are not remembered: replacing every ``ab`` in
-a message would hide more than it protects.
+Values shorter than `MIN_LENGTH` are not remembered: replacing every ``kafka``
+or ``admin`` in every message would hide more than it protects (such a
+password is still never printed by cdc itself, whose messages go by the key).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 MASK: Final = "***"
-MIN_LENGTH: Final = 4
+MIN_LENGTH: Final = 8
 
 #: A setting whose name matches holds a secret (Kafka's dotted keys, kafka-python's, libpq's).
 SECRET_KEY: Final = re.compile(

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import select
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -20,7 +22,7 @@ import psycopg
 from psycopg import pq, sql
 
 from cdc import pg
-from cdc.errors import SourceError, SourceUnavailable
+from cdc.errors import SlotLost, SourceError, SourceUnavailable
 from cdc.lsn import PG_EPOCH_US, format_lsn, parse_lsn
 from cdc.pgoutput import encode_standby_status
 
@@ -175,12 +177,50 @@ def publication_tables(conn: psycopg.Connection[Any], publication: str) -> tuple
 MANAGED_PUBLICATION = "created by cdc; tables are added to it when --tables grows"
 
 
+def check_publication(conn: psycopg.Connection[Any], publication: str, tables: list[str]) -> None:
+    """Refuse now, before anything is created, what `ensure_publication` could not do.
+
+    One created by someone else must already publish ``tables``; a new one needs
+    the role to own the listed tables (or all tables: superuser).
+    """
+    existing = publication_tables(conn, publication)
+    wanted = {".".join(split_table(t)) for t in tables}
+    if existing is not None:
+        all_tables, covered = existing
+        missing = sorted(wanted - covered)
+        if missing and not all_tables and not _managed(conn, publication):
+            raise SourceError(
+                f"publication {publication!r} does not publish {', '.join(missing)}: "
+                f"ALTER PUBLICATION {publication} ADD TABLE {', '.join(missing)}"
+            )
+        return
+    row = pg.query_one(conn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    if row is not None and row[0]:
+        return
+    if not tables:
+        raise SourceError(
+            f"creating publication {publication!r} FOR ALL TABLES needs a superuser: create it as one, "
+            "or list --tables the role owns"
+        )
+    for table in tables:
+        owner = pg.query_one(
+            conn, "SELECT pg_has_role(c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = to_regclass(%s)",
+            (quote_table(table),),
+        )  # fmt: skip
+        if owner is not None and not owner[0]:
+            raise SourceError(
+                f"creating publication {publication!r} needs the role to own {table}: create the "
+                "publication as its owner (or a superuser), or leave the table out of --tables"
+            )
+
+
 def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: list[str]) -> None:
     """Create ``publication`` (listed tables, or all) or check that it covers ``tables``.
 
     A publication cdc created gets the tables added to ``--tables`` since;
-    one created by someone else must already publish them.
+    one created by someone else must already publish them (`check_publication`).
     """
+    check_publication(conn, publication, tables)
     existing = publication_tables(conn, publication)
     wanted = {".".join(split_table(t)) for t in tables}
     name = sql.Identifier(publication)
@@ -216,12 +256,6 @@ def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: 
         ):
             conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(name, added))
         log.info("added %s to publication %s", ", ".join(missing), publication)
-        return
-    if missing and not all_tables:
-        raise SourceError(
-            f"publication {publication!r} does not publish {', '.join(missing)}: "
-            f"ALTER PUBLICATION {publication} ADD TABLE {', '.join(missing)}"
-        )
 
 
 def _managed(conn: psycopg.Connection[Any], publication: str) -> bool:
@@ -244,6 +278,32 @@ def primary_key(conn: psycopg.Connection[Any], relation_id: int) -> list[str]:
         (relation_id,),
     )
     return [str(r[0]) for r in rows]
+
+
+def slot_creation_waits(conn: psycopg.Connection[Any], slot: str) -> Callable[[float], None]:
+    """`ReplicationConnection.create_slot`'s ``waiting``: log which transactions hold the slot's
+    consistent point back (a long-running one can keep a new slot waiting for hours)."""
+
+    def report(seconds: float) -> None:
+        rows = pg.query(
+            conn,
+            r"""SELECT pid, coalesce(extract(epoch FROM now() - xact_start), 0)::int, state,
+                      left(regexp_replace(query, '\s+', ' ', 'g'), 80)
+                 FROM pg_stat_activity
+                WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+                ORDER BY xact_start LIMIT 3""",
+        )
+        if not rows:
+            log.info("creating slot %s: waiting %.0f s for the server", slot, seconds)
+            return
+        pid, age, state, query = rows[0]
+        log.warning(
+            "creating slot %s waits for %d running transaction(s) to end (%.0f s so far); the oldest: "
+            "pid %s, open %s s, %s: %s; end it (COMMIT, or pg_terminate_backend(%s)) to let cdc start",
+            slot, len(rows), seconds, pid, age, state, query, pid,
+        )  # fmt: skip
+
+    return report
 
 
 def current_database(conn: psycopg.Connection[Any]) -> str:
@@ -299,9 +359,15 @@ class ReplicationConnection:
     def close(self) -> None:
         self.pgconn.finish()
 
-    def command(self, query: str) -> list[tuple[str | None, ...]]:
-        """Run a replication command and return its rows as text."""
-        result = self.pgconn.exec_(query.encode())
+    def command(
+        self, query: str, waiting: Callable[[float], None] | None = None, stop: threading.Event | None = None
+    ) -> list[tuple[str | None, ...]]:
+        """Run a replication command and return its rows as text.
+
+        With ``waiting``, the command runs without blocking, and ``waiting(seconds)`` is called
+        after 2 s and every 10 s while the server works on it; ``stop`` cancels it.
+        """
+        result = self.pgconn.exec_(query.encode()) if waiting is None else self._wait(query, waiting, stop)
         if result.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
             message, state = _result_error(result, self.pgconn)
             if self.pgconn.status == pq.ConnStatus.BAD:
@@ -315,26 +381,74 @@ class ReplicationConnection:
             for r in range(result.ntuples)
         ]
 
+    def _wait(
+        self, query: str, waiting: Callable[[float], None], stop: threading.Event | None
+    ) -> pq.abc.PGresult:
+        pgconn = self.pgconn
+        started = time.monotonic()
+        next_call = started + 2.0
+        try:
+            pgconn.send_query(query.encode())
+            while True:
+                pgconn.consume_input()
+                if not pgconn.is_busy():
+                    break
+                select.select([pgconn.socket], [], [], 0.5)
+                now = time.monotonic()
+                if stop is not None and stop.is_set():
+                    pgconn.get_cancel().cancel()
+                    stop = None  # the server answers the cancel with an error result
+                elif now >= next_call:
+                    waiting(now - started)
+                    next_call = now + 10.0
+            result = pgconn.get_result()
+            while pgconn.get_result() is not None:  # the end of the command's results
+                pass
+        except psycopg.OperationalError as exc:
+            raise SourceUnavailable(f"replication connection lost: {str(exc).strip()}") from None
+        if result is None:
+            raise SourceUnavailable(f"replication connection lost: {pgconn.get_error_message().strip()}")
+        return result
+
     def identify_system(self) -> SystemInfo:
         row = self.command("IDENTIFY_SYSTEM")[0]
         return SystemInfo(str(row[0]), int(row[1] or 0), parse_lsn(row[2] or "0/0"), row[3])
 
-    def create_slot(self, slot: str, export_snapshot: bool = False) -> tuple[int, str | None]:
+    def create_slot(
+        self,
+        slot: str,
+        export_snapshot: bool = False,
+        failover: bool = False,
+        waiting: Callable[[float], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> tuple[int, str | None]:
         """Create a pgoutput slot; return (consistent point, exported snapshot name).
 
         An exported snapshot stays valid only until the next command on this
         connection, so a snapshot reader must use it before `start`.
+        ``failover`` (PostgreSQL 17+) lets standbys with ``sync_replication_slots``
+        keep a copy that survives their promotion. The server finds the slot's
+        consistent point only once every transaction running when it began has
+        ended: ``waiting`` hears about the wait (see `command`), ``stop`` ends it.
         """
         name = sql.Identifier(slot).as_string(None)
         if self.server_version >= 150000:
             mode = "'export'" if export_snapshot else "'nothing'"
-            query = f"CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput (SNAPSHOT {mode})"
+            extra = ", FAILOVER true" if failover else ""
+            query = f"CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput (SNAPSHOT {mode}{extra})"
         else:
             mode = "EXPORT_SNAPSHOT" if export_snapshot else "NOEXPORT_SNAPSHOT"
             query = f"CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput {mode}"
-        row = self.command(query)[0]
-        log.info("created slot %s at %s", slot, row[1])
+        row = self.command(query, waiting, stop)[0]
+        log.info(
+            "created slot %s at %s%s", slot, row[1], " (failover)" if failover else "", extra={"lsn": row[1]}
+        )
         return parse_lsn(row[1] or "0/0"), row[2]
+
+    def enable_failover(self, slot: str) -> None:
+        """Mark an existing slot FAILOVER (PostgreSQL 17+; it must not be in use)."""
+        self.command(f"ALTER_REPLICATION_SLOT {sql.Identifier(slot).as_string(None)} (FAILOVER true)")
+        log.info("slot %s is now a failover slot", slot)
 
     def start(
         self,
@@ -365,8 +479,9 @@ class ReplicationConnection:
         self.pgconn.nonblocking = 1
         self.streaming = True
         log.info(
-            "streaming slot %s from %s (pgoutput protocol %s)", slot, format_lsn(start_lsn), proto_version
-        )
+            "streaming slot %s from %s (pgoutput protocol %s)", slot, format_lsn(start_lsn), proto_version,
+            extra={"lsn": format_lsn(start_lsn)},
+        )  # fmt: skip
         return proto_version
 
     def read(self, timeout: float) -> bytes | None:
@@ -383,6 +498,8 @@ class ReplicationConnection:
             if nbytes == -1:
                 result = pgconn.get_result()
                 message, _ = _result_error(result, pgconn)
+                if pg.is_slot_lost(message):
+                    raise SlotLost(f"the replication slot is lost: {message}; {pg.LOST_SLOT_FIX}")
                 raise SourceUnavailable(
                     f"replication stream ended by the server: {message or 'no reason given'}"
                 )

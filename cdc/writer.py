@@ -9,6 +9,7 @@ That is written once, here.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,8 @@ class RecordWriter:
         self.producer = producer
         self.prefix = topic_prefix
         self.schema_topic = schemas_topic(topic_prefix)
+        #: records produced per topic; the connector hands in its `Status.records_per_topic`
+        self.records: Counter[str] = Counter()
         # the per-event path calls these: bound once
         self._encode = serializer.encode
         self._take_schemas = serializer.take_schema_records
@@ -34,8 +37,11 @@ class RecordWriter:
         self.flush = producer.flush
         self.ensure_topic = producer.ensure_topic
 
-    def write(self, event: ChangeEvent, token: InFlight, topic: str | None = None) -> None:
-        """Encode ``event`` and queue it on ``topic`` (default: its own), its schema first."""
+    def write(self, event: ChangeEvent, token: InFlight, topic: str | None = None) -> int:
+        """Encode ``event`` and queue it on ``topic`` (default: its own), its schema first.
+
+        Returns the bytes of its key and value.
+        """
         key, value = self._encode(event)
         if topic is None:
             topic = event_topic(self.prefix, event)
@@ -44,6 +50,8 @@ class RecordWriter:
         if records:
             self._publish_schemas(records)
         self._send(topic, key, value, token)
+        self.records[topic] += 1
+        return len(value) + len(key) if key is not None else len(value)
 
     def tombstone(self, topic: str, table: Table, key: list[Any], token: InFlight) -> None:
         """A null value under ``key``, so that compacted topics forget it."""
@@ -52,6 +60,7 @@ class RecordWriter:
         if records:
             self._publish_schemas(records)
         self._send(topic, encoded, None, token)
+        self.records[topic] += 1
 
     def write_fixed(
         self, kind: str, topic: str, key: dict[str, Any], value: dict[str, Any], token: InFlight
@@ -63,12 +72,18 @@ class RecordWriter:
         if records:
             self._publish_schemas(records)
         self._send(topic, encoded_key, encoded_value, token)
+        self.records[topic] += 1
 
     def _publish_schemas(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         """Schema records go to the (compacted) schema topic, acknowledged, before their record."""
         self.producer.ensure_topic(self.schema_topic, compact=True)
         for key, value in records:
             self.producer.send_and_wait(self.schema_topic, key, value, timeout=60)
+        self.records[self.schema_topic] += len(records)
+
+    def backlog(self) -> tuple[int, int]:
+        """Records and bytes the producer holds that Kafka has not acknowledged yet."""
+        return self.producer.backlog()
 
     def close(self) -> None:
         self.producer.close()

@@ -19,11 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent / "cdc"
 
 #: Lowest first. A module may import from its own layer and the layers before it.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"cdc", "cdc.errors", "cdc.lsn", "cdc.redact", "cdc.config"}),
+    ("foundation", {"cdc", "cdc.errors", "cdc.lsn", "cdc.redact", "cdc.config", "cdc.logs"}),
     ("pure", {"cdc.pgoutput", "cdc.pgtypes", "cdc.events", "cdc.avro", "cdc.avro.*"}),
-    ("state", {"cdc.checkpoint", "cdc.status", "cdc.control"}),
-    ("boundaries", {"cdc.pg", "cdc.replication", "cdc.kafka", "cdc.kafka.*"}),
-    ("stages", {"cdc.writer", "cdc.consume", "cdc.snapshot", "cdc.snapshot.*"}),
+    ("state", {"cdc.checkpoint", "cdc.status", "cdc.control", "cdc.metrics"}),
+    ("boundaries", {"cdc.pg", "cdc.replication", "cdc.kafka", "cdc.kafka.*", "cdc.slots"}),
+    ("stages", {"cdc.writer", "cdc.consume", "cdc.snapshot", "cdc.snapshot.*", "cdc.doctor"}),
     ("pipeline", {"cdc.connector"}),
     ("front", {"cdc.cli", "cdc.__main__", "cdc.demo", "cdc.dev", "cdc.devservers", "cdc.devservers.*"}),
 ]

@@ -24,9 +24,10 @@ def start_args(db: TestDb, broker: BrokerHandle, prefix: str, state: Path, name:
     ]  # fmt: skip
 
 
-def status(state: Path, name: str) -> dict[str, Any]:
+def status(state: Path, name: str, exit_code: int = 0) -> dict[str, Any]:
+    """`cdc status --json`, whose exit code is 0 running, 1 failed or killed, 3 stopped."""
     proc = cdc("status", "--name", name, "--state-dir", str(state), "--json")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == exit_code, proc.stdout + proc.stderr
     result: dict[str, Any] = orjson.loads(proc.stdout)
     return result
 
@@ -53,8 +54,8 @@ def test_detached_start_status_stop(db: TestDb, broker: BrokerHandle, prefix: st
     finally:
         stopped = cdc("stop", "--name", name, "--state-dir", str(tmp_path), "--timeout", "60")
     assert stopped.returncode == 0, stopped.stderr
-    final = status(tmp_path, name)
-    assert final["state"] == "stopped" and final["pid"] is None
+    final = status(tmp_path, name, exit_code=3)
+    assert final["state"] == "stopped" and final["pid"] is None and final["last_error"] == ""
     confirmed = db.scalar(
         "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
         (final["confirmed_lsn"], f"cdc_{name}"),
@@ -62,6 +63,7 @@ def test_detached_start_status_stop(db: TestDb, broker: BrokerHandle, prefix: st
     assert confirmed is True
     human = cdc("status", "--name", name, "--state-dir", str(tmp_path))
     assert f"{name}: stopped" in human.stdout and "public.items" in human.stdout
+    assert human.returncode == 3
     # nothing left to stop
     assert "is running" in error_line(cdc("stop", "--name", name, "--state-dir", str(tmp_path)))
     log = (tmp_path / name / "cdc.log").read_text()

@@ -72,13 +72,14 @@ def test_kafka_keeps_its_data_in_a_volume() -> None:
     assert kafka["environment"]["CLUSTER_ID"]  # a restart finds its own data
 
 
-def test_the_connector_has_a_healthcheck() -> None:
-    cdc = load()["services"]["cdc"]
-    assert cdc["healthcheck"]["test"][:3] == ["CMD", "cdc", "status"]
-    assert "CDC_NAME" in cdc["environment"] and "CDC_STATE_DIR" in cdc["environment"]
-
-
 def test_the_image_installs_the_distribution_with_its_default_producer() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "pip install --no-cache-dir ." in dockerfile
     assert "[fast]" not in dockerfile  # confluent-kafka is a default dependency now
+
+
+def test_the_connector_has_a_healthcheck_on_readyz() -> None:
+    cdc = load()["services"]["cdc"]
+    port = cdc["environment"]["CDC_METRICS_PORT"]
+    assert cdc["environment"]["CDC_METRICS_HOST"] == "0.0.0.0"
+    assert f"http://127.0.0.1:{port}/readyz" in " ".join(cdc["healthcheck"]["test"])

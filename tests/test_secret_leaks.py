@@ -236,7 +236,8 @@ def test_no_secret_in_any_output_or_state_file(
             *common, *detach,
         )  # fmt: skip
         assert "refused the login" in error_line(failed)
-    scan.ok("status", "--name", "wrong", "--state-dir", str(state), "--json")
+    failed_status = scan.run("status", "--name", "wrong", "--state-dir", str(state), "--json")
+    assert failed_status.returncode == 1 and json.loads(failed_status.stdout)["state"] == "failed"
     oauth = {k: v for k, v in secure_kafka.config("OAUTH").items() if "endpoint" not in k}
     incomplete = scan.run("start", "--dsn-file", str(dsn_path), *flags(oauth), "--name", "oauth", *common)
     assert "sasl.oauthbearer.token.endpoint.url is missing" in error_line(incomplete)

@@ -38,6 +38,8 @@ SETTINGS_COMMANDS: dict[tuple[str, ...], list[str]] = {
     ("snapshot",): ["public.t"],
     ("consume",): ["cdc.public.t"],
     ("schemas", "export"): ["--out", "schemas-out"],
+    ("doctor",): [],
+    ("drop",): [],
 }
 #: Commands without settings: `--config` would be a flag that does nothing.
 PLAIN_COMMANDS = {("dev", "up"), ("dev", "down")}

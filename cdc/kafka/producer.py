@@ -15,15 +15,18 @@ confirmed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from cdc import redact
 from cdc.checkpoint import InFlight
-from cdc.errors import ConfigError, SinkError
+from cdc.errors import ConfigError, DeliveryFailed, SinkError
 from cdc.kafka.clientconfig import ClientConfig, as_client, kafka_python_producer_settings
 from cdc.kafka.connection import await_metadata, check_connection, make_librdkafka
 from cdc.kafka.consumer import consumer_error
@@ -45,6 +48,9 @@ class Producer(Protocol):
         """Wait until every queued record is delivered or failed; False on timeout."""
 
     def close(self) -> None: ...
+
+    def backlog(self) -> tuple[int, int]:
+        """Records and bytes queued or in flight, not acknowledged yet (read from any thread)."""
 
     def ensure_topic(self, topic: str, compact: bool = False) -> None:
         """Create ``topic`` unless it exists (once per process per topic)."""
@@ -84,7 +90,7 @@ class _Deliveries:
         if self.failures:
             _, error = self.failures[0]
             retriable = bool(getattr(error, "retriable", True))
-            raise SinkError(f"kafka did not take a record: {error}", retriable=retriable)
+            raise DeliveryFailed(f"kafka did not take a record: {error}", retriable=retriable)
         return n
 
 
@@ -159,6 +165,7 @@ class KafkaPythonProducer:
         # kafka-python 3 has no buffer_memory: bound the bytes in flight here
         self.max_buffer = max_buffer_mb * 1024 * 1024
         self.buffered = 0
+        self.queued = 0  # records sent and not acknowledged
         self.sizes: deque[int] = deque()
         self._token: InFlight | None = None
         self._token_callbacks: tuple[Any, Any] = (None, None)
@@ -208,6 +215,7 @@ class KafkaPythonProducer:
             token.pending -= 1
             raise SinkError(f"cannot produce to {topic}: {exc}", retriable=_retriable(exc)) from None
         self.buffered += size
+        self.queued += 1
         ok, failed = self._callbacks(token)
         future.add_callback(ok)
         future.add_errback(failed)
@@ -231,9 +239,14 @@ class KafkaPythonProducer:
 
     def poll(self) -> int:
         sizes = self.sizes
-        while sizes:
+        acked = len(sizes)
+        for _ in range(acked):
             self.buffered -= sizes.popleft()
+        self.queued -= acked
         return self.deliveries.apply()
+
+    def backlog(self) -> tuple[int, int]:
+        return max(0, self.queued), max(0, self.buffered)
 
     def flush(self, timeout: float) -> bool:
         try:
@@ -306,6 +319,9 @@ class ConfluentProducer:
             "message.timeout.ms": 120_000,
             "message.max.bytes": 16 * 1024 * 1024,
             "error_cb": self._on_error,
+            # librdkafka's statistics: the bytes in its queue, for the metrics (every 5 s, from poll)
+            "statistics.interval.ms": 5000,
+            "stats_cb": self._on_stats,
             **(overrides or {}),
         }
         self.bootstrap_servers = bootstrap_servers
@@ -314,6 +330,7 @@ class ConfluentProducer:
         self.deliveries = _Deliveries()
         self._token: InFlight | None = None
         self._token_callback: Any = None
+        self.queued_bytes = 0
         self._connect_errors: list[Any] | None = []
         redact.remember_pairs(overrides or {})
         self.producer = make_librdkafka(confluent_kafka.Producer, client, config)
@@ -330,6 +347,14 @@ class ConfluentProducer:
             self.deliveries.failures.append((None, _ConfluentFailure(error)))
         else:
             log.debug("kafka: %s", redact.redact(str(error)))
+
+    def _on_stats(self, text: str) -> None:
+        with contextlib.suppress(orjson.JSONDecodeError, TypeError, ValueError):
+            self.queued_bytes = int(orjson.loads(text).get("msg_size", 0))
+
+    def backlog(self) -> tuple[int, int]:
+        queued = len(self.producer)
+        return queued, self.queued_bytes if queued else 0  # the statistics are up to 5 s old
 
     def _callback(self, token: InFlight) -> Any:
         """The delivery callback for ``token``, made once per transaction rather than per record."""

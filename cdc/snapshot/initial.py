@@ -42,7 +42,7 @@ from cdc.snapshot.tables import (
     normalize_table,
     table_from_spec,
 )
-from cdc.snapshot.workers import ERRORS, WorkerJob, send, worker_main
+from cdc.snapshot.workers import DROPPED, ERRORS, WorkerJob, send, worker_main
 from cdc.status import Status
 from cdc.writer import RecordWriter
 
@@ -81,6 +81,7 @@ class InitialSnapshot:
         self.unacked: deque[tuple[InFlight, str, int, int]] = deque()
         self.ts_ms = int(time.time() * 1000)
         self.progress: SnapshotProgress | None = None
+        self.queue: deque[tuple[str, int]] = deque()  # chunks no worker took yet
 
     def run(self, exported: str | None) -> bool:
         """Read every pending chunk; True once the whole snapshot is in Kafka, False if stopped.
@@ -126,6 +127,7 @@ class InitialSnapshot:
         pending = [
             [(name, i) for i in range(plan.chunks) if i not in plan.done]
             for name, plan in self.state.plans.items()
+            if not plan.gave_up
         ]
         tasks = []
         for round_ in range(max((len(p) for p in pending), default=0)):
@@ -173,7 +175,7 @@ class InitialSnapshot:
             processes[n].start()
             theirs.close()
         log.info("snapshot: %d chunks of %d tables, %d workers", len(tasks), len(self.state.plans), workers)
-        queue_ = deque(tasks)
+        self.queue = deque(tasks)
         error: CdcError | None = None
         aborted = False
         next_report = 0.0
@@ -195,7 +197,7 @@ class InitialSnapshot:
                             "the next start resumes the snapshot"
                         )
                     if message[0] in ("ready", "want"):
-                        order = ("task", *queue_.popleft()) if queue_ and not aborted else ("done",)
+                        order = ("task", *self.queue.popleft()) if self.queue and not aborted else ("done",)
                         send(pipe, order)
                     elif message[0] == "exit":
                         del pipes[n]
@@ -233,6 +235,7 @@ class InitialSnapshot:
                 "estimate": plan.estimate,
                 "chunks": plan.chunks,
                 "chunks_done": len(plan.done),
+                **({"gave_up": plan.gave_up} if plan.gave_up else {}),
             }
         self.status.report()
 
@@ -251,6 +254,8 @@ class InitialSnapshot:
                 if self.held is not None:
                     self._emit_held("true")
                 self.held = (name, index, rows, held)
+        elif kind == "changed":
+            self._gave_up(message[1], message[3])
         elif kind == "error":
             _, cls_name, text, retriable = message
             cls = ERRORS.get(cls_name, SourceError)
@@ -258,6 +263,43 @@ class InitialSnapshot:
                 return SinkError(text, retriable=retriable)
             return cls(text)
         return None
+
+    def _gave_up(self, name: str, why: str) -> None:
+        """The table was rewritten or dropped under the snapshot: its snapshot ends here, the other
+        tables go on, and a rewritten table is read again incrementally once streaming starts.
+
+        Exact: the stream replays every change after the consistent point (a TRUNCATE among
+        them), and an incremental snapshot is exact against the stream (DBLog).
+        """
+        plan = self.state.plans[name]
+        if plan.gave_up:
+            return  # another worker found it too
+        plan.gave_up = why
+        self.queue = deque(task for task in self.queue if task[0] != name)
+        if why == DROPPED:
+            log.warning("table %s was dropped during the initial snapshot: its snapshot stops here", name)
+        elif self.tables[name].has_key:
+            log.warning(
+                "table %s was rewritten (TRUNCATE, ALTER TABLE, CLUSTER or VACUUM FULL) during the initial "
+                "snapshot, which cannot read it any more: an incremental snapshot reads it again once "
+                "streaming starts; the other tables go on",
+                name,
+            )
+            if all(task.table != name for task in self.state.incremental):
+                self.state.incremental.append(IncrementalTask(name))
+        else:
+            log.warning(
+                "table %s was rewritten (TRUNCATE, ALTER TABLE, CLUSTER or VACUUM FULL) during the initial "
+                "snapshot, which cannot read it any more, and it has no key to be read again "
+                "incrementally: the stream carries its changes from the snapshot's consistent point (a "
+                "TRUNCATE among them empties it), but rows kept through another rewrite are not sent; "
+                "give it a primary key and run `cdc snapshot %s`",
+                name,
+                name,
+            )
+        self.store.save(self.state)
+        assert self.progress is not None
+        self.progress.table_done(name, plan.rows)
 
     def _emit_held(self, snapshot: str) -> None:
         assert self.held is not None
@@ -293,7 +335,7 @@ class InitialSnapshot:
         status.events_total += rows
         status.events_per_table[name] += rows
         self.store.save(self.state)
-        if plan.complete():
+        if plan.complete() and not plan.gave_up:
             assert self.progress is not None
             self.progress.table_done(name, plan.rows)
 

@@ -30,6 +30,9 @@ class TablePlan:
     done: set[int] = field(default_factory=set)
     rows: int = 0  # rows of the done chunks
     estimate: int = 0
+    #: why the snapshot could not read the table to its end ("rewritten", "dropped"): it is over,
+    #: and an incremental snapshot reads a rewritten table again while streaming
+    gave_up: str = ""
 
     @property
     def chunks(self) -> int:
@@ -39,7 +42,7 @@ class TablePlan:
         return next(i for i in range(self.chunks + 1) if i not in self.done)
 
     def complete(self) -> bool:
-        return len(self.done) >= self.chunks
+        return bool(self.gave_up) or len(self.done) >= self.chunks
 
 
 @dataclass(slots=True)
@@ -95,6 +98,7 @@ class SnapshotStore:
                         {int(i) for i in plan["done"]},
                         int(plan["rows"]),
                         int(plan.get("estimate", 0)),
+                        str(plan.get("gave_up", "")),
                     )
                     for name, plan in data.get("plans", {}).items()
                 },
@@ -128,6 +132,7 @@ class SnapshotStore:
                     "done": sorted(plan.done),
                     "rows": plan.rows,
                     "estimate": plan.estimate,
+                    "gave_up": plan.gave_up,
                 }
                 for name, plan in state.plans.items()
             },

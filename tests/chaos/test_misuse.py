@@ -77,7 +77,7 @@ def test_stop_and_status_of_a_connector_never_started(tmp_path: Path) -> None:
         cdc("stop", "--name", "ghost", "--state-dir", str(tmp_path))
     )
     status = cdc("status", "--name", "ghost", "--state-dir", str(tmp_path), "--json")
-    assert status.returncode == 0 and orjson.loads(status.stdout)["state"] == "unknown"
+    assert status.returncode == 3 and orjson.loads(status.stdout)["state"] == "unknown"
 
 
 def test_refused_starts_confirm_nothing_and_lose_nothing(
