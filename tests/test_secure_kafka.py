@@ -12,6 +12,7 @@ and ``cdc consume`` with one line, exit 1, and nothing confirmed.
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,24 @@ def test_consume_with_wrong_credentials(secure_kafka: SecureKafka) -> None:
     line = error_line(proc)
     assert proc.returncode == 1
     assert "refused the login" in line and "wrong-password" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("producer", ["confluent", "kafka-python"])
+def test_doctor_checks_the_broker_with_the_shared_settings(
+    secure_kafka: SecureKafka, db_latest: TestDb, producer: str
+) -> None:
+    """`cdc doctor` asks the broker as the connector will meet it: logged in, or told why not."""
+    base = [
+        "doctor", "--json", "--dsn", db_latest.dsn, "--producer", producer,
+        "--bootstrap-servers", secure_kafka.bootstrap("SASL_SSL"),
+    ]  # fmt: skip
+    good = cdc(*base, *with_changes(secure_kafka.config("SASL_SSL")))
+    checks = {c["check"]: c for c in json.loads(good.stdout)["checks"]}
+    assert checks["broker"]["result"] == "pass", checks["broker"]
+    assert checks["topic creation"]["result"] == "pass", checks["topic creation"]
+    wrong = cdc(*base, *with_changes(secure_kafka.config("SASL_SSL"), sasl__password="wrong-password"))
+    assert wrong.returncode == 1
+    broker = {c["check"]: c for c in json.loads(wrong.stdout)["checks"]}["broker"]
+    assert broker["result"] == "fail" and "refused the login" in broker["detail"], broker
+    assert "--kafka-config" in broker["fix"]
+    assert "wrong-password" not in wrong.stdout + wrong.stderr
