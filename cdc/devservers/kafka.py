@@ -351,7 +351,12 @@ class ClientSecurity:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A random cluster id as Kafka writes them; never one starting with "-", which kafka-storage's
+    argument parser reads as an option (Kafka's own Uuid.randomUuid avoids those too)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _property_line(key: str, value: str) -> str:
