@@ -22,7 +22,7 @@ from cdc.errors import ConfigError
 from cdc.kafka import ClientConfig, client_config
 from cdc.kafka.clientconfig import SHARED, kafka_python_producer_settings
 from cdc.pg import connect_error
-from tests.pipeline import cdc, error_line
+from tests.support import cdc, error_line
 
 PASSWORD = "p,a=ss word"  # a comma, an equals sign, a blank
 

@@ -19,7 +19,8 @@ import pytest
 from cdc.devservers import PostgresServer, TestCA, TlsUnavailable
 from cdc.errors import ServerError
 from tests.fix_servers import PG_INSTALLS, BrokerHandle, TestDb, new_db
-from tests.pipeline import cdc, error_line, running, settings_for, wait_caught_up
+from tests.pipeline import settings_for, wait_caught_up
+from tests.support import cdc, error_line, running
 
 
 class TlsPostgres:
@@ -111,9 +112,7 @@ def test_verify_full_streams(
 def refused(tls_db: TestDb, dsn: str, state_dir: Path) -> str:
     tls_db.execute("CREATE TABLE IF NOT EXISTS public.t (id int PRIMARY KEY)")
     name = "c" + secrets.token_hex(4)
-    proc = cdc(
-        "start", "--dsn", dsn, "--state-dir", str(state_dir), "--name", name, "--bootstrap-servers", "x:1"
-    )
+    proc = cdc("start", "--state-dir", str(state_dir), "--name", name, "--bootstrap-servers", "x:1", dsn=dsn)
     line = error_line(proc)
     assert proc.returncode == 1
     assert tls_db.execute("SELECT 1 FROM pg_replication_slots WHERE database = current_database()") == []

@@ -12,8 +12,9 @@ import pytest
 
 from cdc.devservers import PostgresServer
 from cdc.replication import ReplicationConnection
-from tests.fix_servers import BrokerHandle, TestDb, new_db, wait_until
-from tests.pipeline import cdc, error_line, read_topics, running, settings_for, wait_caught_up
+from tests.fix_servers import BrokerHandle, TestDb, new_db
+from tests.pipeline import read_topics, settings_for, wait_caught_up
+from tests.support import cdc, error_line, running, wait_until
 
 
 def test_a_long_transaction_holding_the_new_slot_back_is_named(

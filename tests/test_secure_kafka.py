@@ -25,7 +25,8 @@ from cdc.errors import SinkError
 from cdc.kafka import ClientConfig, check_connection, client_config
 from tests.fix_secure import LISTENERS, SecureKafka
 from tests.fix_servers import TestDb
-from tests.pipeline import cdc, error_line, running, wait_caught_up
+from tests.pipeline import wait_caught_up
+from tests.support import cdc, error_line, running
 
 PRODUCERS = pytest.mark.parametrize("producer", ["confluent", "kafka-python"])
 
@@ -81,8 +82,9 @@ def start_refused(secure_kafka: SecureKafka, db: TestDb, state_dir: Path, listen
     """`cdc start` against ``listener`` with extra ``args``: its one error line; no slot was made."""
     db.execute("CREATE TABLE IF NOT EXISTS public.items (id int PRIMARY KEY, name text)")
     proc = cdc(
-        "start", "--dsn", db.dsn, "--bootstrap-servers", secure_kafka.bootstrap(listener),
+        "start", "--bootstrap-servers", secure_kafka.bootstrap(listener),
         "--state-dir", str(state_dir), "--name", "refused", "--tables", "public.items", *args,
+        dsn=db.dsn,
     )  # fmt: skip
     line = error_line(proc)
     assert proc.returncode == 1
@@ -187,14 +189,14 @@ def test_doctor_checks_the_broker_with_the_shared_settings(
 ) -> None:
     """`cdc doctor` asks the broker as the connector will meet it: logged in, or told why not."""
     base = [
-        "doctor", "--json", "--dsn", db_latest.dsn, "--producer", producer,
-        "--bootstrap-servers", secure_kafka.bootstrap("SASL_SSL"),
+        "doctor", "--json", "--producer", producer, "--bootstrap-servers", secure_kafka.bootstrap("SASL_SSL"),
     ]  # fmt: skip
-    good = cdc(*base, *with_changes(secure_kafka.config("SASL_SSL")))
+    good = cdc(*base, *with_changes(secure_kafka.config("SASL_SSL")), dsn=db_latest.dsn)
     checks = {c["check"]: c for c in json.loads(good.stdout)["checks"]}
     assert checks["broker"]["result"] == "pass", checks["broker"]
     assert checks["topic creation"]["result"] == "pass", checks["topic creation"]
-    wrong = cdc(*base, *with_changes(secure_kafka.config("SASL_SSL"), sasl__password="wrong-password"))
+    wrong_password = with_changes(secure_kafka.config("SASL_SSL"), sasl__password="wrong-password")
+    wrong = cdc(*base, *wrong_password, dsn=db_latest.dsn)
     assert wrong.returncode == 1
     broker = {c["check"]: c for c in json.loads(wrong.stdout)["checks"]}["broker"]
     assert broker["result"] == "fail" and "refused the login" in broker["detail"], broker

@@ -25,7 +25,7 @@ from cdc import config
 from cdc.cli import app, version
 from cdc.config import OPTIONS, Option, Settings
 from cdc.errors import ConfigError
-from tests.pipeline import cdc, error_line
+from tests.support import cdc, error_line
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
