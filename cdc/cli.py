@@ -22,7 +22,7 @@ from typing import Annotated, Any, TypeVar, cast
 
 import typer
 
-from cdc import config, logs
+from cdc import config, logs, redact
 from cdc.config import Option, Settings
 from cdc.errors import AlreadyRunning, CdcError, ConfigError
 
@@ -78,6 +78,7 @@ def _root(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    redact.install()
 
 
 # -- the declared settings as options --------------------------------------------------------
@@ -166,9 +167,11 @@ def start(
     """Stream changes from Postgres to Kafka until stopped."""
     from cdc import control, metrics  # noqa: PLC0415
     from cdc.connector import Connector  # noqa: PLC0415
+    from cdc.kafka import client_config  # noqa: PLC0415
 
     settings = _settings(flags)
     config.require_dsn(settings)
+    client_config(settings)  # a bad Kafka setting fails here, before anything is made in Postgres
     directory = settings.instance_dir
     if detach:
         if control.running_pid(directory) is not None:
@@ -399,7 +402,7 @@ class Isolation(enum.StrEnum):
 
 
 @app.command("consume")
-@with_settings("bootstrap_servers", "topic_prefix")
+@with_settings("bootstrap_servers", "kafka_config", "kafka_config_file", "topic_prefix")
 def consume(
     topics: Annotated[list[str], typer.Argument(help="Topics to read (<prefix>.<schema>.<table>, ...).")],
     from_beginning: Annotated[
@@ -438,6 +441,7 @@ def consume(
     The schemas are read from PREFIX.schemas; without a topic prefix set, it is guessed from the topics.
     """
     from cdc.consume import ChangeConsumer  # noqa: PLC0415
+    from cdc.kafka import client_config  # noqa: PLC0415
 
     given = config.resolve(flags, _config_file(flags))
     settings = config.from_values(given)
@@ -445,7 +449,7 @@ def consume(
     try:
         with ChangeConsumer(
             topics,
-            settings.bootstrap_servers,
+            client_config(settings),
             topic_prefix=given.get("topic_prefix"),
             from_beginning=from_beginning,
             group=group,
@@ -462,7 +466,7 @@ def consume(
 
 
 @schemas_app.command("export")
-@with_settings("bootstrap_servers", "topic_prefix")
+@with_settings("bootstrap_servers", "kafka_config", "kafka_config_file", "topic_prefix")
 def schemas_export(
     out: Annotated[
         Path, typer.Option("--out", help="Directory for the .avsc files.", envvar="CDC_SCHEMAS_OUT")
@@ -471,10 +475,11 @@ def schemas_export(
 ) -> None:
     """Write every schema registered on PREFIX.schemas to OUT/<subject>.v<version>.avsc."""
     from cdc.consume import export_schemas  # noqa: PLC0415
+    from cdc.kafka import client_config  # noqa: PLC0415
 
     settings = _settings(flags)
     _quiet_kafka()
-    for path in export_schemas(settings.bootstrap_servers, settings.topic_prefix, out):
+    for path in export_schemas(client_config(settings), settings.topic_prefix, out):
         typer.echo(str(path))
 
 
@@ -496,7 +501,7 @@ def main() -> None:
         if _debug:
             raise
         # one line, whatever the message carries (libpq's own messages have line breaks)
-        line = " ".join(str(exc).split())
+        line = redact.redact(" ".join(str(exc).split()))
         if logs.to_file():  # a detached connector: its log says why it ended too
             logging.getLogger("cdc").error("%s", line)
         print(f"cdc: error: {line}", file=sys.stderr)

@@ -16,7 +16,7 @@ from typing import Any
 from cdc.checkpoint import InFlight
 from cdc.config import Settings
 from cdc.events import ChangeEvent, JsonSerializer, Serializer, SourceInfo, Table, event_topic, schemas_topic
-from cdc.kafka import Producer, TopicSettings, make_producer, read_schema_records
+from cdc.kafka import ClientConfig, Producer, TopicSettings, client_config, make_producer, read_schema_records
 
 
 class RecordWriter:
@@ -95,7 +95,7 @@ class RecordWriter:
         self.close()
 
 
-def make_serializer(settings: Settings, source: SourceInfo) -> Serializer:
+def make_serializer(settings: Settings, source: SourceInfo, client: ClientConfig | None = None) -> Serializer:
     """The serializer of ``--format``; Avro starts from what the schema topic already holds.
 
     Made anew for every session: after a broker restart (or a new cluster) the
@@ -107,9 +107,8 @@ def make_serializer(settings: Settings, source: SourceInfo) -> Serializer:
     from cdc.avro import AvroSerializer  # noqa: PLC0415 - fastavro only when used
 
     serializer = AvroSerializer(settings.topic_prefix, source)
-    serializer.load_schema_records(
-        read_schema_records(settings.bootstrap_servers, schemas_topic(settings.topic_prefix))
-    )
+    client = client or client_config(settings)
+    serializer.load_schema_records(read_schema_records(client, schemas_topic(settings.topic_prefix)))
     return serializer
 
 
@@ -118,14 +117,16 @@ def open_writer(
 ) -> RecordWriter:
     """A producer and a serializer as ``settings`` say; the caller closes the writer.
 
+    Both reach Kafka with the process's one client configuration (`cdc.kafka.client_config`).
     The serializer first: reading the schema topic is also the quick check that the broker
     answers (a producer would retry for seconds before saying it does not). With
     ``transactional_id`` the producer is transactional (``--delivery exactly-once``).
     """
-    serializer = make_serializer(settings, source)
+    client = client_config(settings)
+    serializer = make_serializer(settings, source, client)
     producer = make_producer(
         settings.producer,
-        settings.bootstrap_servers,
+        client,
         client_id,
         settings.max_buffer_mb,
         TopicSettings(settings.topic_partitions, settings.topic_replication_factor, settings.topic_configs),

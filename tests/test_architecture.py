@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent / "cdc"
 
 #: Lowest first. A module may import from its own layer and the layers before it.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"cdc", "cdc.errors", "cdc.lsn", "cdc.config", "cdc.logs"}),
+    ("foundation", {"cdc", "cdc.errors", "cdc.lsn", "cdc.redact", "cdc.config", "cdc.logs"}),
     ("pure", {"cdc.pgoutput", "cdc.pgtypes", "cdc.events", "cdc.avro", "cdc.avro.*"}),
     ("state", {"cdc.checkpoint", "cdc.status", "cdc.control", "cdc.metrics"}),
     ("boundaries", {"cdc.pg", "cdc.replication", "cdc.kafka", "cdc.kafka.*", "cdc.slots"}),

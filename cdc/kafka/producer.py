@@ -1,8 +1,10 @@
 """Producing to Kafka: an idempotent producer with delivery tracking, and topic creation.
 
 With `cdc.kafka.consumer`, the only code importing a Kafka client. Two producers share one small
-interface: kafka-python (pure Python, the default) and confluent-kafka
-(librdkafka, optional and several times faster; ``--producer confluent``).
+interface: confluent-kafka (librdkafka, several times faster, the default) and kafka-python
+(pure Python, the fallback). Both start from the one `ClientConfig` of the process, so the same
+security settings reach them and their admin clients; ``--producer-config`` adds settings of the
+producer alone, in its client's own names.
 
 Delivery reports carry the caller's token (the checkpoint's `InFlight`
 entry) back to the main thread through a deque: `Producer.poll` drains it and
@@ -22,8 +24,12 @@ from typing import Any, Final, Protocol
 
 import orjson
 
+from cdc import redact
 from cdc.checkpoint import InFlight
 from cdc.errors import ConfigError, DeliveryFailed, SinkError
+from cdc.kafka.clientconfig import ClientConfig, as_client, kafka_python_producer_settings
+from cdc.kafka.connection import await_metadata, check_connection, make_librdkafka
+from cdc.kafka.consumer import consumer_error
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +159,7 @@ class KafkaPythonProducer:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        client: ClientConfig | str,
         client_id: str,
         max_buffer_mb: int,
         topics: TopicSettings | None = None,
@@ -162,9 +168,10 @@ class KafkaPythonProducer:
         from kafka import KafkaProducer  # noqa: PLC0415 - kept local: this module is the only importer
         from kafka.errors import KafkaError  # noqa: PLC0415
 
+        self.client = client = as_client(client)
+        bootstrap_servers = client.bootstrap_servers
         config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap_servers.split(","),
-            "client_id": client_id,
+            "client_id": client_id,  # a shared client.id (in kafka_python() below) wins
             "acks": "all",
             "enable_idempotence": True,
             "linger_ms": 5,
@@ -174,8 +181,10 @@ class KafkaPythonProducer:
             "delivery_timeout_ms": 120_000,
             "request_timeout_ms": 30_000,
             "reconnect_backoff_max_ms": 2_000,
+            **client.kafka_python(),
         }
-        config.update(_typed(overrides or {}))
+        config.update(kafka_python_producer_settings(overrides or {}))
+        check_connection(client)
         self.transactional_id = str(config.get("transactional_id") or "")
         self.in_transaction = False
         self.bootstrap_servers = bootstrap_servers
@@ -193,13 +202,9 @@ class KafkaPythonProducer:
         try:
             self.producer = KafkaProducer(**config)
         except KafkaError as exc:
-            raise SinkError(
-                f"cannot reach the broker at {bootstrap_servers}: {exc}; "
-                "is it running? fix --bootstrap-servers",
-                retriable=True,
-            ) from None
+            raise consumer_error(exc, client) from None
         except (TypeError, ValueError, AssertionError) as exc:
-            raise ConfigError(f"invalid producer setting: {exc}") from None
+            raise ConfigError(f"invalid producer setting: {redact.redact(str(exc))}") from None
         self.admin: Any = None
 
     def _callbacks(self, token: InFlight) -> tuple[Any, Any]:
@@ -327,7 +332,7 @@ class KafkaPythonProducer:
         partitions, replication, configs = self.topics.for_topic(compact)
         try:
             if self.admin is None:
-                self.admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers.split(","))
+                self.admin = KafkaAdminClient(**self.client.kafka_python())
             self.admin.create_topics([NewTopic(topic, partitions, replication, topic_configs=configs)])
             log.info("created topic %s (%s partitions)", topic, partitions)
         except TopicAlreadyExistsError:
@@ -344,7 +349,7 @@ class ConfluentProducer:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        client: ClientConfig | str,
         client_id: str,
         max_buffer_mb: int,
         topics: TopicSettings | None = None,
@@ -353,11 +358,14 @@ class ConfluentProducer:
         try:
             import confluent_kafka  # noqa: PLC0415
         except ImportError:
-            raise ConfigError("producer 'confluent' needs confluent-kafka: pip install 'cdc[fast]'") from None
+            raise ConfigError(
+                "producer 'confluent' needs confluent-kafka: pip install confluent-kafka"
+            ) from None
         self._ck = confluent_kafka
+        self.client = client = as_client(client)
+        bootstrap_servers = client.bootstrap_servers
         config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
-            "client.id": client_id,
+            "client.id": client.options.get("client.id", client_id),  # a shared client.id wins
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
@@ -374,10 +382,8 @@ class ConfluentProducer:
             # librdkafka's statistics: the bytes in its queue, for the metrics (every 5 s, from poll)
             "statistics.interval.ms": 5000,
             "stats_cb": self._on_stats,
-            # librdkafka's own log lines go through Python logging, not raw stderr
-            "logger": logging.getLogger("cdc.kafka.librdkafka"),
+            **(overrides or {}),
         }
-        config.update(overrides or {})
         self.transactional_id = str(config.get("transactional.id") or "")
         self.in_transaction = False
         self.bootstrap_servers = bootstrap_servers
@@ -387,26 +393,22 @@ class ConfluentProducer:
         self._token: InFlight | None = None
         self._token_callback: Any = None
         self.queued_bytes = 0
-        try:
-            self.producer = confluent_kafka.Producer(config)
-        except confluent_kafka.KafkaException as exc:
-            raise ConfigError(f"invalid producer setting: {exc}") from None
-        try:
-            # librdkafka connects lazily: ask for metadata so a wrong address fails now
-            self.producer.list_topics(timeout=10)
-        except confluent_kafka.KafkaException as exc:
-            raise SinkError(
-                f"cannot reach the broker at {bootstrap_servers}: {exc.args[0] if exc.args else exc}; "
-                "is it running? fix --bootstrap-servers",
-                retriable=True,
-            ) from None
+        self._connect_errors: list[Any] | None = []
+        redact.remember_pairs(overrides or {})
+        self.producer = make_librdkafka(confluent_kafka.Producer, client, config)
+        # librdkafka connects lazily: ask for metadata, so that a wrong address, login or
+        # certificate fails now, and with its cause
+        await_metadata(self.producer, self._connect_errors, client)
+        self._connect_errors = None
         self.admin: Any = None
 
     def _on_error(self, error: Any) -> None:
+        if self._connect_errors is not None:
+            self._connect_errors.append(error)
         if error.fatal():
             self.deliveries.failures.append((None, _ConfluentFailure(error)))
         else:
-            log.debug("kafka: %s", error)
+            log.debug("kafka: %s", redact.redact(str(error)))
 
     def _on_stats(self, text: str) -> None:
         with contextlib.suppress(orjson.JSONDecodeError, TypeError, ValueError):
@@ -543,11 +545,7 @@ class ConfluentProducer:
 
         partitions, replication, configs = self.topics.for_topic(compact)
         if self.admin is None:
-            admin_config: dict[str, Any] = {
-                "bootstrap.servers": self.bootstrap_servers,
-                "logger": logging.getLogger("cdc.kafka.librdkafka"),
-            }
-            self.admin = AdminClient(admin_config)
+            self.admin = make_librdkafka(AdminClient, self.client, {})
         futures = self.admin.create_topics(
             [NewTopic(topic, partitions, replication, config=configs)], request_timeout=30
         )
@@ -592,19 +590,6 @@ def _confluent_retriable(exc: BaseException) -> bool:
     return error is None or not hasattr(error, "name") or error.name() not in _PERMANENT_CODES
 
 
-def _typed(overrides: dict[str, str]) -> dict[str, Any]:
-    """kafka-python wants ints for its numeric settings; config values arrive as strings."""
-    typed: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if value.isdigit():
-            typed[key] = int(value)
-        elif value.lower() in ("true", "false"):
-            typed[key] = value.lower() == "true"
-        else:
-            typed[key] = value
-    return typed
-
-
 def resolve_producer_kind(kind: str) -> str:
     """``auto`` means confluent-kafka (librdkafka) when it is installed, else kafka-python."""
     if kind != "auto":
@@ -623,15 +608,17 @@ TRANSACTION_TIMEOUT_MS: Final = 600_000
 
 def make_producer(
     kind: str,
-    bootstrap_servers: str,
+    client: ClientConfig | str,
     client_id: str,
     max_buffer_mb: int,
     topics: TopicSettings | None = None,
     overrides: dict[str, str] | None = None,
     transactional_id: str = "",
 ) -> Producer:
-    """A producer of ``kind``; with ``transactional_id``, a transactional one, already registered
-    (`Producer.init_transactions`), so a producer of another process with the same id is fenced."""
+    """The producer of ``kind`` (``auto``, ``confluent``, ``kafka-python``) with the shared client
+    settings ``client`` (or just its brokers) and the producer-only ``overrides``; with
+    ``transactional_id``, a transactional one, already registered (`Producer.init_transactions`),
+    so a producer of another process with the same id is fenced."""
     confluent = resolve_producer_kind(kind) == "confluent"
     settings = dict(overrides or {})
     if transactional_id:
@@ -649,7 +636,7 @@ def make_producer(
             }
     cls: type[KafkaPythonProducer] | type[ConfluentProducer]
     cls = ConfluentProducer if confluent else KafkaPythonProducer
-    producer = cls(bootstrap_servers, client_id, max_buffer_mb, topics, settings)
+    producer = cls(client, client_id, max_buffer_mb, topics, settings)
     if transactional_id:
         try:
             producer.init_transactions(60)
