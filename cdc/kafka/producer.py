@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 
 class Producer(Protocol):
+    #: set when made with a transactional id (``--delivery exactly-once``): every send needs an open
+    #: transaction
+    transactional_id: str
+
     def send(self, topic: str, key: bytes | None, value: bytes | None, token: InFlight) -> None:
         """Queue one record; blocks while the buffer is full (that pauses the replication read)."""
 

@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Seconds between writes of ``snapshot.json`` while chunks complete.
+SAVE_INTERVAL = 0.5
+
 
 class InitialSnapshot:
     """Coordinates the worker processes of the initial snapshot and records their progress."""
@@ -89,6 +92,7 @@ class InitialSnapshot:
         self.ts_ms = int(time.time() * 1000)
         self.progress: SnapshotProgress | None = None
         self.queue: deque[tuple[str, int]] = deque()  # chunks no worker took yet
+        self.unsaved = False  # chunks done that snapshot.json does not say yet
 
     def run(self, exported: str | None) -> bool:
         """Read every pending chunk; True once the whole snapshot is in Kafka, False if stopped.
@@ -102,6 +106,8 @@ class InitialSnapshot:
         total_rows = sum(p.rows for p in state.plans.values())
         for name in state.plans:
             self.writer.ensure_topic(table_topic(s.topic_prefix, self.tables[name]))
+        # every table's schemas now, in one batch: the workers find them on the schema topic
+        self.writer.publish_schemas(list(self.tables.values()))
         self.progress = SnapshotProgress(
             {name: (plan.rows, plan.estimate) for name, plan in state.plans.items() if not plan.complete()}
         )
@@ -193,7 +199,7 @@ class InitialSnapshot:
         self.queue = deque(tasks)
         error: CdcError | None = None
         aborted = False
-        next_report = 0.0
+        next_report = next_save = 0.0
         try:
             while pipes:
                 if time.monotonic() >= next_report:
@@ -221,6 +227,9 @@ class InitialSnapshot:
                         error = error or self._on_message(message)
                 self._dispatch(pipes, aborted)
                 self._settle()
+                if self.unsaved and time.monotonic() >= next_save:
+                    self._save()
+                    next_save = time.monotonic() + SAVE_INTERVAL
                 if not aborted and (error is not None or self.stop.is_set()):
                     aborted = True  # what Kafka holds stays recorded; the rest is read next time
                     if error is None:
@@ -228,6 +237,7 @@ class InitialSnapshot:
                     for pipe in pipes.values():
                         send(pipe, ("abort",))
         finally:
+            self._save()
             for pipe in pipes.values():
                 send(pipe, ("abort",))
             for process in processes.values():
@@ -260,6 +270,13 @@ class InitialSnapshot:
             last = self.exactly_once and not self.queue
             self.busy.add(n)
             send(pipes[n], ("task", name, index, last))
+
+    def _save(self) -> None:
+        """``snapshot.json`` with the chunks Kafka holds. Written late, a chunk is only read again
+        after a crash (its rows are in Kafka either way); never written early."""
+        if self.unsaved:
+            self.store.save(self.state)
+            self.unsaved = False
 
     def _report(self) -> None:
         """Progress into the connector's status (``cdc status``)."""
@@ -354,6 +371,7 @@ class InitialSnapshot:
             self._emit_held(snapshot)
         self.writer.flush(30)
         self._settle()
+        self._save()
 
     def _settle(self) -> None:
         self.writer.poll()
@@ -370,7 +388,7 @@ class InitialSnapshot:
         status = self.status
         status.events_total += rows
         status.events_per_table[name] += rows
-        self.store.save(self.state)
+        self.unsaved = True  # written at most every SAVE_INTERVAL: an fsync per chunk would cost more
         if plan.complete() and not plan.gave_up:
             assert self.progress is not None
             self.progress.table_done(name, plan.rows)
@@ -382,6 +400,7 @@ class InitialSnapshot:
         if not self.writer.flush(60):
             raise SinkError("kafka did not acknowledge the last snapshot rows within 60 s", retriable=True)
         self._settle()
+        self._save()
         if self.unacked or not all(plan.complete() for plan in self.state.plans.values()):
             raise SinkError("kafka did not acknowledge every snapshot row", retriable=True)
         self.state.phase = "complete"
