@@ -40,6 +40,7 @@ from bench.common import median, servers
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRODUCERS = ("confluent", "kafka-python")
+DELIVERIES = ("at-least-once", "exactly-once")
 
 WORKLOADS = (("one_txn", "one {rows}-row transaction"), ("small_txns", "10-row transactions"))
 
@@ -50,6 +51,7 @@ TARGETS: list[tuple[str, str, float, str]] = [
     ("latency_p99_ms_confluent", "<", 50, "p99 < 50 ms at 1,000 txn/s"),
     ("peak_rss_mb", "<", 150, "peak RSS < 150 MB"),
     ("start_to_first_event_s", "<", 1.0, "first event < 1 s after start"),
+    ("kafka_small_txns_exactly_once_vs_at_least_once", ">=", 0.8, "exactly-once within 20% of at-least-once"),
 ]
 
 
@@ -105,7 +107,7 @@ def run(runs: int, rows: int, big_rows: int, quick: bool) -> dict[str, Any]:
                 if not small:  # shaping, next to the plain run of the same workload
                     for kind in stream.SHAPING:
                         shaping = stream.shaping_args(kind, state)
-                        result = stream.connector_rate(s, state, rows, small, "confluent", "avro", *shaping)
+                        result = stream.connector_rate(s, state, rows, small, "confluent", "avro", shaping)
                         add(f"stream_one_txn_confluent_{kind}_events_per_s", result["events_per_s"])
             for producer in PRODUCERS:
                 lat = stream.latency(s, state, producer, "avro", seconds=4 if quick else 8)
@@ -135,6 +137,7 @@ def run(runs: int, rows: int, big_rows: int, quick: bool) -> dict[str, Any]:
         rate = figures.get(f"stream_one_txn_confluent_{kind}_events_per_s")
         if plain and rate:
             figures[f"{kind}_us_per_event"] = (1 / rate - 1 / plain) * 1e6
+    figures.update(delivery_on_kafka(runs, rows))
     snapshot = optional("bench.snapshot", "snapshot_rows_per_second")
     if snapshot is not None:
         figures["snapshot_table_rows"] = big_rows
@@ -142,6 +145,43 @@ def run(runs: int, rows: int, big_rows: int, quick: bool) -> dict[str, Any]:
     decoder = optional("bench.decoder", "decoder_rows_per_second")
     if decoder is not None:
         figures["decoder_rows_per_s"] = decoder()
+    return figures
+
+
+def delivery_on_kafka(runs: int, rows: int) -> dict[str, Any]:
+    """At-least-once next to exactly-once (confluent, Avro), both on Apache Kafka (Tansu's
+    transactions are not Kafka's), timed to the moment everything is confirmed."""
+    from cdc.devservers import KafkaServer, KafkaUnavailable
+    from cdc.errors import ServerError
+
+    try:
+        kafka = KafkaServer.create()
+        kafka.start()
+    except (KafkaUnavailable, ServerError) as exc:
+        print(f"  delivery on Apache Kafka: not measured ({exc})", flush=True)
+        return {}
+    samples: dict[str, list[float]] = {}
+    try:
+        with servers() as s, tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp:
+            for _ in range(runs):
+                for small in (False, True):
+                    workload = "small_txns" if small else "one_txn"
+                    for delivery in DELIVERIES:
+                        result = stream.connector_rate(
+                            s, Path(tmp), rows, small, "confluent", "avro", ("--delivery", delivery),
+                            kafka.bootstrap_servers, until_confirmed=True,
+                        )  # fmt: skip
+                        key = f"kafka_{workload}_{delivery.replace('-', '_')}_events_per_s"
+                        samples.setdefault(key, []).append(result["events_per_s"])
+                        print(f"  {key}: {result['events_per_s']:,.2f}", flush=True)
+    finally:
+        kafka.destroy()
+    figures = {key: median(values) for key, values in samples.items()}
+    for workload in ("one_txn", "small_txns"):
+        alo = figures.get(f"kafka_{workload}_at_least_once_events_per_s")
+        eos = figures.get(f"kafka_{workload}_exactly_once_events_per_s")
+        if alo and eos:
+            figures[f"kafka_{workload}_exactly_once_vs_at_least_once"] = eos / alo
     return figures
 
 
@@ -182,6 +222,17 @@ def table(figures: dict[str, Any]) -> str:
     for producer in PRODUCERS:
         p50, p99 = fig(f"latency_p50_ms_{producer}", "{:.1f}"), fig(f"latency_p99_ms_{producer}", "{:.1f}")
         rows.append((f"commit-to-ack p50 / p99 at 1,000 txn/s, {producer} (ms)", f"{p50} / {p99}", ""))
+    for workload, label in workloads:
+        for delivery in DELIVERIES:
+            key = f"kafka_{workload}_{delivery.replace('-', '_')}"
+            versus = (
+                f"{figures[f'kafka_{workload}_exactly_once_vs_at_least_once']:.2f} of ALO"
+                if delivery == "exactly-once" and f"kafka_{workload}_exactly_once_vs_at_least_once" in figures
+                else ""
+            )
+            rows.append(
+                (f"cdc on Apache Kafka, {delivery}, {label} (events/s)", fig(f"{key}_events_per_s"), versus)
+            )
     rows += [
         (f"snapshot of a {fig('snapshot_table_rows')}-row table (rows/s)", fig("snapshot_rows_per_s"), ""),
         ("peak RSS over all runs (MB)", fig("peak_rss_mb", "{:.0f}"), ""),

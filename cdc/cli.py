@@ -9,6 +9,7 @@ traceback only with ``--debug``); usage errors exit 2.
 
 from __future__ import annotations
 
+import enum
 import importlib.metadata
 import inspect
 import logging
@@ -21,7 +22,7 @@ from typing import Annotated, Any, TypeVar, cast
 
 import typer
 
-from cdc import config, logs
+from cdc import config, logs, redact
 from cdc.config import Option, Settings
 from cdc.errors import AlreadyRunning, CdcError, ConfigError
 
@@ -77,6 +78,7 @@ def _root(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    redact.install()
 
 
 # -- the declared settings as options --------------------------------------------------------
@@ -167,9 +169,11 @@ def start(
     """Stream changes from Postgres to Kafka until stopped."""
     from cdc import control, metrics  # noqa: PLC0415
     from cdc.connector import Connector  # noqa: PLC0415
+    from cdc.kafka import client_config  # noqa: PLC0415
 
     settings = _settings(flags)
     config.require_dsn(settings)
+    client_config(settings)  # a bad Kafka setting fails here, before anything is made in Postgres
     directory = settings.instance_dir
     if detach:
         if control.running_pid(directory) is not None:
@@ -407,8 +411,13 @@ def _quiet_kafka() -> None:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 
+class Isolation(enum.StrEnum):
+    read_committed = "read_committed"
+    read_uncommitted = "read_uncommitted"
+
+
 @app.command("consume")
-@with_settings("bootstrap_servers", "topic_prefix")
+@with_settings("bootstrap_servers", "kafka_config", "kafka_config_file", "topic_prefix")
 def consume(
     topics: Annotated[list[str], typer.Argument(help="Topics to read (<prefix>.<schema>.<table>, ...).")],
     from_beginning: Annotated[
@@ -431,6 +440,15 @@ def consume(
         str | None,
         typer.Option("--group", help="Consume in this consumer group (commits offsets).", envvar="CDC_GROUP"),
     ] = None,
+    isolation: Annotated[
+        Isolation,
+        typer.Option(
+            "--isolation",
+            help="read_committed: only what committed Kafka transactions wrote (exactly once from an "
+            "exactly-once connector); read_uncommitted: aborted records too.",
+            envvar="CDC_ISOLATION",
+        ),
+    ] = Isolation.read_committed,
     **flags: object,
 ) -> None:
     """Print records as JSON lines {"topic", "partition", "offset", "key", "value"}; bad ones on stderr.
@@ -438,6 +456,7 @@ def consume(
     The schemas are read from PREFIX.schemas; without a topic prefix set, it is guessed from the topics.
     """
     from cdc.consume import ChangeConsumer  # noqa: PLC0415
+    from cdc.kafka import client_config  # noqa: PLC0415
 
     given = config.resolve(flags, _config_file(flags))
     settings = config.from_values(given)
@@ -445,10 +464,11 @@ def consume(
     try:
         with ChangeConsumer(
             topics,
-            settings.bootstrap_servers,
+            client_config(settings),
             topic_prefix=given.get("topic_prefix"),
             from_beginning=from_beginning,
             group=group,
+            isolation=isolation.value,
         ) as consumer:
             for record in consumer.records(max_messages, idle_timeout):
                 if record.error is None:
@@ -461,7 +481,7 @@ def consume(
 
 
 @schemas_app.command("export")
-@with_settings("bootstrap_servers", "topic_prefix")
+@with_settings("bootstrap_servers", "kafka_config", "kafka_config_file", "topic_prefix")
 def schemas_export(
     out: Annotated[
         Path, typer.Option("--out", help="Directory for the .avsc files.", envvar="CDC_SCHEMAS_OUT")
@@ -470,10 +490,11 @@ def schemas_export(
 ) -> None:
     """Write every schema registered on PREFIX.schemas to OUT/<subject>.v<version>.avsc."""
     from cdc.consume import export_schemas  # noqa: PLC0415
+    from cdc.kafka import client_config  # noqa: PLC0415
 
     settings = _settings(flags)
     _quiet_kafka()
-    for path in export_schemas(settings.bootstrap_servers, settings.topic_prefix, out):
+    for path in export_schemas(client_config(settings), settings.topic_prefix, out):
         typer.echo(str(path))
 
 
@@ -495,7 +516,7 @@ def main() -> None:
         if _debug:
             raise
         # one line, whatever the message carries (libpq's own messages have line breaks)
-        line = " ".join(str(exc).split())
+        line = redact.redact(" ".join(str(exc).split()))
         if logs.to_file():  # a detached connector: its log says why it ended too
             logging.getLogger("cdc").error("%s", line)
         print(f"cdc: error: {line}", file=sys.stderr)

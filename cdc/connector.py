@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from cdc import pg, replication, slots, snapshot
+from cdc import exactly_once, pg, replication, slots, snapshot
 from cdc.checkpoint import InFlight, Offsets, OffsetStore, Tracker
 from cdc.config import Settings
 from cdc.errors import DecodeError, DeliveryFailed, SinkError, SlotLost, SourceUnavailable
@@ -182,8 +182,11 @@ class Connector:
             source = SourceInfo(name=s.name, db=database)
             # every precondition (the broker and a walsender included) before anything is created:
             # a refused start leaves no publication and no slot behind
+            eos = s.delivery == "exactly-once"
             with (
-                open_writer(s, source, f"cdc-{s.name}") as writer,
+                open_writer(
+                    s, source, f"cdc-{s.name}", exactly_once.transactional_id(s) if eos else ""
+                ) as writer,
                 replication.ReplicationConnection(s.dsn, f"cdc-{s.name}") as repl,
             ):
                 self.serializer = writer.serializer
@@ -196,23 +199,47 @@ class Connector:
                 exported = None
                 if slot is None:
                     # the exported snapshot is valid until the next command on `repl`
-                    slot_lsn, exported = repl.create_slot(
-                        s.slot, export_snapshot=s.snapshot != "never" and not gap, failover=s.failover_slot
-                    )
+                    try:
+                        slot_lsn, exported = repl.create_slot(
+                            s.slot,
+                            export_snapshot=s.snapshot != "never" and not gap,
+                            failover=s.failover_slot,
+                            waiting=replication.slot_creation_waits(conn, s.slot),
+                            stop=self.stop,
+                        )
+                    except SourceUnavailable:
+                        if self.stop.is_set():
+                            log.info("stopped while waiting for the slot's consistent point")
+                            return
+                        raise
                 elif slots.needs_failover(conn, s, s.slot):
                     repl.enable_failover(s.slot)
                 start = slots.resume_point(s, self.store, slot_lsn, system, database)
+                committed = exactly_once.Committed()
+                if eos:
+                    # what Kafka committed is never written again: stream from past it
+                    committed = exactly_once.read_committed(s, system.system_id, database)
+                    if committed.lsn > start:
+                        log.info("resuming at %s: kafka committed up to there", format_lsn(committed.lsn))
+                        start = committed.lsn
                 offsets = Offsets(start, s.slot, system.system_id, database, system.timeline)
                 self.store.save(offsets)
                 if gap:
                     close_gap(s, self.status, conn, writer, catalog, system.system_id, database, slot_lsn)
                 # the initial snapshot (or its rest) runs before START_REPLICATION
                 new_slot = slot is None and not gap
-                begin = snapshot.Start(system.system_id, database, slot_lsn, new_slot, exported, source)
+                begin = snapshot.Start(
+                    system.system_id, database, slot_lsn, new_slot, exported, source, committed.chunks
+                )
                 if not snapshot.before_streaming(s, self.status, self.stop, conn, writer, catalog, begin):
                     return  # stopped during the snapshot, or --snapshot initial-only
                 session = _Session(s, self.status, self.stop, self.stop_now, self.store, repl, conn)
-                session.stream(writer, catalog, offsets, capture)
+                batch = None
+                if eos:
+                    batch = exactly_once.TransactionBatch(
+                        writer, s, system.system_id, database, committed.lsn
+                    )
+                session.stream(writer, catalog, offsets, batch, capture)
 
     def _tables(self, conn: psycopg.Connection[Any]) -> list[str]:
         """The listed tables to stream: at start all must exist; a reconnect leaves out dropped ones.
@@ -283,14 +310,25 @@ class _Session:
             Type: self._type,
             Origin: self._origin,
         }
+        self._regular = dict(self._handlers)
+        self.batch: exactly_once.TransactionBatch | None = None
 
     # -- the loop --------------------------------------------------------------------
 
     def stream(
-        self, writer: RecordWriter, catalog: TypeCatalog, offsets: Offsets, capture: shaping.Capture
+        self,
+        writer: RecordWriter,
+        catalog: TypeCatalog,
+        offsets: Offsets,
+        batch: exactly_once.TransactionBatch | None = None,
+        capture: shaping.Capture | None = None,
     ) -> None:
+        """Stream until stopped. With ``batch`` (``--delivery exactly-once``) every record goes out in a
+        Kafka transaction that commits the position it reaches, and only that is confirmed. With
+        ``capture`` (patterns, column rules) tables that start matching join while streaming."""
         s = self.settings
         self.writer = writer
+        self.batch = batch
         self.catalog = catalog
         self.offsets = offsets
         self.tracker = Tracker(confirmed=offsets.lsn)
@@ -300,7 +338,7 @@ class _Session:
         # tables created later that match --tables patterns join the capture
         self.watcher = (
             shaping.TableWatcher(self.conn, s, self.status, capture, self.incremental.joined)
-            if shaping.shaped(s)
+            if capture is not None and shaping.shaped(s)
             else None
         )
         try:
@@ -326,11 +364,15 @@ class _Session:
         poll = self.writer.poll
         stop, stop_now = self.stop, self.stop_now
         incremental = self.incremental
+        batch = self.batch
         while True:
             if stop.is_set() and (self.txn is None or stop_now.is_set()):
                 break
             force = False
-            frame = repl.read(max(0.0, min(next_status - time.monotonic(), interval)))
+            wait = min(next_status - time.monotonic(), interval)
+            if batch is not None and batch.active and self.txn is None:
+                wait = min(wait, batch.deadline - time.monotonic())
+            frame = repl.read(max(0.0, wait))
             # drain what is already buffered without touching the clock for each frame
             for _ in range(4096):
                 if frame is None:
@@ -357,13 +399,15 @@ class _Session:
             if poll():
                 status.last_ack_at = time.time()
             now = time.monotonic()
+            if batch is not None and batch.active and self.txn is None and now >= batch.deadline:
+                batch.commit()  # lingered long enough: what it holds becomes visible and confirmable
             if force or now >= next_status:
                 self._confirm(force=force)
                 next_status = now + interval
                 if s.heartbeat_interval and now >= self._next_heartbeat:
                     self._heartbeat()
                     self._next_heartbeat = now + s.heartbeat_interval
-                incremental.tick()
+                incremental.tick(self.offsets.lsn)
                 self.monitor.tick()
                 if self.watcher is not None:
                     self.watcher.tick()
@@ -374,6 +418,8 @@ class _Session:
     def _finish(self) -> None:
         """Graceful end: flush the producer, confirm what Kafka holds, report."""
         self.status.state = "stopping"
+        if self.batch is not None and self.txn is None:
+            self.batch.commit()
         if not self.writer.flush(30):
             log.warning("kafka did not acknowledge everything within 30 s; confirming only what it did")
         if self.writer.poll():
@@ -386,7 +432,11 @@ class _Session:
         tracker = self.tracker
         safe = tracker.safe_lsn()
         idle = tracker.idle() and self.txn is None
-        if idle:
+        if self.batch is not None:
+            # only what Kafka committed; idle (nothing open anywhere), the server's WAL end
+            idle = idle and not self.batch.active
+            safe = max(self.batch.committed, self.wal_end) if idle else self.batch.committed
+        elif idle:
             safe = tracker.advance_idle(self.wal_end)
         if safe > self.offsets.lsn:
             self.offsets.lsn = safe
@@ -443,6 +493,14 @@ class _Session:
             self._emit("t", self._table(relation), None, None, lsn)
 
     def _begin(self, message: Begin, lsn: int) -> None:
+        batch = self.batch
+        if batch is not None:
+            if message.final_lsn < batch.committed:
+                # Kafka committed it already (the server skips what is before the start: a guard)
+                log.info("skipping transaction %s: already committed to kafka", message.xid)
+                self._skipping(True)
+                return
+            batch.open()
         self.txn = Transaction(message.xid, message.final_lsn, pg_ts_to_ms(message.commit_ts))
         self.entry = self.tracker.begin(message.final_lsn, self.txn.commit_ts_ms)
         if not self.status.first_event_at:
@@ -454,8 +512,25 @@ class _Session:
         if self.transaction_metadata and self.txn is not None and self.txn.events:
             self._transaction_marker("END", self.txn)
         self.tracker.commit(self.entry, message.end_lsn)
+        events = self.txn.events if self.txn is not None else 0
         self.txn = self.entry = None
         self.status.transactions += 1
+        if self.batch is not None and self.batch.ended(message.end_lsn, events):
+            self.batch.commit()
+
+    def _skipping(self, on: bool) -> None:
+        """Between Begin and Commit of a transaction Kafka already holds: drop its messages."""
+        handlers = self._handlers
+        for kind in (Insert, Update, Delete, Truncate, LogicalMessage):
+            handlers[kind] = self._skip if on else self._regular[kind]
+        handlers[Commit] = self._skipped if on else self._commit
+
+    @staticmethod
+    def _skip(message: Message, lsn: int) -> None:
+        pass
+
+    def _skipped(self, message: Commit, lsn: int) -> None:
+        self._skipping(False)
 
     def _type(self, message: Type, lsn: int) -> None:
         self.catalog.forget(message.type_oid)  # it may have changed since we looked it up
@@ -521,6 +596,11 @@ class _Session:
             self.status.events_total += 1
             return
         # outside a transaction: its own unit of confirmation, just past its LSN
+        batch = self.batch
+        if batch is not None:
+            if message.lsn < batch.committed:
+                return  # Kafka holds it already
+            batch.open()
         entry = self.tracker.begin(message.lsn)
         event = ChangeEvent(
             "m", None, None, None, message.lsn, message.lsn, 0, int(time.time() * 1000),
@@ -529,6 +609,8 @@ class _Session:
         self.writer.write(event, entry)
         self.status.events_total += 1
         self.tracker.commit(entry, message.lsn + 1)
+        if batch is not None and batch.ended(message.lsn + 1, 1):
+            batch.commit()
 
     # -- producing ---------------------------------------------------------------------
 
@@ -590,6 +672,8 @@ class _Session:
         name = self.settings.name
         value = {"name": name, "lsn": self.offsets.lsn, "ts_ms": int(time.time() * 1000)}
         # not part of any transaction: its acknowledgement confirms nothing
+        if self.batch is not None:
+            self.batch.open()  # with exactly-once, in the next Kafka transaction
         self.writer.write_fixed(
             "heartbeat", heartbeat_topic(self.prefix), {"name": name}, value, self._heartbeat_token
         )

@@ -24,6 +24,7 @@ from cdc import pg, replication, slots
 from cdc.config import Settings
 from cdc.errors import ConfigError, SourceError
 from cdc.events import schemas_topic
+from cdc.kafka import client_config
 from cdc.kafka.admin import inspect_broker
 from cdc.shaping import catalog as shaping
 from cdc.shaping.select import Selection
@@ -550,14 +551,18 @@ def _heartbeat(conn: psycopg.Connection[Any], s: Settings) -> list[Check]:
 
 def _kafka(s: Settings) -> list[Check]:
     topic = schemas_topic(s.topic_prefix)
-    report = inspect_broker(s.producer, s.bootstrap_servers, s.producer_configs, topic)
+    try:
+        client = client_config(s)  # --kafka-config, --kafka-config-file: as the connector would use them
+    except ConfigError as exc:
+        return [Check("broker", "fail", f"kafka client settings: {exc}", "fix --kafka-config")]
+    report = inspect_broker(s.producer, client, s.producer_configs, topic)
     if report.reachable_error:
         return [
             Check(
                 "broker",
                 "fail",
                 f"{s.bootstrap_servers}: {report.reachable_error}",
-                "fix --bootstrap-servers, or --producer-config security settings",
+                "fix --bootstrap-servers, or the security settings (--kafka-config)",
             )
         ]
     checks = [Check("broker", "pass", f"{s.bootstrap_servers}: {report.brokers} broker(s)")]

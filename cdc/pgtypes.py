@@ -443,7 +443,10 @@ def _render_float4(value: float) -> float | str:
     """The shortest decimal that reads back as the same float32 (1.1, not 1.100000023841858)."""
     if not math.isfinite(value):
         return _render_float8(value)
-    single = _F32.unpack(_F32.pack(value))[0]
+    try:
+        single = _F32.unpack(_F32.pack(value))[0]
+    except OverflowError:  # beyond float32 ("1e100"): no real float4 sends it; shown as parsed
+        return _render_float8(value)
     for digits in range(6, 10):
         shortest = float(f"{single:.{digits}g}")
         if _F32.unpack(_F32.pack(shortest))[0] == single:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import re
 import select
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -514,6 +516,32 @@ def primary_key(conn: psycopg.Connection[Any], relation_id: int) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
+def slot_creation_waits(conn: psycopg.Connection[Any], slot: str) -> Callable[[float], None]:
+    """`ReplicationConnection.create_slot`'s ``waiting``: log which transactions hold the slot's
+    consistent point back (a long-running one can keep a new slot waiting for hours)."""
+
+    def report(seconds: float) -> None:
+        rows = pg.query(
+            conn,
+            r"""SELECT pid, coalesce(extract(epoch FROM now() - xact_start), 0)::int, state,
+                      left(regexp_replace(query, '\s+', ' ', 'g'), 80)
+                 FROM pg_stat_activity
+                WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+                ORDER BY xact_start LIMIT 3""",
+        )
+        if not rows:
+            log.info("creating slot %s: waiting %.0f s for the server", slot, seconds)
+            return
+        pid, age, state, query = rows[0]
+        log.warning(
+            "creating slot %s waits for %d running transaction(s) to end (%.0f s so far); the oldest: "
+            "pid %s, open %s s, %s: %s; end it (COMMIT, or pg_terminate_backend(%s)) to let cdc start",
+            slot, len(rows), seconds, pid, age, state, query, pid,
+        )  # fmt: skip
+
+    return report
+
+
 def current_database(conn: psycopg.Connection[Any]) -> str:
     row = pg.query_one(conn, "SELECT current_database()")
     return str(row[0]) if row else ""
@@ -567,9 +595,15 @@ class ReplicationConnection:
     def close(self) -> None:
         self.pgconn.finish()
 
-    def command(self, query: str) -> list[tuple[str | None, ...]]:
-        """Run a replication command and return its rows as text."""
-        result = self.pgconn.exec_(query.encode())
+    def command(
+        self, query: str, waiting: Callable[[float], None] | None = None, stop: threading.Event | None = None
+    ) -> list[tuple[str | None, ...]]:
+        """Run a replication command and return its rows as text.
+
+        With ``waiting``, the command runs without blocking, and ``waiting(seconds)`` is called
+        after 2 s and every 10 s while the server works on it; ``stop`` cancels it.
+        """
+        result = self.pgconn.exec_(query.encode()) if waiting is None else self._wait(query, waiting, stop)
         if result.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
             message, state = _result_error(result, self.pgconn)
             if self.pgconn.status == pq.ConnStatus.BAD:
@@ -583,19 +617,55 @@ class ReplicationConnection:
             for r in range(result.ntuples)
         ]
 
+    def _wait(
+        self, query: str, waiting: Callable[[float], None], stop: threading.Event | None
+    ) -> pq.abc.PGresult:
+        pgconn = self.pgconn
+        started = time.monotonic()
+        next_call = started + 2.0
+        try:
+            pgconn.send_query(query.encode())
+            while True:
+                pgconn.consume_input()
+                if not pgconn.is_busy():
+                    break
+                select.select([pgconn.socket], [], [], 0.5)
+                now = time.monotonic()
+                if stop is not None and stop.is_set():
+                    pgconn.get_cancel().cancel()
+                    stop = None  # the server answers the cancel with an error result
+                elif now >= next_call:
+                    waiting(now - started)
+                    next_call = now + 10.0
+            result = pgconn.get_result()
+            while pgconn.get_result() is not None:  # the end of the command's results
+                pass
+        except psycopg.OperationalError as exc:
+            raise SourceUnavailable(f"replication connection lost: {str(exc).strip()}") from None
+        if result is None:
+            raise SourceUnavailable(f"replication connection lost: {pgconn.get_error_message().strip()}")
+        return result
+
     def identify_system(self) -> SystemInfo:
         row = self.command("IDENTIFY_SYSTEM")[0]
         return SystemInfo(str(row[0]), int(row[1] or 0), parse_lsn(row[2] or "0/0"), row[3])
 
     def create_slot(
-        self, slot: str, export_snapshot: bool = False, failover: bool = False
+        self,
+        slot: str,
+        export_snapshot: bool = False,
+        failover: bool = False,
+        waiting: Callable[[float], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> tuple[int, str | None]:
         """Create a pgoutput slot; return (consistent point, exported snapshot name).
 
         An exported snapshot stays valid only until the next command on this
         connection, so a snapshot reader must use it before `start`.
         ``failover`` (PostgreSQL 17+) lets standbys with ``sync_replication_slots``
-        keep a copy that survives their promotion.
+        keep a copy that survives their promotion. The server finds the slot's
+        consistent point only once every transaction running when it began has
+        ended: ``waiting`` hears about the wait (see `command`), ``stop`` ends it.
         """
         name = sql.Identifier(slot).as_string(None)
         if self.server_version >= 150000:
@@ -605,7 +675,7 @@ class ReplicationConnection:
         else:
             mode = "EXPORT_SNAPSHOT" if export_snapshot else "NOEXPORT_SNAPSHOT"
             query = f"CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput {mode}"
-        row = self.command(query)[0]
+        row = self.command(query, waiting, stop)[0]
         log.info(
             "created slot %s at %s%s", slot, row[1], " (failover)" if failover else "", extra={"lsn": row[1]}
         )

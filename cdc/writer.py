@@ -22,9 +22,9 @@ from typing import Any
 
 from cdc.checkpoint import InFlight
 from cdc.config import Settings
-from cdc.errors import DeliveryFailed
+from cdc.errors import DeliveryFailed, SinkError
 from cdc.events import ChangeEvent, JsonSerializer, Serializer, SourceInfo, Table, event_topic, schemas_topic
-from cdc.kafka import Producer, TopicSettings, make_producer, read_schema_records
+from cdc.kafka import ClientConfig, Producer, TopicSettings, client_config, make_producer, read_schema_records
 from cdc.shaping import deadletter
 from cdc.shaping.shaper import Outgoing, Shaper
 
@@ -58,8 +58,9 @@ class RecordWriter:
             self._limits: dict[str, int] | None = None
             if shaper.on_record_error == "dead-letter":
                 self._limits = {}
-                self._rejected = producer.keep_rejected()
-                self.poll = self._poll_rejected
+                if not producer.transactional_id:  # a refusal inside a Kafka transaction aborts it
+                    self._rejected = producer.keep_rejected()
+                    self.poll = self._poll_rejected
 
     @property
     def shaping_counts(self) -> Counter[str]:
@@ -209,6 +210,29 @@ class RecordWriter:
         self._send(topic, encoded_key, encoded_value, token)
         self.records[topic] += 1
 
+    def publish_schemas(self, tables: Sequence[Table], timeout: float = 60) -> None:
+        """The schemas of ``tables``, all sent, then waited for at once: one round trip for many
+        tables instead of one per schema (an initial snapshot of many small tables)."""
+        for table in tables:
+            self.serializer.prepare(table)
+        records = self._take_schemas()
+        if not records:
+            return
+        self.producer.ensure_topic(self.schema_topic, compact=True)
+        token = InFlight(0)
+        transactional = bool(self.producer.transactional_id)
+        if transactional:
+            self.producer.begin_transaction()
+        for key, value in records:
+            self._send(self.schema_topic, key, value, token)
+        if transactional:
+            self.producer.commit_transaction(timeout)
+        if not self.producer.flush(timeout) or (self.producer.poll() >= 0 and token.pending):
+            raise SinkError(
+                f"kafka did not acknowledge {len(records)} schema records within {timeout:g} s",
+                retriable=True,
+            )
+
     def _publish_schemas(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         """Schema records go to the (compacted) schema topic, acknowledged, before their record."""
         self.producer.ensure_topic(self.schema_topic, compact=True)
@@ -230,7 +254,7 @@ class RecordWriter:
         self.close()
 
 
-def make_serializer(settings: Settings, source: SourceInfo) -> Serializer:
+def make_serializer(settings: Settings, source: SourceInfo, client: ClientConfig | None = None) -> Serializer:
     """The serializer of ``--format``; Avro starts from what the schema topic already holds.
 
     Made anew for every session: after a broker restart (or a new cluster) the
@@ -242,26 +266,31 @@ def make_serializer(settings: Settings, source: SourceInfo) -> Serializer:
     from cdc.avro import AvroSerializer  # noqa: PLC0415 - fastavro only when used
 
     serializer = AvroSerializer(settings.topic_prefix, source)
-    serializer.load_schema_records(
-        read_schema_records(settings.bootstrap_servers, schemas_topic(settings.topic_prefix))
-    )
+    client = client or client_config(settings)
+    serializer.load_schema_records(read_schema_records(client, schemas_topic(settings.topic_prefix)))
     return serializer
 
 
-def open_writer(settings: Settings, source: SourceInfo, client_id: str) -> RecordWriter:
+def open_writer(
+    settings: Settings, source: SourceInfo, client_id: str, transactional_id: str = ""
+) -> RecordWriter:
     """A producer and a serializer as ``settings`` say; the caller closes the writer.
 
+    Both reach Kafka with the process's one client configuration (`cdc.kafka.client_config`).
     The serializer first: reading the schema topic is also the quick check that the broker
-    answers (a producer would retry for seconds before saying it does not).
+    answers (a producer would retry for seconds before saying it does not). With
+    ``transactional_id`` the producer is transactional (``--delivery exactly-once``).
     """
-    serializer = make_serializer(settings, source)
+    client = client_config(settings)
+    serializer = make_serializer(settings, source, client)
     producer = make_producer(
         settings.producer,
-        settings.bootstrap_servers,
+        client,
         client_id,
         settings.max_buffer_mb,
         TopicSettings(settings.topic_partitions, settings.topic_replication_factor, settings.topic_configs),
         settings.producer_configs,
+        transactional_id,
     )
     shaper = Shaper(settings, serializer, source) if Shaper.wanted(settings) else None
     return RecordWriter(serializer, producer, settings.topic_prefix, shaper)

@@ -25,8 +25,9 @@ from typing import Any
 
 import psycopg
 
-from tests.fix_servers import TestDb, wait_until
-from tests.pipeline import read_topics, rebuild, running, settings_for, source_rows, wait_caught_up
+from tests.fix_servers import TestDb
+from tests.pipeline import read_topics, rebuild, settings_for, source_rows, wait_caught_up
+from tests.support import running, wait_until
 
 TABLES = ("shop.orders", "shop.audit_log", "shop.items")
 SCHEMA = """

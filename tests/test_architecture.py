@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent / "cdc"
 
 #: Lowest first. A module may import from its own layer and the layers before it.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"cdc", "cdc.errors", "cdc.lsn", "cdc.config", "cdc.logs"}),
+    ("foundation", {"cdc", "cdc.errors", "cdc.lsn", "cdc.redact", "cdc.config", "cdc.logs"}),
     (
         "pure",
         {
@@ -40,7 +40,10 @@ LAYERS: list[tuple[str, set[str]]] = [
         "boundaries",
         {"cdc.pg", "cdc.replication", "cdc.kafka", "cdc.kafka.*", "cdc.slots", "cdc.shaping.catalog"},
     ),
-    ("stages", {"cdc.writer", "cdc.consume", "cdc.snapshot", "cdc.snapshot.*", "cdc.doctor"}),
+    (
+        "stages",
+        {"cdc.writer", "cdc.exactly_once", "cdc.consume", "cdc.snapshot", "cdc.snapshot.*", "cdc.doctor"},
+    ),
     ("pipeline", {"cdc.connector"}),
     ("front", {"cdc.cli", "cdc.__main__", "cdc.demo", "cdc.dev", "cdc.devservers", "cdc.devservers.*"}),
 ]

@@ -16,8 +16,9 @@ from cdc.devservers import KafkaServer, KafkaUnavailable
 from cdc.errors import ServerError, SinkError
 from cdc.kafka import ConfluentProducer
 from cdc.lsn import parse_lsn
-from tests.fix_servers import TestDb, wait_until
-from tests.pipeline import read_topics, running, settings_for, wait_caught_up
+from tests.fix_servers import TestDb
+from tests.pipeline import read_topics, settings_for, wait_caught_up
+from tests.support import running, wait_until
 from tests.test_shaping_transforms import read_raw
 
 BIG = 2_000_000  # bytes of a value: above Kafka's default 1 MB, far below Postgres' 1 GB

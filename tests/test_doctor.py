@@ -11,12 +11,12 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from cdc.devservers import PostgresServer, free_port
 from tests.fix_servers import BrokerHandle, TestDb, new_db
-from tests.pipeline import cdc
+from tests.support import cdc
 
 
-def doctor(*args: str) -> tuple[int, dict[str, Any], str]:
-    as_json = cdc("doctor", "--json", *args)
-    human = cdc("doctor", *args)
+def doctor(*args: str, dsn: str) -> tuple[int, dict[str, Any], str]:
+    as_json = cdc("doctor", "--json", *args, dsn=dsn)
+    human = cdc("doctor", *args, dsn=dsn)
     assert as_json.returncode == human.returncode, human.stderr
     return as_json.returncode, orjson.loads(as_json.stdout), human.stdout
 
@@ -47,7 +47,7 @@ def test_a_misconfigured_server_lists_every_problem(
         conn.execute("CREATE TABLE prices (id int PRIMARY KEY, amount numeric, fixed numeric(10, 2))")
     broker = f"127.0.0.1:{free_port()}"  # nothing listens there
     tables = "public.nokey,public.docs,public.prices,public.missing"
-    code, report, human = doctor("--dsn", app_dsn, "--tables", tables, "--bootstrap-servers", broker)
+    code, report, human = doctor("--tables", tables, "--bootstrap-servers", broker, dsn=app_dsn)
     assert code == 1 and report["ok"] is False
     found = results(report)
     assert found["wal_level"][0] == "fail" and "wal_level = logical" in found["wal_level"][2]
@@ -79,8 +79,8 @@ def test_a_good_setup_passes_and_checks_the_broker(db: TestDb, broker: BrokerHan
     finally:
         admin.close()
     code, report, _ = doctor(
-        "--dsn", db.dsn, "--tables", "public.orders", "--bootstrap-servers", broker.bootstrap_servers,
-        "--topic-prefix", prefix,
+        "--tables", "public.orders", "--bootstrap-servers", broker.bootstrap_servers,
+        "--topic-prefix", prefix, dsn=db.dsn,
     )  # fmt: skip
     found = results(report)
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
@@ -99,12 +99,12 @@ def test_a_good_setup_passes_and_checks_the_broker(db: TestDb, broker: BrokerHan
         assert code == 1 and "cleanup.policy=compact" in found[f"topic {schemas}"][2]
     # the same questions through kafka-python's admin client
     _, report_kp, _ = doctor(
-        "--dsn", db.dsn, "--tables", "public.orders", "--bootstrap-servers", broker.bootstrap_servers,
-        "--topic-prefix", prefix, "--producer", "kafka-python",
+        "--tables", "public.orders", "--bootstrap-servers", broker.bootstrap_servers,
+        "--topic-prefix", prefix, "--producer", "kafka-python", dsn=db.dsn,
     )  # fmt: skip
     found_kp = results(report_kp)
     assert (found_kp["broker"][0], found_kp["topic creation"][0]) == ("pass", "pass"), found_kp
     assert found_kp[f"topic {schemas}"][0] == found[f"topic {schemas}"][0], found_kp
-    without_kafka = cdc("doctor", "--json", "--dsn", db.dsn, "--tables", "public.orders")
+    without_kafka = cdc("doctor", "--json", "--tables", "public.orders", dsn=db.dsn)
     assert without_kafka.returncode == 0, without_kafka.stdout + without_kafka.stderr
     assert results(orjson.loads(without_kafka.stdout))["kafka"][0] == "pass"

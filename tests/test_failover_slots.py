@@ -10,7 +10,8 @@ import pytest
 
 from cdc.lsn import format_lsn, parse_lsn
 from tests.fix_servers import BrokerHandle, TestDb
-from tests.pipeline import cdc, error_line, read_topics, running, settings_for, wait_caught_up
+from tests.pipeline import read_topics, settings_for, wait_caught_up
+from tests.support import cdc, error_line, running
 
 
 def failover_of(db: TestDb, slot: str) -> bool:
@@ -23,8 +24,8 @@ def test_failover_slot_is_created_on_17_and_refused_before(
     db.execute("CREATE TABLE items (id int PRIMARY KEY)")
     if db.major < 17:
         proc = cdc(
-            "start", "--dsn", db.dsn, "--bootstrap-servers", broker.bootstrap_servers, "--failover-slot",
-            "--state-dir", str(state_dir), "--topic-prefix", prefix,
+            "start", "--bootstrap-servers", broker.bootstrap_servers, "--failover-slot",
+            "--state-dir", str(state_dir), "--topic-prefix", prefix, dsn=db.dsn,
         )  # fmt: skip
         assert "--failover-slot needs PostgreSQL 17 or newer" in error_line(proc)
         assert db.scalar("SELECT count(*) FROM pg_replication_slots") == 0  # refused before anything
@@ -68,8 +69,8 @@ def test_offsets_ahead_of_the_slot_on_another_timeline(
     ahead = parse_lsn(db.scalar("SELECT pg_current_wal_lsn()::text")) + 64 * 1024 * 1024
     tamper(offsets, ahead, 2)
     refused = cdc(
-        "start", "--dsn", db.dsn, "--bootstrap-servers", broker.bootstrap_servers, "--name", settings.name,
-        "--state-dir", str(state_dir), "--topic-prefix", prefix, "--on-offset-mismatch", "fail",
+        "start", "--bootstrap-servers", broker.bootstrap_servers, "--name", settings.name,
+        "--state-dir", str(state_dir), "--topic-prefix", prefix, "--on-offset-mismatch", "fail", dsn=db.dsn,
     )  # fmt: skip
     line = error_line(refused)
     assert f"offsets.json is at {format_lsn(ahead)}, ahead of slot" in line and "timeline 2 there" in line

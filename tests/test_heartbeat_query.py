@@ -7,8 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cdc.devservers import PostgresServer
-from tests.fix_servers import BrokerHandle, new_db, wait_until
-from tests.pipeline import cdc, error_line, read_topics, running, settings_for
+from tests.fix_servers import BrokerHandle, new_db
+from tests.pipeline import read_topics, settings_for
+from tests.support import cdc, error_line, running, wait_until
 
 MB = 1024 * 1024
 
@@ -68,8 +69,8 @@ def test_a_heartbeat_query_the_server_refuses_stops_the_start(
 ) -> None:
     db = new_db(make_server({}))
     proc = cdc(
-        "start", "--dsn", db.dsn, "--bootstrap-servers", broker.bootstrap_servers,
-        "--state-dir", str(state_dir), "--heartbeat-query", "UPDATE no_such_table SET x = 1",
+        "start", "--bootstrap-servers", broker.bootstrap_servers,
+        "--state-dir", str(state_dir), "--heartbeat-query", "UPDATE no_such_table SET x = 1", dsn=db.dsn,
     )  # fmt: skip
     line = error_line(proc)
     assert "--heartbeat-query failed" in line and "no_such_table" in line

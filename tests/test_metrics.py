@@ -10,9 +10,10 @@ import orjson
 
 from cdc import metrics
 from cdc.devservers import PostgresServer, free_port
-from tests.fix_servers import BrokerHandle, TestDb, new_db, wait_until
+from tests.fix_servers import BrokerHandle, TestDb, new_db
 from tests.operations import probe, scrape, value
-from tests.pipeline import cdc, running, settings_for, wait_caught_up
+from tests.pipeline import settings_for, wait_caught_up
+from tests.support import cdc, running, wait_until
 
 
 def test_counters_move_and_lag_returns_to_zero(
@@ -87,7 +88,9 @@ def test_readyz_flips_while_postgres_restarts(
         assert probe(port, "/readyz")[0] == 200
         server.stop()
         _, body = wait_until(
-            lambda: (r := probe(port, "/readyz"))[0] == 503 and r, timeout=30, message="/readyz to fail"
+            lambda: r if (r := probe(port, "/readyz"))[0] == 503 else None,
+            timeout=30,
+            message="/readyz to fail",
         )
         assert "reconnecting for" in body
         assert probe(port, "/healthz")[0] == 200  # alive: the loop keeps turning while it waits
@@ -109,9 +112,9 @@ def test_cli_serves_metrics_and_status_shows_lag(
     name = "metrics"
     common = ["--name", name, "--state-dir", str(tmp_path)]
     started = cdc(
-        "start", "--dsn", db.dsn, "--bootstrap-servers", broker.bootstrap_servers, "--topic-prefix", prefix,
+        "start", "--bootstrap-servers", broker.bootstrap_servers, "--topic-prefix", prefix,
         "--snapshot-chunk-rows", "50", "--metrics-port", str(port), "--status-interval", "0.2",
-        "--log-format", "json", "--detach", *common,
+        "--log-format", "json", "--detach", *common, dsn=db.dsn,
     )  # fmt: skip
     assert started.returncode == 0, started.stderr
     try:

@@ -45,8 +45,9 @@ from cdc.pgoutput import (
     Type,
     Update,
 )
-from tests.fix_servers import TestDb, wait_until
+from tests.fix_servers import TestDb
 from tests.pgstream import Captured, SlotReader, kinds, kinds_once
+from tests.support import wait_until
 
 M = TypeVar("M")
 SMALL_WORK_MEM = "-c logical_decoding_work_mem=64kB"

@@ -25,7 +25,7 @@ from cdc import config
 from cdc.cli import app, version
 from cdc.config import OPTIONS, Option, Settings
 from cdc.errors import ConfigError
-from tests.pipeline import cdc, error_line
+from tests.support import cdc, error_line
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -89,7 +89,7 @@ def sample(option: Option, which: int, tmp_path: Path) -> Any:
         return int(option.value) + 3 + which  # type: ignore[call-overload]
     if kind is float:
         return float(option.value) + 2.5 + which  # type: ignore[arg-type]
-    if kind is Path:
+    if kind in (Path, Path | None):
         return tmp_path / f"dir{which}"
     if kind == list[str]:
         return [f"m{which}.f:g", "n.o:p"] if option.name == "transforms" else [f"s.t{which}", "s.u"]
@@ -158,15 +158,17 @@ def test_names_derive_from_the_flag() -> None:
     for option in OPTIONS.values():
         bare = option.flag.removeprefix("--")
         assert option.env == "CDC_" + bare.upper().replace("-", "_")
-        assert option.key == bare.replace("-", "_")
+        if option.name != "kafka_config":  # the [kafka] table
+            assert option.key == bare.replace("-", "_")
+    assert OPTIONS["kafka_config"].key == "kafka"
     assert OPTIONS["topic_configs"].env == "CDC_TOPIC_CONFIG"
     assert OPTIONS["topic_configs"].flag == "--topic-config"
     assert OPTIONS["snapshot"].choices == ("initial", "never", "initial-only")
     assert OPTIONS["format"].choices == ("avro", "json")
     assert OPTIONS["producer"].choices == ("auto", "kafka-python", "confluent")
     assert {o.name for o in OPTIONS.values() if o.repeatable} == {
-        "topic_configs", "producer_configs", "columns", "exclude_columns", "mask_columns", "row_filters",
-        "transforms",
+        "topic_configs", "producer_configs", "kafka_config", "columns", "exclude_columns", "mask_columns",
+        "row_filters", "transforms",
     }  # fmt: skip
 
 
@@ -299,7 +301,10 @@ def test_pg_variables_alone_name_the_database(tmp_path: Path) -> None:
     config.require_dsn(Settings(), environ={"PGHOST": "db", "PGDATABASE": "shop"})
     config.require_dsn(Settings(), environ={"PGSERVICE": "shop"})
     config.require_dsn(Settings(dsn="host=db"), environ={})
-    with pytest.raises(ConfigError, match="no database given: pass --dsn, set CDC_DSN or libpq's PGHOST"):
+    with pytest.raises(
+        ConfigError,
+        match="no database given: pass --dsn or --dsn-file, set CDC_DSN, CDC_DSN_FILE or libpq's PGHOST",
+    ):
         config.require_dsn(Settings(), environ={"PGAPPNAME": "x"})
     # accepted: libpq tries the address the variables name (nothing listens on port 1)
     proc = cdc("start", "--state-dir", str(tmp_path), env={"PGHOST": "127.0.0.1", "PGPORT": "1"})

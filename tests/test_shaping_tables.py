@@ -12,20 +12,11 @@ import pytest
 
 from cdc.config import Settings, TableColumns
 from cdc.pgoutput import Insert, Relation, Update
-from tests.fix_servers import BrokerHandle, TestDb, wait_until
+from tests.fix_servers import BrokerHandle, TestDb
 from tests.pgstream import SlotReader
-from tests.pipeline import (
-    Running,
-    cdc,
-    error_line,
-    read_topics,
-    rebuild,
-    running,
-    settings_for,
-    source_rows,
-    wait_caught_up,
-)
+from tests.pipeline import read_topics, rebuild, settings_for, source_rows, wait_caught_up
 from tests.snapshotting import Writers, version_problems
+from tests.support import Running, cdc, error_line, running, wait_until
 
 
 def incremental_done(run: Running) -> bool:
@@ -172,10 +163,11 @@ def test_status_lists_the_captured_tables(
 
 def _start_detached(settings: Settings) -> Any:
     proc = cdc(
-        "start", "--detach", "--dsn", settings.dsn, "--bootstrap-servers", settings.bootstrap_servers,
+        "start", "--detach", "--bootstrap-servers", settings.bootstrap_servers,
         "--name", settings.name, "--state-dir", str(settings.state_dir),
         "--topic-prefix", settings.topic_prefix,
         "--tables", ",".join(settings.tables), "--snapshot", "never", "--format", "json",
+        dsn=settings.dsn,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return proc
@@ -244,7 +236,7 @@ def test_column_rules_that_would_break_updates_are_refused(
     db.execute(
         USERS + "CREATE TABLE logs (id int PRIMARY KEY, body text); ALTER TABLE logs REPLICA IDENTITY FULL"
     )
-    base = ["--dsn", db.dsn, "--bootstrap-servers", broker.bootstrap_servers, "--state-dir", str(state_dir),
+    base = ["--bootstrap-servers", broker.bootstrap_servers, "--state-dir", str(state_dir),
             "--topic-prefix", prefix, "--name", "refused"]  # fmt: skip
     cases = {
         "columns": (["--tables", "public.users", "--columns", "public.users:email,note"], "leaves out id"),
@@ -260,7 +252,7 @@ def test_column_rules_that_would_break_updates_are_refused(
         "uncaptured": (["--tables", "public.users", "--row-filter", "public.logs:id > 1"], "not captured"),
     }
     for name, (args, expected) in cases.items():
-        line = error_line(cdc("start", *base, *args))
+        line = error_line(cdc("start", *base, *args, dsn=db.dsn))
         assert expected in line, (name, line)
         if name in ("columns", "filter"):
             assert "UPDATEs and DELETEs would fail" in line, line
@@ -365,8 +357,6 @@ def test_the_snapshot_follows_a_hand_made_publications_row_filter_and_columns(
     line = error_line(
         cdc(
             "start",
-            "--dsn",
-            db.dsn,
             "--bootstrap-servers",
             broker.bootstrap_servers,
             "--publication",
@@ -379,6 +369,7 @@ def test_the_snapshot_follows_a_hand_made_publications_row_filter_and_columns(
             "public.orders:id > 1",
             "--tables",
             "public.orders",
+            dsn=db.dsn,
         )
     )
     assert "was not made by cdc" in line

@@ -15,8 +15,9 @@ from kafka import KafkaConsumer, TopicPartition
 from cdc.errors import SchemaError, TransformError
 from cdc.lsn import parse_lsn
 from tests.consuming import consume
-from tests.fix_servers import BrokerHandle, TestDb, wait_until
-from tests.pipeline import read_topics, rebuild, running, settings_for, source_rows, wait_caught_up
+from tests.fix_servers import BrokerHandle, TestDb
+from tests.pipeline import read_topics, rebuild, settings_for, source_rows, wait_caught_up
+from tests.support import running, wait_until
 
 T = "tests.shaping_transforms"
 

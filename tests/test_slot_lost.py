@@ -9,18 +9,10 @@ from pathlib import Path
 from cdc import metrics
 from cdc.config import Settings
 from cdc.devservers import PostgresServer, free_port
-from tests.fix_servers import BrokerHandle, TestDb, new_db, wait_until
+from tests.fix_servers import BrokerHandle, TestDb, new_db
 from tests.operations import scrape, value
-from tests.pipeline import (
-    cdc,
-    error_line,
-    read_topics,
-    rebuild,
-    running,
-    settings_for,
-    source_rows,
-    wait_caught_up,
-)
+from tests.pipeline import read_topics, rebuild, settings_for, source_rows, wait_caught_up
+from tests.support import cdc, error_line, running, wait_until
 
 LOSING = {"max_slot_wal_keep_size": "1MB", "wal_keep_size": "0"}
 Servers = Callable[[dict[str, str]], PostgresServer]
@@ -74,9 +66,9 @@ def test_a_lost_slot_fails_with_one_line(
 ) -> None:
     db, settings = prepare(make_server, broker, prefix, state_dir)
     proc = cdc(
-        "start", "--dsn", db.dsn, "--bootstrap-servers", broker.bootstrap_servers, "--name", settings.name,
+        "start", "--bootstrap-servers", broker.bootstrap_servers, "--name", settings.name,
         "--state-dir", str(state_dir), "--topic-prefix", prefix, "--tables", "public.items",
-        "--format", "json",
+        "--format", "json", dsn=db.dsn,
     )  # fmt: skip
     line = error_line(proc)
     assert f"replication slot '{settings.slot}' is lost" in line

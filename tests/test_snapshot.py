@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +12,10 @@ import pytest
 
 from cdc.lsn import parse_lsn
 from cdc.snapshot import tables, workers
-from tests.fix_servers import BrokerHandle, TestDb, wait_until
-from tests.pipeline import Record, read_topics, rebuild, running, settings_for, source_rows, wait_caught_up
+from tests.fix_servers import BrokerHandle, TestDb
+from tests.pipeline import Record, read_topics, rebuild, settings_for, source_rows, wait_caught_up
 from tests.snapshotting import Writers, version_problems
+from tests.support import ConnectorProcess, running, wait_until
 
 SCHEMA = """
 CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, note text, label text);
@@ -119,25 +116,22 @@ def test_kill_during_snapshot_resumes_from_the_last_chunk(
         db, broker.bootstrap_servers, prefix, state_dir, snapshot="initial", tables=["public.big"],
         snapshot_chunk_rows=400, snapshot_workers=1,
     )  # fmt: skip
-    args = [
-        "start", "--dsn", db.dsn, "--bootstrap-servers", broker.bootstrap_servers, "--name", settings.name,
-        "--topic-prefix", prefix, "--state-dir", str(state_dir), "--format", "json", "--tables", "public.big",
-        "--snapshot-chunk-rows", "400", "--snapshot-workers", "1", "--producer", "kafka-python",
-    ]  # fmt: skip
-    log_path = state_dir / "first.log"
+    connector = ConnectorProcess(
+        db.dsn, broker.bootstrap_servers, settings.name, prefix, state_dir, tables=["public.big"],
+        format="json", producer="kafka-python", snapshot="initial",
+        extra=["--snapshot-chunk-rows", "400", "--snapshot-workers", "1"],
+    )  # fmt: skip
     with Writers(db, ["big"], first_new_id=1_000_000, threads=1) as writers:
-        with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen([sys.executable, "-m", "cdc", *args], stdout=log_file, stderr=log_file)
+        connector.start(wait=False)
 
         def chunks_done() -> int:
             plans = snapshot_state(settings).get("plans", {})
             return len(plans["public.big"]["done"]) if "public.big" in plans else 0
 
         try:
-            wait_until(lambda: chunks_done() >= 5 or proc.poll() is not None, timeout=60, interval=0.005)
+            wait_until(lambda: chunks_done() >= 5 or not connector.alive(), timeout=60, interval=0.005)
         finally:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(30)
+            connector.kill9()
         state = snapshot_state(settings)
         done, chunks = (
             len(state["plans"]["public.big"]["done"]),

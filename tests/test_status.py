@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.fix_servers import BrokerHandle, TestDb, wait_until
-from tests.pipeline import cdc, error_line
+from tests.fix_servers import BrokerHandle, TestDb
+from tests.support import cdc, error_line, wait_until
 
 
 def status(state: Path, name: str) -> tuple[int, dict[str, Any]]:

@@ -220,11 +220,12 @@ class IncrementalSnapshots:
         self.ready = self.ready or self.chunk is None
         self._publish_stats()
 
-    def tick(self) -> None:
-        """Every status interval: take requests, record chunks Kafka holds."""
+    def tick(self, confirmed: int) -> None:
+        """Every status interval: take requests, record the chunks whose high watermark's transaction
+        is confirmed (``confirmed``: Kafka holds it, committed when exactly-once)."""
         self._take_requests()
         changed = False
-        while self.settling and self.settling[0][0].end_lsn and not self.settling[0][0].pending:
+        while self.settling and 0 < self.settling[0][0].end_lsn <= confirmed:
             _, task, last_key, rows, final = self.settling.popleft()
             task.last_key = last_key
             task.rows += rows

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Seconds between writes of ``snapshot.json`` while chunks complete.
+SAVE_INTERVAL = 0.5
+
 
 class InitialSnapshot:
     """Coordinates the worker processes of the initial snapshot and records their progress."""
@@ -64,12 +67,19 @@ class InitialSnapshot:
         stop: threading.Event,
         writer: RecordWriter,
         source: SourceInfo,
+        system_id: str,
         catalog: TypeCatalog,
         state: SnapshotState,
         store: SnapshotStore,
         specs: dict[str, TableSpec],
     ) -> None:
         self.settings = settings
+        self.system_id = system_id
+        #: exactly-once: each worker commits a chunk's rows with its done record, so no row is held
+        #: back; the very last chunk is handed out once every other one is in Kafka, to carry "last"
+        self.exactly_once = settings.delivery == "exactly-once"
+        self.waiting: list[int] = []  # workers asking for a chunk
+        self.busy: set[int] = set()  # workers reading one
         self.status = status
         self.stop = stop
         self.writer = writer
@@ -83,6 +93,7 @@ class InitialSnapshot:
         self.ts_ms = int(time.time() * 1000)
         self.progress: SnapshotProgress | None = None
         self.queue: deque[tuple[str, int]] = deque()  # chunks no worker took yet
+        self.unsaved = False  # chunks done that snapshot.json does not say yet
 
     def run(self, exported: str | None) -> bool:
         """Read every pending chunk; True once the whole snapshot is in Kafka, False if stopped.
@@ -96,6 +107,8 @@ class InitialSnapshot:
         total_rows = sum(p.rows for p in state.plans.values())
         for name in state.plans:
             self.writer.ensure_topic(table_topic(s.topic_prefix, self.tables[name]))
+        # every table's schemas now, in one batch: the workers find them on the schema topic
+        self.writer.publish_schemas(list(self.tables.values()))
         self.progress = SnapshotProgress(
             {name: (plan.rows, plan.estimate) for name, plan in state.plans.items() if not plan.complete()}
         )
@@ -133,6 +146,13 @@ class InitialSnapshot:
         tasks = []
         for round_ in range(max((len(p) for p in pending), default=0)):
             tasks += [p[round_] for p in pending if round_ < len(p)]
+        if self.exactly_once:
+            # the chunk read last carries "last": one with an upper bound, planned full (a table's
+            # tail chunk, past its last bound, is often empty)
+            bounded = [t for t in tasks if t[1] < len(self.state.plans[t[0]].bounds)]
+            if bounded:
+                tasks.remove(bounded[-1])
+                tasks.append(bounded[-1])
         return tasks
 
     def _export(self) -> tuple[psycopg.Connection[Any], str]:
@@ -164,6 +184,7 @@ class InitialSnapshot:
             self.state.consistent_lsn,
             self.ts_ms,
             logging.getLogger().getEffectiveLevel(),
+            self.system_id,
         )
         pipes: dict[int, Connection] = {}
         processes: dict[int, SpawnProcess] = {}
@@ -179,7 +200,7 @@ class InitialSnapshot:
         self.queue = deque(tasks)
         error: CdcError | None = None
         aborted = False
-        next_report = 0.0
+        next_report = next_save = 0.0
         try:
             while pipes:
                 if time.monotonic() >= next_report:
@@ -198,13 +219,18 @@ class InitialSnapshot:
                             "the next start resumes the snapshot"
                         )
                     if message[0] in ("ready", "want"):
-                        order = ("task", *self.queue.popleft()) if self.queue and not aborted else ("done",)
-                        send(pipe, order)
+                        self.busy.discard(n)
+                        self.waiting.append(n)
                     elif message[0] == "exit":
                         del pipes[n]
+                        self.busy.discard(n)
                     else:
                         error = error or self._on_message(message)
+                self._dispatch(pipes, aborted)
                 self._settle()
+                if self.unsaved and time.monotonic() >= next_save:
+                    self._save()
+                    next_save = time.monotonic() + SAVE_INTERVAL
                 if not aborted and (error is not None or self.stop.is_set()):
                     aborted = True  # what Kafka holds stays recorded; the rest is read next time
                     if error is None:
@@ -212,6 +238,7 @@ class InitialSnapshot:
                     for pipe in pipes.values():
                         send(pipe, ("abort",))
         finally:
+            self._save()
             for pipe in pipes.values():
                 send(pipe, ("abort",))
             for process in processes.values():
@@ -225,6 +252,32 @@ class InitialSnapshot:
             self._flush_held("true")
             return False
         return True
+
+    def _dispatch(self, pipes: dict[int, Connection], aborted: bool) -> None:
+        """Hand chunks to the workers asking for one; "done" once there are none left."""
+        while self.waiting:
+            n = self.waiting[0]
+            if n not in pipes:
+                self.waiting.pop(0)
+                continue
+            if aborted or not self.queue:
+                self.waiting.pop(0)
+                send(pipes[n], ("done",))
+                continue
+            if self.exactly_once and len(self.queue) == 1 and self.busy:
+                return  # the last chunk waits for every other one to be committed
+            self.waiting.pop(0)
+            name, index = self.queue.popleft()
+            last = self.exactly_once and not self.queue
+            self.busy.add(n)
+            send(pipes[n], ("task", name, index, last))
+
+    def _save(self) -> None:
+        """``snapshot.json`` with the chunks Kafka holds. Written late, a chunk is only read again
+        after a crash (its rows are in Kafka either way); never written early."""
+        if self.unsaved:
+            self.store.save(self.state)
+            self.unsaved = False
 
     def _report(self) -> None:
         """Progress into the connector's status (``cdc status``)."""
@@ -319,6 +372,7 @@ class InitialSnapshot:
             self._emit_held(snapshot)
         self.writer.flush(30)
         self._settle()
+        self._save()
 
     def _settle(self) -> None:
         self.writer.poll()
@@ -335,7 +389,7 @@ class InitialSnapshot:
         status = self.status
         status.events_total += rows
         status.events_per_table[name] += rows
-        self.store.save(self.state)
+        self.unsaved = True  # written at most every SAVE_INTERVAL: an fsync per chunk would cost more
         if plan.complete() and not plan.gave_up:
             assert self.progress is not None
             self.progress.table_done(name, plan.rows)
@@ -347,6 +401,7 @@ class InitialSnapshot:
         if not self.writer.flush(60):
             raise SinkError("kafka did not acknowledge the last snapshot rows within 60 s", retriable=True)
         self._settle()
+        self._save()
         if self.unacked or not all(plan.complete() for plan in self.state.plans.values()):
             raise SinkError("kafka did not acknowledge every snapshot row", retriable=True)
         self.state.phase = "complete"
@@ -369,6 +424,8 @@ class Start:
     new_slot: bool
     exported: str | None  # the snapshot the new slot exported
     source: SourceInfo
+    #: with exactly-once, the chunks Kafka committed: (consistent lsn, table, chunk) -> rows
+    committed_chunks: dict[tuple[int, str, int], int] = field(default_factory=dict)
 
 
 def before_streaming(
@@ -427,6 +484,12 @@ def before_streaming(
     specs: dict[str, TableSpec] = {}
     if state.phase == "running":
         specs = _plan(conn, s, state, tables, catalog)
+        for (lsn, name, index), rows in start.committed_chunks.items():
+            plan = state.plans.get(name)
+            if lsn == state.consistent_lsn and plan is not None and index not in plan.done:
+                # committed to Kafka with its rows before the last stop wrote it down here
+                plan.done.add(index)
+                plan.rows += rows
     elif s.snapshot != "never":
         _queue_added_tables(state, listed, patterns)
     state.tables = listed
@@ -435,7 +498,9 @@ def before_streaming(
     if state.phase == "running":
         status.state = "snapshotting"
         status.report()
-        snapshot = InitialSnapshot(s, status, stop, writer, start.source, catalog, state, store, specs)
+        snapshot = InitialSnapshot(
+            s, status, stop, writer, start.source, start.system_id, catalog, state, store, specs
+        )
         if not snapshot.run(start.exported if start.new_slot else None):
             return False
     elif s.snapshot == "initial-only":

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import psycopg
 from psycopg import sql
 
-from cdc import logs, pg
+from cdc import exactly_once, logs, pg
 from cdc.checkpoint import InFlight
 from cdc.config import Settings
 from cdc.errors import (
@@ -69,6 +69,7 @@ class WorkerJob:
     lsn: int
     ts_ms: int
     log_level: int
+    system_id: str = ""
 
 
 ERRORS: dict[str, type[CdcError]] = {
@@ -144,7 +145,9 @@ class _Worker:
                 # types and tables as the session resolves them, as of the snapshot
                 catalog = TypeCatalog.from_connection(self.conn)
                 self.tables = {name: table_from_spec(spec, catalog) for name, spec in job.specs.items()}
-            self.writer = open_writer(s, job.source, f"cdc-{s.name}-snapshot-{number}")
+            self.exactly_once = s.delivery == "exactly-once"
+            transactional = exactly_once.transactional_id(s, number) if self.exactly_once else ""
+            self.writer = open_writer(s, job.source, f"cdc-{s.name}-snapshot-{number}", transactional)
         except BaseException:
             self.conn.close()
             raise
@@ -184,7 +187,7 @@ class _Worker:
                 order = pipe.recv()
                 if order[0] != "task":
                     break
-                self._chunk(order[1], order[2])
+                self._chunk(order[1], order[2], bool(order[3]) if len(order) > 3 else False)
                 self._report()
                 pipe.send(("want", self.number))
         except _Aborted:
@@ -201,11 +204,13 @@ class _Worker:
             table, index, _, rows, held = pending.popleft()
             self.pipe.send(("chunk", table, index, rows, held))
 
-    def _chunk(self, name: str, index: int) -> None:
+    def _chunk(self, name: str, index: int, last: bool = False) -> None:
         """Read chunk ``index`` of ``name``; produce its rows but the last, which goes to the coordinator.
 
-        A table rewritten or dropped since the snapshot began cannot be read in it:
-        the coordinator hears so, and the chunk is not read.
+        With exactly-once the rows and the chunk's done record are one Kafka transaction, and the
+        last row is produced here too (marked "last" when the coordinator says this chunk is the
+        snapshot's very last). A table rewritten or dropped since the snapshot began cannot be read
+        in it: the coordinator hears so, and the chunk is not read.
         """
         job = self.job
         spec, table = job.specs[name], self.tables[name]
@@ -224,6 +229,8 @@ class _Worker:
             if changed is not None:
                 pipe.send(("changed", name, index, changed))
                 return
+            if self.exactly_once:
+                self.writer.producer.begin_transaction()
             for line in copy_rows(self.conn, statement):
                 values = read(line)
                 if held is not None:
@@ -240,7 +247,17 @@ class _Worker:
                     if pipe.poll():  # only an abort arrives unasked; the chunk is read again next time
                         raise _Aborted
         pipe.send(("progress", name, rows - reported))
-        self.pending.append((name, index, token, rows, held))
+        if not self.exactly_once:
+            self.pending.append((name, index, token, rows, held))
+            return
+        if held is not None:
+            marker = "last" if last else "true"
+            write(ChangeEvent("r", table, None, held, lsn, lsn, 0, ts_ms, snapshot=marker), token, topic)
+        exactly_once.commit_chunk(
+            self.writer, job.settings, job.system_id, job.source.db, lsn, name, index, rows
+        )
+        self.writer.poll()
+        pipe.send(("chunk", name, index, rows, None))
 
 
 #: What `table_changed` finds: the table can no longer be read in the exported snapshot.
