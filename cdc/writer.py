@@ -214,7 +214,8 @@ class RecordWriter:
         """The schemas of ``tables``, all sent, then waited for at once: one round trip for many
         tables instead of one per schema (an initial snapshot of many small tables)."""
         for table in tables:
-            self.serializer.prepare(table)
+            # with shaping, the schema its records will have (masked columns, declared ones)
+            self.serializer.prepare(table if self.shaper is None else self.shaper.output_table(table))
         records = self._take_schemas()
         if not records:
             return
