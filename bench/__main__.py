@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from bench import stream
+from bench import shaping, stream
 from bench.common import median, servers
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -106,8 +106,8 @@ def run(runs: int, rows: int, big_rows: int, quick: bool) -> dict[str, Any]:
                     peak_rss.append(result["peak_rss_mb"])
                 if not small:  # shaping, next to the plain run of the same workload
                     for kind in stream.SHAPING:
-                        shaping = stream.shaping_args(kind, state)
-                        result = stream.connector_rate(s, state, rows, small, "confluent", "avro", shaping)
+                        flags = stream.shaping_args(kind, state)
+                        result = stream.connector_rate(s, state, rows, small, "confluent", "avro", flags)
                         add(f"stream_one_txn_confluent_{kind}_events_per_s", result["events_per_s"])
             for producer in PRODUCERS:
                 lat = stream.latency(s, state, producer, "avro", seconds=4 if quick else 8)
@@ -145,6 +145,8 @@ def run(runs: int, rows: int, big_rows: int, quick: bool) -> dict[str, Any]:
     decoder = optional("bench.decoder", "decoder_rows_per_second")
     if decoder is not None:
         figures["decoder_rows_per_s"] = decoder()
+    for name, cost in shaping.shaping_costs(rows=20_000 if quick else 50_000).items():
+        figures[f"shaping_cpu_us_{name}"] = cost
     return figures
 
 
@@ -250,6 +252,15 @@ def table(figures: dict[str, Any]) -> str:
     rows += [
         ("cdc start to first event (s)", fig("start_to_first_event_s", "{:.2f}"), ""),
         ("decoder micro-benchmark, no I/O (rows/s)", fig("decoder_rows_per_s"), ""),
+        (
+            "CPU per event, no I/O: Avro encoding / + no-op transform / + masking transform / "
+            "+ --mask-columns (us)",
+            " / ".join(
+                fig(f"shaping_cpu_us_{name}", "{:.1f}")
+                for name in ("plain", "noop_transform", "masking_transform", "mask_columns")
+            ),
+            "",
+        ),
     ]
     width = max(len(r[0]) for r in rows)
     lines = [
