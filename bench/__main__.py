@@ -253,8 +253,8 @@ def table(figures: dict[str, Any]) -> str:
         ("cdc start to first event (s)", fig("start_to_first_event_s", "{:.2f}"), ""),
         ("decoder micro-benchmark, no I/O (rows/s)", fig("decoder_rows_per_s"), ""),
         (
-            "CPU per event, no I/O: Avro encoding / + no-op transform / + masking transform / "
-            "+ --mask-columns (us)",
+            "CPU per event, no I/O (us): Avro encoding / with a no-op transform / a masking transform / "
+            "--mask-columns",
             " / ".join(
                 fig(f"shaping_cpu_us_{name}", "{:.1f}")
                 for name in ("plain", "noop_transform", "masking_transform", "mask_columns")
