@@ -512,7 +512,10 @@ class _Session:
         if self.transaction_metadata and self.txn is not None and self.txn.events:
             self._transaction_marker("END", self.txn)
         self.tracker.commit(self.entry, message.end_lsn)
-        events = self.txn.events if self.txn is not None else 0
+        events = 0
+        if self.txn is not None:
+            events = self.txn.events
+            self.incremental.recent.append(self.txn.xid)  # a read taken after now must see it
         self.txn = self.entry = None
         self.status.transactions += 1
         if self.batch is not None and self.batch.ended(message.end_lsn, events):

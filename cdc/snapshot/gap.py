@@ -94,6 +94,8 @@ def close_gap(
     state.incremental += [IncrementalTask(name) for name in queued]
     store.save(state)
     slots.gap_closed(s)
+    # the status shows the reads queued from now on, not the last session's empty queue
+    status.snapshot["incremental"] = [{"table": t.table, "rows": t.rows} for t in state.incremental]
     status.slot_recreations += 1
     lost = f"after {gap['confirmed_lsn']}" if gap else "while the slot was lost"
     log.warning(

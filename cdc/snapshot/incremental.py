@@ -135,6 +135,8 @@ class IncrementalSnapshots:
         self.catalog = catalog
         self.chunk: _Chunk | None = None
         self.touched: set[int] = set()  # xids of streamed changes to the watched table
+        #: xids of the transactions the stream delivered last (any table): a read must see them all
+        self.recent: deque[int] = deque(maxlen=256)
         self.settling: deque[tuple[InFlight, IncrementalTask, list[str] | None, int, bool]] = deque()
         self.ready = bool(self.state.incremental)
         self.retry_at = 0.0
@@ -199,6 +201,8 @@ class IncrementalSnapshots:
         )  # fmt: skip
         self.chunk = None
         self.ready = self.reading is not None
+        if self.reading is None:
+            self.watched = -1  # the table's last chunk is out: its changes need no watching any more
 
     def joined(self, tables: list[str]) -> None:
         """Tables that joined the capture while streaming (`cdc.shaping.catalog.TableWatcher`): their
@@ -273,7 +277,9 @@ class IncrementalSnapshots:
             return
         # a transaction the stream already delivered but the read did not see yet (a commit
         # that is in the WAL but not yet visible): the read is older than the topic; read again
-        if any(snapshot.invisible(xid) for xid in self.touched):
+        if any(snapshot.invisible(xid) for xid in self.touched) or any(
+            snapshot.invisible(xid) for xid in self.recent
+        ):
             log.debug("chunk of %s read too early; reading it again", watched.task.table)
             self.retry_at = time.monotonic() + 0.05
             return
@@ -288,8 +294,8 @@ class IncrementalSnapshots:
         watched.next_key = last_key
         self.ready = False
         if final:
+            # still watched until the high watermark: a change streamed before it must drop its keys
             self.reading = None
-            self.watched = -1
 
     # -- internals ---------------------------------------------------------------------
 
