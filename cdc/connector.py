@@ -336,9 +336,12 @@ class _Session:
         self.wal_end = self.received = offsets.lsn
         self.incremental = snapshot.IncrementalSnapshots(s, self.status, writer, self.versions, catalog)
         # tables created later that match --tables patterns join the capture
+        # and a listed table dropped and created again (or dropped from the publication) is put back
         self.watcher = (
-            shaping.TableWatcher(self.conn, s, self.status, capture, self.incremental.joined)
-            if capture is not None and shaping.shaped(s)
+            shaping.TableWatcher(
+                self.conn, s, self.status, capture, self.incremental.joined, self.incremental.recreated
+            )
+            if capture is not None
             else None
         )
         try:

@@ -162,6 +162,19 @@ def _form(conn: psycopg.Connection[Any], table: str, rules: TableRules) -> Publi
     return PublishedTable(table, columns, rules.row_filter)
 
 
+def _oids(conn: psycopg.Connection[Any], tables: list[str]) -> dict[str, int | None]:
+    """The oid each ``schema.table`` names now (None: no such table)."""
+    if not tables:
+        return {}
+    rows = pg.query(
+        conn,
+        "SELECT t, to_regclass(q)::oid FROM unnest(%s::text[], %s::text[]) AS u(t, q)",
+        (tables, [replication.quote_table(t) for t in tables]),
+        doing="looking up the captured tables",
+    )
+    return {str(t): (int(oid) if oid is not None else None) for t, oid in rows}
+
+
 class TableWatcher:
     """Tables that start or stop matching while streaming, looked for every ``--table-check-interval``.
 
@@ -176,6 +189,7 @@ class TableWatcher:
         status: Status,
         capture: Capture,
         joined: Callable[[list[str]], None],
+        recreated: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.conn = conn
         self.settings = settings
@@ -183,9 +197,12 @@ class TableWatcher:
         self.selection = Selection.from_settings(settings)
         self.rules = Rules.from_settings(settings)
         self.listing = capture.published is not None  # cdc keeps the publication's list
+        self.managed = replication.is_managed(conn, settings.publication)
         self.captured = set(capture.tables)
         self.joined = joined
+        self.recreated = recreated
         self.refused: set[str] = set()  # tables that match but cannot be added (logged once)
+        self.oids = _oids(conn, sorted(self.captured))  # a table dropped and created again: a new oid
         self.next_at = time.monotonic() + settings.table_check_interval
         status.tables = sorted(self.captured)
 
@@ -207,6 +224,10 @@ class TableWatcher:
         existing = replication.publication_tables(self.conn, s.publication)
         published = existing[1] if existing else set()
         all_tables = bool(existing and existing[0])
+        reread = self._put_back(published, all_tables)
+        if reread:
+            existing = replication.publication_tables(self.conn, s.publication)
+            published = existing[1] if existing else set()
         if self.listing:
             wanted = set(self.selection.pick(publishable_tables(self.conn)))
             wanted |= published & set(self.selection.names)  # a listed partition, say: it stays
@@ -216,8 +237,15 @@ class TableWatcher:
             now = published
         else:
             now = set(self.selection.pick(published))
-        joined, left = sorted(now - self.captured), sorted(self.captured - now)
+        oids = _oids(self.conn, sorted(now))
+        reread |= {t for t in now if t in self.oids and oids.get(t) not in (None, self.oids[t])}
+        self.oids = oids
+        if reread and self.recreated is not None:
+            self.recreated(sorted(reread))
+        joined = sorted(now - self.captured - reread)
+        left = sorted(self.captured - now)
         if not joined and not left:
+            self.captured = now
             return
         self.captured = now
         self.status.tables = sorted(now)
@@ -232,6 +260,32 @@ class TableWatcher:
                 return  # published since it was created: the stream has every row of it
             self.joined(joined)
         self.status.report()
+
+    def _put_back(self, published: set[str], all_tables: bool) -> set[str]:
+        """``--tables`` names that exist but are missing from the publication cdc made (dropped and
+        created again, or dropped from it by hand) go back into it; they are read again."""
+        if self.listing or all_tables or not self.managed:
+            return set()
+        missing = [t for t in self.selection.names if t not in published and t not in self.refused]
+        present = [t for t, oid in _oids(self.conn, missing).items() if oid is not None]
+        if not present:
+            return set()
+        try:
+            replication.alter_publication(
+                self.conn, self.settings.publication, add=[PublishedTable(t) for t in present]
+            )
+        except SourceError as exc:
+            if isinstance(exc, SourceUnavailable):
+                raise
+            self.refused.update(present)
+            log.error("cannot put %s back into publication %s: %s", ", ".join(present),
+                      self.settings.publication, exc)  # fmt: skip
+            return set()
+        for table in present:
+            log.warning("table %s was missing from publication %s (dropped and created again, or "
+                        "dropped from it by hand): it is back in it", table, self.settings.publication,
+                        extra={"table": table})  # fmt: skip
+        return set(present)
 
     def _relist(self, add: set[str], drop: set[str]) -> None:
         """Add the new tables to the publication one by one (one refused does not keep out the others),

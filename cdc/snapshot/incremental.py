@@ -177,11 +177,13 @@ class IncrementalSnapshots:
         chunk = self.chunk
         if mark.get("slot") != self.settings.slot or chunk is None or mark.get("id") != chunk.id:
             return  # another connector's, or one replayed after a restart
-        if mark.get("kind") != "high":
-            log.debug("low watermark %s", chunk.id)
-            return
         if txn is None or entry is None:
             raise DecodeError("a watermark outside a transaction", kind="MESSAGE")
+        if mark.get("kind") != "high":
+            log.debug("low watermark %s", chunk.id)
+            if chunk.task.clear_first and chunk.task.last_key is None:
+                self._clear(chunk, message, txn, entry)
+            return
         table = self.versions.resolve(chunk.table)
         topic = table_topic(self.settings.topic_prefix, table)
         self.writer.ensure_topic(topic)
@@ -203,6 +205,46 @@ class IncrementalSnapshots:
         self.ready = self.reading is not None
         if self.reading is None:
             self.watched = -1  # the table's last chunk is out: its changes need no watching any more
+
+    def _clear(self, chunk: _Chunk, message: LogicalMessage, txn: Transaction, entry: InFlight) -> None:
+        """A truncate event before the first rows read again: what the topic holds of the table is
+        gone (dropped, or changed while outside the publication). In the low watermark's transaction,
+        so it follows every change streamed before and precedes the rows of the read."""
+        table = self.versions.resolve(chunk.table)
+        topic = table_topic(self.settings.topic_prefix, table)
+        self.writer.ensure_topic(topic)
+        event = ChangeEvent(
+            "t", table, None, None, message.lsn, txn.commit_lsn, txn.xid, txn.commit_ts_ms,
+            snapshot="incremental",
+        )  # fmt: skip
+        self.writer.write(event, entry, topic)
+        log.info("table %s: a truncate event first, then its rows read again", table.qualified_name)
+
+    def recreated(self, tables: list[str]) -> None:
+        """Tables dropped and created again, or put back into the publication after they left it
+        (`cdc.shaping.catalog.TableWatcher`): the topic holds rows they no longer have, so a truncate
+        event goes first, then every row is read again."""
+        for name in tables:
+            self.state.incremental = [t for t in self.state.incremental if t.table != name]
+            if self.settings.snapshot == "never":
+                log.warning(
+                    "table %s was dropped and created again (or left the publication): its rows are not "
+                    "read again (--snapshot never): `cdc snapshot %s` reads them",
+                    name,
+                    name,
+                )
+                continue
+            log.warning(
+                "table %s was dropped and created again (or left the publication for a while): its topic "
+                "gets a truncate event, then every row is read again (incremental snapshot)",
+                name,
+            )
+            self.state.incremental.append(IncrementalTask(name, clear_first=True))
+            if self.reading is not None and self.reading.task.table == name:
+                self.reading = None  # the read in progress was of the old table
+        self.store.save(self.state)
+        self.ready = self.ready or self.chunk is None
+        self._publish_stats()
 
     def joined(self, tables: list[str]) -> None:
         """Tables that joined the capture while streaming (`cdc.shaping.catalog.TableWatcher`): their
