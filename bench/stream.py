@@ -9,14 +9,14 @@ import contextlib
 import itertools
 import os
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    ConnectorProcess,
     Servers,
     current_lsn,
     drop_slot,
@@ -27,6 +27,7 @@ from bench.common import (
     servers,
 )
 from cdc.lsn import parse_lsn
+from tests.support import ConnectorProcess, RssSampler
 
 _ids = itertools.count(1)
 
@@ -50,13 +51,56 @@ def _fresh_slot(s: Servers, kind: str) -> Iterator[str]:
             drop_slot(conn, name)
 
 
+class _Measured:
+    """A `cdc start` process with its resident set sampled whenever the benchmark looks at its status."""
+
+    def __init__(self, process: ConnectorProcess) -> None:
+        self.process = process
+        self.rss = RssSampler(process.pid)
+
+    def wait(
+        self, condition: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 300
+    ) -> dict[str, Any]:
+        def sampled(status: dict[str, Any]) -> bool:
+            self.rss.sample()
+            return predicate(status)
+
+        return self.process.wait_status(sampled, timeout, condition, interval=0.02)
+
+
+@contextlib.contextmanager
 def _connector(
-    s: Servers, state_dir: Path, name: str, producer: str, fmt: str, *extra: str
-) -> ConnectorProcess:
-    return ConnectorProcess(
-        s, state_dir, name, "--slot", name, "--publication", name, "--snapshot", "never",
-        "--producer", producer, "--format", fmt, *extra,
+    s: Servers,
+    state_dir: Path,
+    name: str,
+    producer: str,
+    fmt: str,
+    extra: tuple[str, ...] = (),
+    bootstrap: str = "",
+) -> Iterator[_Measured]:
+    """The connector on the slot and publication ``name``; stopped (`cdc stop`) at the end of the block.
+
+    ``extra`` flags go to `cdc start`; ``bootstrap`` replaces the benchmark's broker (Apache
+    Kafka for the exactly-once figures). BENCH_PROFILE=DIR runs it under cProfile, its stats in
+    DIR/<name>.prof.
+    """
+    profile = os.environ.get("BENCH_PROFILE")
+    python = [sys.executable]
+    if profile:
+        python += ["-m", "cProfile", "-o", f"{profile}/{name}.prof"]
+    process = ConnectorProcess(
+        s.pg.dsn(), bootstrap or s.broker.bootstrap_servers, name, name, state_dir, format=fmt,
+        producer=producer, status_interval=0.05, extra=["--slot", name, "--publication", name, *extra],
+        log_dir=state_dir / f"{name}-logs", python=python,
     )  # fmt: skip
+    process.start(wait=False)
+    try:
+        yield _Measured(process)
+    finally:
+        try:
+            process.stop(60)
+        finally:
+            process.cleanup()
 
 
 #: the formats beside the native one: (label, --format, extra flags; REGISTRY stands for the URL)
@@ -68,13 +112,13 @@ FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def format_flags(name: str, registry_url: str) -> tuple[str, list[str]]:
+def format_flags(name: str, registry_url: str) -> tuple[str, tuple[str, ...]]:
     """(--format, extra flags) of one of `FORMATS`, with the registry's URL filled in."""
     fmt, extra = FORMATS[name]
-    return fmt, [registry_url if flag == REGISTRY else flag for flag in extra]
+    return fmt, tuple(registry_url if flag == REGISTRY else flag for flag in extra)
 
 
-def _confirmed(end: int) -> Any:
+def _confirmed(end: int) -> Callable[[dict[str, Any]], bool]:
     return lambda st: parse_lsn(st.get("confirmed_lsn") or "0/0") >= end
 
 
@@ -114,25 +158,50 @@ def limit_rate(s: Servers, rows: int, small: bool) -> tuple[float, float]:
         return rows / (last - started), rows / (last - first)
 
 
+#: Shaping runs next to the plain one (``--transform``, ``--mask-columns``): what each costs per event.
+SHAPING: dict[str, tuple[str, ...]] = {
+    "noop_transform": ("--transform", "bench.transforms:nothing"),
+    "masking_transform": ("--transform", "bench.transforms:mask_name"),
+    "mask_columns": ("--mask-columns", "public.bench_rows:name", "--mask-salt-file", "{salt}"),
+}
+
+
+def shaping_args(kind: str, state_dir: Path) -> tuple[str, ...]:
+    """The flags of a `SHAPING` run (the salt file it needs is made in ``state_dir``)."""
+    salt = state_dir / "bench-salt"
+    if not salt.exists():
+        salt.write_text("the benchmark's mask salt, 32 bytes\n")
+    return tuple(arg.format(salt=salt) for arg in SHAPING[kind])
+
+
 def connector_rate(
-    s: Servers, state_dir: Path, rows: int, small: bool, producer: str, fmt: str, *extra: str
+    s: Servers,
+    state_dir: Path,
+    rows: int,
+    small: bool,
+    producer: str,
+    fmt: str,
+    extra: tuple[str, ...] = (),
+    bootstrap: str = "",
+    until_confirmed: bool = False,
 ) -> dict[str, Any]:
-    """The connector on the same workload: events acknowledged per second, first event to last ack."""
+    """The connector on the same workload: events acknowledged per second, first event to last ack
+    (``until_confirmed``: to the moment everything is confirmed, which exactly-once needs: there
+    the last commit, not the last acknowledgement, makes the events visible)."""
     with _fresh_slot(s, "run") as name:
         with s.connect() as conn:
             load = load_small_transactions if small else load_one_transaction
             end = parse_lsn(load(conn, _next_range(rows), rows))
-        proc = _connector(s, state_dir, name, producer, fmt, *extra)
-        try:
+        with _connector(s, state_dir, name, producer, fmt, extra, bootstrap) as proc:
             status = proc.wait("the backlog to be confirmed", _confirmed(end))
-            proc.sample()
-        finally:
-            proc.stop()
-    elapsed = status["last_ack_at"] - status["first_event_at"]
+            confirmed_at = time.time()
+            proc.rss.sample()
+    finished = confirmed_at if until_confirmed else status["last_ack_at"]
+    elapsed = finished - status["first_event_at"]
     return {
         "events_per_s": status["events_total"] / elapsed if elapsed > 0 else 0.0,
         "events": status["events_total"],
-        "peak_rss_mb": proc.peak_rss_kb / 1024,
+        "peak_rss_mb": proc.rss.hwm_kb / 1024,
     }
 
 
@@ -140,30 +209,26 @@ def latency(
     s: Servers, state_dir: Path, producer: str, fmt: str, rate: int = 1000, seconds: float = 8
 ) -> dict[str, Any]:
     """Commit-to-ack p50/p99 with the connector following a steady load of ``rate`` txn/s."""
-    with _fresh_slot(s, "lat") as name:
-        proc = _connector(s, state_dir, name, producer, fmt)
-        try:
-            proc.wait("streaming", lambda st: st.get("state") == "running")
-            first = _next_range(0)
-            interval = 1.0 / rate
-            with s.connect() as conn:
-                conn.execute("INSERT INTO bench_rows VALUES (%s, 'warm', 1, now(), true, 1)", (first,))
-                proc.wait("warm-up", lambda st: st.get("events_total", 0) >= 1)
-                started = time.perf_counter()
-                sent = 0
-                while (elapsed := time.perf_counter() - started) < seconds:
-                    while sent < int(elapsed * rate):
-                        sent += 1
-                        conn.execute(
-                            "INSERT INTO bench_rows VALUES (%s, 'n', 1.5, now(), true, 1)", (first + sent,)
-                        )
-                    proc.sample()
-                    time.sleep(max(0.0, interval - (time.perf_counter() - started - elapsed)))
-                end = parse_lsn(current_lsn(conn))
-            achieved = sent / (time.perf_counter() - started)
-            status = proc.wait("the load to be confirmed", _confirmed(end))
-        finally:
-            proc.stop()
+    with _fresh_slot(s, "lat") as name, _connector(s, state_dir, name, producer, fmt) as proc:
+        proc.wait("streaming", lambda st: st.get("state") == "running")
+        first = _next_range(0)
+        interval = 1.0 / rate
+        with s.connect() as conn:
+            conn.execute("INSERT INTO bench_rows VALUES (%s, 'warm', 1, now(), true, 1)", (first,))
+            proc.wait("warm-up", lambda st: st.get("events_total", 0) >= 1)
+            started = time.perf_counter()
+            sent = 0
+            while (elapsed := time.perf_counter() - started) < seconds:
+                while sent < int(elapsed * rate):
+                    sent += 1
+                    conn.execute(
+                        "INSERT INTO bench_rows VALUES (%s, 'n', 1.5, now(), true, 1)", (first + sent,)
+                    )
+                proc.rss.sample()
+                time.sleep(max(0.0, interval - (time.perf_counter() - started - elapsed)))
+            end = parse_lsn(current_lsn(conn))
+        achieved = sent / (time.perf_counter() - started)
+        status = proc.wait("the load to be confirmed", _confirmed(end))
     figures = status.get("latency_ms", {})
     return {
         "txn_per_s": achieved,
@@ -177,22 +242,18 @@ def big_transaction_rss(
     s: Servers, state_dir: Path, producer: str, fmt: str, rows: int = 1_000_000
 ) -> dict[str, Any]:
     """RSS of the connector while it streams one transaction of ``rows`` rows."""
-    with _fresh_slot(s, "rss") as name:
-        proc = _connector(s, state_dir, name, producer, fmt)
-        try:
-            proc.wait("streaming", lambda st: st.get("state") == "running")
-            proc.sample()
-            idle_rss = proc.max_sampled_rss_kb
-            with s.connect() as conn:
-                end = parse_lsn(load_one_transaction(conn, _next_range(rows), rows))
-            done = proc.wait("the transaction to be confirmed", _confirmed(end), 600)
-        finally:
-            proc.stop()
+    with _fresh_slot(s, "rss") as name, _connector(s, state_dir, name, producer, fmt) as proc:
+        proc.wait("streaming", lambda st: st.get("state") == "running")
+        proc.rss.sample()
+        idle_rss = proc.rss.peak_kb
+        with s.connect() as conn:
+            end = parse_lsn(load_one_transaction(conn, _next_range(rows), rows))
+        done = proc.wait("the transaction to be confirmed", _confirmed(end), 600)
     return {
         "rows": rows,
         "idle_rss_mb": idle_rss / 1024,
-        "max_rss_mb": proc.max_sampled_rss_kb / 1024,
-        "peak_rss_mb": proc.peak_rss_kb / 1024,
+        "max_rss_mb": proc.rss.peak_kb / 1024,
+        "peak_rss_mb": proc.rss.hwm_kb / 1024,
         "events": done["events_total"],
     }
 
@@ -202,12 +263,9 @@ def start_to_first_event(s: Servers, state_dir: Path, producer: str, fmt: str) -
     with _fresh_slot(s, "start") as name:
         with s.connect() as conn:
             load_one_transaction(conn, _next_range(1), 1)
-        proc = _connector(s, state_dir, name, producer, fmt)
-        try:
+        with _connector(s, state_dir, name, producer, fmt) as proc:
             status = proc.wait("the first event", lambda st: st.get("last_ack_at", 0) > 0)
-        finally:
-            proc.stop()
-    return float(status["last_ack_at"] - proc.started_at)
+    return float(status["last_ack_at"] - proc.process.started_at)
 
 
 @contextlib.contextmanager
@@ -236,11 +294,18 @@ def main() -> None:
     with servers() as s, tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp:
         print(f"limit, one transaction (whole run, streaming): {limit_rate(s, rows, small=False)} rows/s")
         print(f"limit, small transactions (whole run, streaming): {limit_rate(s, rows, small=True)} rows/s")
-        for producer in ("kafka-python", "confluent"):
-            result = connector_rate(
-                s, Path(tmp), rows, False, producer, os.environ.get("BENCH_FORMAT", "avro")
-            )
+        fmt = os.environ.get("BENCH_FORMAT", "avro")
+        producers = os.environ.get("BENCH_PRODUCERS", "kafka-python,confluent").split(",")
+        for producer in producers:
+            result = connector_rate(s, Path(tmp), rows, False, producer, fmt)
             print(f"connector ({producer}), one transaction: {result}")
+        # BENCH_SHAPING=noop_transform,masking_transform,mask_columns: the same with shaping
+        for kind in filter(None, os.environ.get("BENCH_SHAPING", "").split(",")):
+            for producer in producers:
+                result = connector_rate(
+                    s, Path(tmp), rows, False, producer, fmt, shaping_args(kind, Path(tmp))
+                )
+                print(f"connector ({producer}), one transaction, {kind}: {result}")
         if os.environ.get("BENCH_FORMATS") != "all":
             return
         with schema_registry() as url:
@@ -248,7 +313,7 @@ def main() -> None:
                 if url is None and REGISTRY in FORMATS[name][1]:
                     continue
                 fmt, extra = format_flags(name, url or "")
-                result = connector_rate(s, Path(tmp), rows, False, "confluent", fmt, *extra)
+                result = connector_rate(s, Path(tmp), rows, False, "confluent", fmt, extra)
                 print(f"connector (confluent, {name}), one transaction: {result}")
 
 

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -41,14 +41,18 @@ class InFlight:
         self.done_at = 0.0  # wall clock when the last event was acknowledged after Commit
 
 
+class Samples(Protocol):
+    def append(self, ms: float, /) -> None: ...
+
+
 class Tracker:
     """Transactions in flight, oldest first."""
 
     def __init__(self, confirmed: int = 0) -> None:
         self.entries: deque[InFlight] = deque()
         self.confirmed = confirmed
-        #: commit-to-acknowledgement times (ms) of recent transactions
-        self.latencies: deque[float] = deque(maxlen=4096)
+        #: commit-to-acknowledgement times (ms) of confirmed transactions (`cdc.status.Latencies`)
+        self.latencies: Samples = deque(maxlen=4096)
 
     def begin(self, commit_lsn: int, commit_ts_ms: int = 0) -> InFlight:
         entry = InFlight(commit_lsn, commit_ts_ms)
@@ -71,6 +75,13 @@ class Tracker:
                 self.latencies.append(done.done_at * 1000 - done.commit_ts_ms)
         return self.confirmed
 
+    def oldest_commit_ms(self) -> int:
+        """Commit time (ms) of the oldest transaction not confirmed yet; 0 when none is."""
+        for entry in self.entries:
+            if entry.commit_ts_ms:
+                return entry.commit_ts_ms
+        return 0
+
     def idle(self) -> bool:
         """Nothing in flight: no open transaction, no unacknowledged event."""
         self.safe_lsn()
@@ -91,6 +102,7 @@ class Offsets:
     slot: str = ""
     system_id: str = ""
     database: str = ""
+    timeline: int = 0  # the server's timeline when saved (0: unknown, written by an older cdc)
 
 
 class OffsetStore:
@@ -111,6 +123,7 @@ class OffsetStore:
                 slot=str(data.get("slot", "")),
                 system_id=str(data.get("system_id", "")),
                 database=str(data.get("database", "")),
+                timeline=int(data.get("timeline", 0)),
             )
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"{self.path} is malformed ({exc}); fix or delete it") from None
@@ -126,10 +139,15 @@ class OffsetStore:
             "slot": offsets.slot,
             "system_id": offsets.system_id,
             "database": offsets.database,
+            "timeline": offsets.timeline,
             "updated_at": time.time(),
         }
         write_atomic(self.path, orjson.dumps(payload, option=orjson.OPT_INDENT_2))
-        self.saved = Offsets(offsets.lsn, offsets.slot, offsets.system_id, offsets.database)
+        self.saved = Offsets(offsets.lsn, offsets.slot, offsets.system_id, offsets.database, offsets.timeline)
+
+    def forget(self) -> None:
+        """The stored position belongs to another history (a failover): let the next save go back."""
+        self.saved = Offsets()
 
 
 def read_state(path: Path, newest: int, fix: str) -> dict[str, Any] | None:

@@ -9,18 +9,20 @@ traceback only with ``--debug``); usage errors exit 2.
 
 from __future__ import annotations
 
+import enum
 import importlib.metadata
 import inspect
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
 
 import typer
 
-from cdc import config
+from cdc import config, logs, redact
 from cdc.config import Option, Settings
 from cdc.errors import AlreadyRunning, CdcError, ConfigError
 
@@ -76,6 +78,7 @@ def _root(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    redact.install()
 
 
 # -- the declared settings as options --------------------------------------------------------
@@ -112,8 +115,10 @@ def _parameter(option: Option) -> inspect.Parameter:
     text = f"{option.help}  [env var: {option.env}; default: {option.default}]"
     metavar = None
     if option.repeatable:
-        text = f"{option.help} Once per pair.  [env var: {option.env} (KEY=VALUE,...)]"
-        metavar = "KEY=VALUE"
+        each = "table" if option.type in (config.TableColumns, config.TableConditions) else "value"
+        each = "pair" if option.type == dict[str, str] else each
+        text = f"{option.help} Once per {each}.  [env var: {option.env} ({option.env_form})]"
+        metavar = option.metavar
     info = typer.Option(*decls, help=text, show_default=False, metavar=metavar)
     return inspect.Parameter(
         option.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=cast(Any, Annotated)[kind, info]
@@ -162,23 +167,41 @@ def start(
     **flags: object,
 ) -> None:
     """Stream changes from Postgres to Kafka until stopped."""
-    from cdc import control  # noqa: PLC0415
+    from cdc import control, metrics  # noqa: PLC0415
     from cdc.connector import Connector  # noqa: PLC0415
+    from cdc.kafka import client_config  # noqa: PLC0415
 
     settings = _settings(flags)
     config.require_dsn(settings)
+    client_config(settings)  # a bad Kafka setting fails here, before anything is made in Postgres
     directory = settings.instance_dir
     if detach:
         if control.running_pid(directory) is not None:
             raise AlreadyRunning(f"connector {settings.name!r} is already running")
         argv = [a for a in sys.argv[1:] if a != "--detach"]
-        pid = control.detach(argv, directory, settings.name)
-        typer.echo(f"started {settings.name} (pid {pid}); log: {directory / 'cdc.log'}")
+        log_file = Path(settings.log_file) if settings.log_file else directory / "cdc.log"
+        if not settings.log_file:
+            argv += ["--log-file", str(log_file)]  # rotated by the connector itself
+        pid = control.detach(argv, directory, settings.name, log_path=log_file)
+        typer.echo(f"started {settings.name} (pid {pid}); log: {log_file}")
         return
+    _configure_logs(settings)
     with control.InstanceLock(directory, settings.name):
         connector = Connector(settings, publish=control.status_writer(directory, settings.name))
-        control.install_signal_handlers(connector.stop, connector.stop_now)
-        connector.run()
+        with metrics.serve(settings, connector.status, version()):
+            control.install_signal_handlers(connector.stop, connector.stop_now)
+            connector.run()
+
+
+def _configure_logs(settings: Settings) -> None:
+    logs.configure(
+        settings.log_format,
+        settings.log_level,
+        settings.log_file,
+        settings.log_max_mb,
+        settings.log_backups,
+        debug=_debug,
+    )
 
 
 @app.command()
@@ -201,26 +224,58 @@ def status(
     json: Annotated[bool, typer.Option("--json", help="One JSON object, for machines.")] = False,
     **flags: object,
 ) -> None:
-    """Show a connector's state, positions and event counts."""
+    """Show a connector's state, positions and event counts.
+
+    Exit code: 0 running, 1 failed (or killed), 3 stopped or never started.
+    """
     import orjson  # noqa: PLC0415
 
     from cdc import control  # noqa: PLC0415
 
     settings = _settings(flags)
     info = control.read_status(settings.instance_dir, settings.name)
+    code = control.status_exit_code(info)
     if json:
         typer.echo(orjson.dumps(info).decode())
-        return
+        raise typer.Exit(code)
     typer.echo(f"{settings.name}: {info.get('state')} (pid {info.get('pid') or '-'})")
     typer.echo(f"  slot           {info.get('slot') or '-'}")
     typer.echo(f"  received lsn   {info.get('received_lsn') or '-'}")
     typer.echo(f"  confirmed lsn  {info.get('confirmed_lsn') or '-'}")
+    lag_bytes = info.get("lag_bytes")
+    lag_seconds = info.get("lag_seconds")
     typer.echo(
-        f"  lag            {info.get('lag_bytes') if info.get('lag_bytes') is not None else '-'} bytes"
+        f"  lag            {lag_bytes if lag_bytes is not None else '-'} bytes, "
+        f"{f'{lag_seconds:.1f}' if lag_seconds is not None else '-'} s"
     )
+    latency = info.get("latency_ms") or {}
+    if latency.get("samples"):
+        typer.echo(
+            f"  latency        p50 {latency['p50']} ms, p99 {latency['p99']} ms (commit to ack, "
+            f"{latency['samples']} transactions)"
+        )
+    if info.get("slot_wal_status"):
+        safe = info.get("slot_safe_wal_size")
+        typer.echo(
+            f"  slot wal       {info['slot_wal_status']}"
+            + (f", {safe:,} bytes before it is lost" if isinstance(safe, int) else "")
+        )
     typer.echo(f"  events         {info.get('events_total', 0)}")
     for table, count in sorted((info.get("events_per_table") or {}).items()):
         typer.echo(f"    {table:<30} {count}")
+    captured = info.get("tables") or []
+    if captured:
+        typer.echo(f"  tables         {len(captured)} captured: {', '.join(captured[:20])}"
+                   + (f" and {len(captured) - 20} more" if len(captured) > 20 else ""))  # fmt: skip
+    shaping = info.get("shaping") or {}
+    if shaping.get("filtered"):
+        typer.echo(f"  filtered       {shaping['filtered']} events dropped by transforms")
+    for name, n in sorted(shaping.items()):
+        kind, _, what = name.partition(":")
+        if kind == "dead_letters":
+            typer.echo(f"  dead letters   {n} ({what})")
+        elif kind == "transform_errors":
+            typer.echo(f"  transform errs {n} ({what})")
     snapshot = info.get("snapshot") or {}
     if snapshot.get("phase") == "running":
         for table, progress in sorted((snapshot.get("tables") or {}).items()):
@@ -230,8 +285,14 @@ def status(
             )
     for task in snapshot.get("incremental") or []:
         typer.echo(f"  incremental    {task['table']}: {task['rows']} rows so far")
+    if snapshot.get("phase") == "interrupted":
+        typer.echo("  snapshot       interrupted: the next start resumes it")
     if info.get("last_error"):
         typer.echo(f"  last error     {info['last_error']}")
+    if info.get("state") in ("failed", "stopped") and info.get("ended_at"):
+        ended = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(info["ended_at"]))
+        typer.echo(f"  {info['state']:<14} {ended}")
+    raise typer.Exit(code)
 
 
 @app.command("snapshot")
@@ -255,6 +316,61 @@ def snapshot_tables(
         typer.echo(f"{settings.name} snapshots {', '.join(result.accepted)} while streaming")
     if result.rejected:
         raise ConfigError("; ".join(result.rejected.values()))
+
+
+@app.command()
+@with_settings()
+def doctor(
+    json: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts.")] = False,
+    **flags: object,
+) -> None:
+    """Check the server (and broker) before starting: each problem with its fix. Exit 1 on a failure."""
+    import orjson  # noqa: PLC0415
+
+    from cdc import doctor as checks  # noqa: PLC0415
+
+    given = config.resolve(flags, _config_file(flags))
+    settings = config.from_values(given)
+    config.require_dsn(settings)
+    _quiet_kafka()
+    found = checks.run(settings, check_kafka="bootstrap_servers" in given)
+    if json:
+        typer.echo(orjson.dumps(checks.as_json(found)).decode())
+    else:
+        checks.render(found)
+    if checks.failed(found):
+        raise typer.Exit(1)
+
+
+@app.command()
+@with_settings()
+def drop(
+    keep_publication: Annotated[
+        bool, typer.Option("--keep-publication", help="Keep the publication even if cdc created it.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for a running connector to stop.")
+    ] = 60.0,
+    **flags: object,
+) -> None:
+    """Remove a connector: stop it, drop its slot and its publication (if cdc made it), delete its state."""
+    from cdc import slots  # noqa: PLC0415
+
+    settings = _settings(flags)
+    config.require_dsn(settings)
+    what = (
+        f"connector {settings.name}: slot {settings.slot}, "
+        + ("" if keep_publication else f"publication {settings.publication} (if cdc created it), ")
+        + f"state {settings.instance_dir}"
+    )
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError(f"cdc drop removes {what}: pass --yes to confirm (stdin is not a terminal)")
+        if not typer.confirm(f"Remove {what}? Changes not yet streamed are lost", default=False):
+            raise typer.Exit(1)
+    for line in slots.drop_connector(settings, keep_publication, timeout):
+        typer.echo(line)
 
 
 DevDir = Annotated[
@@ -295,8 +411,20 @@ def _quiet_kafka() -> None:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 
+class Isolation(enum.StrEnum):
+    read_committed = "read_committed"
+    read_uncommitted = "read_uncommitted"
+
+
 @app.command("consume")
-@with_settings("bootstrap_servers", "topic_prefix", "schema_registry_url", "schema_registry_config")
+@with_settings(
+    "bootstrap_servers",
+    "kafka_config",
+    "kafka_config_file",
+    "topic_prefix",
+    "schema_registry_url",
+    "schema_registry_config",
+)
 def consume(
     topics: Annotated[list[str], typer.Argument(help="Topics to read (<prefix>.<schema>.<table>, ...).")],
     from_beginning: Annotated[
@@ -319,6 +447,15 @@ def consume(
         str | None,
         typer.Option("--group", help="Consume in this consumer group (commits offsets).", envvar="CDC_GROUP"),
     ] = None,
+    isolation: Annotated[
+        Isolation,
+        typer.Option(
+            "--isolation",
+            help="read_committed: only what committed Kafka transactions wrote (exactly once from an "
+            "exactly-once connector); read_uncommitted: aborted records too.",
+            envvar="CDC_ISOLATION",
+        ),
+    ] = Isolation.read_committed,
     **flags: object,
 ) -> None:
     """Print records as JSON lines {"topic", "partition", "offset", "key", "value"}; bad ones on stderr.
@@ -327,6 +464,7 @@ def consume(
     topic prefix set, it is guessed from the topics), or by id from --schema-registry-url.
     """
     from cdc.consume import ChangeConsumer  # noqa: PLC0415
+    from cdc.kafka import client_config  # noqa: PLC0415
     from cdc.schema_registry import open_registry  # noqa: PLC0415
 
     given = config.resolve(flags, _config_file(flags))
@@ -336,10 +474,11 @@ def consume(
     try:
         with ChangeConsumer(
             topics,
-            settings.bootstrap_servers,
+            client_config(settings),
             topic_prefix=given.get("topic_prefix"),
             from_beginning=from_beginning,
             group=group,
+            isolation=isolation.value,
             registry_client=registry,
         ) as consumer:
             for record in consumer.records(max_messages, idle_timeout):
@@ -356,7 +495,7 @@ def consume(
 
 
 @schemas_app.command("export")
-@with_settings("bootstrap_servers", "topic_prefix")
+@with_settings("bootstrap_servers", "kafka_config", "kafka_config_file", "topic_prefix")
 def schemas_export(
     out: Annotated[
         Path, typer.Option("--out", help="Directory for the .avsc files.", envvar="CDC_SCHEMAS_OUT")
@@ -365,10 +504,11 @@ def schemas_export(
 ) -> None:
     """Write every schema registered on PREFIX.schemas to OUT/<subject>.v<version>.avsc."""
     from cdc.consume import export_schemas  # noqa: PLC0415
+    from cdc.kafka import client_config  # noqa: PLC0415
 
     settings = _settings(flags)
     _quiet_kafka()
-    for path in export_schemas(settings.bootstrap_servers, settings.topic_prefix, out):
+    for path in export_schemas(client_config(settings), settings.topic_prefix, out):
         typer.echo(str(path))
 
 
@@ -390,7 +530,10 @@ def main() -> None:
         if _debug:
             raise
         # one line, whatever the message carries (libpq's own messages have line breaks)
-        print(f"cdc: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        line = redact.redact(" ".join(str(exc).split()))
+        if logs.to_file():  # a detached connector: its log says why it ended too
+            logging.getLogger("cdc").error("%s", line)
+        print(f"cdc: error: {line}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -21,10 +21,10 @@ from typing import Any
 
 import psycopg
 
-from cdc import pg, replication, snapshot
+from cdc import exactly_once, pg, replication, slots, snapshot
 from cdc.checkpoint import InFlight, Offsets, OffsetStore, Tracker
 from cdc.config import Settings
-from cdc.errors import DecodeError, SinkError, SourceUnavailable
+from cdc.errors import DecodeError, DeliveryFailed, SinkError, SlotLost, SourceUnavailable
 from cdc.events import (
     ChangeEvent,
     Serializer,
@@ -59,7 +59,10 @@ from cdc.pgoutput import (
     decode_copy_data,
 )
 from cdc.pgtypes import RowParser, TypeCatalog, row_parser
-from cdc.status import Status
+from cdc.shaping import catalog as shaping
+from cdc.shaping.select import Selection
+from cdc.snapshot.gap import close_gap
+from cdc.status import OpCount, Status
 from cdc.writer import RecordWriter, open_writer
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,7 @@ class _TableState:
     table: Table
     topic: str
     parse: RowParser
+    counts: dict[str, OpCount]  # events and bytes by op, in the Status
 
 
 class Connector:
@@ -89,11 +93,37 @@ class Connector:
         self.status = Status(slot=settings.slot, publish=publish)
         self.store = OffsetStore(settings.instance_dir)
         self.serializer: Serializer | None = None  # the current (or last) session's: for inspection
+        self.slot_lost = ""  # the server said the slot is lost; --on-slot-lost recreate replaces it
 
     # -- lifecycle -----------------------------------------------------------------
 
     def run(self) -> None:
-        """Stream until stopped; retry lost connections with exponential backoff."""
+        """Stream until stopped; retry lost connections with exponential backoff.
+
+        However it ends, the status says so last: ``stopped``, or ``failed`` with the error
+        that ended it (and an unfinished snapshot shows as ``interrupted``).
+        """
+        try:
+            self._run()
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                self._ended("stopped")
+            else:
+                self._ended("failed", " ".join(str(exc).split()) or type(exc).__name__)
+            raise
+        self._ended("stopped")
+
+    def _ended(self, state: str, error: str = "") -> None:
+        status = self.status
+        status.state = state
+        status.ended_at = time.time()
+        if error:
+            status.last_error = error
+        if status.snapshot.get("phase") == "running":
+            status.snapshot["phase"] = "interrupted"  # the next start resumes it
+        status.report()
+
+    def _run(self) -> None:
         self.store.load()
         status = self.status
         delay = 0.5
@@ -102,7 +132,16 @@ class Connector:
             try:
                 self._session()
                 break
+            except SlotLost as exc:
+                # the stream clears last_error: still ours, the replacement never streamed
+                if self.settings.on_slot_lost != "recreate" or status.last_error == f"slot lost: {exc}":
+                    raise
+                self.slot_lost = str(exc)
+                status.last_error = f"slot lost: {exc}"
+                status.reconnects["slot_lost"] += 1
+                continue
             except (SourceUnavailable, SinkError) as exc:
+                status.delivery_errors += isinstance(exc, DeliveryFailed)
                 if isinstance(exc, SinkError) and not exc.retriable:
                     raise
                 if not status.progressed:
@@ -111,13 +150,12 @@ class Connector:
                     delay = 0.5  # the last session ran a while: start the backoff over
                 status.state = "reconnecting"
                 status.last_error = str(exc)
+                status.reconnects["postgres" if isinstance(exc, SourceUnavailable) else "kafka"] += 1
                 status.report()
                 log.warning("%s; reconnecting in %.1f s", exc, delay)
                 if self.stop.wait(delay):
                     break
                 delay = min(delay * 2, self.settings.reconnect_max_seconds)
-        status.state = "stopped"
-        status.report()
 
     def _session(self) -> None:
         s = self.settings
@@ -126,45 +164,82 @@ class Connector:
             replication.check_wal_level(conn)
             replication.check_role(conn)
             tables = self._tables(conn)
+            capture = shaping.plan(conn, s, tables)  # patterns, column lists, row filters
+            slots.check_failover(conn, s)
+            slots.check_heartbeat_query(conn, s)
             slot = replication.find_slot(conn, s.slot)
             if slot is not None:
                 replication.validate_slot(conn, slot)
+                slot = slots.unless_lost(conn, s, slot, self.status, self.slot_lost)
+                self.slot_lost = ""
             else:
                 replication.check_slot_capacity(conn)
-            replication.ensure_publication(conn, s.publication, tables)
+            replication.check_publication(conn, s.publication, tables, capture.published)
+            gap = slots.pending_gap(s) is not None  # a lost slot is being replaced
             database = replication.current_database(conn)
             with pg.errors("reading the type catalog"):
                 catalog = TypeCatalog.from_connection(conn)
             source = SourceInfo(name=s.name, db=database)
+            # every precondition (the broker and a walsender included) before anything is created:
+            # a refused start leaves no publication and no slot behind
+            eos = s.delivery == "exactly-once"
             with (
-                open_writer(s, source, f"cdc-{s.name}") as writer,
+                open_writer(
+                    s, source, f"cdc-{s.name}", exactly_once.transactional_id(s) if eos else ""
+                ) as writer,
                 replication.ReplicationConnection(s.dsn, f"cdc-{s.name}") as repl,
             ):
                 self.serializer = writer.serializer
+                writer.records = self.status.records_per_topic
+                writer.shaping_counts = self.status.shaping
+                self.status.tables = capture.tables
                 system = repl.identify_system()
+                replication.ensure_publication(conn, s.publication, tables, capture.published)
                 slot_lsn = slot.confirmed_flush_lsn or 0 if slot else 0
                 exported = None
                 if slot is None:
                     # the exported snapshot is valid until the next command on `repl`
-                    slot_lsn, exported = repl.create_slot(s.slot, export_snapshot=s.snapshot != "never")
-                saved = self.store.saved
-                start = slot_lsn
-                if (
-                    saved.slot == s.slot
-                    and saved.system_id == system.system_id
-                    and saved.database == database
-                    and saved.lsn > start
-                ):
-                    log.info("resuming at %s from the state directory", format_lsn(saved.lsn))
-                    start = saved.lsn
-                offsets = Offsets(start, s.slot, system.system_id, database)
+                    try:
+                        slot_lsn, exported = repl.create_slot(
+                            s.slot,
+                            export_snapshot=s.snapshot != "never" and not gap,
+                            failover=s.failover_slot,
+                            waiting=replication.slot_creation_waits(conn, s.slot),
+                            stop=self.stop,
+                        )
+                    except SourceUnavailable:
+                        if self.stop.is_set():
+                            log.info("stopped while waiting for the slot's consistent point")
+                            return
+                        raise
+                elif slots.needs_failover(conn, s, s.slot):
+                    repl.enable_failover(s.slot)
+                start = slots.resume_point(s, self.store, slot_lsn, system, database)
+                committed = exactly_once.Committed()
+                if eos:
+                    # what Kafka committed is never written again: stream from past it
+                    committed = exactly_once.read_committed(s, system.system_id, database)
+                    if committed.lsn > start:
+                        log.info("resuming at %s: kafka committed up to there", format_lsn(committed.lsn))
+                        start = committed.lsn
+                offsets = Offsets(start, s.slot, system.system_id, database, system.timeline)
                 self.store.save(offsets)
+                if gap:
+                    close_gap(s, self.status, conn, writer, catalog, system.system_id, database, slot_lsn)
                 # the initial snapshot (or its rest) runs before START_REPLICATION
-                begin = snapshot.Start(system.system_id, database, slot_lsn, slot is None, exported, source)
+                new_slot = slot is None and not gap
+                begin = snapshot.Start(
+                    system.system_id, database, slot_lsn, new_slot, exported, source, committed.chunks
+                )
                 if not snapshot.before_streaming(s, self.status, self.stop, conn, writer, catalog, begin):
                     return  # stopped during the snapshot, or --snapshot initial-only
                 session = _Session(s, self.status, self.stop, self.stop_now, self.store, repl, conn)
-                session.stream(writer, catalog, offsets)
+                batch = None
+                if eos:
+                    batch = exactly_once.TransactionBatch(
+                        writer, s, system.system_id, database, committed.lsn
+                    )
+                session.stream(writer, catalog, offsets, batch, capture)
 
     def _tables(self, conn: psycopg.Connection[Any]) -> list[str]:
         """The listed tables to stream: at start all must exist; a reconnect leaves out dropped ones.
@@ -175,6 +250,8 @@ class Connector:
         ``--tables`` no longer lists it.
         """
         tables = self.settings.tables
+        if shaping.shaped(self.settings):  # patterns among them: the exact names must exist
+            tables = Selection.from_settings(self.settings).names
         if not self.status.progressed:
             replication.check_tables(conn, tables)
             return tables
@@ -223,6 +300,7 @@ class _Session:
         self.split_key_changes = self.keyless_tombstones = settings.compat == "debezium"
         self.last_end_lsn: int | None = None  # of the last transaction received (Debezium's sequence)
         self._heartbeat_token = InFlight(0)  # heartbeats belong to no transaction
+        self.monitor = slots.SlotMonitor(conn, settings, status)  # slot health, --heartbeat-query
         self._next_heartbeat = 0.0
         #: one handler per message type (the decoder already refused anything else)
         self._handlers: dict[type[Message], Callable[[Any, int], None]] = {
@@ -237,18 +315,40 @@ class _Session:
             Type: self._type,
             Origin: self._origin,
         }
+        self._regular = dict(self._handlers)
+        self.batch: exactly_once.TransactionBatch | None = None
 
     # -- the loop --------------------------------------------------------------------
 
-    def stream(self, writer: RecordWriter, catalog: TypeCatalog, offsets: Offsets) -> None:
+    def stream(
+        self,
+        writer: RecordWriter,
+        catalog: TypeCatalog,
+        offsets: Offsets,
+        batch: exactly_once.TransactionBatch | None = None,
+        capture: shaping.Capture | None = None,
+    ) -> None:
+        """Stream until stopped. With ``batch`` (``--delivery exactly-once``) every record goes out in a
+        Kafka transaction that commits the position it reaches, and only that is confirmed. With
+        ``capture`` (patterns, column rules) tables that start matching join while streaming."""
         s = self.settings
         self.writer = writer
+        self.batch = batch
         self.catalog = catalog
         self.offsets = offsets
         self.tracker = Tracker(confirmed=offsets.lsn)
         self.tracker.latencies = self.status.latencies
         self.wal_end = self.received = offsets.lsn
         self.incremental = snapshot.IncrementalSnapshots(s, self.status, writer, self.versions, catalog)
+        # tables created later that match --tables patterns join the capture
+        # and a listed table dropped and created again (or dropped from the publication) is put back
+        self.watcher = (
+            shaping.TableWatcher(
+                self.conn, s, self.status, capture, self.incremental.joined, self.incremental.recreated
+            )
+            if capture is not None
+            else None
+        )
         try:
             self._stream()
         finally:
@@ -272,11 +372,15 @@ class _Session:
         poll = self.writer.poll
         stop, stop_now = self.stop, self.stop_now
         incremental = self.incremental
+        batch = self.batch
         while True:
             if stop.is_set() and (self.txn is None or stop_now.is_set()):
                 break
             force = False
-            frame = repl.read(max(0.0, min(next_status - time.monotonic(), interval)))
+            wait = min(next_status - time.monotonic(), interval)
+            if batch is not None and batch.active and self.txn is None:
+                wait = min(wait, batch.deadline - time.monotonic())
+            frame = repl.read(max(0.0, wait))
             # drain what is already buffered without touching the clock for each frame
             for _ in range(4096):
                 if frame is None:
@@ -303,13 +407,18 @@ class _Session:
             if poll():
                 status.last_ack_at = time.time()
             now = time.monotonic()
+            if batch is not None and batch.active and self.txn is None and now >= batch.deadline:
+                batch.commit()  # lingered long enough: what it holds becomes visible and confirmable
             if force or now >= next_status:
                 self._confirm(force=force)
                 next_status = now + interval
                 if s.heartbeat_interval and now >= self._next_heartbeat:
                     self._heartbeat()
                     self._next_heartbeat = now + s.heartbeat_interval
-                incremental.tick()
+                incremental.tick(self.offsets.lsn)
+                self.monitor.tick()
+                if self.watcher is not None:
+                    self.watcher.tick()
             if incremental.ready:
                 incremental.step()
         self._finish()
@@ -317,6 +426,8 @@ class _Session:
     def _finish(self) -> None:
         """Graceful end: flush the producer, confirm what Kafka holds, report."""
         self.status.state = "stopping"
+        if self.batch is not None and self.txn is None:
+            self.batch.commit()
         if not self.writer.flush(30):
             log.warning("kafka did not acknowledge everything within 30 s; confirming only what it did")
         if self.writer.poll():
@@ -329,7 +440,11 @@ class _Session:
         tracker = self.tracker
         safe = tracker.safe_lsn()
         idle = tracker.idle() and self.txn is None
-        if idle:
+        if self.batch is not None:
+            # only what Kafka committed; idle (nothing open anywhere), the server's WAL end
+            idle = idle and not self.batch.active
+            safe = max(self.batch.committed, self.wal_end) if idle else self.batch.committed
+        elif idle:
             safe = tracker.advance_idle(self.wal_end)
         if safe > self.offsets.lsn:
             self.offsets.lsn = safe
@@ -338,6 +453,10 @@ class _Session:
         status.received_lsn = max(self.received, self.offsets.lsn)
         status.confirmed_lsn = self.offsets.lsn
         status.wal_end = self.wal_end
+        status.behind_since = tracker.oldest_commit_ms() / 1000
+        if idle:
+            status.caught_up_at = time.time()
+        status.producer_queue = self.writer.backlog()
         # idle, ask the server for a keepalive now: its wal_end is confirmed at the next tick,
         # so WAL of unpublished tables is released within two status intervals, not ~30 s
         self.repl.send_status(
@@ -392,6 +511,14 @@ class _Session:
             self._emit("t", self._table(relation), None, None, lsn)
 
     def _begin(self, message: Begin, lsn: int) -> None:
+        batch = self.batch
+        if batch is not None:
+            if message.final_lsn < batch.committed:
+                # Kafka committed it already (the server skips what is before the start: a guard)
+                log.info("skipping transaction %s: already committed to kafka", message.xid)
+                self._skipping(True)
+                return
+            batch.open()
         self.txn = Transaction(
             message.xid,
             message.final_lsn,
@@ -409,7 +536,29 @@ class _Session:
         if self.transaction_metadata and self.txn is not None and self.txn.events:
             self._transaction_marker("END", self.txn)
         self.tracker.commit(self.entry, message.end_lsn)
+        events = 0
+        if self.txn is not None:
+            events = self.txn.events
+            self.incremental.recent.append(self.txn.xid)  # a read taken after now must see it
         self.txn = self.entry = None
+        self.last_end_lsn = message.end_lsn
+        self.status.transactions += 1
+        if self.batch is not None and self.batch.ended(message.end_lsn, events):
+            self.batch.commit()
+
+    def _skipping(self, on: bool) -> None:
+        """Between Begin and Commit of a transaction Kafka already holds: drop its messages."""
+        handlers = self._handlers
+        for kind in (Insert, Update, Delete, Truncate, LogicalMessage):
+            handlers[kind] = self._skip if on else self._regular[kind]
+        handlers[Commit] = self._skipped if on else self._commit
+
+    @staticmethod
+    def _skip(message: Message, lsn: int) -> None:
+        pass
+
+    def _skipped(self, message: Commit, lsn: int) -> None:
+        self._skipping(False)
         self.last_end_lsn = message.end_lsn
 
     def _type(self, message: Type, lsn: int) -> None:
@@ -432,7 +581,10 @@ class _Session:
             log.info("table %s changed: schema version %s", table.qualified_name, table.version)
         topic = table_topic(self.prefix, table)
         self.tables[relation.relation_id] = _TableState(
-            table, topic, row_parser([c.type for c in table.columns])
+            table,
+            topic,
+            row_parser([c.type for c in table.columns]),
+            self.status.op_counts(table.qualified_name),
         )
         self.writer.ensure_topic(topic)
 
@@ -474,6 +626,11 @@ class _Session:
             self.status.events_total += 1
             return
         # outside a transaction: its own unit of confirmation, just past its LSN
+        batch = self.batch
+        if batch is not None:
+            if message.lsn < batch.committed:
+                return  # Kafka holds it already
+            batch.open()
         entry = self.tracker.begin(message.lsn)
         self.last_end_lsn = message.lsn  # Debezium's sequence counts it as committed at its LSN
         event = ChangeEvent(
@@ -483,6 +640,8 @@ class _Session:
         self.writer.write(event, entry)
         self.status.events_total += 1
         self.tracker.commit(entry, message.lsn + 1)
+        if batch is not None and batch.ended(message.lsn + 1, 1):
+            batch.commit()
 
     # -- producing ---------------------------------------------------------------------
 
@@ -506,10 +665,11 @@ class _Session:
             op, table, before, after, lsn, txn.commit_lsn, txn.xid, txn.commit_ts_ms,
             total, per_table, txn.id, "false", None, None, txn.commit_ts_us, txn.previous_end_lsn,
         )  # fmt: skip
-        self.writer.write(event, entry, state.topic)
-        status = self.status
-        status.events_total += 1
-        status.events_per_table[table.qualified_name] += 1
+        size = self.writer.write(event, entry, state.topic)
+        count = state.counts[op]
+        count.events += 1
+        count.bytes += size
+        self.status.events_total += 1
         return True
 
     def _tombstone(self, state: _TableState, key: list[Any]) -> None:
@@ -546,6 +706,9 @@ class _Session:
         name = self.settings.name
         value = {"name": name, "lsn": self.offsets.lsn, "ts_ms": int(time.time() * 1000)}
         # not part of any transaction: its acknowledgement confirms nothing
+        if self.batch is not None:
+            self.batch.open()  # with exactly-once, in the next Kafka transaction
         self.writer.write_fixed(
             "heartbeat", self.writer.topics.heartbeat, {"name": name}, value, self._heartbeat_token
         )
+        self.status.last_heartbeat_at = time.time()

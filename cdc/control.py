@@ -3,7 +3,8 @@
 ``<state-dir>/<name>/`` holds ``cdc.pid`` (locked with flock for as long as
 the connector runs, so a second ``cdc start`` with the same name refuses),
 ``status.json`` (rewritten every status interval, read by ``cdc status``),
-``offsets.json`` (see `cdc.checkpoint`), with ``--detach`` ``cdc.log``, and
+``offsets.json`` (see `cdc.checkpoint`), with ``--detach`` ``cdc.log`` (the log, rotated) and
+``cdc.out`` (what the process printed: a fatal error, a crash), and
 ``requests/``: what ``cdc snapshot`` asks of the running connector.
 
 Light on purpose: ``cdc status``, ``cdc stop`` and ``cdc snapshot`` import this
@@ -30,9 +31,10 @@ from typing import IO, Any, Self
 
 import orjson
 
+from cdc import redact
 from cdc.checkpoint import write_atomic
 from cdc.errors import AlreadyRunning, CheckpointError, ConfigError, ControlError, NotRunning
-from cdc.status import Status
+from cdc.status import LIVE_STATES, Status
 
 log = logging.getLogger(__name__)
 
@@ -110,19 +112,31 @@ def status_writer(directory: Path, name: str) -> Callable[[Status], None]:
     def write(status: Status) -> None:
         payload = {"name": name, "pid": os.getpid(), "updated_at": time.time(), **status.as_dict()}
         with contextlib.suppress(CheckpointError):
-            write_atomic(path, orjson.dumps(payload, option=orjson.OPT_INDENT_2))
+            write_atomic(path, orjson.dumps(redact.redact_tree(payload), option=orjson.OPT_INDENT_2))
 
     return write
 
 
+#: `cdc status` exit codes, for scripts and health checks (LSB-like).
+EXIT_RUNNING, EXIT_FAILED, EXIT_NOT_RUNNING = 0, 1, 3
+
+
 def read_status(directory: Path, name: str) -> dict[str, Any]:
+    """The connector's last status. A process that is gone while its status still says it ran
+    was ended without a word (kill -9, out of memory, power loss): its state is ``killed``."""
     pid = running_pid(directory)
     try:
         status: dict[str, Any] = orjson.loads((directory / "status.json").read_bytes())
     except (OSError, orjson.JSONDecodeError):
         status = {"name": name}
     if pid is None:
-        status["state"] = "stopped" if status.get("state") else "unknown"
+        state = status.get("state")
+        if state in LIVE_STATES:
+            status["state"] = "killed"
+            if status.get("snapshot", {}).get("phase") == "running":
+                status["snapshot"]["phase"] = "interrupted"
+        elif state not in ("stopped", "failed"):
+            status["state"] = "unknown"  # never ran here
         status["pid"] = None
     else:
         status["pid"] = pid
@@ -132,7 +146,17 @@ def read_status(directory: Path, name: str) -> dict[str, Any]:
     status.setdefault("lag_bytes", None)
     status.setdefault("events_total", 0)
     status.setdefault("events_per_table", {})
+    status.setdefault("last_error", "")
     return status
+
+
+def status_exit_code(status: dict[str, Any]) -> int:
+    """0 while it runs, 1 when it ended on an error or was killed, 3 when stopped or never run."""
+    if status.get("pid"):
+        return EXIT_RUNNING
+    if status.get("state") in ("failed", "killed"):
+        return EXIT_FAILED
+    return EXIT_NOT_RUNNING
 
 
 def install_signal_handlers(stop: threading.Event, stop_now: threading.Event) -> None:
@@ -165,24 +189,34 @@ def request_stop(directory: Path, name: str, timeout: float) -> int:
     )
 
 
-def detach(argv: list[str], directory: Path, name: str, timeout: float = 60) -> int:
-    """Run ``cdc start`` (``argv`` without --detach) in the background; return its pid once it streams."""
+def detach(
+    argv: list[str], directory: Path, name: str, timeout: float = 60, log_path: Path | None = None
+) -> int:
+    """Run ``cdc start`` (``argv`` without --detach) in the background; return its pid once it streams.
+
+    The connector writes its log itself (``log_path``, rotated); what the process prints
+    (a fatal error line, a crash) goes to ``cdc.out``.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    log_path = directory / "cdc.log"
+    out_path = directory / "cdc.out"
+    log_path = log_path or out_path
     with contextlib.suppress(OSError):
         (directory / "status.json").unlink()
-    with open(log_path, "ab") as log_file:
+    with open(out_path, "ab") as out_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "cdc", *argv],
             stdin=subprocess.DEVNULL,
-            stdout=log_file,
+            stdout=out_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ControlError(f"the connector exited at start: {_last_error(log_path)} (log: {log_path})")
+            raise ControlError(
+                f"the connector exited at start: {_last_error(out_path) or _last_error(log_path)} "
+                f"(log: {log_path})"
+            )
         status = read_status(directory, name)
         started = ("running", "reconnecting", "snapshotting")
         if status.get("pid") == proc.pid and status.get("state") in started:
@@ -199,7 +233,7 @@ def _last_error(log_path: Path) -> str:
                 return line.strip()
         if lines:
             return lines[-1].strip()
-    return "no output"
+    return ""
 
 
 # -- requests to a running connector (`cdc snapshot`) ------------------------------------

@@ -4,10 +4,13 @@
      +-- ConfigError              bad flag, config file, environment value
      +-- SourceError              Postgres: connection, preconditions, slot, publication
      |    +-- SourceUnavailable   the server went away; retried with backoff
+     |    +-- SlotLost            the server invalidated the slot: the WAL it needed is gone
      +-- DecodeError              malformed pgoutput / replication bytes
      +-- SchemaError              Avro schema or record problems, unknown fingerprints
+     +-- TransformError           a --transform raised (--on-transform-error fail)
      +-- SinkError                Kafka; ``retriable`` says whether to try again
      |    +-- RegistryUnavailable the Schema Registry cannot be reached; retried
+     |    +-- DeliveryFailed      Kafka did not acknowledge a record it was given
      +-- CheckpointError          the state directory cannot be read or written
      +-- ControlError             a connector process cannot be started, stopped or asked
      |    +-- AlreadyRunning      another process runs a connector with this name
@@ -37,6 +40,13 @@ class SourceUnavailable(SourceError):
     """The Postgres connection was lost or refused; worth retrying."""
 
 
+class SlotLost(SourceError):
+    """The replication slot was invalidated (WAL removed, idle timeout): it can never stream again.
+
+    ``--on-slot-lost recreate`` replaces it and reads the tables again; otherwise fatal.
+    """
+
+
 class DecodeError(CdcError):
     """Bytes from the server do not parse as the protocol says."""
 
@@ -49,6 +59,10 @@ class DecodeError(CdcError):
 
 class SchemaError(CdcError):
     """An Avro schema cannot be built, or a record does not match one."""
+
+
+class TransformError(CdcError):
+    """A transform raised on an event, or returned what cannot be written."""
 
 
 class SinkError(CdcError):
@@ -64,6 +78,10 @@ class RegistryUnavailable(SinkError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retriable=True)
+
+
+class DeliveryFailed(SinkError):
+    """A record given to the producer was not acknowledged (counted as a delivery error)."""
 
 
 class CheckpointError(CdcError):

@@ -343,6 +343,11 @@ def heartbeat_topic(prefix: str) -> str:
     return f"{prefix}.heartbeat"
 
 
+def offsets_topic(prefix: str) -> str:
+    """Where ``--delivery exactly-once`` commits the position its Kafka transactions reach."""
+    return f"{prefix}.offsets"
+
+
 def event_topic(prefix: str, event: ChangeEvent) -> str:
     return messages_topic(prefix) if event.table is None else table_topic(prefix, event.table)
 
@@ -385,6 +390,11 @@ class Serializer(Protocol):
 
     def take_schema_records(self) -> Sequence[tuple[bytes, bytes]]: ...
 
+    def prepare(self, table: Table) -> None:
+        """Register ``table``'s schemas now, before any of its events (their records come out of
+        `take_schema_records`): many tables' schemas can then be published in one batch."""
+        ...
+
     def close(self) -> None:
         """Release what the serializer holds (a Schema Registry client)."""
         ...
@@ -417,6 +427,9 @@ class JsonSerializer:
 
     def take_schema_records(self) -> Sequence[tuple[bytes, bytes]]:
         return ()
+
+    def prepare(self, table: Table) -> None:
+        pass  # JSON has no schemas
 
     def close(self) -> None:
         pass

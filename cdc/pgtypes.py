@@ -473,8 +473,8 @@ def _render_float4(value: float) -> float | str:
         return _render_float8(value)
     try:
         single = _F32.unpack(_F32.pack(value))[0]
-    except OverflowError:  # beyond float32: not a float4 the server sends, rendered as it is
-        return value
+    except OverflowError:  # beyond float32 ("1e100"): no real float4 sends it; shown as parsed
+        return _render_float8(value)
     for digits in range(6, 10):
         shortest = float(f"{single:.{digits}g}")
         if _F32.unpack(_F32.pack(shortest))[0] == single:
@@ -695,8 +695,7 @@ def _flatten(avro: Any) -> list[Any]:
 
 
 def _array_type(oid: int, typmod: int, name: str, element: ColumnType) -> ColumnType:
-    # the items take a string too: the placeholder of an unchanged TOAST value is [placeholder]
-    # items take a string too: the placeholder of an unchanged TOAST value is [placeholder]; a union
+    # the items take a string too: the placeholder of an unchanged TOAST value is [placeholder]; a union
     # has one string branch at most, so uuid items are plain strings (Avro readers would turn the
     # placeholder in a uuid branch into a UUID, and fail)
     items = [

@@ -10,8 +10,11 @@ message says what to change; a lost connection becomes `SourceUnavailable`.
 from __future__ import annotations
 
 import logging
+import re
 import select
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -20,7 +23,7 @@ import psycopg
 from psycopg import pq, sql
 
 from cdc import pg
-from cdc.errors import SourceError, SourceUnavailable
+from cdc.errors import SlotLost, SourceError, SourceUnavailable
 from cdc.lsn import PG_EPOCH_US, format_lsn, parse_lsn
 from cdc.pgoutput import encode_standby_status
 
@@ -175,12 +178,81 @@ def publication_tables(conn: psycopg.Connection[Any], publication: str) -> tuple
 MANAGED_PUBLICATION = "created by cdc; tables are added to it when --tables grows"
 
 
-def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: list[str]) -> None:
+@dataclass(slots=True, frozen=True)
+class PublishedTable:
+    """A table as a publication lists it: with a column list and a row filter (PostgreSQL 15+)."""
+
+    name: str  # schema.table
+    columns: tuple[str, ...] | None = None  # publish only these (None: every column)
+    row_filter: str | None = None  # publish only the rows meeting this condition
+
+
+def check_publication(
+    conn: psycopg.Connection[Any],
+    publication: str,
+    tables: list[str],
+    published: list[PublishedTable] | None = None,
+) -> None:
+    """Refuse now, before anything is created, what `ensure_publication` could not do.
+
+    One created by someone else must already publish ``tables``; a new one needs
+    the role to own the listed tables (or all tables: superuser). With ``published``
+    (cdc keeps the list), the publication is made as it will be and rolled back:
+    the server checks the column lists and row filters, and `ensure_publication`'s
+    checks of the replica identity run.
+    """
+    if published is not None:
+        _list_tables(conn, publication, published, commit=False)
+        return
+    existing = publication_tables(conn, publication)
+    wanted = {".".join(split_table(t)) for t in tables}
+    if existing is not None:
+        all_tables, covered = existing
+        missing = sorted(wanted - covered)
+        if missing and not all_tables and not _managed(conn, publication):
+            raise SourceError(
+                f"publication {publication!r} does not publish {', '.join(missing)}: "
+                f"ALTER PUBLICATION {publication} ADD TABLE {', '.join(missing)}"
+            )
+        return
+    row = pg.query_one(conn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    if row is not None and row[0]:
+        return
+    if not tables:
+        raise SourceError(
+            f"creating publication {publication!r} FOR ALL TABLES needs a superuser: create it as one, "
+            "or list --tables the role owns"
+        )
+    for table in tables:
+        owner = pg.query_one(
+            conn, "SELECT pg_has_role(c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = to_regclass(%s)",
+            (quote_table(table),),
+        )  # fmt: skip
+        if owner is not None and not owner[0]:
+            raise SourceError(
+                f"creating publication {publication!r} needs the role to own {table}: create the "
+                "publication as its owner (or a superuser), or leave the table out of --tables"
+            )
+
+
+def ensure_publication(
+    conn: psycopg.Connection[Any],
+    publication: str,
+    tables: list[str],
+    published: list[PublishedTable] | None = None,
+) -> list[str]:
     """Create ``publication`` (listed tables, or all) or check that it covers ``tables``.
 
     A publication cdc created gets the tables added to ``--tables`` since;
-    one created by someone else must already publish them.
+    one created by someone else must already publish them (`check_publication`).
+    With ``published`` (patterns, column lists, row filters: cdc keeps the list),
+    the publication is made to hold exactly those tables in those forms
+    (``ALTER PUBLICATION ... SET TABLE``); returns the tables whose column list or
+    row filter changed.
     """
+    if published is not None:
+        return _list_tables(conn, publication, published, commit=True)
+    check_publication(conn, publication, tables)
     existing = publication_tables(conn, publication)
     wanted = {".".join(split_table(t)) for t in tables}
     name = sql.Identifier(publication)
@@ -205,7 +277,7 @@ def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: 
                 sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(name, sql.Literal(MANAGED_PUBLICATION))
             )
         log.info("created publication %s for %s", publication, ", ".join(sorted(wanted)) or "all tables")
-        return
+        return []
     all_tables, covered = existing
     missing = sorted(wanted - covered)
     if missing and not all_tables and _managed(conn, publication):
@@ -216,12 +288,210 @@ def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: 
         ):
             conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(name, added))
         log.info("added %s to publication %s", ", ".join(missing), publication)
-        return
-    if missing and not all_tables:
-        raise SourceError(
-            f"publication {publication!r} does not publish {', '.join(missing)}: "
-            f"ALTER PUBLICATION {publication} ADD TABLE {', '.join(missing)}"
+    return []
+
+
+def alter_publication(
+    conn: psycopg.Connection[Any],
+    publication: str,
+    add: list[PublishedTable] | None = None,
+    drop: list[str] | None = None,
+) -> None:
+    """Add tables to (in their forms) or drop them from a publication cdc keeps, while streaming.
+
+    An added table whose column list or row filter would break its UPDATEs is refused
+    (`SourceError`) and nothing changes.
+    """
+    name = sql.Identifier(publication)
+    with (
+        pg.errors(f"changing publication {publication!r}", "change it as the publication's owner"),
+        conn.transaction(),
+    ):
+        if add:
+            conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(name, _tables_sql(add)))
+            _check_identity(conn, publication, {t.name for t in add})
+        if drop:
+            dropped = sql.SQL(", ").join(sql.Identifier(*split_table(t)) for t in drop)
+            conn.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(name, dropped))
+    for form in add or ():
+        log.info("added %s to publication %s", form.name, publication, extra={"table": form.name})
+    for gone in drop or ():
+        log.info("dropped %s from publication %s", gone, publication, extra={"table": gone})
+
+
+def _tables_sql(tables: list[PublishedTable]) -> sql.Composable:
+    """``t1 (a, b) WHERE (...), t2``: the table list of CREATE / ALTER PUBLICATION."""
+    parts = []
+    for table in tables:
+        part: list[sql.Composable] = [sql.Identifier(*split_table(table.name))]
+        if table.columns is not None:
+            part.append(sql.SQL("({})").format(sql.SQL(", ").join(map(sql.Identifier, table.columns))))
+        if table.row_filter is not None:
+            # the operator's own SQL, as --heartbeat-query is; the server parses and checks it
+            part.append(sql.SQL("WHERE ({})").format(sql.SQL(table.row_filter)))
+        parts.append(sql.SQL(" ").join(part))
+    return sql.SQL(", ").join(parts)
+
+
+class _Unchanged(Exception):
+    """Rolls back a trial (or a change that changed nothing)."""
+
+
+def _list_tables(
+    conn: psycopg.Connection[Any], publication: str, tables: list[PublishedTable], commit: bool
+) -> list[str]:
+    """Make ``publication`` hold exactly ``tables`` in their forms, in one transaction.
+
+    The server parses the column lists and row filters; then `_check_identity` refuses a
+    form that would make the table's UPDATE or DELETE fail. ``commit`` False is the
+    check before anything is created: everything is rolled back. Returns the tables
+    whose column list or row filter changed (not those added).
+    """
+    name = sql.Identifier(publication)
+    existing = publication_tables(conn, publication)
+    if existing is not None and not _managed(conn, publication):
+        return []  # someone else's: used as it is (cdc.shaping.catalog refused the rules it cannot keep)
+    doing = ("checking" if not commit else "creating" if existing is None else "updating") + " publication"
+    changed: list[str] = []
+    before: dict[str, tuple[Any, Any]] = {}
+    try:
+        with (
+            pg.errors(f"{doing} {publication!r}", "the role must own the tables (or be a superuser)"),
+            conn.transaction(),
+        ):
+            if existing is None:
+                target = sql.SQL(" FOR TABLE {}").format(_tables_sql(tables)) if tables else sql.SQL("")
+                conn.execute(
+                    sql.SQL("CREATE PUBLICATION {}{} WITH (publish_via_partition_root = true)").format(
+                        name, target
+                    )
+                )
+                conn.execute(
+                    sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(name, sql.Literal(MANAGED_PUBLICATION))
+                )
+            else:
+                before = listed_forms(conn, publication)
+                if tables:
+                    listed = _tables_sql(tables)
+                    conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(name, listed))
+                elif before:
+                    dropped = sql.SQL(", ").join(sql.Identifier(*split_table(t)) for t in before)
+                    conn.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(name, dropped))
+            after = listed_forms(conn, publication)
+            _check_identity(conn, publication, {t.name for t in tables})
+            changed = sorted(t for t in after if t in before and after[t] != before[t])
+            if not commit or (existing is not None and after == before):
+                raise _Unchanged
+    except _Unchanged:
+        return changed
+    if existing is None:
+        listed_names = ", ".join(t.name for t in tables) or "no table yet"
+        log.info("created publication %s for %s", publication, listed_names)
+        return []
+    for table in sorted(set(after) - set(before)):
+        log.info("added %s to publication %s", table, publication, extra={"table": table})
+    for table in sorted(set(before) - set(after)):
+        log.info("dropped %s from publication %s", table, publication, extra={"table": table})
+    for table in changed:
+        log.warning(
+            "the column list or row filter of %s changed: from now on its changes follow the new one; rows "
+            "it now admits that do not change are not in kafka until `cdc snapshot %s`",
+            table, table, extra={"table": table},
+        )  # fmt: skip
+    return changed
+
+
+def listed_forms(conn: psycopg.Connection[Any], publication: str) -> dict[str, tuple[Any, Any]]:
+    """{schema.table: (column list, row filter as the server prints it)} of the tables a publication
+    lists by name (not FOR ALL TABLES nor TABLES IN SCHEMA); both None before PostgreSQL 15."""
+    if conn.info.server_version < 150000:
+        rows = pg.query(
+            conn,
+            """SELECT n.nspname, c.relname, NULL, NULL FROM pg_publication_rel pr
+                 JOIN pg_publication p ON p.oid = pr.prpubid JOIN pg_class c ON c.oid = pr.prrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = %s""",
+            (publication,),
         )
+    else:
+        rows = pg.query(
+            conn,
+            """SELECT n.nspname, c.relname,
+                      (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+                        WHERE a.attrelid = pr.prrelid AND a.attnum = ANY(pr.prattrs::int2[])),
+                      pg_get_expr(pr.prqual, pr.prrelid)
+                 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                 JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE p.pubname = %s""",
+            (publication,),
+        )
+    return {f"{s}.{t}": (None if cols is None else tuple(cols), qual) for s, t, cols, qual in rows}
+
+
+def _check_identity(conn: psycopg.Connection[Any], publication: str, tables: set[str]) -> None:
+    """Refuse a column list or row filter that would make UPDATE and DELETE of the table fail.
+
+    A publication that publishes updates and deletes needs, from PostgreSQL 15 on, every column of
+    the replica identity in the column list, and a row filter that reads only identity columns
+    (any column with REPLICA IDENTITY FULL, whose column list must then keep them all): the server
+    checks it when the application updates a row, and refuses the UPDATE. cdc checks it first.
+    """
+    if conn.info.server_version < 150000:
+        return
+    rows = pg.query(
+        conn,
+        """SELECT n.nspname, c.relname, c.relreplident, pr.prattrs::int2[], pr.prqual::text,
+                  (SELECT array_agg(a.attnum) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+                      AND NOT a.attisdropped AND a.attgenerated = ''),
+                  (SELECT i.indkey::int2[] FROM pg_index i WHERE i.indrelid = c.oid
+                      AND CASE c.relreplident WHEN 'i' THEN i.indisreplident ELSE i.indisprimary END LIMIT 1),
+                  p.pubupdate OR p.pubdelete
+             FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+             JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE p.pubname = %s AND (pr.prattrs IS NOT NULL OR pr.prqual IS NOT NULL)""",
+        (publication,),
+    )
+    for schema, relname, replident, attrs, qual, all_columns, key, updates in rows:
+        table = f"{schema}.{relname}"
+        if table not in tables or not updates or replident == "n":
+            continue
+        identity = set(all_columns or []) if replident == "f" else set(key or [])
+        how = "REPLICA IDENTITY FULL (every column)" if replident == "f" else "replica identity"
+        if attrs is not None and not identity <= set(attrs):
+            left_out = _names(conn, schema, relname, sorted(identity - set(attrs)))
+            fix = (
+                "keep every column, or mask them with --mask-columns"
+                if replident == "f"
+                else f"keep {', '.join(left_out)} in the column list"
+            )
+            raise SourceError(
+                f"the column list of {table} leaves out {', '.join(left_out)} of its {how}: its UPDATEs and "
+                f"DELETEs would fail in the application; {fix}"
+            )
+        if qual is not None and replident != "f":
+            used = {int(n) for n in re.findall(r":varattno (\d+)", qual)}
+            outside = sorted(used - identity)
+            if outside:
+                names = _names(conn, schema, relname, outside)
+                raise SourceError(
+                    f"the row filter of {table} reads {', '.join(names)}, not part of its {how}: its "
+                    f"UPDATEs and DELETEs would fail in the application; filter on its key columns, or "
+                    f"ALTER TABLE {table} REPLICA IDENTITY FULL"
+                )
+
+
+def _names(conn: psycopg.Connection[Any], schema: str, table: str, attnums: list[int]) -> list[str]:
+    rows = pg.query(
+        conn,
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum = ANY(%s) "
+        "ORDER BY attnum",
+        (sql.Identifier(schema, table).as_string(None), attnums),
+    )
+    return [str(r[0]) for r in rows]
+
+
+def is_managed(conn: psycopg.Connection[Any], publication: str) -> bool:
+    """Was ``publication`` created by cdc (it carries cdc's comment)? Then cdc may change it."""
+    return _managed(conn, publication)
 
 
 def _managed(conn: psycopg.Connection[Any], publication: str) -> bool:
@@ -244,6 +514,32 @@ def primary_key(conn: psycopg.Connection[Any], relation_id: int) -> list[str]:
         (relation_id,),
     )
     return [str(r[0]) for r in rows]
+
+
+def slot_creation_waits(conn: psycopg.Connection[Any], slot: str) -> Callable[[float], None]:
+    """`ReplicationConnection.create_slot`'s ``waiting``: log which transactions hold the slot's
+    consistent point back (a long-running one can keep a new slot waiting for hours)."""
+
+    def report(seconds: float) -> None:
+        rows = pg.query(
+            conn,
+            r"""SELECT pid, coalesce(extract(epoch FROM now() - xact_start), 0)::int, state,
+                      left(regexp_replace(query, '\s+', ' ', 'g'), 80)
+                 FROM pg_stat_activity
+                WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+                ORDER BY xact_start LIMIT 3""",
+        )
+        if not rows:
+            log.info("creating slot %s: waiting %.0f s for the server", slot, seconds)
+            return
+        pid, age, state, query = rows[0]
+        log.warning(
+            "creating slot %s waits for %d running transaction(s) to end (%.0f s so far); the oldest: "
+            "pid %s, open %s s, %s: %s; end it (COMMIT, or pg_terminate_backend(%s)) to let cdc start",
+            slot, len(rows), seconds, pid, age, state, query, pid,
+        )  # fmt: skip
+
+    return report
 
 
 def current_database(conn: psycopg.Connection[Any]) -> str:
@@ -299,9 +595,15 @@ class ReplicationConnection:
     def close(self) -> None:
         self.pgconn.finish()
 
-    def command(self, query: str) -> list[tuple[str | None, ...]]:
-        """Run a replication command and return its rows as text."""
-        result = self.pgconn.exec_(query.encode())
+    def command(
+        self, query: str, waiting: Callable[[float], None] | None = None, stop: threading.Event | None = None
+    ) -> list[tuple[str | None, ...]]:
+        """Run a replication command and return its rows as text.
+
+        With ``waiting``, the command runs without blocking, and ``waiting(seconds)`` is called
+        after 2 s and every 10 s while the server works on it; ``stop`` cancels it.
+        """
+        result = self.pgconn.exec_(query.encode()) if waiting is None else self._wait(query, waiting, stop)
         if result.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
             message, state = _result_error(result, self.pgconn)
             if self.pgconn.status == pq.ConnStatus.BAD:
@@ -315,26 +617,74 @@ class ReplicationConnection:
             for r in range(result.ntuples)
         ]
 
+    def _wait(
+        self, query: str, waiting: Callable[[float], None], stop: threading.Event | None
+    ) -> pq.abc.PGresult:
+        pgconn = self.pgconn
+        started = time.monotonic()
+        next_call = started + 2.0
+        try:
+            pgconn.send_query(query.encode())
+            while True:
+                pgconn.consume_input()
+                if not pgconn.is_busy():
+                    break
+                select.select([pgconn.socket], [], [], 0.5)
+                now = time.monotonic()
+                if stop is not None and stop.is_set():
+                    pgconn.get_cancel().cancel()
+                    stop = None  # the server answers the cancel with an error result
+                elif now >= next_call:
+                    waiting(now - started)
+                    next_call = now + 10.0
+            result = pgconn.get_result()
+            while pgconn.get_result() is not None:  # the end of the command's results
+                pass
+        except psycopg.OperationalError as exc:
+            raise SourceUnavailable(f"replication connection lost: {str(exc).strip()}") from None
+        if result is None:
+            raise SourceUnavailable(f"replication connection lost: {pgconn.get_error_message().strip()}")
+        return result
+
     def identify_system(self) -> SystemInfo:
         row = self.command("IDENTIFY_SYSTEM")[0]
         return SystemInfo(str(row[0]), int(row[1] or 0), parse_lsn(row[2] or "0/0"), row[3])
 
-    def create_slot(self, slot: str, export_snapshot: bool = False) -> tuple[int, str | None]:
+    def create_slot(
+        self,
+        slot: str,
+        export_snapshot: bool = False,
+        failover: bool = False,
+        waiting: Callable[[float], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> tuple[int, str | None]:
         """Create a pgoutput slot; return (consistent point, exported snapshot name).
 
         An exported snapshot stays valid only until the next command on this
         connection, so a snapshot reader must use it before `start`.
+        ``failover`` (PostgreSQL 17+) lets standbys with ``sync_replication_slots``
+        keep a copy that survives their promotion. The server finds the slot's
+        consistent point only once every transaction running when it began has
+        ended: ``waiting`` hears about the wait (see `command`), ``stop`` ends it.
         """
         name = sql.Identifier(slot).as_string(None)
         if self.server_version >= 150000:
             mode = "'export'" if export_snapshot else "'nothing'"
-            query = f"CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput (SNAPSHOT {mode})"
+            extra = ", FAILOVER true" if failover else ""
+            query = f"CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput (SNAPSHOT {mode}{extra})"
         else:
             mode = "EXPORT_SNAPSHOT" if export_snapshot else "NOEXPORT_SNAPSHOT"
             query = f"CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput {mode}"
-        row = self.command(query)[0]
-        log.info("created slot %s at %s", slot, row[1])
+        row = self.command(query, waiting, stop)[0]
+        log.info(
+            "created slot %s at %s%s", slot, row[1], " (failover)" if failover else "", extra={"lsn": row[1]}
+        )
         return parse_lsn(row[1] or "0/0"), row[2]
+
+    def enable_failover(self, slot: str) -> None:
+        """Mark an existing slot FAILOVER (PostgreSQL 17+; it must not be in use)."""
+        self.command(f"ALTER_REPLICATION_SLOT {sql.Identifier(slot).as_string(None)} (FAILOVER true)")
+        log.info("slot %s is now a failover slot", slot)
 
     def start(
         self,
@@ -365,8 +715,9 @@ class ReplicationConnection:
         self.pgconn.nonblocking = 1
         self.streaming = True
         log.info(
-            "streaming slot %s from %s (pgoutput protocol %s)", slot, format_lsn(start_lsn), proto_version
-        )
+            "streaming slot %s from %s (pgoutput protocol %s)", slot, format_lsn(start_lsn), proto_version,
+            extra={"lsn": format_lsn(start_lsn)},
+        )  # fmt: skip
         return proto_version
 
     def read(self, timeout: float) -> bytes | None:
@@ -383,6 +734,8 @@ class ReplicationConnection:
             if nbytes == -1:
                 result = pgconn.get_result()
                 message, _ = _result_error(result, pgconn)
+                if pg.is_slot_lost(message):
+                    raise SlotLost(f"the replication slot is lost: {message}; {pg.LOST_SLOT_FIX}")
                 raise SourceUnavailable(
                     f"replication stream ended by the server: {message or 'no reason given'}"
                 )

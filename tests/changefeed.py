@@ -17,7 +17,8 @@ from pathlib import Path
 
 from cdc import avro
 from tests.fix_servers import TestDb
-from tests.pipeline import running, settings_for, wait_caught_up
+from tests.pipeline import settings_for, wait_caught_up
+from tests.support import running
 
 
 @dataclass

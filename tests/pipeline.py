@@ -1,14 +1,11 @@
-"""Test helpers around the real pipeline: run a connector, read topics, rebuild tables."""
+"""Test helpers around the real pipeline: settings for a test database, read topics, rebuild tables.
+
+Running the connector itself: `tests.support.connector`.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
-import subprocess
-import sys
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,52 +14,10 @@ import orjson
 from kafka import KafkaConsumer, TopicPartition
 
 from cdc.config import Settings
-from cdc.connector import Connector
 from cdc.lsn import parse_lsn
-from tests.fix_servers import TestDb, wait_until
-
-#: Producer settings that make a lost broker a failed session within seconds, so that tests see
-#: the reconnect loop rather than two minutes of retries.
-FAST_FAILING_PRODUCER = {
-    "kafka-python": {
-        "delivery_timeout_ms": "4000",
-        "request_timeout_ms": "1500",
-        "max_block_ms": "3000",
-        "bootstrap_timeout_ms": "2000",
-        "reconnect_backoff_max_ms": "500",
-    },
-    "confluent": {
-        "message.timeout.ms": "4000",
-        "socket.timeout.ms": "1500",
-        "reconnect.backoff.max.ms": "500",
-    },
-}
-
-
-def cdc(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """Run the `cdc` command to completion (CDC_* of this environment left out, but CDC_TEST_*)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CDC_") or k.startswith("CDC_TEST_")}
-    return subprocess.run(
-        [sys.executable, "-m", "cdc", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        env={**clean, **(env or {})},
-        check=False,
-    )
-
-
-def error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    """The failure as users see it: non-zero exit, one `cdc: error:` line, last, no traceback."""
-    assert proc.returncode != 0, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("cdc: error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
-    assert "Traceback" not in proc.stderr
-    return errors[0]
+from tests.fix_servers import TestDb
+from tests.support.connector import Running
+from tests.support.wait import wait_until
 
 
 def settings_for(db: TestDb, bootstrap: str, prefix: str, state_dir: Path, **overrides: Any) -> Settings:
@@ -78,50 +33,6 @@ def settings_for(db: TestDb, bootstrap: str, prefix: str, state_dir: Path, **ove
     }
     values.update(overrides)
     return Settings(**values)
-
-
-@dataclass
-class Running:
-    connector: Connector
-    thread: threading.Thread
-    errors: list[BaseException]
-
-    def stop(self, timeout: float = 60) -> None:
-        self.connector.stop.set()
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "connector did not stop"
-        if self.errors:
-            raise self.errors[0]
-
-
-@contextlib.contextmanager
-def running(settings: Settings, wait_streaming: bool = True) -> Iterator[Running]:
-    """The connector in a thread of this process; stopped gracefully on exit."""
-    connector = Connector(settings)
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            connector.run()
-        except BaseException as exc:  # handed to the test thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name="connector", daemon=True)
-    thread.start()
-    handle = Running(connector, thread, errors)
-    if wait_streaming:
-        wait_until(
-            lambda: connector.status.state == "running" or errors or not thread.is_alive(),
-            timeout=60,
-            message="the connector to start streaming",
-        )
-        if errors:
-            raise errors[0]
-    try:
-        yield handle
-    finally:
-        if thread.is_alive():
-            handle.stop()
 
 
 def wait_caught_up(db: TestDb, run: Running, timeout: float = 60) -> None:
@@ -145,9 +56,11 @@ class Record:
     value: Any
 
 
-def read_topics(bootstrap: str, topics: list[str], idle_ms: int = 1500) -> list[Record]:
+def read_topics(
+    bootstrap: str, topics: list[str], idle_ms: int = 1500, isolation: str = "read_uncommitted"
+) -> list[Record]:
     """Every record of ``topics``, in partition order, reading until a poll comes back empty."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation)
     try:
         partitions = []
         for topic in topics:

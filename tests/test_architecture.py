@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent / "cdc"
 
 #: Lowest first. A module may import from its own layer and the layers before it.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"cdc", "cdc.errors", "cdc.lsn", "cdc.config"}),
+    ("foundation", {"cdc", "cdc.errors", "cdc.lsn", "cdc.redact", "cdc.config", "cdc.logs"}),
     (
         "pure",
         {
@@ -30,11 +30,30 @@ LAYERS: list[tuple[str, set[str]]] = [
             "cdc.avro.*",
             "cdc.debezium",
             "cdc.debezium.*",
+            "cdc.shaping",
+            "cdc.shaping.select",
+            "cdc.shaping.transform",
+            "cdc.shaping.deadletter",
+            "cdc.shaping.shaper",
         },
     ),
-    ("state", {"cdc.checkpoint", "cdc.status", "cdc.control"}),
-    ("boundaries", {"cdc.pg", "cdc.replication", "cdc.kafka", "cdc.kafka.*", "cdc.schema_registry"}),
-    ("stages", {"cdc.writer", "cdc.consume", "cdc.snapshot", "cdc.snapshot.*"}),
+    ("state", {"cdc.checkpoint", "cdc.status", "cdc.control", "cdc.metrics"}),
+    (
+        "boundaries",
+        {
+            "cdc.pg",
+            "cdc.replication",
+            "cdc.kafka",
+            "cdc.kafka.*",
+            "cdc.slots",
+            "cdc.shaping.catalog",
+            "cdc.schema_registry",
+        },
+    ),
+    (
+        "stages",
+        {"cdc.writer", "cdc.exactly_once", "cdc.consume", "cdc.snapshot", "cdc.snapshot.*", "cdc.doctor"},
+    ),
     ("pipeline", {"cdc.connector"}),
     ("front", {"cdc.cli", "cdc.__main__", "cdc.demo", "cdc.dev", "cdc.devservers", "cdc.devservers.*"}),
 ]

@@ -18,7 +18,8 @@ from cdc.errors import ConfigError
 from cdc.events import SourceInfo
 from cdc.writer import make_serializer
 from tests.fix_servers import BrokerHandle, TestDb
-from tests.pipeline import read_topics, running, settings_for, wait_caught_up
+from tests.pipeline import read_topics, settings_for, wait_caught_up
+from tests.support import running
 
 
 def test_debeziums_events(db_latest: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path) -> None:

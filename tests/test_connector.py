@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient
 
-from tests.fix_servers import BrokerHandle, TestDb, wait_until
-from tests.pipeline import read_topics, rebuild, running, settings_for, source_rows, wait_caught_up
+from tests.fix_servers import BrokerHandle, TestDb
+from tests.pipeline import read_topics, rebuild, settings_for, source_rows, wait_caught_up
+from tests.support import running, wait_until
 
 SCHEMA = """
 CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, notes text);

@@ -11,8 +11,9 @@ import pytest
 from cdc.devservers import Broker, PostgresServer
 from cdc.lsn import parse_lsn
 from tests.consuming import consume
-from tests.fix_servers import BrokerHandle, TestDb, new_db, wait_until
-from tests.pipeline import FAST_FAILING_PRODUCER, read_topics, running, settings_for, wait_caught_up
+from tests.fix_servers import BrokerHandle, TestDb, new_db
+from tests.pipeline import read_topics, settings_for, wait_caught_up
+from tests.support import FAST_FAILING_PRODUCER, running, wait_until
 
 
 def slot_confirmed(db: TestDb, slot: str) -> int:

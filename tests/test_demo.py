@@ -5,6 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+# the demo starts its own Postgres and broker (no fixture does it for it)
+pytestmark = pytest.mark.servers
+
 
 def demo_processes() -> set[str]:
     found = subprocess.run(

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from tests.consuming import consume
-from tests.fix_servers import BrokerHandle, TestDb, wait_until
-from tests.pipeline import running, settings_for, wait_caught_up
+from tests.fix_servers import BrokerHandle, TestDb
+from tests.pipeline import settings_for, wait_caught_up
+from tests.support import running, wait_until
 
 
 def read(broker: BrokerHandle, prefix: str, topics: list[str], most: int = 0) -> list[dict[str, Any]]:

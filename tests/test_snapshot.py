@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +12,10 @@ import pytest
 
 from cdc.lsn import parse_lsn
 from cdc.snapshot import tables, workers
-from tests.fix_servers import BrokerHandle, TestDb, wait_until
-from tests.pipeline import Record, read_topics, rebuild, running, settings_for, source_rows, wait_caught_up
+from tests.fix_servers import BrokerHandle, TestDb
+from tests.pipeline import Record, read_topics, rebuild, settings_for, source_rows, wait_caught_up
 from tests.snapshotting import Writers, version_problems
+from tests.support import ConnectorProcess, running, wait_until
 
 SCHEMA = """
 CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, note text, label text);
@@ -119,25 +116,22 @@ def test_kill_during_snapshot_resumes_from_the_last_chunk(
         db, broker.bootstrap_servers, prefix, state_dir, snapshot="initial", tables=["public.big"],
         snapshot_chunk_rows=400, snapshot_workers=1,
     )  # fmt: skip
-    args = [
-        "start", "--dsn", db.dsn, "--bootstrap-servers", broker.bootstrap_servers, "--name", settings.name,
-        "--topic-prefix", prefix, "--state-dir", str(state_dir), "--format", "json", "--tables", "public.big",
-        "--snapshot-chunk-rows", "400", "--snapshot-workers", "1", "--producer", "kafka-python",
-    ]  # fmt: skip
-    log_path = state_dir / "first.log"
+    connector = ConnectorProcess(
+        db.dsn, broker.bootstrap_servers, settings.name, prefix, state_dir, tables=["public.big"],
+        format="json", producer="kafka-python", snapshot="initial",
+        extra=["--snapshot-chunk-rows", "400", "--snapshot-workers", "1"],
+    )  # fmt: skip
     with Writers(db, ["big"], first_new_id=1_000_000, threads=1) as writers:
-        with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen([sys.executable, "-m", "cdc", *args], stdout=log_file, stderr=log_file)
+        connector.start(wait=False)
 
         def chunks_done() -> int:
             plans = snapshot_state(settings).get("plans", {})
             return len(plans["public.big"]["done"]) if "public.big" in plans else 0
 
         try:
-            wait_until(lambda: chunks_done() >= 5 or proc.poll() is not None, timeout=60, interval=0.005)
+            wait_until(lambda: chunks_done() >= 5 or not connector.alive(), timeout=60, interval=0.005)
         finally:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(30)
+            connector.kill9()
         state = snapshot_state(settings)
         done, chunks = (
             len(state["plans"]["public.big"]["done"]),
@@ -231,26 +225,42 @@ def test_graceful_stop_during_snapshot_keeps_what_kafka_holds(
     assert len({r.key["id"] for r in in_done}) == len(in_done), "a done chunk was read again"
 
 
-def test_a_table_rewritten_under_the_snapshot_is_refused(db_latest: TestDb) -> None:
-    """TRUNCATE is not MVCC-safe: a snapshot older than it would read the table as empty."""
-    from cdc.errors import SourceUnavailable
+def test_a_table_rewritten_or_replaced_under_the_snapshot_is_noticed(db_latest: TestDb) -> None:
+    """TRUNCATE is not MVCC-safe: a snapshot older than it would read the table as empty. The check
+    the workers run before each chunk sees it, and sees a table dropped and created again."""
     from cdc.pg import connect
 
     db = db_latest
-    db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
+    db.execute(
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);"
+        "CREATE TABLE p (id int PRIMARY KEY) PARTITION BY RANGE (id);"
+        "CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (100); INSERT INTO p VALUES (1)"
+    )
+    with connect(db.dsn) as catalog:  # as the coordinator: autocommit, no lock kept
+        spec = tables.describe_table(catalog, "public.t", "none")
+        parted = tables.describe_table(catalog, "public.p", "none")
     with connect(db.dsn) as exporter, connect(db.dsn) as reader:
         exporter.autocommit = reader.autocommit = False
         exporter.isolation_level = reader.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         row = exporter.execute("SELECT pg_export_snapshot()").fetchone()
         assert row is not None
-        spec = tables.describe_table(exporter, "public.t", "none")
-        reader.execute(f"SET TRANSACTION SNAPSHOT '{row[0]}'")
-        workers._hold_tables(reader, [spec])  # nothing happened yet: fine
-        reader.rollback()
+
+        def check(which: tables.TableSpec) -> str | None:
+            reader.execute(f"SET TRANSACTION SNAPSHOT '{row[0]}'")
+            try:
+                return workers.table_changed(reader, which)
+            finally:
+                reader.rollback()
+
+        assert check(spec) is None and check(parted) is None  # nothing happened yet
+        db.execute("TRUNCATE p1")
+        assert check(parted) == workers.REWRITTEN  # a partition's rewrite counts
         db.execute("TRUNCATE t")
-        reader.execute(f"SET TRANSACTION SNAPSHOT '{row[0]}'")
-        with pytest.raises(SourceUnavailable, match="table t was rewritten"):
-            workers._hold_tables(reader, [spec])
+        assert check(spec) == workers.REWRITTEN
+        db.execute("DROP TABLE t; CREATE TABLE t (id int PRIMARY KEY)")
+        assert check(spec) == workers.DROPPED
+        db.execute("DROP TABLE t")
+        assert check(spec) == workers.DROPPED
 
 
 def test_initial_only_then_stream(

@@ -11,19 +11,10 @@ from kafka import KafkaAdminClient
 
 from cdc import control
 from cdc.snapshot.incremental import PgSnapshot
-from tests.fix_servers import BrokerHandle, TestDb, wait_until
-from tests.pipeline import (
-    Running,
-    cdc,
-    error_line,
-    read_topics,
-    rebuild,
-    running,
-    settings_for,
-    source_rows,
-    wait_caught_up,
-)
+from tests.fix_servers import BrokerHandle, TestDb
+from tests.pipeline import read_topics, rebuild, settings_for, source_rows, wait_caught_up
 from tests.snapshotting import Writers, version_problems
+from tests.support import Running, cdc, error_line, running, wait_until
 
 
 def incremental_done(run: Running) -> bool:

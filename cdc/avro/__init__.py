@@ -16,6 +16,7 @@ from cdc.avro.registry import (
     SchemaRegistry,
     decode_schema_record,
     encode_schema_record,
+    verify_fingerprint,
 )
 from cdc.avro.schemas import (
     FIXED_SCHEMAS,
@@ -74,4 +75,5 @@ __all__ = [
     "schemas_dir",
     "split_single_object",
     "value_schema",
+    "verify_fingerprint",
 ]

@@ -197,6 +197,9 @@ class DebeziumJsonSerializer:
             self._wrap(orjson.dumps(value_schema), value_value),
         )
 
+    def prepare(self, table: Table) -> None:
+        pass  # the schema travels in each record (or not at all)
+
     def take_schema_records(self) -> Sequence[tuple[bytes, bytes]]:
         return ()
 
@@ -422,8 +425,12 @@ class DebeziumAvroSerializer:
         )
         return key_header + encode_key(key_value), value_header + encode_value(value_value)
 
+    def prepare(self, table: Table) -> None:
+        """Register ``table``'s subjects now (see `cdc.events.Serializer.prepare`)."""
+        self._codec(table)
+
     def take_schema_records(self) -> Sequence[tuple[bytes, bytes]]:
-        return ()
+        return ()  # the registry holds the schemas
 
     def close(self) -> None:
         self.framing.client.close()

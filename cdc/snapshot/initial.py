@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from cdc.errors import CdcError, SinkError, SourceError
 from cdc.events import ChangeEvent, SourceInfo, table_topic
 from cdc.lsn import format_lsn
 from cdc.pgtypes import TypeCatalog
+from cdc.shaping.select import Selection
 from cdc.snapshot.progress import SnapshotProgress
 from cdc.snapshot.state import IncrementalTask, SnapshotState, SnapshotStore, TablePlan
 from cdc.snapshot.tables import (
@@ -42,7 +43,7 @@ from cdc.snapshot.tables import (
     normalize_table,
     table_from_spec,
 )
-from cdc.snapshot.workers import ERRORS, WorkerJob, send, worker_main
+from cdc.snapshot.workers import DROPPED, ERRORS, WorkerJob, send, worker_main
 from cdc.status import Status
 from cdc.writer import RecordWriter
 
@@ -51,6 +52,9 @@ if TYPE_CHECKING:
     from multiprocessing.context import SpawnProcess
 
 log = logging.getLogger(__name__)
+
+#: Seconds between writes of ``snapshot.json`` while chunks complete.
+SAVE_INTERVAL = 0.5
 
 
 class InitialSnapshot:
@@ -63,12 +67,19 @@ class InitialSnapshot:
         stop: threading.Event,
         writer: RecordWriter,
         source: SourceInfo,
+        system_id: str,
         catalog: TypeCatalog,
         state: SnapshotState,
         store: SnapshotStore,
         specs: dict[str, TableSpec],
     ) -> None:
         self.settings = settings
+        self.system_id = system_id
+        #: exactly-once: each worker commits a chunk's rows with its done record, so no row is held
+        #: back; the very last chunk is handed out once every other one is in Kafka, to carry "last"
+        self.exactly_once = settings.delivery == "exactly-once"
+        self.waiting: list[int] = []  # workers asking for a chunk
+        self.busy: set[int] = set()  # workers reading one
         self.status = status
         self.stop = stop
         self.writer = writer
@@ -81,6 +92,8 @@ class InitialSnapshot:
         self.unacked: deque[tuple[InFlight, str, int, int]] = deque()
         self.ts_ms = int(time.time() * 1000)
         self.progress: SnapshotProgress | None = None
+        self.queue: deque[tuple[str, int]] = deque()  # chunks no worker took yet
+        self.unsaved = False  # chunks done that snapshot.json does not say yet
 
     def run(self, exported: str | None) -> bool:
         """Read every pending chunk; True once the whole snapshot is in Kafka, False if stopped.
@@ -94,6 +107,8 @@ class InitialSnapshot:
         total_rows = sum(p.rows for p in state.plans.values())
         for name in state.plans:
             self.writer.ensure_topic(table_topic(s.topic_prefix, self.tables[name]))
+        # every table's schemas now, in one batch: the workers find them on the schema topic
+        self.writer.publish_schemas(list(self.tables.values()))
         self.progress = SnapshotProgress(
             {name: (plan.rows, plan.estimate) for name, plan in state.plans.items() if not plan.complete()}
         )
@@ -126,10 +141,18 @@ class InitialSnapshot:
         pending = [
             [(name, i) for i in range(plan.chunks) if i not in plan.done]
             for name, plan in self.state.plans.items()
+            if not plan.gave_up
         ]
         tasks = []
         for round_ in range(max((len(p) for p in pending), default=0)):
             tasks += [p[round_] for p in pending if round_ < len(p)]
+        if self.exactly_once:
+            # the chunk read last carries "last": one with an upper bound, planned full (a table's
+            # tail chunk, past its last bound, is often empty)
+            bounded = [t for t in tasks if t[1] < len(self.state.plans[t[0]].bounds)]
+            if bounded:
+                tasks.remove(bounded[-1])
+                tasks.append(bounded[-1])
         return tasks
 
     def _export(self) -> tuple[psycopg.Connection[Any], str]:
@@ -161,6 +184,7 @@ class InitialSnapshot:
             self.state.consistent_lsn,
             self.ts_ms,
             logging.getLogger().getEffectiveLevel(),
+            self.system_id,
         )
         pipes: dict[int, Connection] = {}
         processes: dict[int, SpawnProcess] = {}
@@ -173,10 +197,10 @@ class InitialSnapshot:
             processes[n].start()
             theirs.close()
         log.info("snapshot: %d chunks of %d tables, %d workers", len(tasks), len(self.state.plans), workers)
-        queue_ = deque(tasks)
+        self.queue = deque(tasks)
         error: CdcError | None = None
         aborted = False
-        next_report = 0.0
+        next_report = next_save = 0.0
         try:
             while pipes:
                 if time.monotonic() >= next_report:
@@ -195,13 +219,18 @@ class InitialSnapshot:
                             "the next start resumes the snapshot"
                         )
                     if message[0] in ("ready", "want"):
-                        order = ("task", *queue_.popleft()) if queue_ and not aborted else ("done",)
-                        send(pipe, order)
+                        self.busy.discard(n)
+                        self.waiting.append(n)
                     elif message[0] == "exit":
                         del pipes[n]
+                        self.busy.discard(n)
                     else:
                         error = error or self._on_message(message)
+                self._dispatch(pipes, aborted)
                 self._settle()
+                if self.unsaved and time.monotonic() >= next_save:
+                    self._save()
+                    next_save = time.monotonic() + SAVE_INTERVAL
                 if not aborted and (error is not None or self.stop.is_set()):
                     aborted = True  # what Kafka holds stays recorded; the rest is read next time
                     if error is None:
@@ -209,6 +238,7 @@ class InitialSnapshot:
                     for pipe in pipes.values():
                         send(pipe, ("abort",))
         finally:
+            self._save()
             for pipe in pipes.values():
                 send(pipe, ("abort",))
             for process in processes.values():
@@ -223,6 +253,32 @@ class InitialSnapshot:
             return False
         return True
 
+    def _dispatch(self, pipes: dict[int, Connection], aborted: bool) -> None:
+        """Hand chunks to the workers asking for one; "done" once there are none left."""
+        while self.waiting:
+            n = self.waiting[0]
+            if n not in pipes:
+                self.waiting.pop(0)
+                continue
+            if aborted or not self.queue:
+                self.waiting.pop(0)
+                send(pipes[n], ("done",))
+                continue
+            if self.exactly_once and len(self.queue) == 1 and self.busy:
+                return  # the last chunk waits for every other one to be committed
+            self.waiting.pop(0)
+            name, index = self.queue.popleft()
+            last = self.exactly_once and not self.queue
+            self.busy.add(n)
+            send(pipes[n], ("task", name, index, last))
+
+    def _save(self) -> None:
+        """``snapshot.json`` with the chunks Kafka holds. Written late, a chunk is only read again
+        after a crash (its rows are in Kafka either way); never written early."""
+        if self.unsaved:
+            self.store.save(self.state)
+            self.unsaved = False
+
     def _report(self) -> None:
         """Progress into the connector's status (``cdc status``)."""
         assert self.progress is not None
@@ -233,6 +289,7 @@ class InitialSnapshot:
                 "estimate": plan.estimate,
                 "chunks": plan.chunks,
                 "chunks_done": len(plan.done),
+                **({"gave_up": plan.gave_up} if plan.gave_up else {}),
             }
         self.status.report()
 
@@ -251,6 +308,8 @@ class InitialSnapshot:
                 if self.held is not None:
                     self._emit_held("true")
                 self.held = (name, index, rows, held)
+        elif kind == "changed":
+            self._gave_up(message[1], message[3])
         elif kind == "error":
             _, cls_name, text, retriable = message
             cls = ERRORS.get(cls_name, SourceError)
@@ -258,6 +317,43 @@ class InitialSnapshot:
                 return SinkError(text, retriable=retriable)
             return cls(text)
         return None
+
+    def _gave_up(self, name: str, why: str) -> None:
+        """The table was rewritten or dropped under the snapshot: its snapshot ends here, the other
+        tables go on, and a rewritten table is read again incrementally once streaming starts.
+
+        Exact: the stream replays every change after the consistent point (a TRUNCATE among
+        them), and an incremental snapshot is exact against the stream (DBLog).
+        """
+        plan = self.state.plans[name]
+        if plan.gave_up:
+            return  # another worker found it too
+        plan.gave_up = why
+        self.queue = deque(task for task in self.queue if task[0] != name)
+        if why == DROPPED:
+            log.warning("table %s was dropped during the initial snapshot: its snapshot stops here", name)
+        elif self.tables[name].has_key:
+            log.warning(
+                "table %s was rewritten (TRUNCATE, ALTER TABLE, CLUSTER or VACUUM FULL) during the initial "
+                "snapshot, which cannot read it any more: an incremental snapshot reads it again once "
+                "streaming starts; the other tables go on",
+                name,
+            )
+            if all(task.table != name for task in self.state.incremental):
+                self.state.incremental.append(IncrementalTask(name))
+        else:
+            log.warning(
+                "table %s was rewritten (TRUNCATE, ALTER TABLE, CLUSTER or VACUUM FULL) during the initial "
+                "snapshot, which cannot read it any more, and it has no key to be read again "
+                "incrementally: the stream carries its changes from the snapshot's consistent point (a "
+                "TRUNCATE among them empties it), but rows kept through another rewrite are not sent; "
+                "give it a primary key and run `cdc snapshot %s`",
+                name,
+                name,
+            )
+        self.store.save(self.state)
+        assert self.progress is not None
+        self.progress.table_done(name, plan.rows)
 
     def _emit_held(self, snapshot: str) -> None:
         assert self.held is not None
@@ -276,6 +372,7 @@ class InitialSnapshot:
             self._emit_held(snapshot)
         self.writer.flush(30)
         self._settle()
+        self._save()
 
     def _settle(self) -> None:
         self.writer.poll()
@@ -292,8 +389,8 @@ class InitialSnapshot:
         status = self.status
         status.events_total += rows
         status.events_per_table[name] += rows
-        self.store.save(self.state)
-        if plan.complete():
+        self.unsaved = True  # written at most every SAVE_INTERVAL: an fsync per chunk would cost more
+        if plan.complete() and not plan.gave_up:
             assert self.progress is not None
             self.progress.table_done(name, plan.rows)
 
@@ -304,6 +401,7 @@ class InitialSnapshot:
         if not self.writer.flush(60):
             raise SinkError("kafka did not acknowledge the last snapshot rows within 60 s", retriable=True)
         self._settle()
+        self._save()
         if self.unacked or not all(plan.complete() for plan in self.state.plans.values()):
             raise SinkError("kafka did not acknowledge every snapshot row", retriable=True)
         self.state.phase = "complete"
@@ -326,6 +424,8 @@ class Start:
     new_slot: bool
     exported: str | None  # the snapshot the new slot exported
     source: SourceInfo
+    #: with exactly-once, the chunks Kafka committed: (consistent lsn, table, chunk) -> rows
+    committed_chunks: dict[tuple[int, str, int], int] = field(default_factory=dict)
 
 
 def before_streaming(
@@ -347,8 +447,11 @@ def before_streaming(
     s = settings
     store = SnapshotStore(s.instance_dir)
     state = store.load()
-    tables = captured_tables(conn, s.tables, s.publication)
-    listed = [normalize_table(t) for t in s.tables]
+    tables = captured_tables(conn, s.tables, s.publication, s.exclude_tables)
+    selection = Selection.from_settings(s)
+    patterns = not (selection.exact or selection.everything)
+    # what the next start compares with: --tables names, or the set patterns matched
+    listed = tables if patterns else [normalize_table(t) for t in s.tables]
     if start.new_slot or not state.belongs_to(s.slot, start.system_id, start.database):
         if not start.new_slot and s.snapshot == "initial-only":
             raise SourceError(
@@ -381,15 +484,23 @@ def before_streaming(
     specs: dict[str, TableSpec] = {}
     if state.phase == "running":
         specs = _plan(conn, s, state, tables, catalog)
+        for (lsn, name, index), rows in start.committed_chunks.items():
+            plan = state.plans.get(name)
+            if lsn == state.consistent_lsn and plan is not None and index not in plan.done:
+                # committed to Kafka with its rows before the last stop wrote it down here
+                plan.done.add(index)
+                plan.rows += rows
     elif s.snapshot != "never":
-        _queue_added_tables(state, listed)
+        _queue_added_tables(state, listed, patterns)
     state.tables = listed
     store.save(state)
     status.snapshot = {"phase": state.phase}
     if state.phase == "running":
         status.state = "snapshotting"
         status.report()
-        snapshot = InitialSnapshot(s, status, stop, writer, start.source, catalog, state, store, specs)
+        snapshot = InitialSnapshot(
+            s, status, stop, writer, start.source, start.system_id, catalog, state, store, specs
+        )
         if not snapshot.run(start.exported if start.new_slot else None):
             return False
     elif s.snapshot == "initial-only":
@@ -425,13 +536,16 @@ def _plan(
     return specs
 
 
-def _queue_added_tables(state: SnapshotState, listed: list[str]) -> None:
-    """Tables added to an explicit ``--tables`` since the last start get an incremental snapshot."""
-    if not state.tables or not listed:
+def _queue_added_tables(state: SnapshotState, listed: list[str], patterns: bool = False) -> None:
+    """Tables added to an explicit ``--tables`` since the last start get an incremental snapshot, and
+    so do tables that match ``--tables`` patterns and were not captured before (created while the
+    connector was stopped: the publication took them only now)."""
+    if not patterns and (not state.tables or not listed):
         return  # all tables: new ones are streamed from their creation
     queued = {task.table for task in state.incremental}
     for name in listed:
         if name not in state.tables and name not in queued:
-            log.info("table %s was added to --tables: queueing an incremental snapshot of it", name)
+            why = "matches --tables" if patterns else "was added to --tables"
+            log.info("table %s %s: queueing an incremental snapshot of it", name, why)
             state.incremental.append(IncrementalTask(name))
     state.incremental = [task for task in state.incremental if task.table in listed]

@@ -30,6 +30,9 @@ class TablePlan:
     done: set[int] = field(default_factory=set)
     rows: int = 0  # rows of the done chunks
     estimate: int = 0
+    #: why the snapshot could not read the table to its end ("rewritten", "dropped"): it is over,
+    #: and an incremental snapshot reads a rewritten table again while streaming
+    gave_up: str = ""
 
     @property
     def chunks(self) -> int:
@@ -39,7 +42,7 @@ class TablePlan:
         return next(i for i in range(self.chunks + 1) if i not in self.done)
 
     def complete(self) -> bool:
-        return len(self.done) >= self.chunks
+        return bool(self.gave_up) or len(self.done) >= self.chunks
 
 
 @dataclass(slots=True)
@@ -50,6 +53,9 @@ class IncrementalTask:
     last_key: list[str] | None = None
     rows: int = 0
     requested_at: float = field(default_factory=time.time)
+    #: the topic holds rows the table no longer has (it was dropped and created again, or left the
+    #: publication for a while): a truncate event goes first, in the first chunk's low watermark
+    clear_first: bool = False
 
 
 @dataclass(slots=True)
@@ -95,6 +101,7 @@ class SnapshotStore:
                         {int(i) for i in plan["done"]},
                         int(plan["rows"]),
                         int(plan.get("estimate", 0)),
+                        str(plan.get("gave_up", "")),
                     )
                     for name, plan in data.get("plans", {}).items()
                 },
@@ -104,6 +111,7 @@ class SnapshotStore:
                         None if task.get("last_key") is None else [str(v) for v in task["last_key"]],
                         int(task.get("rows", 0)),
                         float(task.get("requested_at", 0.0)),
+                        bool(task.get("clear_first", False)),
                     )
                     for task in data.get("incremental", [])
                 ],
@@ -128,6 +136,7 @@ class SnapshotStore:
                     "done": sorted(plan.done),
                     "rows": plan.rows,
                     "estimate": plan.estimate,
+                    "gave_up": plan.gave_up,
                 }
                 for name, plan in state.plans.items()
             },
@@ -137,6 +146,7 @@ class SnapshotStore:
                     "last_key": task.last_key,
                     "rows": task.rows,
                     "requested_at": task.requested_at,
+                    "clear_first": task.clear_first,
                 }
                 for task in state.incremental
             ],

@@ -15,13 +15,14 @@ import logging
 import os
 import signal
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import psycopg
 from psycopg import sql
 
-from cdc import pg
+from cdc import exactly_once, logs, pg
 from cdc.checkpoint import InFlight
 from cdc.config import Settings
 from cdc.errors import (
@@ -33,6 +34,7 @@ from cdc.errors import (
     SinkError,
     SourceError,
     SourceUnavailable,
+    TransformError,
 )
 from cdc.events import ChangeEvent, SourceInfo, table_topic
 from cdc.pgtypes import TypeCatalog
@@ -67,6 +69,7 @@ class WorkerJob:
     lsn: int
     ts_ms: int
     log_level: int
+    system_id: str = ""
 
 
 ERRORS: dict[str, type[CdcError]] = {
@@ -79,6 +82,7 @@ ERRORS: dict[str, type[CdcError]] = {
         SinkError,
         CheckpointError,
         ConfigError,
+        TransformError,
     )
 }
 
@@ -99,7 +103,9 @@ def worker_main(job: WorkerJob, number: int, parent: int, pipe: Connection) -> N
     """Entry point of a snapshot worker process: read chunks, produce rows, report acked chunks."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the connector decides when to stop
-    logging.basicConfig(level=job.log_level, format=f"%(asctime)s %(levelname)s worker-{number}: %(message)s")
+    s = job.settings
+    level = logging.getLevelName(job.log_level).lower()
+    logs.configure(s.log_format, level, s.log_file, prefix=f"worker-{number}")  # the connector's log
     # these lines bypass the connector's console (and its progress bars): only what matters
     logging.getLogger("kafka").setLevel(max(job.log_level, logging.WARNING))
     try:
@@ -116,7 +122,13 @@ def worker_main(job: WorkerJob, number: int, parent: int, pipe: Connection) -> N
 
 
 class _Worker:
-    """One connection in the shared snapshot and one record writer (producer + serializer)."""
+    """One connection that joins the shared snapshot once per chunk, and one record writer.
+
+    Each chunk is its own REPEATABLE READ transaction importing the exported
+    snapshot, so the ACCESS SHARE lock it takes on its table lasts one chunk:
+    the application's TRUNCATE or ALTER TABLE waits at most that long (and
+    the queries queued behind it too), never for the whole snapshot.
+    """
 
     def __init__(self, job: WorkerJob, number: int, pipe: Connection) -> None:
         s = job.settings
@@ -125,25 +137,37 @@ class _Worker:
         self.pipe = pipe
         self.conn = pg.connect(s.dsn, f"cdc-{s.name}-snapshot-{number}")
         try:
-            with pg.errors("joining the snapshot", retriable=_GONE_SNAPSHOT):
+            with pg.errors("joining the snapshot"):
                 self.conn.autocommit = False
                 self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
                 self.conn.read_only = True
-                # the first statement of the transaction: every worker reads the same snapshot
-                self.conn.execute(
-                    sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(job.snapshot_name))
-                )
-            _hold_tables(self.conn, list(job.specs.values()))
-            self.writer = open_writer(s, job.source, f"cdc-{s.name}-snapshot-{number}")
+            with self._in_snapshot(), pg.errors("reading the types of the snapshot"):
+                # types and tables as the session resolves them, as of the snapshot
+                catalog = TypeCatalog.from_connection(self.conn)
+                self.tables = {name: table_from_spec(spec, catalog) for name, spec in job.specs.items()}
+            self.exactly_once = s.delivery == "exactly-once"
+            transactional = exactly_once.transactional_id(s, number) if self.exactly_once else ""
+            self.writer = open_writer(s, job.source, f"cdc-{s.name}-snapshot-{number}", transactional)
         except BaseException:
             self.conn.close()
             raise
-        with pg.errors("reading the types of the snapshot"):
-            catalog = TypeCatalog.from_connection(self.conn)  # as the session resolves them, as of S0
-        self.tables = {name: table_from_spec(spec, catalog) for name, spec in job.specs.items()}
         self.readers = {name: row_reader(t) for name, t in self.tables.items()}
         self.topics = {name: table_topic(s.topic_prefix, t) for name, t in self.tables.items()}
         self.pending: deque[tuple[str, int, InFlight, int, list[Any] | None]] = deque()
+
+    @contextlib.contextmanager
+    def _in_snapshot(self) -> Iterator[None]:
+        """One transaction in the exported snapshot; ended (its locks released) on the way out."""
+        with pg.errors("joining the snapshot", retriable=_GONE_SNAPSHOT):
+            # the first statement of the transaction: every worker reads the same snapshot
+            self.conn.execute(
+                sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.job.snapshot_name))
+            )
+        try:
+            yield
+        finally:
+            with pg.errors("ending a snapshot transaction"):
+                self.conn.rollback()
 
     def __enter__(self) -> _Worker:
         return self
@@ -163,7 +187,7 @@ class _Worker:
                 order = pipe.recv()
                 if order[0] != "task":
                     break
-                self._chunk(order[1], order[2])
+                self._chunk(order[1], order[2], bool(order[3]) if len(order) > 3 else False)
                 self._report()
                 pipe.send(("want", self.number))
         except _Aborted:
@@ -180,8 +204,14 @@ class _Worker:
             table, index, _, rows, held = pending.popleft()
             self.pipe.send(("chunk", table, index, rows, held))
 
-    def _chunk(self, name: str, index: int) -> None:
-        """Read chunk ``index`` of ``name``; produce its rows but the last, which goes to the coordinator."""
+    def _chunk(self, name: str, index: int, last: bool = False) -> None:
+        """Read chunk ``index`` of ``name``; produce its rows but the last, which goes to the coordinator.
+
+        With exactly-once the rows and the chunk's done record are one Kafka transaction, and the
+        last row is produced here too (marked "last" when the coordinator says this chunk is the
+        snapshot's very last). A table rewritten or dropped since the snapshot began cannot be read
+        in it: the coordinator hears so, and the chunk is not read.
+        """
         job = self.job
         spec, table = job.specs[name], self.tables[name]
         bounds = job.bounds[name]
@@ -194,47 +224,71 @@ class _Worker:
         token = InFlight(lsn)
         held: list[Any] | None = None
         rows = reported = 0
-        for line in copy_rows(self.conn, statement):
-            values = read(line)
-            if held is not None:
-                write(ChangeEvent("r", table, None, held, lsn, lsn, 0, ts_ms, snapshot="true"), token, topic)
-            held = values
-            rows += 1
-            if not rows & 1023:
-                self._report()  # chunks Kafka acknowledged meanwhile get recorded without waiting
-                if rows - reported >= 4096:
-                    pipe.send(("progress", name, rows - reported))
-                    reported = rows
-                if pipe.poll():  # only an abort arrives unasked; the chunk is read again next time
-                    raise _Aborted
+        with self._in_snapshot():
+            changed = table_changed(self.conn, spec)
+            if changed is not None:
+                pipe.send(("changed", name, index, changed))
+                return
+            if self.exactly_once:
+                self.writer.producer.begin_transaction()
+            for line in copy_rows(self.conn, statement):
+                values = read(line)
+                if held is not None:
+                    write(
+                        ChangeEvent("r", table, None, held, lsn, lsn, 0, ts_ms, snapshot="true"), token, topic
+                    )
+                held = values
+                rows += 1
+                if not rows & 1023:
+                    self._report()  # chunks Kafka acknowledged meanwhile get recorded without waiting
+                    if rows - reported >= 4096:
+                        pipe.send(("progress", name, rows - reported))
+                        reported = rows
+                    if pipe.poll():  # only an abort arrives unasked; the chunk is read again next time
+                        raise _Aborted
         pipe.send(("progress", name, rows - reported))
-        self.pending.append((name, index, token, rows, held))
+        if not self.exactly_once:
+            self.pending.append((name, index, token, rows, held))
+            return
+        if held is not None:
+            marker = "last" if last else "true"
+            write(ChangeEvent("r", table, None, held, lsn, lsn, 0, ts_ms, snapshot=marker), token, topic)
+        exactly_once.commit_chunk(
+            self.writer, job.settings, job.system_id, job.source.db, lsn, name, index, rows
+        )
+        self.writer.poll()
+        pipe.send(("chunk", name, index, rows, None))
 
 
-def _hold_tables(conn: psycopg.Connection[Any], specs: list[TableSpec]) -> None:
-    """Lock the tables (ACCESS SHARE) for the snapshot, and refuse any rewritten since it began.
+#: What `table_changed` finds: the table can no longer be read in the exported snapshot.
+REWRITTEN: Final = "rewritten"
+DROPPED: Final = "dropped"
+
+
+def table_changed(conn: psycopg.Connection[Any], spec: TableSpec) -> str | None:
+    """Lock ``spec``'s table for this transaction (ACCESS SHARE) and tell whether the snapshot can
+    still read it: None, or `DROPPED` (gone, or its name now another table's) or `REWRITTEN`.
 
     TRUNCATE and table-rewriting ALTER TABLE are not MVCC-safe: an older
-    snapshot sees a rewritten table as empty. The lock keeps them out until
-    the snapshot ends; one that slipped in between the slot's creation and
-    this lock shows as a file node changed under the snapshot.
+    snapshot sees a rewritten table as empty. A rewrite shows as a file node
+    that differs from the one the snapshot's catalog has; the lock keeps a new
+    one out while the chunk is read.
     """
-    if not specs:
-        return
-    names = sql.SQL(", ").join(sql.Identifier(s.schema, s.name) for s in specs)
-    with pg.errors("locking the snapshot's tables", "check the role's privileges on the tables"):
-        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(names))
-    rewritten = pg.query(
+    name = sql.Identifier(spec.schema, spec.name)
+    current = pg.query_one(conn, "SELECT to_regclass(%s)::oid", (name.as_string(None),))
+    if current is None or current[0] != spec.relation_id:
+        return DROPPED
+    with pg.errors(f"locking {spec.qualified_name} for the snapshot", "check the role's privileges"):
+        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(name))
+    rewritten = pg.query_one(
         conn,
-        """SELECT c.oid::regclass::text FROM pg_class c
-            WHERE c.oid = ANY(%s) AND c.relkind = 'r' AND c.relfilenode <> pg_relation_filenode(c.oid)""",
-        ([s.relation_id for s in specs],),
+        # the table, or each leaf of a partitioned one (pg_partition_tree has no rows for a plain table)
+        """SELECT count(*) FROM pg_class c
+            WHERE (c.oid = %(oid)s OR c.oid IN (SELECT relid FROM pg_partition_tree(%(oid)s::oid::regclass)))
+              AND c.relkind = 'r' AND c.relfilenode IS DISTINCT FROM pg_relation_filenode(c.oid)""",
+        {"oid": spec.relation_id},
     )
-    if rewritten:
-        raise SourceUnavailable(
-            f"table {rewritten[0][0]} was rewritten (TRUNCATE, ALTER TABLE, CLUSTER or VACUUM FULL) as "
-            "the snapshot began; start again: the snapshot resumes from a new one"
-        )
+    return REWRITTEN if rewritten is not None and rewritten[0] else None
 
 
 def send(pipe: Connection, order: tuple[Any, ...]) -> None:

@@ -24,10 +24,20 @@ from cdc.devservers import Broker, PostgresServer
 from cdc.kafka import resolve_producer_kind
 from cdc.lsn import parse_lsn
 from tests.chaos import harness
-from tests.chaos.harness import ConnectorProcess, ShapedBroker, current_wal, slot_confirmed, wait_for
+from tests.chaos.harness import ShapedBroker
 from tests.chaos.verify import Report, decoder, read_all, verify
 from tests.chaos.workload import Workload, create_schema, published_tables
-from tests.pipeline import FAST_FAILING_PRODUCER
+from tests.support import (
+    FAST_FAILING_PRODUCER,
+    OUTLIVING_PRODUCER,
+    ConnectorProcess,
+    current_wal,
+    producer_config_args,
+    scalar,
+    slot_active_pid,
+    slot_confirmed,
+    wait_until,
+)
 
 
 @dataclass(slots=True)
@@ -83,7 +93,7 @@ class Chaos:
     def caught_up(self, timeout: float = 120) -> None:
         """Until the connector has confirmed everything written so far."""
         target = current_wal(self.dsn)
-        wait_for(lambda: self.connector.caught_up(target), timeout, "the connector to confirm the WAL end")
+        wait_until(lambda: self.connector.caught_up(target), timeout, "the connector to confirm the WAL end")
 
     def finish(self, timeout: float = 180) -> Report:
         """Stop the workload, let the connector catch up, stop it gracefully, verify everything."""
@@ -119,7 +129,7 @@ class Chaos:
     def progress(self, events: int = 1, timeout: float = 60) -> None:
         """Until the running connector has streamed ``events`` more events in its current process."""
         base = int(self.connector.status().get("events_total") or 0)
-        wait_for(
+        wait_until(
             lambda: int(self.connector.status().get("events_total") or 0) >= base + events,
             timeout,
             "the connector to stream again",
@@ -146,14 +156,16 @@ def start_with_snapshot(
     connector = scene.connector
     connector.snapshot = "initial"
     connector.start(wait=False)
-    state = wait_for(lambda: connector.snapshot_state().get("consistent_lsn") and connector.snapshot_state(),
-                     60, "the initial snapshot to begin", interval=0.01)  # fmt: skip
+    state = wait_until(
+        lambda: connector.snapshot_state().get("consistent_lsn") and connector.snapshot_state(),
+        60, "the initial snapshot to begin", interval=0.01,
+    )  # fmt: skip
     scene.snapshot_lsn = parse_lsn(str(state["consistent_lsn"]))
     scene.workload.start()  # writes while the snapshot reads
     if kill_after_chunks is None:
         connector.wait_state("running", timeout=180)
         return None
-    wait_for(
+    wait_until(
         lambda: chunks_done(connector.snapshot_state()) >= kill_after_chunks or not connector.alive(),
         120, f"{kill_after_chunks} snapshot chunks", interval=0.005,
     )  # fmt: skip
@@ -189,7 +201,7 @@ def kill9_large_transaction(scene: Chaos) -> FaultRecord:
     txn = scene.workload.large_insert(rows)
     assert txn is not None, "the large transaction did not commit"
     fraction = scene.rng.uniform(0.1, 0.8)
-    wait_for(
+    wait_until(
         lambda: int(scene.connector.status().get("events_total") or 0) >= base + int(rows * fraction),
         120,
         f"{fraction:.0%} of the large transaction to be streamed",
@@ -236,10 +248,8 @@ def walsender_terminated(scene: Chaos) -> FaultRecord:
     """``pg_terminate_backend`` of the slot's walsender: the connector reconnects by itself."""
     sessions = int(scene.connector.status().get("sessions") or 1)
     began = time.monotonic()
-    active = wait_for(
-        lambda: harness.slot_active_pid(scene.dsn, scene.connector.slot), 30, "an active walsender"
-    )
-    harness.scalar(scene.dsn, "SELECT pg_terminate_backend(%s)", (active,))
+    active = wait_until(lambda: slot_active_pid(scene.dsn, scene.connector.slot), 30, "an active walsender")
+    scalar(scene.dsn, "SELECT pg_terminate_backend(%s)", (active,))
     scene.connector.wait_state("running", timeout=60, sessions=sessions + 1)
     scene.progress()
     return scene.record("walsender terminated", began)
@@ -287,7 +297,7 @@ def broker_blip(scene: Chaos) -> FaultRecord:
     began = time.monotonic()
     scene.broker.stop()
     died = time.time()
-    status = wait_for(
+    status = wait_until(
         partial(status_after, scene.connector, died + 0.2), 30, "a status after the broker stopped"
     )
     horizon = parse_lsn(str(status.get("received_lsn") or "0/0"))
@@ -406,14 +416,14 @@ def new_scene(
 
     ``fast_failing``: producer timeouts of a few seconds, so that a lost
     broker ends the session quickly (the loss horizon is then exact);
-    otherwise timeouts a short outage stays within (`harness.OUTLIVING_PRODUCER`).
+    otherwise timeouts a short outage stays within (`tests.support.OUTLIVING_PRODUCER`).
     """
     create_schema(dsn)
     kind = resolve_producer_kind(producer)
-    settings = (FAST_FAILING_PRODUCER if fast_failing else harness.OUTLIVING_PRODUCER)[kind]
+    settings = (FAST_FAILING_PRODUCER if fast_failing else OUTLIVING_PRODUCER)[kind]
     connector = ConnectorProcess(
         dsn, broker.bootstrap_servers, name, prefix, state_dir, tables=published_tables(),
-        extra=[a for k, v in settings.items() for a in ("--producer-config", f"{k}={v}")],
+        extra=producer_config_args(settings),
         env={"CDC_RECONNECT_MAX_SECONDS": str(reconnect_max_seconds)}, format=format, producer=kind,
     )  # fmt: skip
     rng = random.Random(seed)

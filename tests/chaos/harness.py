@@ -1,5 +1,6 @@
-"""The pieces a fault needs: a real `cdc start` process, positions, memory, a shaped link, a small disk.
+"""The pieces only a fault needs: a shaped link to the broker, a small or read-only state directory.
 
+The connector process, positions, memory and waiting are `tests.support`'s.
 Nothing here is pytest-specific, so that the test cases and ``make soak``
 drive the same code.
 """
@@ -9,238 +10,16 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 import orjson
-import psycopg
 
 from cdc.devservers import Broker, free_port, tansu_binary
 from cdc.lsn import parse_lsn
-from tests.pipeline import cdc
-
-T = TypeVar("T")
-
-#: Timeouts a broker outage of a few seconds stays within, so the session outlives it, but short
-#: enough that a producer stuck after the broker came back empty fails its session in seconds, not
-#: the default two minutes (librdkafka waits out message.timeout.ms when Tansu re-creates the topics).
-OUTLIVING_PRODUCER = {
-    "kafka-python": {"delivery_timeout_ms": "8000", "request_timeout_ms": "3000", "max_block_ms": "6000"},
-    "confluent": {"message.timeout.ms": "5000", "socket.timeout.ms": "2500"},
-}
-
-
-class ChaosTimeout(AssertionError):
-    """A condition did not come true in time."""
-
-
-def wait_for(condition: Callable[[], T | None], timeout: float, message: str, interval: float = 0.05) -> T:
-    """Poll ``condition`` until it returns something truthy; raise `ChaosTimeout` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise ChaosTimeout(f"timed out after {timeout:g} s waiting for {message}")
-        time.sleep(interval)
-
-
-# -- positions --------------------------------------------------------------------------------
-
-
-def scalar(dsn: str, query: str, params: Any = None) -> Any:
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-        row = conn.execute(query, params).fetchone()
-    return None if row is None else row[0]
-
-
-def current_wal(dsn: str) -> int:
-    return parse_lsn(str(scalar(dsn, "SELECT pg_current_wal_lsn()::text")))
-
-
-def slot_confirmed(dsn: str, slot: str) -> int:
-    text = scalar(
-        dsn, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-    )
-    return parse_lsn(text) if text else 0
-
-
-def slot_active_pid(dsn: str, slot: str) -> int | None:
-    pid = scalar(dsn, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,))
-    return int(pid) if pid is not None else None
-
-
-# -- memory -----------------------------------------------------------------------------------
-
-
-def memory_kb(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of ``pid`` in KiB: the resident set now and its peak."""
-    rss = hwm = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-            elif line.startswith("VmHWM:"):
-                hwm = int(line.split()[1])
-    return rss, hwm
-
-
-# -- the connector as users run it ------------------------------------------------------------
-
-
-@dataclass
-class ConnectorProcess:
-    """`cdc start` as a child process (its own session), with a log file per run.
-
-    The DSN goes through ``CDC_DSN`` so that the password is not on a command line.
-    """
-
-    dsn: str
-    bootstrap: str
-    name: str
-    prefix: str
-    state_dir: Path
-    tables: list[str] = field(default_factory=list)
-    extra: list[str] = field(default_factory=list)
-    format: str = "avro"
-    producer: str = "auto"
-    snapshot: str = "never"
-    env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-    runs: int = 0
-    logs: list[Path] = field(default_factory=list)
-
-    @property
-    def instance_dir(self) -> Path:
-        return self.state_dir / self.name
-
-    @property
-    def slot(self) -> str:
-        return f"cdc_{self.name}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def args(self) -> list[str]:
-        args = [
-            "start", "--name", self.name, "--bootstrap-servers", self.bootstrap,
-            "--topic-prefix", self.prefix, "--state-dir", str(self.state_dir), "--format", self.format,
-            "--producer", self.producer, "--snapshot", self.snapshot, "--status-interval", "0.2",
-        ]  # fmt: skip
-        if self.tables:
-            args += ["--tables", ",".join(self.tables)]
-        return args + self.extra
-
-    def start(self, wait: bool = True) -> None:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        self.runs += 1
-        log_dir = self.state_dir.parent / f"{self.name}-logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = log_dir / f"run{self.runs}.log"
-        self.logs.append(log_path)
-        with contextlib.suppress(FileNotFoundError):
-            (self.instance_dir / "status.json").unlink()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_") or k.startswith("CDC_TEST_")}
-        env.update(self.env, CDC_DSN=self.dsn)
-        with open(log_path, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cdc", *self.args()],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        if wait:
-            self.wait_state("running", timeout=60)
-
-    def status(self) -> dict[str, Any]:
-        try:
-            status: dict[str, Any] = orjson.loads((self.instance_dir / "status.json").read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            return {}
-        return status
-
-    def snapshot_state(self) -> dict[str, Any]:
-        """``snapshot.json``: the initial snapshot's consistent point, phase and chunks done."""
-        try:
-            state: dict[str, Any] = orjson.loads((self.instance_dir / "snapshot.json").read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            return {}
-        return state
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_state(self, *states: str, timeout: float = 60, sessions: int = 0) -> dict[str, Any]:
-        """Until status.json of this process shows one of ``states`` (and at least ``sessions``)."""
-
-        def reached() -> dict[str, Any] | None:
-            if not self.alive():
-                raise AssertionError(f"the connector exited ({self.returncode()}): {self.last_lines()}")
-            status = self.status()
-            if (
-                status.get("pid") == self.pid
-                and status.get("state") in states
-                and int(status.get("sessions") or 0) >= sessions
-            ):
-                return status
-            return None
-
-        return wait_for(reached, timeout, f"connector state {'/'.join(states)} (sessions >= {sessions})")
-
-    def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        """`cdc stop` (SIGTERM through the pid file) and wait for the process."""
-        result = cdc(
-            "stop", "--name", self.name, "--state-dir", str(self.state_dir), "--timeout", str(timeout)
-        )
-        if self.proc is not None:
-            self.proc.wait(timeout)
-        return result
-
-    def wait_exit(self, timeout: float) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def log_text(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in self.logs if p.exists())
-
-    def last_lines(self, n: int = 5) -> str:
-        if not self.logs:
-            return ""
-        lines = self.logs[-1].read_text(errors="replace").strip().splitlines()
-        return " | ".join(lines[-n:])
-
-    def cleanup(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
-
-    def caught_up(self, target: int) -> bool:
-        """Has this connector confirmed ``target`` (in the slot)? Raises if it died."""
-        if not self.alive():
-            raise AssertionError(f"the connector exited ({self.returncode()}): {self.last_lines()}")
-        return slot_confirmed(self.dsn, self.slot) >= target
-
+from tests.support import wait_until
 
 # -- a broker behind a link we can slow down ---------------------------------------------------
 
@@ -320,7 +99,7 @@ class ShapedBroker(Broker):
                 env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
             )  # fmt: skip
         self.pid, self._proc = proc.pid, proc
-        wait_for(lambda: self._reachable() or proc.poll() is not None, 15, f"the broker at {url}")
+        wait_until(lambda: self._reachable() or proc.poll() is not None, 15, f"the broker at {url}")
         if proc.poll() is not None:
             raise LinkUnavailable(f"the broker in {self.namespace} exited: see {self.log_path}")
 

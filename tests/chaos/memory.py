@@ -18,50 +18,21 @@ settings; its resident set (``VmRSS``, sampled every 50 ms, and the kernel's
 from __future__ import annotations
 
 import argparse
-import contextlib
 import secrets
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from cdc.devservers import Broker, PostgresServer, find_pg_installs
 from cdc.kafka import resolve_producer_kind
 from cdc.lsn import parse_lsn
-from tests.chaos.harness import ConnectorProcess, current_wal, memory_kb, slot_confirmed, wait_for
 from tests.chaos.verify import Report, decoder, read_all, verify
 from tests.chaos.workload import Workload, create_schema, published_tables, random_seed
 from tests.fix_servers import new_db
-
-
-@dataclass
-class RssSampler:
-    """The largest VmRSS of a process, sampled in a thread."""
-
-    pid: int
-    interval: float = 0.05
-    peak_kb: int = 0
-    samples: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> RssSampler:
-        def loop() -> None:
-            while not self._stop.wait(self.interval):
-                with contextlib.suppress(OSError):
-                    self.peak_kb = max(self.peak_kb, memory_kb(self.pid)[0])
-                    self.samples += 1
-
-        self._thread = threading.Thread(target=loop, name="rss", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+from tests.support import ConnectorProcess, RssSampler, current_wal, rss_kb, slot_confirmed, wait_until
 
 
 @dataclass(slots=True)
@@ -91,17 +62,19 @@ def large_transaction(
     try:
         for _ in range(20):
             workload.step()  # warm: every table's first events, topics created
-        wait_for(lambda: connector.caught_up(current_wal(db.dsn)), 60, "warm-up")
-        before = memory_kb(connector.pid)[0]
+        wait_until(lambda: connector.caught_up(current_wal(db.dsn)), 60, "warm-up")
+        before = rss_kb(connector.pid)[0]
         began = time.monotonic()
         with RssSampler(connector.pid) as sampler:
             txn = workload.large_insert(rows)
             assert txn is not None
             committed = time.monotonic()
             target = current_wal(db.dsn)
-            wait_for(lambda: connector.caught_up(target), 1800, f"{rows} rows to be confirmed", interval=0.5)
+            wait_until(
+                lambda: connector.caught_up(target), 1800, f"{rows} rows to be confirmed", interval=0.5
+            )
         streamed = time.monotonic() - committed
-        peak = max(sampler.peak_kb, memory_kb(connector.pid)[1])
+        peak = max(sampler.peak_kb, rss_kb(connector.pid)[1])
         connector.stop()
     finally:
         connector.cleanup()
@@ -145,7 +118,7 @@ def broker_outage(
         workload.start()
         bulk.start()
         time.sleep(5)  # steady state before the outage
-        before = memory_kb(connector.pid)[0]
+        before = rss_kb(connector.pid)[0]
         began = time.monotonic()
         with RssSampler(connector.pid) as during:
             broker.stop()
@@ -158,15 +131,15 @@ def broker_outage(
             time.monotonic() - began, f"{waiting / 2**20:,.0f} MiB of WAL waiting in Postgres",
         ))  # fmt: skip
         began = time.monotonic()
-        back = memory_kb(connector.pid)[0]
+        back = rss_kb(connector.pid)[0]
         with RssSampler(connector.pid) as after:
             broker.start()
             bulk_stop.set()
             bulk.join(60)
             workload.halt()
             target = current_wal(db.dsn)
-            wait_for(lambda: connector.caught_up(target), 1800, "the connector to catch up", interval=0.5)
-        hwm = mb(memory_kb(connector.pid)[1])
+            wait_until(lambda: connector.caught_up(target), 1800, "the connector to catch up", interval=0.5)
+        hwm = mb(rss_kb(connector.pid)[1])
         phases.append(Phase(
             "broker back, catching up", mb(back), mb(after.peak_kb),
             time.monotonic() - began, f"peak over the whole run (VmHWM) {hwm} MiB",

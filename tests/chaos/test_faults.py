@@ -22,10 +22,11 @@ from cdc.devservers import Broker, PostgresServer
 from tests.chaos import harness
 from tests.chaos.conftest import ROUNDS
 from tests.chaos.faults import FAULTS, Chaos, FaultRecord, new_scene, start_with_snapshot
-from tests.chaos.harness import StateDirUnavailable, wait_for
+from tests.chaos.harness import StateDirUnavailable
 from tests.chaos.verify import Report
 from tests.chaos.workload import Workload
 from tests.fix_servers import TestDb, new_db
+from tests.support import wait_until
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def play(scene: Chaos, fault: Callable[[Chaos], FaultRecord], rounds: int) -> Re
         scene.sample_lag()
         for _ in range(rounds):
             target = scene.workload.transactions + scene.rng.randint(10, 80)
-            wait_for(partial(reached, scene.workload, target), 60, f"{target} workload transactions")
+            wait_until(partial(reached, scene.workload, target), 60, f"{target} workload transactions")
             fault(scene)
         return scene.finish()
     finally:
@@ -153,7 +154,7 @@ def test_kill9_during_initial_snapshot(
         start_with_snapshot(scene, kill_after_chunks=scene.rng.randint(3, 30))
         scene.sample_lag()
         target = scene.workload.transactions + scene.rng.randint(10, 80)
-        wait_for(partial(reached, scene.workload, target), 60, f"{target} workload transactions")
+        wait_until(partial(reached, scene.workload, target), 60, f"{target} workload transactions")
         report = scene.finish()
     finally:
         scene.workload.close()

@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 
 from cdc.devservers import Broker
-from tests.chaos.harness import ConnectorProcess, current_wal, memory_kb, wait_for
-from tests.chaos.memory import RssSampler
 from tests.chaos.verify import decoder, read_all, verify
 from tests.chaos.workload import Workload, create_schema, published_tables
 from tests.fix_servers import TestDb
+from tests.support import ConnectorProcess, RssSampler, current_wal, rss_kb, wait_until
 
 ROWS = 80_000
 HANG_SECONDS = 3.0
@@ -46,8 +45,8 @@ def test_large_transaction_memory_is_bounded(
             workload.step()
         workload.large_insert(10)  # every table's first event: topics and schemas exist before the hang
         target = current_wal(db.dsn)
-        wait_for(lambda: connector.caught_up(target), 60, "the warm-up to be confirmed")
-        baseline = memory_kb(connector.pid)[0]
+        wait_until(lambda: connector.caught_up(target), 60, "the warm-up to be confirmed")
+        baseline = rss_kb(connector.pid)[0]
         with RssSampler(connector.pid) as sampler:
             own_broker.pause()
             try:
@@ -57,7 +56,7 @@ def test_large_transaction_memory_is_bounded(
             finally:
                 own_broker.resume()
             target = current_wal(db.dsn)
-            wait_for(lambda: connector.caught_up(target), 180, f"{ROWS} rows to be confirmed", interval=0.2)
+            wait_until(lambda: connector.caught_up(target), 180, f"{ROWS} rows to be confirmed", interval=0.2)
         assert connector.stop().returncode == 0
     finally:
         connector.cleanup()

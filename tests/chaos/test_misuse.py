@@ -18,11 +18,11 @@ import orjson
 import pytest
 
 from cdc.devservers import Broker
-from tests.chaos.harness import ConnectorProcess, offsets_lsn, slot_active_pid, slot_confirmed, wait_for
+from tests.chaos.harness import offsets_lsn
 from tests.chaos.verify import decoder, json_decode, read_all, verify
 from tests.chaos.workload import Workload, create_schema, published_tables
 from tests.fix_servers import BrokerHandle, TestDb
-from tests.pipeline import cdc, error_line
+from tests.support import ConnectorProcess, cdc, error_line, slot_active_pid, slot_confirmed, wait_until
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,8 @@ from tests.pipeline import cdc, error_line
         ("tables = 5", "tables = 5"),
         ('tables = ["public.a", 7]', "tables"),
         ("state_dir = 7", "state_dir = 7"),
-        ('topic_configs = { "retention.ms" = { nested = 1 } }', "topic_configs"),
+        # a nested table is a dotted name (retention.ms.x); a list is no value
+        ('topic_configs = { "retention.ms" = [1, 2] }', "topic_configs"),
         ("topic_partitions = 1.5", "expected an integer"),
         ('format = "xml"', "expected one of avro, json"),
         ("max_buffer_mb = 0", "max_buffer_mb must be at least 1"),
@@ -76,7 +77,7 @@ def test_stop_and_status_of_a_connector_never_started(tmp_path: Path) -> None:
         cdc("stop", "--name", "ghost", "--state-dir", str(tmp_path))
     )
     status = cdc("status", "--name", "ghost", "--state-dir", str(tmp_path), "--json")
-    assert status.returncode == 0 and orjson.loads(status.stdout)["state"] == "unknown"
+    assert status.returncode == 3 and orjson.loads(status.stdout)["state"] == "unknown"
 
 
 def test_refused_starts_confirm_nothing_and_lose_nothing(
@@ -126,7 +127,7 @@ def test_refused_starts_confirm_nothing_and_lose_nothing(
     assert offsets_lsn(connector.instance_dir) == offsets_before
     connector.start()
     target = int(db.scalar("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
-    wait_for(lambda: connector.caught_up(target), 60, "the connector to catch up")
+    wait_until(lambda: connector.caught_up(target), 60, "the connector to catch up")
     assert connector.stop().returncode == 0
     decode = decoder(connector.format, broker.bootstrap_servers, prefix)
     report = verify(read_all(broker.bootstrap_servers, prefix), workload.ledger, decode)
@@ -149,7 +150,9 @@ def test_second_connector_on_an_active_slot_refuses(
     try:
         for _ in range(20):
             workload.step()
-        holder = wait_for(lambda: slot_active_pid(db.dsn, first.slot), 30, "the first connector's walsender")
+        holder = wait_until(
+            lambda: slot_active_pid(db.dsn, first.slot), 30, "the first connector's walsender"
+        )
         second = cdc(
             "start", "--name", "second", "--slot", first.slot, "--publication", first.slot,
             "--bootstrap-servers", broker.bootstrap_servers, "--topic-prefix", prefix,
@@ -162,7 +165,7 @@ def test_second_connector_on_an_active_slot_refuses(
         for _ in range(20):
             workload.step()
         target = int(db.scalar("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
-        wait_for(lambda: first.caught_up(target), 60, "the first connector to catch up")
+        wait_until(lambda: first.caught_up(target), 60, "the first connector to catch up")
         assert first.stop().returncode == 0
     finally:
         first.cleanup()
@@ -202,7 +205,7 @@ def test_table_dropped_while_streaming(
         connector.wait_state("running", timeout=60, sessions=2)
         db.execute("INSERT INTO kept SELECT generate_series(21, 30)")
         target = int(db.scalar("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
-        wait_for(lambda: connector.caught_up(target), 60, "the connector to catch up")
+        wait_until(lambda: connector.caught_up(target), 60, "the connector to catch up")
         assert connector.stop().returncode == 0
     finally:
         connector.cleanup()
@@ -236,7 +239,7 @@ def test_row_too_large_for_kafka_stops_without_confirming(
     try:
         db.execute("INSERT INTO blobs VALUES (1, 'small')")
         target = int(db.scalar("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
-        wait_for(lambda: connector.caught_up(target), 60, "the small row to be confirmed")
+        wait_until(lambda: connector.caught_up(target), 60, "the small row to be confirmed")
         # 17.6 MB of incompressible text: more than the producer's 16 MB limit
         db.execute(
             "INSERT INTO blobs SELECT 2, string_agg(md5(g::text), '') FROM generate_series(1, 550000) g"
@@ -254,7 +257,7 @@ def test_row_too_large_for_kafka_stops_without_confirming(
     connector.start()
     try:
         target = int(db.scalar("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
-        wait_for(lambda: connector.caught_up(target), 120, "the large row to be confirmed")
+        wait_until(lambda: connector.caught_up(target), 120, "the large row to be confirmed")
         assert connector.stop().returncode == 0
     finally:
         connector.cleanup()

@@ -13,12 +13,13 @@ import fcntl
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.memory import rss_kb
 
 JVM_DIR = Path("/usr/lib/jvm")
 
@@ -207,18 +208,10 @@ def maven_classpath(dependencies: Sequence[str], dest: Path, timeout: float = 90
 # -- processes ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process (0 once it is gone)."""
     with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+        return rss_kb(pid)[0] * 1024
     return 0
 
 

@@ -32,12 +32,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from cdc.devservers import free_port
 from tests.peers.jvm import (
     Java,
     PeerError,
     cache_dir,
     find_java,
-    free_port,
     locked,
     maven_copy,
     rss_bytes,

@@ -45,7 +45,8 @@ from tests.peers.debezium import SYNC_PREFIX, Debezium, Record
 from tests.peers.jvm import PeerError
 from tests.peers.records import as_json, raw_records, strip_logical
 from tests.peers.registry import SchemaRegistry
-from tests.pipeline import read_topics, running, settings_for, wait_caught_up
+from tests.pipeline import read_topics, settings_for, wait_caught_up
+from tests.support import running
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,8 @@ from tests.fix_servers import TestDb
 from tests.peers.debezium import Debezium, Record
 from tests.peers.registry import SchemaRegistry
 
-pytestmark = pytest.mark.slow
+# the peers are JVM servers started here, not by tests/fix_servers.py
+pytestmark = [pytest.mark.slow, pytest.mark.servers]
 
 
 VALUE_SCHEMA: dict[str, Any] = {

@@ -38,7 +38,8 @@ from tests.fix_servers import BrokerHandle, TestDb, new_db
 from tests.peers import typetable
 from tests.peers.records import as_json, raw_records, strip_logical
 from tests.peers.registry import SchemaRegistry
-from tests.pipeline import read_topics, running, settings_for, wait_caught_up
+from tests.pipeline import read_topics, settings_for, wait_caught_up
+from tests.support import running
 
 pytestmark = pytest.mark.slow
 
