@@ -16,10 +16,12 @@ _F32 = struct.Struct("<f")
 
 
 def raw_records(
-    bootstrap_servers: str, topic: str, idle_ms: int = 1500
+    bootstrap_servers: str, topic: str, idle_ms: int = 1500, isolation: str = "read_uncommitted"
 ) -> list[tuple[bytes | None, bytes | None]]:
     """Every (key, value) of a one-partition topic, as bytes, reading until a poll comes back empty."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, isolation_level=isolation
+    )
     try:
         partition = TopicPartition(topic, 0)
         consumer.assign([partition])
