@@ -711,6 +711,8 @@ def from_values(values: Mapping[str, Any]) -> Settings:
     redact.remember_dsn(settings.dsn)
     redact.remember_pairs(settings.kafka_config)
     redact.remember_pairs(settings.producer_configs)
+    redact.remember_pairs(settings.schema_registry_config)
+    redact.remember_url(settings.schema_registry_url)
     return settings
 
 

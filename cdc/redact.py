@@ -33,9 +33,10 @@ from urllib.parse import unquote, urlsplit
 MASK: Final = "***"
 MIN_LENGTH: Final = 8
 
-#: A setting whose name matches holds a secret (Kafka's dotted keys, kafka-python's, libpq's).
+#: A setting whose name matches holds a secret (Kafka's dotted keys, kafka-python's, libpq's, the
+#: Schema Registry client's ``basic.auth.user.info``).
 SECRET_KEY: Final = re.compile(
-    r"password|passwd|secret|jaas|token|credential|private|(^|[._])key\.pem$", re.I
+    r"password|passwd|secret|jaas|token|credential|private|user\.info|(^|[._])key\.pem$", re.I
 )
 
 _values: set[str] = set()
@@ -64,6 +65,16 @@ def remember_pairs(pairs: Mapping[str, object]) -> None:
     for key, value in pairs.items():
         if is_secret_key(key) and isinstance(value, str):
             remember(value)
+
+
+def remember_url(urls: str) -> None:
+    """Remember the passwords in the user info of ``urls`` (comma-separated)."""
+    for url in urls.split(","):
+        try:
+            password = urlsplit(url.strip()).password
+        except ValueError:  # not a URL: validation says so
+            continue
+        remember(password)
 
 
 def redact(text: str) -> str:

@@ -17,11 +17,11 @@ settings are replaced by ``***``.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
+from cdc import redact
 from cdc.errors import ConfigError, RegistryUnavailable, SchemaError
 
 #: client settings that take numbers (everything else is passed as text)
@@ -35,8 +35,6 @@ _NUMERIC: Final = frozenset(
         "retries.max.wait.ms",
     }
 )
-#: client settings whose values never appear in a message
-_SECRET: Final = re.compile(r"password|secret|token|user\.info|credential", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
@@ -73,7 +71,7 @@ class RegistryClient:
         settings: dict[str, Any] = {"url": url}
         for key, value in (config or {}).items():
             settings[key] = _number(key, value) if key in _NUMERIC else value
-        self._secrets = [str(v) for k, v in (config or {}).items() if _SECRET.search(k) and v]
+        self._secrets = [str(v) for k, v in (config or {}).items() if redact.is_secret_key(k) and v]
         self._secrets += [p for p in (urlsplit(u.strip()).password for u in url.split(",")) if p]
         try:
             self.client = SchemaRegistryClient(settings)

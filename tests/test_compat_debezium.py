@@ -80,3 +80,26 @@ def test_settings_of_debezium_alone_warn_and_truncates_follow_the_mode(
         config.validate(Settings(skip_ops=["none", "t"]))
     with pytest.raises(ConfigError, match="for --format avro"):
         config.validate(Settings(format="json", schema_registry_url="http://r:8081"))
+
+
+def test_registry_credentials_are_redacted_in_settings_and_logs() -> None:
+    """The registry client's secrets (``basic.auth.user.info``, bearer tokens, the URL's password) are
+    secrets of the settings too: ``***`` in their repr, and hidden in every log line once read."""
+    from cdc import redact
+
+    settings = config.from_values(
+        {
+            "format": "avro",
+            "schema_registry_url": "https://user:url-password-1@registry:8081",
+            "schema_registry_config": {
+                "basic.auth.user.info": "user:user-info-secret",
+                "bearer.auth.client.secret": "client-secret-2",
+                "ssl.ca.location": "/etc/ca.pem",
+            },
+        }
+    )
+    shown = repr(settings)
+    for secret in ("url-password-1", "user:user-info-secret", "client-secret-2"):
+        assert secret not in shown
+        assert redact.redact(f"a line with {secret}") == "a line with ***"
+    assert "/etc/ca.pem" in shown
