@@ -9,7 +9,9 @@ queued: the rows are read again while the stream goes on, and a streamed
 change always wins over the older read (see `cdc.snapshot.incremental`). Once
 that snapshot is done the topics rebuild the tables exactly. A table without
 a key cannot be snapshotted incrementally: it gets no truncate (nothing would
-refill it) and a warning that its gap stays open.
+refill it) and a warning that its gap stays open. With ``t`` in ``--skip-ops``
+(``--compat debezium``'s default, whose consumers take no truncates) the
+tables are read again without the marker: rows deleted during the gap stay.
 """
 
 from __future__ import annotations
@@ -68,10 +70,11 @@ def close_gap(
                 extra={"table": name},
             )
             continue
-        topic = table_topic(s.topic_prefix, table)
-        writer.ensure_topic(topic)
-        event = ChangeEvent("t", table, None, None, slot_lsn, slot_lsn, 0, ts_ms, snapshot="incremental")
-        writer.write(event, token, topic)
+        if "t" not in s.skipped_ops:  # --skip-ops t (--compat debezium's default): no truncate marker
+            topic = table_topic(s.topic_prefix, table)
+            writer.ensure_topic(topic)
+            event = ChangeEvent("t", table, None, None, slot_lsn, slot_lsn, 0, ts_ms, snapshot="incremental")
+            writer.write(event, token, topic)
         queued.append(name)
     if not writer.flush(60):
         raise SinkError("kafka did not acknowledge the gap markers within 60 s", retriable=True)

@@ -209,8 +209,15 @@ class IncrementalSnapshots:
     def _clear(self, chunk: _Chunk, message: LogicalMessage, txn: Transaction, entry: InFlight) -> None:
         """A truncate event before the first rows read again: what the topic holds of the table is
         gone (dropped, or changed while outside the publication). In the low watermark's transaction,
-        so it follows every change streamed before and precedes the rows of the read."""
+        so it follows every change streamed before and precedes the rows of the read. Not with
+        ``t`` in ``--skip-ops`` (``--compat debezium``'s default): those consumers take no truncates."""
         table = self.versions.resolve(chunk.table)
+        if "t" in self.settings.skipped_ops:
+            log.info(
+                "table %s: its rows read again, without a truncate event first (--skip-ops t)",
+                table.qualified_name,
+            )
+            return
         topic = table_topic(self.settings.topic_prefix, table)
         self.writer.ensure_topic(topic)
         event = ChangeEvent(
