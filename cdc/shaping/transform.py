@@ -41,8 +41,9 @@ Row values are cdc's wire values (`cdc.pgtypes`): ``int`` for integers,
 ``numeric(p,s)``, ``str`` for ``numeric`` without a scale, text, ``uuid``,
 ``json[b]`` (its text), ``interval`` (ISO 8601) and types cdc has no
 converter for; ``bytes`` for ``bytea``; lists for arrays. A value the server
-did not send (an unchanged TOASTed column) is the placeholder string
-(``--unavailable-placeholder``). Columns masked by ``--mask-columns`` arrive
+did not send (an unchanged TOASTed column) is the placeholder
+(``--unavailable-placeholder``), typed like its column: the string, its
+bytes for ``bytea``, a one-item list for arrays. Columns masked by ``--mask-columns`` arrive
 masked.
 
 The Avro schema of the events a transform writes is the table's, so values
