@@ -41,7 +41,15 @@ import orjson
 from cdc import avro
 from cdc.errors import SchemaError, SinkError
 from cdc.events import schemas_topic
-from cdc.kafka import ClientConfig, Message, SchemaTopicReader, TopicReader, as_client, read_schema_records
+from cdc.kafka import (
+    ClientConfig,
+    Message,
+    Rebalance,
+    SchemaTopicReader,
+    TopicReader,
+    as_client,
+    read_schema_records,
+)
 from cdc.pgtypes import ColumnType, column_type
 
 log = logging.getLogger(__name__)
@@ -342,6 +350,14 @@ class RecordDecoder:
         reader = self._reader(data)
         return reader.render(avro.read_body(avro.split_single_object(data)[1], reader.parsed))
 
+    def writer_schema(self, data: bytes) -> dict[str, Any] | None:
+        """The full writer schema of an Avro record (with its ``pg.*`` column attributes), None for
+        other formats; SchemaError if its schema is unknown."""
+        if data[:2] != avro.MAGIC:
+            return None
+        schema: dict[str, Any] = self.schema_of(data).schema
+        return schema
+
     def _reader(self, data: bytes) -> _Reader:
         entry = self.schema_of(data)
         reader = self._readers.get(entry.fingerprint)
@@ -368,6 +384,7 @@ class Record:
     key: Any
     value: Any
     error: str | None = None
+    timestamp: int = -1  # the Kafka record's timestamp, Unix ms
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -451,6 +468,8 @@ class ChangeConsumer:
         group: str | None = None,
         consumer_config: dict[str, Any] | None = None,
         isolation: str = "read_committed",
+        rebalance: Rebalance | None = None,
+        whole_topics: bool = False,
     ) -> None:
         if not topics:
             raise SinkError("no topics to consume: name at least one")
@@ -461,7 +480,13 @@ class ChangeConsumer:
         config = {"isolation_level": isolation, **(consumer_config or {})}
         self._schemas: _SchemaLoader | None = None
         self._reader = TopicReader(
-            self.topics, client, group=group, from_beginning=from_beginning, config=config
+            self.topics,
+            client,
+            group=group,
+            from_beginning=from_beginning,
+            config=config,
+            rebalance=rebalance,
+            whole_topics=whole_topics,
         )
         try:
             self.schema_topics = schema_topics_for(self.topics, topic_prefix, self._reader.existing)
@@ -489,6 +514,14 @@ class ChangeConsumer:
             self._schemas.reader.close()
             self._schemas = None
         self._reader.close()
+
+    @property
+    def reader(self) -> TopicReader:
+        return self._reader
+
+    def decode(self, message: Message) -> Record:
+        """One raw record of `reader`'s, decoded (a consumer that polls `reader` itself)."""
+        return self._record(message)
 
     def records(self, max_messages: int | None = None, idle_timeout: float | None = None) -> Iterator[Record]:
         """Decoded records, until ``max_messages`` were read or none came for ``idle_timeout`` seconds."""
@@ -521,7 +554,7 @@ class ChangeConsumer:
             key = self._decode(message.key, "key", errors)
         value = self._decode(message.value, "value", errors)
         error = f"{topic}[{partition}]@{offset}: " + "; ".join(errors) if errors else None
-        return Record(topic, partition, offset, key, value, error)
+        return Record(topic, partition, offset, key, value, error, message.timestamp)
 
     def _decode(self, data: bytes | None, part: str, errors: list[str]) -> Any:
         if data is None:

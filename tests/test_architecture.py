@@ -19,7 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent / "cdc"
 
 #: Lowest first. A module may import from its own layer and the layers before it.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"cdc", "cdc.errors", "cdc.lsn", "cdc.redact", "cdc.config", "cdc.logs"}),
+    (
+        "foundation",
+        {"cdc", "cdc.errors", "cdc.lsn", "cdc.redact", "cdc.config", "cdc.logs", "cdc.sink.settings"},
+    ),
     ("pure", {"cdc.pgoutput", "cdc.pgtypes", "cdc.events", "cdc.avro", "cdc.avro.*"}),
     ("state", {"cdc.checkpoint", "cdc.status", "cdc.control", "cdc.metrics"}),
     ("boundaries", {"cdc.pg", "cdc.replication", "cdc.kafka", "cdc.kafka.*", "cdc.slots"}),
@@ -27,7 +30,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         "stages",
         {"cdc.writer", "cdc.exactly_once", "cdc.consume", "cdc.snapshot", "cdc.snapshot.*", "cdc.doctor"},
     ),
-    ("pipeline", {"cdc.connector"}),
+    ("pipeline", {"cdc.connector", "cdc.sink", "cdc.sink.*"}),
     ("front", {"cdc.cli", "cdc.__main__", "cdc.demo", "cdc.dev", "cdc.devservers", "cdc.devservers.*"}),
 ]
 
