@@ -470,6 +470,7 @@ class ChangeConsumer:
         isolation: str = "read_committed",
         rebalance: Rebalance | None = None,
         whole_topics: bool = False,
+        missing_ok: bool = False,
     ) -> None:
         if not topics:
             raise SinkError("no topics to consume: name at least one")
@@ -487,6 +488,7 @@ class ChangeConsumer:
             config=config,
             rebalance=rebalance,
             whole_topics=whole_topics,
+            missing_ok=missing_ok,
         )
         try:
             self.schema_topics = schema_topics_for(self.topics, topic_prefix, self._reader.existing)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -13,7 +18,7 @@ from psycopg import sql
 
 from cdc.sink import Sink, SinkSettings
 from cdc.sink.runner import Handler
-from tests.support import wait_until
+from tests.support import child_env, wait_until
 
 
 @dataclass
@@ -70,13 +75,21 @@ def same_rows(source: str, target: str, tables: list[str], order: str = "1") -> 
 
 
 def wait_same(
-    source: str, target: str, tables: list[str], sink: SinkThread | None = None, timeout: float = 60
+    source: str,
+    target: str,
+    tables: list[str],
+    sink: SinkThread | None = None,
+    timeout: float = 60,
+    check: Callable[[], None] | None = None,
 ) -> None:
-    """Until every table of ``tables`` holds the same rows in the target as in the source."""
+    """Until every table of ``tables`` holds the same rows in the target as in the source
+    (``check`` raises when what fills the target died)."""
 
     def done() -> bool:
         if sink is not None:
             sink.check()
+        if check is not None:
+            check()
         try:
             return same_rows(source, target, tables)
         except psycopg.errors.UndefinedTable:
@@ -99,3 +112,81 @@ def scalar(dsn: str, query: str, params: Any = None) -> Any:
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(query, params).fetchone()
         return None if row is None else row[0]
+
+
+@dataclass
+class SinkProcess:
+    """A sink as a child process in its own session (``cdc sink postgres``, or ``tests.sink_audit``),
+    with a log file per run; the target's DSN goes through ``CDC_SINK_DSN``, never the command line."""
+
+    dsn: str
+    bootstrap: str
+    topics: list[str]
+    log_dir: Path
+    args: list[str] = field(default_factory=list)
+    module: str = "cdc"  # tests.sink_audit: the same sink, recording what it applies
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    logs: list[Path] = field(default_factory=list)
+
+    def command(self) -> list[str]:
+        if self.module == "cdc":
+            return [sys.executable, "-m", "cdc", "sink", "postgres", *self.args]
+        return [sys.executable, "-m", self.module]
+
+    def start(self) -> None:
+        assert not self.alive(), "already running"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        path = self.log_dir / f"sink-run{len(self.logs) + 1}.log"
+        self.logs.append(path)
+        env = {
+            "CDC_SINK_DSN": self.dsn,
+            "CDC_BOOTSTRAP_SERVERS": self.bootstrap,
+            "CDC_SINK_TOPICS": ",".join(self.topics),
+            **self.env,
+        }
+        with open(path, "wb") as out:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=child_env(env),
+                start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise AssertionError(f"the sink exited ({self.proc and self.proc.poll()}): {self.last_lines()}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        if self.alive():
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, as a supervisor stops it: what is whole is committed first."""
+        assert self.proc is not None
+        if self.alive():
+            os.kill(self.proc.pid, signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def cleanup(self) -> None:
+        if self.alive():
+            self.kill9()
+
+    def log_text(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+
+    def last_lines(self, n: int = 8) -> str:
+        if not self.logs or not self.logs[-1].exists():
+            return ""
+        return " | ".join(self.logs[-1].read_text(errors="replace").strip().splitlines()[-n:])

@@ -147,14 +147,18 @@ class TopicReader:
         config: dict[str, Any] | None = None,
         rebalance: Rebalance | None = None,
         whole_topics: bool = False,
+        missing_ok: bool = False,
     ) -> None:
         """``rebalance`` hears of the partitions a group member loses and gets; ``whole_topics``
-        makes the group's members share whole topics rather than partitions."""
+        makes the group's members share whole topics rather than partitions; with ``missing_ok``
+        a topic that does not exist yet is read once it does (`new_partitions`)."""
         from kafka import TopicPartition  # noqa: PLC0415 - kept local: this package is the only importer
         from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor  # noqa: PLC0415
         from kafka.errors import KafkaError  # noqa: PLC0415
 
         self._partition = TopicPartition
+        self.topics = list(topics)
+        self.from_beginning = from_beginning
         self.client = client = as_client(client)
         check_connection(client)
         self.bootstrap_servers = bootstrap_servers = client.bootstrap_servers
@@ -180,7 +184,7 @@ class TopicReader:
             #: every topic of the cluster, as seen at the start
             self.existing: set[str] = set(self._consumer.topics())
             missing = [t for t in topics if t not in self.existing]
-            if missing:
+            if missing and not missing_ok:
                 raise SinkError(
                     f"topic {', '.join(missing)} does not exist on {bootstrap_servers}: check the name "
                     "(cdc writes <prefix>.<schema>.<table>, <prefix>.messages, <prefix>.schemas)"
@@ -232,6 +236,33 @@ class TopicReader:
     def assignment(self) -> list[Partition]:
         """The partitions this reader holds now (in a group: since the last rebalance)."""
         return sorted(Partition(tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    def new_partitions(self) -> list[Partition]:
+        """Without a group: take on the partitions of the topics that appeared since (read from their
+        beginning, or end), and return them. In a group the broker hands them out by itself."""
+        if self._consumer.subscription() or not self.topics:
+            return []
+        try:
+            held = set(self._consumer.assignment())
+            wanted = [
+                self._partition(t, p)
+                for t in self.topics
+                for p in sorted(self._consumer.partitions_for_topic(t) or ())
+            ]
+            new = [tp for tp in wanted if tp not in held]
+            if not new:
+                return []
+            positions = {tp: self._consumer.position(tp) for tp in held}
+            self._consumer.assign(wanted)
+            for tp, offset in positions.items():
+                self._consumer.seek(tp, offset)
+            if self.from_beginning:
+                self._consumer.seek_to_beginning(*new)
+            else:
+                self._consumer.seek_to_end(*new)
+        except self._kafka_error as exc:
+            raise consumer_error(exc, self.client) from None
+        return sorted(Partition(tp.topic, tp.partition) for tp in new)
 
     def partitions_of(self, topic: str) -> list[Partition]:
         """Every partition of ``topic`` (empty when it does not exist)."""
@@ -299,7 +330,6 @@ class SchemaTopicReader:
     counts)."""
 
     def __init__(self, client: ClientConfig | str, topics: Sequence[str], **config: Any) -> None:
-        from kafka import TopicPartition  # noqa: PLC0415
         from kafka.errors import KafkaError  # noqa: PLC0415
 
         self.client = client = as_client(client)
@@ -314,16 +344,23 @@ class SchemaTopicReader:
                 fetch_max_wait_ms=100,
                 **{"isolation_level": "read_committed", **config},
             )
-            self._partitions = [
-                TopicPartition(topic, p)
-                for topic in self.topics
-                for p in sorted(self._consumer.partitions_for_topic(topic) or ())
-            ]
-            self._consumer.assign(self._partitions)
-            if self._partitions:
-                self._consumer.seek_to_beginning(*self._partitions)
+            self._partitions: list[Any] = []
+            self._find_partitions()
         except KafkaError as exc:
             raise consumer_error(exc, client) from None
+
+    def _find_partitions(self) -> None:
+        """Read the topics' partitions from their beginning (none yet: the topics do not exist yet)."""
+        from kafka import TopicPartition  # noqa: PLC0415
+
+        self._partitions = [
+            TopicPartition(topic, p)
+            for topic in self.topics
+            for p in sorted(self._consumer.partitions_for_topic(topic) or ())
+        ]
+        self._consumer.assign(self._partitions)
+        if self._partitions:
+            self._consumer.seek_to_beginning(*self._partitions)
 
     def close(self) -> None:
         self._consumer.close()
@@ -332,6 +369,8 @@ class SchemaTopicReader:
         """The raw (key, value) records from where the last call stopped to the current end."""
         from kafka.errors import KafkaError  # noqa: PLC0415
 
+        if not self._partitions:
+            self._find_partitions()
         if not self._partitions:
             return
         try:

@@ -53,7 +53,7 @@ import psycopg
 
 from cdc import avro, pg
 from cdc.consume import ChangeConsumer
-from cdc.errors import CdcError, ConfigError, SchemaError, SinkError, SourceUnavailable
+from cdc.errors import SchemaError, SinkError, SourceUnavailable
 from cdc.kafka import Message, Partition, client_config
 from cdc.kafka.clientconfig import kafka_python_consumer_settings
 from cdc.sink.apply import Change, Position, Shape, change_from_record, shape_from_schemas
@@ -66,6 +66,7 @@ _TOPIC_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]")
 #: Reading the transaction topic again after a restart starts this long before the oldest position.
 _TXN_REWIND_MS: Final = 60_000
 _PROGRESS_EVERY: Final = 10.0
+_LOOK_FOR_TOPICS_EVERY: Final = 2.0
 _NOWHERE: Final[Position] = (-1, -1)
 _FIX: Final = "check the handler and the target"
 #: Transactions applied in this session, remembered to recognize a late repeat of one.
@@ -174,6 +175,7 @@ class _Session:
         self.items: dict[str, _Item] = {}
         self.done_ids: dict[str, None] = {}  # transactions applied, oldest first
         self.failure: BaseException | None = None  # raised in a rebalance callback, re-raised after poll
+        self.warned_no_transactions = False
         self.heaps: dict[str, list[tuple[Position, int, _Item]]] = {}
         self.sequence = itertools.count()
         self.partial: _Item | None = None  # a transaction streamed into the open target transaction
@@ -187,6 +189,7 @@ class _Session:
         self.buffered = 0  # bytes of changes read and not yet applied
         self.proof_at: float | None = None  # when a change after --until was first seen
         self.ends_checked = 0.0
+        self.looked_for_topics = time.monotonic()
         self.shapes: dict[tuple[bytes, bytes], Shape] = {}
         self.txn: ChangeConsumer | None = None
         self.prefix_of: dict[str, str | None] = {}
@@ -199,49 +202,35 @@ class _Session:
             client = client_config(settings)
             consumer_config = kafka_python_consumer_settings(settings.consumer_config)
             group = settings.group or None
+            self.prefixes = _prefixes(settings)
             self.consumer = ChangeConsumer(
                 settings.topics,
                 client,
-                topic_prefix=settings.topic_prefix or None,
+                topic_prefix=self.prefixes[0] if len(self.prefixes) == 1 else None,
                 from_beginning=True,
                 group=group,
                 consumer_config=consumer_config,
                 isolation=settings.isolation,
                 rebalance=self if group else None,
                 whole_topics=settings.transaction_metadata,
+                missing_ok=True,
             )
             if settings.transaction_metadata:
-                self._open_transaction_topics(client, consumer_config)
+                self.txn = ChangeConsumer(
+                    [f"{p}.transaction" for p in self.prefixes],
+                    client,
+                    topic_prefix=self.prefixes[0] if len(self.prefixes) == 1 else None,
+                    from_beginning=True,
+                    consumer_config=consumer_config,
+                    isolation=settings.isolation,
+                    missing_ok=True,
+                )
+                self.prefix_of = {t: _prefix_of(t, self.prefixes) for t in settings.topics}
             if group is None:
                 self._assigned(self.consumer.reader.assignment())
         except BaseException:
             self.close()
             raise
-
-    def _open_transaction_topics(self, client: Any, consumer_config: dict[str, Any]) -> None:
-        existing = self.consumer.reader.partitions_of  # a topic without partitions does not exist
-        prefixes: list[str] = []
-        for topic in self.settings.topics:
-            prefix = self.settings.topic_prefix or ".".join(topic.split(".")[:-2])
-            self.prefix_of[topic] = prefix or None
-            if prefix and prefix not in prefixes:
-                prefixes.append(prefix)
-        topics = [f"{p}.transaction" for p in prefixes]
-        missing = [t for t in topics if not existing(t)]
-        if missing or not topics:
-            raise ConfigError(
-                f"--transaction-metadata needs {', '.join(missing) or 'PREFIX.transaction'}, which does not "
-                "exist: start the connector with --transaction-metadata, set --topic-prefix, or run the sink "
-                "without --transaction-metadata"
-            )
-        self.txn = ChangeConsumer(
-            topics,
-            client,
-            topic_prefix=self.settings.topic_prefix or None,
-            from_beginning=True,
-            consumer_config=consumer_config,
-            isolation=self.settings.isolation,
-        )
 
     def close(self) -> None:
         for consumer in (getattr(self, "consumer", None), self.txn):
@@ -297,12 +286,40 @@ class _Session:
         if self.txn is not None:
             self._seek_transactions(stored if len(stored) == len(partitions) else None)
 
+    def _look_for_topics(self) -> None:
+        """Topics that did not exist yet (a table's first change creates its topic): read them too.
+
+        With transaction metadata everything is read again from the stored positions, so that the
+        transactions whose END came before the new topic count its changes as well.
+        """
+        if self.txn is not None and len(self.txn.reader.assignment()) < len(self.txn.topics):
+            if self.txn.reader.new_partitions():
+                log.info("reading the transaction topics %s", ", ".join(self.txn.topics))
+            elif time.monotonic() - self.sink.started_at > 30 and not self.warned_no_transactions:
+                self.warned_no_transactions = True
+                log.warning(
+                    "%s does not exist yet: is the connector running with --transaction-metadata?",
+                    ", ".join(self.txn.topics),
+                )
+        if self.settings.group or {p.topic for p in self.parts} >= set(self.settings.topics):
+            return
+        new = self.consumer.reader.new_partitions()
+        if not new:
+            return
+        log.info("new topics: %s", _names(new))
+        if self.partial is None:
+            self.commit()
+        self.target.rollback()
+        self._assigned(self.consumer.reader.assignment())
+
     def _seek_transactions(self, stored: dict[Partition, Stored] | None) -> None:
         """Read the transaction topics from a little before the oldest stored position (by the Kafka
         record time, which the connector set for both), or from their beginning."""
         assert self.txn is not None
         reader = self.txn.reader
-        partitions = [p for topic in self.txn.topics for p in reader.partitions_of(topic)]
+        partitions = reader.assignment()
+        if not partitions:
+            return
         times = [s.record_ts for s in stored.values()] if stored else []
         if not times or min(times) < 0:
             reader.seek(dict.fromkeys(partitions))
@@ -323,6 +340,7 @@ class _Session:
                 self.consumer.reader.resume(self.parts)
         self.parts.clear()
         self.items.clear()
+        self.done_ids.clear()
         self.heaps.clear()
         self.partial = None
         self.dirty.clear()
@@ -359,6 +377,9 @@ class _Session:
                 self.stats.reached_until = True
                 return True
             now = time.monotonic()
+            if now - self.looked_for_topics >= _LOOK_FOR_TOPICS_EVERY:
+                self.looked_for_topics = now
+                self._look_for_topics()
             if now - last_progress >= _PROGRESS_EVERY:
                 self._progress(self.stats.applied - reported, now - last_progress)
                 last_progress, reported = now, self.stats.applied
@@ -704,6 +725,7 @@ class Sink:
         self.until = parse_until(settings.until)
         self.stats = SinkStats()
         self.stop_event = threading.Event()
+        self.started_at = time.monotonic()
         self.reconnect_max_seconds = 30.0
 
     def __enter__(self) -> Sink:
@@ -759,6 +781,24 @@ class Sink:
         return self.stats
 
 
+def _prefixes(settings: SinkSettings) -> list[str]:
+    """The connectors' topic prefixes: --topic-prefix, or each topic's name without its schema.table."""
+    if settings.topic_prefix:
+        return [settings.topic_prefix]
+    found: list[str] = []
+    for topic in settings.topics:
+        prefix = ".".join(topic.split(".")[:-2])
+        if prefix and prefix not in found:
+            found.append(prefix)
+    return found
+
+
+def _prefix_of(topic: str, prefixes: list[str]) -> str | None:
+    """The (longest) prefix ``topic`` starts with; None: none of them (its changes apply one by one)."""
+    matching = [p for p in prefixes if topic.startswith(p + ".")]
+    return max(matching, key=len) if matching else None
+
+
 def _names(partitions: list[Partition]) -> str:
     return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "none"
 
@@ -774,5 +814,3 @@ def run(settings: SinkSettings, handler: Handler | Callable[..., None] | None = 
 
 
 __all__ = ["Handler", "Sink", "SinkStats", "run"]
-
-_ = CdcError  # the errors a sink ends with are the tree's (`cdc.errors`)
