@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,8 +12,8 @@ import pytest
 from cdc.sink import SinkSettings
 from tests.fix_servers import BrokerHandle, TestDb, new_db
 from tests.pipeline import settings_for
-from tests.sinking import rows, sinking, wait_same
-from tests.support import running
+from tests.sinking import SinkProcess, rows, sinking, wait_same
+from tests.support import cdc, running, wait_until
 
 TYPES = """
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
@@ -81,3 +83,133 @@ def test_every_type_and_every_op(
         db.execute("TRUNCATE public.every")
         db.execute("INSERT INTO public.every (id, t) VALUES (5, 'after truncate')")
         wait_same(db.dsn, target.dsn, ["public.every"], thread)
+
+
+GROUP_TABLES = [f"public.g{i}" for i in range(4)]
+
+
+def _write(db: TestDb, start: int, count: int) -> None:
+    for n in range(start, start + count):
+        db.execute(
+            "; ".join(
+                f"INSERT INTO {t} VALUES ({n}, 'row {n}') ON CONFLICT (id) DO UPDATE SET v = 'again {n}'"
+                for t in GROUP_TABLES
+            )
+        )
+        if n % 3 == 0:
+            db.execute(f"DELETE FROM {GROUP_TABLES[n % 4]} WHERE id = {n - 1}")
+
+
+def test_two_sinks_share_a_group(
+    db_latest: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path, tmp_path: Path
+) -> None:
+    """Two `cdc sink postgres --group` processes split the partitions; when one dies, the other takes
+    its partitions over from the stored positions, and the target still equals the source."""
+    db = db_latest
+    target = new_db(db.server)
+    for table in GROUP_TABLES:
+        db.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v text)")
+    settings = settings_for(
+        db,
+        broker.bootstrap_servers,
+        prefix,
+        state_dir,
+        format="avro",
+        tables=GROUP_TABLES,
+        topic_partitions=2,
+    )
+    topics = [f"{prefix}.{t}" for t in GROUP_TABLES]
+    group = ["--group", "shipping", "--consumer-config", "max_poll_interval_ms=4000", "--consumer-config",
+             "session_timeout_ms=4000", "--consumer-config", "heartbeat_interval_ms=500"]  # fmt: skip
+    sinks = [
+        SinkProcess(target.dsn, broker.bootstrap_servers, topics, tmp_path / f"sink{i}", group)
+        for i in (1, 2)
+    ]
+    try:
+        with running(settings):
+            _write(db, 1, 30)
+            for sink in sinks:
+                sink.start()
+            wait_same(
+                db.dsn, target.dsn, GROUP_TABLES, check=lambda: [s.check_alive() for s in sinks] and None
+            )
+
+            def shared() -> bool:
+                held = [_partitions_held(s.log_text()) for s in sinks]
+                return all(held) and sum(held) == 2 * len(GROUP_TABLES)
+
+            wait_until(shared, 60, "the two sinks to share the 8 partitions")
+            _write(db, 31, 30)
+            wait_same(db.dsn, target.dsn, GROUP_TABLES, check=sinks[0].check_alive)
+            sinks[1].kill9()  # the other one takes its partitions over
+            _write(db, 61, 30)
+            wait_same(db.dsn, target.dsn, GROUP_TABLES, timeout=90, check=sinks[0].check_alive)
+        assert sinks[0].stop() == 0
+        stored = target.execute('SELECT count(*), count(DISTINCT "group") FROM cdc_sink_positions')
+        assert stored == [(2 * len(GROUP_TABLES), 1)]
+    finally:
+        for sink in sinks:
+            sink.cleanup()
+        target.drop()
+
+
+def _partitions_held(log: str) -> int:
+    """How many partitions a sink's log says it reads now (its last assignment)."""
+    found = re.findall(r"reading (\d+) partitions", log)
+    return int(found[-1]) if found else 0
+
+
+UNTIL_TABLES = ["public.accounts", "public.moves"]
+
+
+def _history(db: TestDb, start: int) -> None:
+    """Changes to replay: inserts, updates, a key change, deletes, a transaction over both tables."""
+    for n in range(start, start + 20):
+        db.execute(
+            f"BEGIN; UPDATE public.accounts SET balance = balance - {n} WHERE id = {n % 5};"
+            f"INSERT INTO public.moves VALUES ({n}, {n % 5}, -{n}); COMMIT"
+        )
+    db.execute(f"UPDATE public.accounts SET id = {start + 100} WHERE id = {start % 5}")
+    db.execute(f"INSERT INTO public.accounts VALUES ({start % 5}, 'new {start}', 0)")
+    db.execute(f"DELETE FROM public.moves WHERE id % 7 = {start % 7}")
+
+
+@pytest.mark.parametrize("point", ["lsn", "time"])
+def test_until_rebuilds_the_tables_as_of_then(
+    db_latest: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path, tmp_path: Path, point: str
+) -> None:
+    """`--until` applies everything before a point and stops: the target holds the source as it was."""
+    db = db_latest
+    db.execute("CREATE TABLE public.accounts (id int PRIMARY KEY, owner text, balance numeric(12,2))")
+    db.execute("CREATE TABLE public.moves (id int PRIMARY KEY, account int, amount numeric(12,2))")
+    db.execute("INSERT INTO public.accounts SELECT g, 'owner ' || g, 1000 FROM generate_series(0, 4) g")
+    extra = ["--transaction-metadata"] if point == "lsn" else []
+    settings = settings_for(
+        db, broker.bootstrap_servers, prefix, state_dir, format="avro", snapshot="initial",
+        tables=UNTIL_TABLES, transaction_metadata=bool(extra),
+    )  # fmt: skip
+    with running(settings):
+        _history(db, 1)
+        time.sleep(0.05)  # commit times are in milliseconds: keep the point clear of them
+        moment = db.scalar(
+            "SELECT pg_current_wal_lsn()::text" if point == "lsn" else "SELECT clock_timestamp()"
+        )
+        then = {t: rows(db.dsn, t) for t in UNTIL_TABLES}
+        time.sleep(0.05)
+        _history(db, 50)
+        db.execute("TRUNCATE public.moves")
+        db.execute("INSERT INTO public.moves VALUES (1000, 1, 1)")
+        target = new_db(db.server)
+        try:
+            until = moment if point == "lsn" else moment.isoformat()
+            done = cdc(
+                "sink", "postgres", "--bootstrap-servers", broker.bootstrap_servers, "--until", until,
+                "--topics", ",".join(f"{prefix}.{t}" for t in UNTIL_TABLES), *extra,
+                env={"CDC_SINK_DSN": target.dsn}, timeout=120,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert f"applied every change before --until {until}" in done.stdout
+            assert {t: rows(target.dsn, t) for t in UNTIL_TABLES} == then
+            assert then != {t: rows(db.dsn, t) for t in UNTIL_TABLES}
+        finally:
+            target.drop()

@@ -106,6 +106,11 @@ SELECT i.indisprimary, array_agg(a.attname::text ORDER BY k.ord)
 """
 
 
+_TABLE: Final = """
+SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
+"""
+
 _LOAD: Final = """
 SELECT topic, "partition", "offset", lsn::text, total_order, record_ts,
        (extract(epoch FROM commit_ts) * 1000)::bigint
@@ -292,13 +297,15 @@ class Target:
             if shape.key:
                 columns.append(f"PRIMARY KEY ({', '.join(ident(k) for k in shape.key)})")
             self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}")
-            self.conn.execute(f"CREATE TABLE {ident(schema)}.{ident(name)} ({', '.join(columns)})")
-        log.info(
-            "created the target table %s.%s (%s columns%s)",
-            schema, name, len(columns), f", key {', '.join(shape.key)}" if shape.key else ", no key",
-        )  # fmt: skip
+            self.conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {ident(schema)}.{ident(name)} ({', '.join(columns)})"
+            )
         created = self.table(schema, name, shape.key)
         assert created is not None
+        log.info(
+            "created the target table %s.%s (%s columns%s)",
+            schema, name, len(shape.columns), f", key {', '.join(shape.key)}" if shape.key else ", no key",
+        )  # fmt: skip
         return created
 
     def add_columns(self, table: TargetTable, shape: Shape, names: Sequence[str]) -> TargetTable:
