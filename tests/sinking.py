@@ -27,9 +27,11 @@ class SinkThread:
     thread: threading.Thread
     errors: list[BaseException]
 
-    def check(self) -> None:
+    def check(self) -> bool:
+        """Raise the sink's error if it ended with one; False otherwise (for ``check() or condition``)."""
         if self.errors:
             raise self.errors[0]
+        return False
 
     def stop(self, timeout: float = 60) -> None:
         self.sink.stop()
@@ -39,7 +41,9 @@ class SinkThread:
 
 
 @contextlib.contextmanager
-def sinking(settings: SinkSettings, handler: Handler | None = None) -> Iterator[SinkThread]:
+def sinking(
+    settings: SinkSettings, handler: Handler | Callable[..., None] | None = None
+) -> Iterator[SinkThread]:
     """A `Sink` running in a thread of the test; stopped on exit (its error raised)."""
     sink = Sink(settings, handler)
     errors: list[BaseException] = []

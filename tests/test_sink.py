@@ -6,10 +6,12 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
-from cdc.sink import SinkSettings
+from cdc.sink import Change, SinkSettings
 from tests.fix_servers import BrokerHandle, TestDb, new_db
 from tests.pipeline import settings_for
 from tests.sinking import SinkProcess, rows, sinking, wait_same
@@ -130,9 +132,7 @@ def test_two_sinks_share_a_group(
             _write(db, 1, 30)
             for sink in sinks:
                 sink.start()
-            wait_same(
-                db.dsn, target.dsn, GROUP_TABLES, check=lambda: [s.check_alive() for s in sinks] and None
-            )
+            wait_same(db.dsn, target.dsn, GROUP_TABLES, check=lambda: _alive(sinks))
 
             def shared() -> bool:
                 held = [_partitions_held(s.log_text()) for s in sinks]
@@ -151,6 +151,11 @@ def test_two_sinks_share_a_group(
         for sink in sinks:
             sink.cleanup()
         target.drop()
+
+
+def _alive(sinks: list[SinkProcess]) -> None:
+    for sink in sinks:
+        sink.check_alive()
 
 
 def _partitions_held(log: str) -> int:
@@ -213,3 +218,62 @@ def test_until_rebuilds_the_tables_as_of_then(
             assert then != {t: rows(db.dsn, t) for t in UNTIL_TABLES}
         finally:
             target.drop()
+
+
+def test_a_service_applies_its_events_with_its_own_handler(
+    db_latest: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path
+) -> None:
+    """The library: `cdc.sink.Sink` with a handler of the service's own, in its own database: each
+    change handed over once, with the positions in the same transaction, across a restart."""
+    db = db_latest
+    db.execute(
+        "CREATE TABLE public.order_lines (order_id int, sku text, qty int, PRIMARY KEY (order_id, sku))"
+    )
+    db.execute("ALTER TABLE public.order_lines REPLICA IDENTITY FULL")  # updates carry the old quantity
+    service = new_db(db.server)
+    service.execute("CREATE TABLE reserved (sku text PRIMARY KEY, qty int NOT NULL)")
+    service.execute(
+        "CREATE TABLE handled (commit_lsn bigint, total_order int, PRIMARY KEY (commit_lsn, total_order))"
+    )
+    seen: list[Change] = []
+
+    def reserve(conn: psycopg.Connection[Any], change: Change) -> None:
+        seen.append(change)
+        conn.execute("INSERT INTO handled VALUES (%s, %s)", change.position)  # a repeat would fail here
+        if change.op == "m":
+            assert change.message_prefix == "outbox" and change.message_content == b'{"n": 1}'
+            return
+        line = change.after or {}
+        before = change.before or {}
+        qty = int(line.get("qty") or 0) - (int(before.get("qty") or 0) if change.op != "c" else 0)
+        sku = line.get("sku") or before.get("sku")
+        conn.execute(
+            "INSERT INTO reserved VALUES (%s, %s) ON CONFLICT (sku) DO UPDATE SET qty = reserved.qty + %s",
+            (sku, qty, qty),
+        )
+
+    settings = settings_for(
+        db, broker.bootstrap_servers, prefix, state_dir, format="avro", tables=["public.order_lines"]
+    )
+    sink = SinkSettings(
+        dsn=service.dsn,
+        bootstrap_servers=broker.bootstrap_servers,
+        topics=[f"{prefix}.public.order_lines", f"{prefix}.messages"],
+    )
+    try:
+        with running(settings):
+            db.execute(
+                "BEGIN; INSERT INTO order_lines VALUES (1, 'KB', 2), (1, 'MS', 1);"
+                "SELECT pg_logical_emit_message(true, 'outbox', '{\"n\": 1}'); COMMIT"
+            )
+            with sinking(sink, reserve) as thread:
+                wait_until(lambda: thread.check() or service.scalar("SELECT sum(qty) FROM reserved") == 3, 30)
+            db.execute("UPDATE order_lines SET qty = 5 WHERE sku = 'KB'")  # while no sink runs
+            db.execute("DELETE FROM order_lines WHERE sku = 'MS'")
+            with sinking(sink, reserve) as thread:
+                wait_until(lambda: thread.check() or service.scalar("SELECT count(*) FROM handled") == 5, 30)
+        assert service.execute("SELECT sku, qty FROM reserved ORDER BY sku") == [("KB", 5), ("MS", 0)]
+        assert [c.op for c in seen] == ["c", "c", "m", "u", "d"]
+        assert all(c.table == "public.order_lines" for c in seen if c.op != "m")
+    finally:
+        service.drop()

@@ -81,7 +81,7 @@ class Handler(Protocol):
     need no answers) and ``open(target)`` (called with each new connection).
     """
 
-    def __call__(self, db: psycopg.Connection[Any], change: Change) -> None: ...
+    def __call__(self, db: psycopg.Connection[Any], change: Change, /) -> None: ...
 
 
 @dataclass(slots=True)
@@ -95,10 +95,14 @@ class SinkStats:
     sessions: int = 0
     per_topic: Counter[str] = field(default_factory=Counter)
     last_commit_ts_ms: int = 0  # source commit time of the last change applied
+    caught_up: bool = False  # the last poll found nothing new, and everything read is committed
     reached_until: bool = False
 
     def lag_seconds(self) -> float | None:
-        """Now minus the source commit time of the last change applied."""
+        """How far behind the source the target is: 0 when caught up, else now minus the commit time of
+        the last change applied (None before the first). A quiet source is not a lagging sink."""
+        if self.caught_up:
+            return 0.0
         return None if not self.last_commit_ts_ms else max(0.0, time.time() - self.last_commit_ts_ms / 1000)
 
 
@@ -372,6 +376,7 @@ class _Session:
                     self._end(message)
             self._apply_ready()
             self._maybe_commit(idle=not messages)
+            self.stats.caught_up = not messages and not self.open_rows and not self.items
             if self.until is not None and not messages and self._past_until():
                 self.commit()
                 self.stats.reached_until = True
