@@ -429,13 +429,23 @@ class _SchemaLoader:
         return added
 
 
-def schema_topics_for(topics: Sequence[str], topic_prefix: str | None, existing: set[str]) -> list[str]:
-    """The schema topics of ``topics``: ``<prefix>.schemas``, the prefix given or guessed from the names."""
+def schema_topics_for(
+    topics: Sequence[str], topic_prefix: str | None, existing: set[str], missing_ok: bool = False
+) -> list[str]:
+    """The schema topics of ``topics``: ``<prefix>.schemas``, the prefix given or guessed from the names.
+
+    With ``missing_ok``, a topic that does not exist yet counts as ``<prefix>.<schema>.<table>``.
+    """
     if topic_prefix is not None:
         return [schemas_topic(topic_prefix)]
     found: list[str] = []
     for topic in topics:
         parts = topic.split(".")
+        if missing_ok and topic not in existing and len(parts) > 2:
+            guess = schemas_topic(".".join(parts[:-2]))
+            if guess not in found:
+                found.append(guess)
+            continue
         # <prefix>.<schema>.<table>, <prefix>.messages, <prefix>.schemas
         for cut in (2, 1):  # both when both exist: reading a schema topic too many is harmless
             candidate = schemas_topic(".".join(parts[:-cut]))
@@ -491,7 +501,9 @@ class ChangeConsumer:
             missing_ok=missing_ok,
         )
         try:
-            self.schema_topics = schema_topics_for(self.topics, topic_prefix, self._reader.existing)
+            self.schema_topics = schema_topics_for(
+                self.topics, topic_prefix, self._reader.existing, missing_ok
+            )
             own = ("group_id", "max_poll_interval_ms", "isolation_level")
             schema_config = {k: v for k, v in config.items() if k not in own}
             self._schemas = _SchemaLoader(

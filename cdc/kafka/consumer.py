@@ -369,8 +369,8 @@ class SchemaTopicReader:
         """The raw (key, value) records from where the last call stopped to the current end."""
         from kafka.errors import KafkaError  # noqa: PLC0415
 
-        if not self._partitions:
-            self._find_partitions()
+        if len({tp.topic for tp in self._partitions}) < len(self.topics):
+            self._find_partitions()  # a topic that did not exist yet may now (read again from the start)
         if not self._partitions:
             return
         try:

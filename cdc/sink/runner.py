@@ -812,6 +812,8 @@ def run(settings: SinkSettings, handler: Handler | Callable[..., None] | None = 
     """Run a `Sink` until SIGTERM / Ctrl-C (or ``until``): for a service's main function."""
     from cdc import control  # noqa: PLC0415
 
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python logs every connection
     sink = Sink(settings, handler)
     stop_now = threading.Event()
     control.install_signal_handlers(sink.stop_event, stop_now)
