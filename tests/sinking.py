@@ -85,9 +85,11 @@ def wait_same(
     sink: SinkThread | None = None,
     timeout: float = 60,
     check: Callable[[], None] | None = None,
+    names: dict[str, str] | None = None,
 ) -> None:
-    """Until every table of ``tables`` holds the same rows in the target as in the source
-    (``check`` raises when what fills the target died)."""
+    """Until every table of ``tables`` holds the same rows in the target (under the name ``names``
+    gives, else its own) as in the source (``check`` raises when what fills the target died)."""
+    names = names or {}
 
     def done() -> bool:
         if sink is not None:
@@ -95,7 +97,7 @@ def wait_same(
         if check is not None:
             check()
         try:
-            return same_rows(source, target, tables)
+            return all(rows(source, t) == rows(target, names.get(t, t)) for t in tables)
         except psycopg.errors.UndefinedTable:
             return False
 
@@ -104,7 +106,7 @@ def wait_same(
     except AssertionError:
         for table in tables:
             with contextlib.suppress(psycopg.Error):
-                a, b = rows(source, table), rows(target, table)
+                a, b = rows(source, table), rows(target, names.get(table, table))
                 diff = [(x, y) for x, y in zip(a, b, strict=False) if x != y][:5]
                 print(
                     f"{table}: {len(a)} rows in the source, {len(b)} in the target; first differences {diff}"
