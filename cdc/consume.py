@@ -364,7 +364,7 @@ class RecordDecoder:
         if reader is None or reader.entry is not entry:
             reader = _Reader(
                 entry,
-                avro.parse(_strip_logical(entry.schema)),
+                avro.parse_reader(_strip_logical(entry.schema)),
                 _Compiler(entry.schema).render(entry.schema, ""),
             )
             self._readers[entry.fingerprint] = reader

@@ -24,6 +24,7 @@ positions. Every Postgres error goes through `cdc.pg`.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,9 @@ class Stored:
     record_ts: int = -1
     commit_ts_ms: int = 0
 
+
+#: Statements a `TableApplier` collects before it sends them.
+_FLUSH_EVERY: Final = 2_000
 
 _KIND_OF_BASE: Final = {
     "bytea": "bytea",
@@ -149,6 +153,7 @@ class Target:
         self.positions_name = positions_table
         self.conn = pg.connect(dsn, application_name, autocommit=False)
         self._pipeline: Any = None
+        self._queued: list[Statement] = []
         self.tables: dict[tuple[str, str], TargetTable] = {}
 
     def __enter__(self) -> Target:
@@ -158,6 +163,7 @@ class Target:
         self.close()
 
     def close(self) -> None:
+        self._queued.clear()
         self._pipeline = None
         with contextlib.suppress(psycopg.Error):  # a connection already lost
             self.conn.close()
@@ -188,7 +194,7 @@ class Target:
                 _LOAD.format(table=self.positions),
                 (self.group, [p.topic for p in wanted], [p.partition for p in wanted]),
             ).fetchall()
-            self.conn.rollback()  # end the read: positions are read again, fresh, in every transaction
+        self.rollback()  # end the read: positions are read again, fresh, in every transaction
         return {
             Partition(topic, partition): Stored(
                 offset, (parse_lsn(lsn), total_order), record_ts, commit_ts or 0
@@ -209,11 +215,35 @@ class Target:
             for text, params in statements:
                 self.conn.execute(text, params)
 
+    def queue(self, statements: Sequence[Statement]) -> None:
+        """Run ``statements`` in this transaction, soon: they are collected and sent in order, a run
+        of one statement as one executemany, before anything else runs on the connection that may
+        depend on them (a catalog read, DDL, the commit); `rollback` drops them."""
+        self._queued += statements
+        if len(self._queued) >= _FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what `queue` collected."""
+        queued, self._queued = self._queued, []
+        if not queued:
+            return
+        with pg.errors("applying changes to the target", _FIX, RETRIABLE), self.conn.cursor() as cursor:
+            for text, group in itertools.groupby(queued, key=lambda s: s[0]):
+                cursor.executemany(text, [params for _, params in group])
+
     def _sync(self) -> None:
         """Leave pipeline mode: every statement sent is answered (an error among them raises here)."""
         pipeline, self._pipeline = self._pipeline, None
         if pipeline is not None:
             with pg.errors("applying changes to the target", _FIX, RETRIABLE):
+                pipeline.__exit__(None, None, None)
+
+    def _exit_pipeline(self) -> None:
+        """Leave pipeline mode after a failure, whatever it still holds (the transaction is rolled back)."""
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            with contextlib.suppress(psycopg.Error):
                 pipeline.__exit__(None, None, None)
 
     def commit(self, positions: Mapping[Partition, tuple[Stored, int | None]]) -> None:
@@ -222,6 +252,7 @@ class Target:
         ``positions``: partition -> (the new position, the offset the row holds now, None: no row).
         Raises `Fenced` (after rolling back) when a row moved under this process.
         """
+        self.flush()
         self._sync()
         with pg.errors("storing the positions", _FIX, RETRIABLE):
             for partition, (stored, expected) in positions.items():
@@ -248,8 +279,9 @@ class Target:
             self.conn.commit()
 
     def rollback(self) -> None:
-        """Forget everything since the last commit (the tables created in it too)."""
-        self._pipeline = None
+        """Forget everything since the last commit (the tables created in it, the queue too)."""
+        self._queued.clear()
+        self._exit_pipeline()
         self.tables.clear()
         with contextlib.suppress(psycopg.Error):  # a lost connection rolls back by itself
             self.conn.rollback()
@@ -264,6 +296,7 @@ class Target:
         found = self.tables.get((schema, name))
         if found is not None:
             return found
+        self.flush()
         with pg.errors(f"reading the catalog of the target table {schema}.{name}", _FIX, RETRIABLE):
             row = self.conn.execute(
                 "SELECT to_regclass(%s)::oid", (f"{ident(schema)}.{ident(name)}",)
@@ -287,6 +320,7 @@ class Target:
 
     def create(self, schema: str, name: str, shape: Shape) -> TargetTable:
         """Create ``schema.name`` for ``shape`` (its key as primary key), unless another process did."""
+        self.flush()
         with pg.errors(f"creating the target table {schema}.{name}", _FIX, RETRIABLE):
             self._lock(schema, name)
             existing = self.table(schema, name, shape.key)
@@ -310,6 +344,7 @@ class Target:
 
     def add_columns(self, table: TargetTable, shape: Shape, names: Sequence[str]) -> TargetTable:
         """Add the columns ``names`` of ``shape`` that ``table`` lacks (a column added at the source)."""
+        self.flush()
         with pg.errors(f"adding columns to the target table {table}", _FIX, RETRIABLE):
             self._lock(table.schema, table.name)
             self.tables.pop((table.schema, table.name), None)
@@ -382,9 +417,12 @@ class TableApplier:
         table = self._table(target, schema, name, change)
         if table is None:
             return
-        target.execute(statements(change, table, self.placeholder))
+        target.queue(statements(change, table, self.placeholder))
 
     def _table(self, target: Target, schema: str, name: str, change: Change) -> TargetTable | None:
+        known = target.tables.get((schema, name))
+        if known is not None and (change.after is None or all(c in known.columns for c in change.after)):
+            return known
         shape = change.shape
         row = change.after or change.before or {}
         if shape is None and row:

@@ -78,7 +78,8 @@ class Handler(Protocol):
 
     ``db`` is the target connection (psycopg, not in autocommit): write with it,
     never commit. A handler may also have ``pipeline = True`` (its statements
-    need no answers) and ``open(target)`` (called with each new connection).
+    need no answers) and ``open(target)`` (called with each new connection: a
+    `cdc.sink.Target`, whose ``queue`` sends statements in batches).
     """
 
     def __call__(self, db: psycopg.Connection[Any], change: Change, /) -> None: ...
