@@ -11,7 +11,10 @@ for the same workload (a six-column table of mixed types):
 - RSS: peak over the runs, and during a 1M-row transaction;
 - seconds from `cdc start` to the first event acknowledged;
 - the snapshot rate of a 1M-row table (bench/snapshot.py) and the decoder
-  micro-benchmark (bench/decoder.py).
+  micro-benchmark (bench/decoder.py);
+- what shaping costs: the one-transaction run with a no-op transform, a
+  masking transform (HMAC of one column, in Python) and ``--mask-columns``,
+  confluent producer, as events/s and microseconds per event over the plain run.
 
 Throughput and latency figures are medians of ``--runs`` runs (3). Results go
 to ``bench/results/latest.json`` (and a timestamped copy) for comparing runs.
@@ -32,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from bench import stream
+from bench import shaping, stream
 from bench.common import median, servers
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -101,6 +104,11 @@ def run(runs: int, rows: int, big_rows: int, quick: bool) -> dict[str, Any]:
                     result = stream.connector_rate(s, state, rows, small, producer, "avro")
                     add(f"stream_{workload}_{producer}_events_per_s", result["events_per_s"])
                     peak_rss.append(result["peak_rss_mb"])
+                if not small:  # shaping, next to the plain run of the same workload
+                    for kind in stream.SHAPING:
+                        flags = stream.shaping_args(kind, state)
+                        result = stream.connector_rate(s, state, rows, small, "confluent", "avro", flags)
+                        add(f"stream_one_txn_confluent_{kind}_events_per_s", result["events_per_s"])
             for producer in PRODUCERS:
                 lat = stream.latency(s, state, producer, "avro", seconds=4 if quick else 8)
                 add(f"latency_p50_ms_{producer}", lat["p50_ms"] or 0.0)
@@ -124,6 +132,11 @@ def run(runs: int, rows: int, big_rows: int, quick: bool) -> dict[str, Any]:
             rate = figures[f"stream_{workload}_{producer}_events_per_s"]
             figures[f"stream_{workload}_{producer}_ratio"] = rate / limit
             figures[f"stream_{workload}_{producer}_strict_ratio"] = rate / strict
+    plain = figures.get("stream_one_txn_confluent_events_per_s")
+    for kind in stream.SHAPING:
+        rate = figures.get(f"stream_one_txn_confluent_{kind}_events_per_s")
+        if plain and rate:
+            figures[f"{kind}_us_per_event"] = (1 / rate - 1 / plain) * 1e6
     figures.update(delivery_on_kafka(runs, rows))
     snapshot = optional("bench.snapshot", "snapshot_rows_per_second")
     if snapshot is not None:
@@ -132,6 +145,8 @@ def run(runs: int, rows: int, big_rows: int, quick: bool) -> dict[str, Any]:
     decoder = optional("bench.decoder", "decoder_rows_per_second")
     if decoder is not None:
         figures["decoder_rows_per_s"] = decoder()
+    for name, cost in shaping.shaping_costs(rows=20_000 if quick else 50_000).items():
+        figures[f"shaping_cpu_us_{name}"] = cost
     return figures
 
 
@@ -194,6 +209,18 @@ def table(figures: dict[str, Any]) -> str:
             rows.append(
                 (f"cdc ({producer}), {label} (events/s)", fig(f"{key}_events_per_s"), ratio(f"{key}_ratio"))
             )
+    shaping_labels = {
+        "noop_transform": "a no-op transform",
+        "masking_transform": "a masking transform (HMAC of a column)",
+        "mask_columns": "--mask-columns (HMAC of a column)",
+    }
+    for kind, label in shaping_labels.items():
+        key = f"stream_one_txn_confluent_{kind}"
+        if f"{key}_events_per_s" in figures:
+            cost = fig(f"{kind}_us_per_event", "+{:.1f} us/event")
+            rows.append(
+                (f"cdc (confluent), one transaction, {label} (events/s)", fig(f"{key}_events_per_s"), cost)
+            )
     for producer in PRODUCERS:
         p50, p99 = fig(f"latency_p50_ms_{producer}", "{:.1f}"), fig(f"latency_p99_ms_{producer}", "{:.1f}")
         rows.append((f"commit-to-ack p50 / p99 at 1,000 txn/s, {producer} (ms)", f"{p50} / {p99}", ""))
@@ -225,6 +252,15 @@ def table(figures: dict[str, Any]) -> str:
     rows += [
         ("cdc start to first event (s)", fig("start_to_first_event_s", "{:.2f}"), ""),
         ("decoder micro-benchmark, no I/O (rows/s)", fig("decoder_rows_per_s"), ""),
+        (
+            "CPU per event, no I/O (us): Avro encoding / with a no-op transform / a masking transform / "
+            "--mask-columns",
+            " / ".join(
+                fig(f"shaping_cpu_us_{name}", "{:.1f}")
+                for name in ("plain", "noop_transform", "masking_transform", "mask_columns")
+            ),
+            "",
+        ),
     ]
     width = max(len(r[0]) for r in rows)
     lines = [

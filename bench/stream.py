@@ -143,6 +143,22 @@ def limit_rate(s: Servers, rows: int, small: bool) -> tuple[float, float]:
         return rows / (last - started), rows / (last - first)
 
 
+#: Shaping runs next to the plain one (``--transform``, ``--mask-columns``): what each costs per event.
+SHAPING: dict[str, tuple[str, ...]] = {
+    "noop_transform": ("--transform", "bench.transforms:nothing"),
+    "masking_transform": ("--transform", "bench.transforms:mask_name"),
+    "mask_columns": ("--mask-columns", "public.bench_rows:name", "--mask-salt-file", "{salt}"),
+}
+
+
+def shaping_args(kind: str, state_dir: Path) -> tuple[str, ...]:
+    """The flags of a `SHAPING` run (the salt file it needs is made in ``state_dir``)."""
+    salt = state_dir / "bench-salt"
+    if not salt.exists():
+        salt.write_text("the benchmark's mask salt, 32 bytes\n")
+    return tuple(arg.format(salt=salt) for arg in SHAPING[kind])
+
+
 def connector_rate(
     s: Servers,
     state_dir: Path,
@@ -242,11 +258,18 @@ def main() -> None:
     with servers() as s, tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp:
         print(f"limit, one transaction (whole run, streaming): {limit_rate(s, rows, small=False)} rows/s")
         print(f"limit, small transactions (whole run, streaming): {limit_rate(s, rows, small=True)} rows/s")
-        for producer in ("kafka-python", "confluent"):
-            result = connector_rate(
-                s, Path(tmp), rows, False, producer, os.environ.get("BENCH_FORMAT", "avro")
-            )
+        fmt = os.environ.get("BENCH_FORMAT", "avro")
+        producers = os.environ.get("BENCH_PRODUCERS", "kafka-python,confluent").split(",")
+        for producer in producers:
+            result = connector_rate(s, Path(tmp), rows, False, producer, fmt)
             print(f"connector ({producer}), one transaction: {result}")
+        # BENCH_SHAPING=noop_transform,masking_transform,mask_columns: the same with shaping
+        for kind in filter(None, os.environ.get("BENCH_SHAPING", "").split(",")):
+            for producer in producers:
+                result = connector_rate(
+                    s, Path(tmp), rows, False, producer, fmt, shaping_args(kind, Path(tmp))
+                )
+                print(f"connector ({producer}), one transaction, {kind}: {result}")
 
 
 if __name__ == "__main__":

@@ -116,8 +116,10 @@ def _parameter(option: Option) -> inspect.Parameter:
     text = f"{option.help}  [env var: {option.env}; default: {option.default}]"
     metavar = None
     if option.repeatable:
-        text = f"{option.help} Once per pair.  [env var: {option.env} (KEY=VALUE,...)]"
-        metavar = "KEY=VALUE"
+        each = "table" if option.type in (config.TableColumns, config.TableConditions) else "value"
+        each = "pair" if option.type == dict[str, str] else each
+        text = f"{option.help} Once per {each}.  [env var: {option.env} ({option.env_form})]"
+        metavar = option.metavar
     info = typer.Option(*decls, help=text, show_default=False, metavar=metavar)
     return inspect.Parameter(
         option.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=cast(Any, Annotated)[kind, info]
@@ -264,6 +266,19 @@ def status(
     typer.echo(f"  events         {info.get('events_total', 0)}")
     for table, count in sorted((info.get("events_per_table") or {}).items()):
         typer.echo(f"    {table:<30} {count}")
+    captured = info.get("tables") or []
+    if captured:
+        typer.echo(f"  tables         {len(captured)} captured: {', '.join(captured[:20])}"
+                   + (f" and {len(captured) - 20} more" if len(captured) > 20 else ""))  # fmt: skip
+    shaping = info.get("shaping") or {}
+    if shaping.get("filtered"):
+        typer.echo(f"  filtered       {shaping['filtered']} events dropped by transforms")
+    for name, n in sorted(shaping.items()):
+        kind, _, what = name.partition(":")
+        if kind == "dead_letters":
+            typer.echo(f"  dead letters   {n} ({what})")
+        elif kind == "transform_errors":
+            typer.echo(f"  transform errs {n} ({what})")
     snapshot = info.get("snapshot") or {}
     if snapshot.get("phase") == "running":
         for table, progress in sorted((snapshot.get("tables") or {}).items()):

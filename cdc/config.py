@@ -24,7 +24,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, get_args, get_origin, get_type_hints
+from typing import Any, Literal, NewType, Protocol, get_args, get_origin, get_type_hints
 
 from cdc import redact
 from cdc.errors import ConfigError
@@ -39,6 +39,12 @@ SlotLostAction = Literal["fail", "recreate"]
 OffsetMismatchAction = Literal["trust-slot", "fail"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+TransformErrorAction = Literal["fail", "skip", "dead-letter"]
+RecordErrorAction = Literal["fail", "dead-letter"]
+#: ``schema.table`` (or a pattern) -> column names: ``--columns public.users:id,email``
+TableColumns = NewType("TableColumns", dict[str, list[str]])
+#: ``schema.table`` (or a pattern) -> a condition: ``--row-filter "public.orders:status <> 'test'"``
+TableConditions = NewType("TableConditions", dict[str, str])
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -64,6 +70,7 @@ class _Declared:
     secret: bool
     old_names: tuple[str, ...]
     key: str
+    metavar: str
     shared: bool = False  # a connector setting another command declares with `same_as`
 
 
@@ -80,6 +87,7 @@ def setting(
     secret: bool = False,
     old_names: tuple[str, ...] = (),
     key: str = "",
+    metavar: str = "",
 ) -> Any:
     """Declare a `Settings` field together with the option that sets it.
 
@@ -91,9 +99,10 @@ def setting(
     print as ``***`` (of a ``key=value`` option: the values of its secret keys,
     `cdc.redact.is_secret_key`); ``old_names`` are former TOML keys / ``CDC_``
     names, still read with a warning; ``key`` is the TOML key when it is not
-    the flag's name (which is read too).
+    the flag's name (which is read too); ``metavar`` names a repeatable option's
+    value (``KEY=VALUE`` when not given).
     """
-    declared = _Declared(help, flag, shown, repeatable, secret, old_names, key)
+    declared = _Declared(help, flag, shown, repeatable, secret, old_names, key, metavar)
     metadata = {_DECLARED: declared}
     if callable(default):
         return field(default_factory=default, metadata=metadata)
@@ -138,7 +147,13 @@ class Settings:
         shown="none",
     )
     name: str = setting("cdc", "Connector name: its state, slot and publication default to it.")
-    tables: list[str] = setting(list, "schema.table,... to capture.", shown="every published table")
+    tables: list[str] = setting(
+        list,
+        "schema.table,... to capture; * and ? match any name (public.*, sales.order_*), tables created "
+        "later included.",
+        shown="every published table",
+    )
+    exclude_tables: list[str] = setting(list, "schema.table,... (or patterns) to leave out of --tables.")
     topic_prefix: str = setting("cdc", "Topics are PREFIX.schema.table, PREFIX.schemas, PREFIX.messages, ...")
     slot: str = setting("", "Replication slot.", shown="cdc_NAME")
     publication: str = setting("", "Publication.", shown="cdc_NAME")
@@ -239,6 +254,56 @@ class Settings:
         50.0, "Rotate the log file at this size (0: never; reopen when moved, for logrotate)."
     )
     log_backups: int = setting(5, "Rotated log files kept.")
+    # -- shaping what is captured (cdc.shaping)
+    columns: TableColumns = setting(
+        dict,
+        "Publish only these columns of the table (a PostgreSQL 15+ column list: the others never leave "
+        "the server).",
+        repeatable=True,
+        metavar="TABLE:COLUMN,...",
+    )
+    exclude_columns: TableColumns = setting(
+        dict,
+        "Publish every column of the table but these (PostgreSQL 15+).",
+        repeatable=True,
+        metavar="TABLE:COLUMN,...",
+    )
+    mask_columns: TableColumns = setting(
+        dict,
+        "Columns whose values reach Kafka masked: hashed with --mask-salt-file, else --mask-text.",
+        repeatable=True,
+        metavar="TABLE:COLUMN,...",
+    )
+    mask_salt_file: str = setting(
+        "", "File holding the secret salt of masked values' hashes (HMAC-SHA256).", shown="none: fixed mask"
+    )
+    mask_text: str = setting("****", "What a masked value becomes without --mask-salt-file.")
+    row_filters: TableConditions = setting(
+        dict,
+        "Publish only the rows of the table meeting the condition (a PostgreSQL 15+ row filter), the "
+        "snapshot too.",
+        flag="row-filter",
+        repeatable=True,
+        metavar="TABLE:CONDITION",
+    )
+    transforms: list[str] = setting(
+        list,
+        "Python function applied to every event, in order (a package of yours: see Shaping).",
+        flag="transform",
+        repeatable=True,
+        metavar="MODULE:FUNCTION",
+    )
+    on_transform_error: TransformErrorAction = setting(
+        "fail", "When a transform raises: stop, skip the event, or write it to PREFIX.dead-letter."
+    )
+    on_record_error: RecordErrorAction = setting(
+        "fail",
+        "When Kafka refuses a record for good (too large) or it cannot be encoded: stop, or write it to "
+        "PREFIX.dead-letter and go on.",
+    )
+    table_check_interval: float = setting(
+        10.0, "Seconds between looks for new tables matching --tables patterns (0: at start only)."
+    )
 
     @property
     def instance_dir(self) -> Path:
@@ -286,6 +351,14 @@ class Option:
     secret: bool  # printed as ***
     old_names: tuple[str, ...]  # former TOML keys (and CDC_ names, upper case)
     shared: bool = False  # another command's copy of a connector setting (`same_as`)
+    metavar: str = ""  # a repeatable option's value, as --help shows it
+
+    @property
+    def env_form(self) -> str:
+        """How a repeatable option's values are written in one ``CDC_`` variable."""
+        if self.type in (TableColumns, TableConditions):
+            return f"{self.metavar};..."
+        return f"{self.metavar},..."
 
 
 def _shown(value: object) -> str:
@@ -327,6 +400,7 @@ def options_of(cls: type, env_prefix: str = "CDC_") -> dict[str, Option]:
             secret=declared.secret,
             old_names=declared.old_names,
             shared=declared.shared,
+            metavar=declared.metavar or ("KEY=VALUE" if declared.repeatable else ""),
         )
     return options
 
@@ -455,6 +529,57 @@ def _convert_pairs(option: Option, raw: Any) -> dict[str, str]:
     return result
 
 
+def _table_entries(raw: Any, what: str) -> list[tuple[str, Any]]:
+    """``(table, value)`` pairs of a table-keyed setting: a TOML table, ``TABLE:VALUE`` flags (one per
+    table) or ``TABLE:VALUE;TABLE:VALUE`` text."""
+    if isinstance(raw, dict):
+        return [(str(k), v) for k, v in raw.items()]
+    if isinstance(raw, list | tuple) and all(isinstance(x, str) for x in raw):
+        entries = list(raw)
+    elif isinstance(raw, str):
+        entries = raw.split(";")
+    else:
+        raise ValueError(f'expected a table of schema.table = {what}, or "schema.table:{what}" text')
+    pairs = []
+    for entry in filter(None, (e.strip() for e in entries)):
+        table, sep, value = entry.partition(":")
+        if not sep or not table.strip():
+            raise ValueError(f"expected schema.table:{what}, got {entry!r}")
+        pairs.append((table.strip(), value.strip()))
+    return pairs
+
+
+def _convert_table_columns(option: Option, raw: Any) -> dict[str, list[str]]:
+    result: dict[str, list[str]] = {}
+    for table, value in _table_entries(raw, "column,..."):
+        if isinstance(value, str):
+            columns = [c.strip() for c in value.split(",")]
+        elif isinstance(value, list) and all(isinstance(c, str) for c in value):
+            columns = [c.strip() for c in value]
+        else:
+            raise ValueError(f"expected column names for {table}")
+        columns = [c for c in columns if c]
+        if not columns:
+            raise ValueError(f"no column named for {table}")
+        result.setdefault(table, [])
+        result[table] += [c for c in columns if c not in result[table]]
+    return result
+
+
+def _convert_table_conditions(option: Option, raw: Any) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for table, value in _table_entries(raw, "condition"):
+        if not isinstance(value, str):
+            raise ValueError(f"expected a condition (text) for {table}")
+        condition = re.sub(r"(?is)^\s*where\s+", "", value).strip()
+        if not condition:
+            raise ValueError(f"no condition given for {table}")
+        if table in result:
+            raise ValueError(f"two conditions for {table}: combine them with AND")
+        result[table] = condition
+    return result
+
+
 def _convert_text(option: Option, raw: Any) -> Any:
     if option.choices:
         if raw not in option.choices:
@@ -473,6 +598,8 @@ _CONVERTERS: dict[object, Callable[[Option, Any], Any]] = {
     Path | None: _convert_optional_path,
     list[str]: _convert_list,
     dict[str, str]: _convert_pairs,
+    TableColumns: _convert_table_columns,
+    TableConditions: _convert_table_conditions,
 }
 
 
@@ -618,9 +745,26 @@ def validate(settings: Settings) -> None:
         raise ConfigError("ready_reconnect_seconds must be a positive number of seconds")
     if settings.log_max_mb < 0 or settings.log_backups < 0:
         raise ConfigError("log_max_mb and log_backups must be 0 or more")
-    for table in settings.tables:
+    for table in [*settings.tables, *settings.exclude_tables]:
         if not re.fullmatch(r"[^.\s]+(\.[^.\s]+)?", table):
             raise ConfigError(f"table {table!r}: expected schema.table or table")
+    if settings.table_check_interval < 0:
+        raise ConfigError("table_check_interval must be 0 (at start only) or a number of seconds")
+    for label, tables in (
+        ("columns", settings.columns),
+        ("exclude_columns", settings.exclude_columns),
+        ("mask_columns", settings.mask_columns),
+        ("row_filter", settings.row_filters),
+    ):
+        for table in tables:
+            if not re.fullmatch(r"[^.\s]+(\.[^.\s]+)?", table):
+                raise ConfigError(f"{label} {table!r}: expected schema.table:... (or a pattern)")
+    both = set(settings.columns) & set(settings.exclude_columns)
+    if both:
+        raise ConfigError(f"--columns and --exclude-columns both name {sorted(both)[0]}: keep one")
+    for spec in settings.transforms:
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", spec):
+            raise ConfigError(f"transform {spec!r}: expected package.module:function")
     if settings.dsn and settings.dsn_file is not None:
         raise ConfigError(
             "both dsn and dsn_file are given (as flags, CDC_ variables or config keys): keep one"
@@ -746,7 +890,7 @@ def markdown_table(options: Mapping[str, Option] | None = None, section: str | N
         if option.type is bool:
             flag = f"`{option.flag}` / `--no-{option.flag[2:]}`"
         elif option.repeatable:
-            flag = f"`{option.flag} KEY=VALUE` (repeatable)"
+            flag = f"`{option.flag} {option.metavar}` (repeatable)"
         elif option.choices:
             flag = f"`{option.flag} " + "\\|".join(option.choices) + "`"  # a | would split the cell
         described = option.default != _shown(option.value) or option.value in ({}, [], "")

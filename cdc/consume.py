@@ -362,6 +362,8 @@ class RecordDecoder:
         entry = self.schema_of(data)
         reader = self._readers.get(entry.fingerprint)
         if reader is None or reader.entry is not entry:
+            if entry is not self._builtin:
+                avro.verify_fingerprint(entry)
             reader = _Reader(
                 entry,
                 avro.parse_reader(_strip_logical(entry.schema)),
@@ -421,7 +423,7 @@ class _SchemaLoader:
         added = 0
         for key, value in self.reader.records():
             try:
-                if self.registry.load(key, value) is not None:
+                if self.registry.load(key, value, verify=False) is not None:  # checked on first use
                     added += 1
             except SchemaError as exc:
                 self.errors.append(str(exc))

@@ -34,8 +34,22 @@ from cdc.kafka.consumer import consumer_error
 log = logging.getLogger(__name__)
 
 
+Headers = list[tuple[str, bytes]]
+
+
 class Producer(Protocol):
-    def send(self, topic: str, key: bytes | None, value: bytes | None, token: InFlight) -> None:
+    #: set when made with a transactional id (``--delivery exactly-once``): every send needs an open
+    #: transaction
+    transactional_id: str
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        token: InFlight,
+        headers: Headers | None = None,
+    ) -> None:
         """Queue one record; blocks while the buffer is full (that pauses the replication read)."""
 
     def send_and_wait(self, topic: str, key: bytes | None, value: bytes | None, timeout: float) -> None:
@@ -54,6 +68,15 @@ class Producer(Protocol):
 
     def ensure_topic(self, topic: str, compact: bool = False) -> None:
         """Create ``topic`` unless it exists (once per process per topic)."""
+
+    def max_message_bytes(self, topic: str) -> int | None:
+        """The topic's ``max.message.bytes`` (the largest record batch the broker takes); None when
+        the broker does not say."""
+
+    def keep_rejected(self) -> deque[Rejected]:
+        """From now on, records the broker refuses for good on their own (too large) are handed back in
+        the returned deque instead of failing `poll`; a producer that cannot go on after such a
+        refusal (kafka-python's idempotent one) still fails."""
 
     # -- transactions (a producer made with a transactional id) ----------------------------
 
@@ -81,6 +104,22 @@ def fenced_error(transactional_id: str) -> SinkError:
         "with the same name elsewhere); stop one of them",
         retriable=False,
     )
+
+
+@dataclass(slots=True)
+class Rejected:
+    """A record the broker refused for good, with the token it was sent with."""
+
+    token: InFlight
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers | None
+    error: str
+
+
+#: librdkafka's errors that refuse one record for what it is (a new session would fail the same way)
+_RECORD_CODES = frozenset({"MSG_SIZE_TOO_LARGE", "INVALID_MSG_SIZE", "INVALID_RECORD", "INVALID_MSG"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,13 +272,20 @@ class KafkaPythonProducer:
             self._token, self._token_callbacks = token, (ok, failed)
         return self._token_callbacks
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None, token: InFlight) -> None:
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        token: InFlight,
+        headers: Headers | None = None,
+    ) -> None:
         size = (len(key) if key else 0) + (len(value) if value else 0) + KAFKA_PYTHON_RECORD_OVERHEAD
         if self.buffered + size > self.max_buffer:
             self._wait_for_room(size)
         token.pending += 1
         try:
-            future = self.producer.send(topic, value=value, key=key)
+            future = self.producer.send(topic, value=value, key=key, headers=headers)
         except self._kafka_error as exc:
             token.pending -= 1
             raise SinkError(f"cannot produce to {topic}: {exc}", retriable=_retriable(exc)) from None
@@ -323,6 +369,26 @@ class KafkaPythonProducer:
         if self.admin is not None:
             self.admin.close()
 
+    def max_message_bytes(self, topic: str) -> int | None:
+        from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient  # noqa: PLC0415
+
+        try:
+            if self.admin is None:
+                self.admin = KafkaAdminClient(**self.client.kafka_python())
+            resource = ConfigResource(ConfigResourceType.TOPIC, topic)
+            try:  # kafka-python 3 lists only non-default values unless asked for all
+                answer = self.admin.describe_configs([resource], config_filter="all")
+            except TypeError:
+                answer = self.admin.describe_configs([resource])
+        except self._kafka_error as exc:
+            log.debug("cannot read max.message.bytes of %s: %s", topic, exc)
+            return None
+        return _config_int(answer, topic, "max.message.bytes")
+
+    def keep_rejected(self) -> deque[Rejected]:
+        # its idempotent producer fails every later batch after a refused one: nothing to hand back
+        return deque()
+
     def ensure_topic(self, topic: str, compact: bool = False) -> None:
         if topic in self.known_topics:
             return
@@ -392,6 +458,7 @@ class ConfluentProducer:
         self.deliveries = _Deliveries()
         self._token: InFlight | None = None
         self._token_callback: Any = None
+        self.rejected: deque[Rejected] | None = None  # see keep_rejected
         self.queued_bytes = 0
         self._connect_errors: list[Any] | None = []
         redact.remember_pairs(overrides or {})
@@ -422,32 +489,58 @@ class ConfluentProducer:
         """The delivery callback for ``token``, made once per transaction rather than per record."""
         if token is not self._token:
             acked, failures = self.deliveries.acked.append, self.deliveries.failures.append
+            rejected = self.rejected
 
-            def done(error: Any, _message: Any) -> None:
+            def done(error: Any, message: Any) -> None:
                 if error is None:
                     acked(token)
+                elif rejected is not None and error.name() in _RECORD_CODES:
+                    rejected.append(
+                        Rejected(token, message.topic(), message.key(), message.value(),
+                                 message.headers(), str(error))
+                    )  # fmt: skip
                 else:
                     failures((token, _ConfluentFailure(error)))
 
             self._token, self._token_callback = token, done
         return self._token_callback
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None, token: InFlight) -> None:
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        token: InFlight,
+        headers: Headers | None = None,
+    ) -> None:
         done = self._callback(token)
         try:
-            self.producer.produce(topic, value=value, key=key, on_delivery=done)
+            self.producer.produce(topic, value=value, key=key, on_delivery=done, headers=headers)
         except (BufferError, self._ck.KafkaException):
             # off the per-record path: wait for room, or raise the error as a SinkError
-            self._enqueue(topic, key, value, done)
+            self._enqueue(topic, key, value, done, headers)
         # counted once queued; its report is applied only by poll(), after this
         token.pending += 1
 
-    def _enqueue(self, topic: str, key: bytes | None, value: bytes | None, on_delivery: Any) -> None:
+    def _enqueue(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        on_delivery: Any,
+        headers: Headers | None = None,
+    ) -> None:
         """Hand one record to librdkafka, waiting (up to 60 s) while its queue is full."""
         deadline = 0.0
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                self.producer.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    on_delivery=on_delivery,
+                    headers=headers,
+                )
                 return
             except BufferError:
                 # the local queue is full: serve delivery reports, which frees it
@@ -538,6 +631,31 @@ class ConfluentProducer:
         except (self._ck.KafkaException, SystemError) as exc:
             log.debug("closing the producer: %s", exc)
 
+    def keep_rejected(self) -> deque[Rejected]:
+        if self.rejected is None:
+            self.rejected = deque()
+            self._token = None  # callbacks made from now on hand refused records back
+        return self.rejected
+
+    def max_message_bytes(self, topic: str) -> int | None:
+        from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]  # noqa: PLC0415
+
+        self._admin()
+        resource = ConfigResource("topic", topic)
+        try:
+            entries = self.admin.describe_configs([resource], request_timeout=30)[resource].result(30)
+            entry = entries.get("max.message.bytes")
+            return None if entry is None or entry.value is None else int(entry.value)
+        except (self._ck.KafkaException, ValueError, TypeError) as exc:
+            log.debug("cannot read max.message.bytes of %s: %s", topic, exc)
+            return None
+
+    def _admin(self) -> None:
+        from confluent_kafka.admin import AdminClient  # noqa: PLC0415
+
+        if self.admin is None:
+            self.admin = make_librdkafka(AdminClient, self.client, {})
+
     def ensure_topic(self, topic: str, compact: bool = False) -> None:
         if topic in self.known_topics:
             return
@@ -588,6 +706,25 @@ def _confluent_retriable(exc: BaseException) -> bool:
     """Worth a new session? ``exc`` is a confluent_kafka.KafkaException (its first arg the KafkaError)."""
     error = exc.args[0] if exc.args else None
     return error is None or not hasattr(error, "name") or error.name() not in _PERMANENT_CODES
+
+
+def _config_int(answer: Any, topic: str, name: str) -> int | None:
+    """One integer config out of kafka-python's describe_configs: a dict (3.x) or responses (2.x)."""
+    value: Any = None
+    if isinstance(answer, dict):
+        entry = answer.get("topic", {}).get(topic, {}).get(name)
+        value = None if entry is None else entry.get("value")
+    else:
+        for response in answer if isinstance(answer, list) else [answer]:
+            for resource in getattr(response, "resources", None) or []:
+                entries = resource[4] if isinstance(resource, tuple) else getattr(resource, "configs", [])
+                for config in entries:
+                    if (config[0] if isinstance(config, tuple) else getattr(config, "name", None)) == name:
+                        value = config[1] if isinstance(config, tuple) else getattr(config, "value", None)
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def resolve_producer_kind(kind: str) -> str:
