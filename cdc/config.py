@@ -304,6 +304,37 @@ class Settings:
     table_check_interval: float = setting(
         10.0, "Seconds between looks for new tables matching --tables patterns (0: at start only)."
     )
+    # -- the outbox event router (cdc.shaping.outbox)
+    outbox_table: str = setting(
+        "",
+        "Outbox table (schema.table): each row inserted becomes one record on --outbox-topic, keyed by "
+        "aggregateid, the payload as value, id and type as headers; its updates and deletes are ignored.",
+        shown="none",
+    )
+    outbox_messages: bool = setting(
+        False,
+        "Route pg_logical_emit_message(true, 'outbox', JSON) like outbox rows (an outbox without a "
+        "table; always on with --outbox-table).",
+    )
+    outbox_topic: str = setting(
+        "{prefix}.outbox.{aggregatetype}",
+        "Where routed events go: {prefix}, {aggregatetype} and {type} are replaced.",
+    )
+    outbox_fields: dict[str, str] = setting(
+        dict,
+        "Another name for an outbox column (id, aggregatetype, aggregateid, type, payload, timestamp), "
+        "or JSON field of a message.",
+        flag="outbox-field",
+        repeatable=True,
+        metavar="FIELD=COLUMN",
+    )
+    outbox_headers: dict[str, str] = setting(
+        dict,
+        "Another outbox column (or message field) sent as a Kafka header of each routed event.",
+        flag="outbox-header",
+        repeatable=True,
+        metavar="COLUMN=HEADER",
+    )
 
     @property
     def instance_dir(self) -> Path:
@@ -765,6 +796,19 @@ def validate(settings: Settings) -> None:
     for spec in settings.transforms:
         if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", spec):
             raise ConfigError(f"transform {spec!r}: expected package.module:function")
+    if settings.outbox_table and not re.fullmatch(r"[^.\s]+(\.[^.\s]+)?", settings.outbox_table):
+        raise ConfigError(f"outbox_table {settings.outbox_table!r}: expected schema.table or table")
+    outbox_fields = ("id", "aggregatetype", "aggregateid", "type", "payload", "timestamp")
+    for name in settings.outbox_fields:
+        if name not in outbox_fields:
+            raise ConfigError(f"outbox_field {name!r}: expected one of {', '.join(outbox_fields)}")
+    try:
+        settings.outbox_topic.format(prefix="p", aggregatetype="a", type="t")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"outbox_topic {settings.outbox_topic!r}: use {{prefix}}, {{aggregatetype}} and {{type}} "
+            f"only ({type(exc).__name__}: {exc})"
+        ) from None
     if settings.dsn and settings.dsn_file is not None:
         raise ConfigError(
             "both dsn and dsn_file are given (as flags, CDC_ variables or config keys): keep one"

@@ -387,6 +387,7 @@ class Record:
     value: Any
     error: str | None = None
     timestamp: int = -1  # the Kafka record's timestamp, Unix ms
+    headers: Sequence[tuple[str, bytes]] = ()  # the Kafka record's headers
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -466,8 +467,10 @@ class ChangeConsumer:
     KafkaConsumer on top. ``isolation`` ``read_committed`` (the default) shows
     only what committed transactions wrote: every change exactly once from a
     ``--delivery exactly-once`` connector; ``read_uncommitted`` shows aborted
-    records too. Raises `SinkError` when the broker cannot be reached or a
-    topic does not exist.
+    records too. ``plain_text``: a key or value that is neither JSON nor Avro
+    is its text (the outbox router's keys: aggregate ids), not an error.
+    Raises `SinkError` when the broker cannot be reached or a topic does not
+    exist.
     """
 
     def __init__(
@@ -483,6 +486,7 @@ class ChangeConsumer:
         rebalance: Rebalance | None = None,
         whole_topics: bool = False,
         missing_ok: bool = False,
+        plain_text: bool = False,
     ) -> None:
         if not topics:
             raise SinkError("no topics to consume: name at least one")
@@ -490,6 +494,7 @@ class ChangeConsumer:
         client = as_client(client)
         self.bootstrap_servers = client.bootstrap_servers
         self.decoder = RecordDecoder()
+        self.plain_text = plain_text
         config = {"isolation_level": isolation, **(consumer_config or {})}
         self._schemas: _SchemaLoader | None = None
         self._reader = TopicReader(
@@ -570,7 +575,7 @@ class ChangeConsumer:
             key = self._decode(message.key, "key", errors)
         value = self._decode(message.value, "value", errors)
         error = f"{topic}[{partition}]@{offset}: " + "; ".join(errors) if errors else None
-        return Record(topic, partition, offset, key, value, error, message.timestamp)
+        return Record(topic, partition, offset, key, value, error, message.timestamp, message.headers)
 
     def _decode(self, data: bytes | None, part: str, errors: list[str]) -> Any:
         if data is None:
@@ -579,6 +584,9 @@ class ChangeConsumer:
             # --format json writes the rendered envelope already: print it as it is
             with contextlib.suppress(orjson.JSONDecodeError):
                 return orjson.loads(data)
+        if self.plain_text and data[:2] != avro.MAGIC:
+            with contextlib.suppress(UnicodeDecodeError):
+                return bytes(data).decode()  # another producer's text: the outbox router's keys
         try:
             is_avro = data[:2] == avro.MAGIC
             if is_avro and not self.decoder.knows(data) and self._schemas is not None:

@@ -3,8 +3,9 @@
 Starts a Postgres and a broker (`cdc dev up`) and gives each service its own
 database: the order service's ``shop``, the inventory service's
 ``inventory``, the shipping read model's ``shipping``. Two connectors
-capture ``shop`` and ``inventory``; the inventory service consumes the
-order events through the outbox and reserves stock (`cdc.sink.Sink` with its
+capture ``shop`` and ``inventory`` and route their outboxes (a table in
+``shop``, logical messages in ``inventory``) to ``<prefix>.outbox.<type>``;
+the inventory service consumes the order events and reserves stock (`cdc.sink.Sink` with its
 own handler); ``cdc sink postgres`` keeps the shipping read model. The order
 service then places orders; the demo prints the events per topic, the read
 model's rows and the lag, and stops every process it started.
@@ -112,27 +113,24 @@ def main() -> None:
             conn.execute(STOCK)
         print("  stock: KB-01 10, MS-02 25, MN-03 1")
 
-        say("two connectors: shop (orders, order_lines, outbox) and inventory (reservations, outbox)")
-        for name, tables in (
-            ("shop", "public.orders,public.order_lines,public.outbox"),
-            ("inventory", "public.reservations,public.outbox"),
+        say("two connectors, each routing its service's outbox to PREFIX.outbox.<aggregatetype>")
+        for name, tables, outbox_option in (
+            ("shop", "public.orders,public.order_lines,public.outbox", ["--outbox-table", "public.outbox"]),
+            ("inventory", "public.reservations", ["--outbox-messages"]),
         ):
             started = run(
                 ["start", "--detach", "--name", name, "--topic-prefix", name, "--tables", tables,
-                 "--snapshot", "never", "--transaction-metadata"],
+                 "--snapshot", "never", "--transaction-metadata", *outbox_option],
                 {**env, "CDC_DSN": dsns[name]},
             )  # fmt: skip
             connectors.append(name)
-            print("  " + started.stdout.strip())
+            print(f"  {started.stdout.strip()}: {tables} {' '.join(outbox_option)}")
 
         say("the inventory service (examples/shop/inventory_service.py), the read model (cdc sink postgres)")
-        sys.path.insert(0, str(EXAMPLES))
-        import outbox  # noqa: PLC0415 - the examples' own module: its topic() is the seam
-
         inventory = toml(
             workdir / "inventory.toml",
             {"bootstrap_servers": bootstrap},
-            {"dsn": dsns["inventory"], "topics": [outbox.topic("shop", "order")]},
+            {"dsn": dsns["inventory"], "topics": ["shop.outbox.order"]},
         )
         shipping = toml(
             workdir / "shipping.toml",
@@ -170,7 +168,7 @@ def main() -> None:
 
         _wait_for_read_model(dsns["shipping"], services, workdir)
 
-        say("events per topic (decoded from Avro with cdc.consume)")
+        say("events per topic (decoded with cdc.consume)")
         _events(bootstrap)
         say("the shipping read model (its own database, kept by cdc sink postgres)")
         with psycopg.connect(dsns["shipping"]) as conn:
@@ -228,34 +226,36 @@ def _wait_for_read_model(dsn: str, services: list[subprocess.Popen[bytes]], work
 TOPICS = [
     "shop.public.orders",
     "shop.public.order_lines",
-    "shop.public.outbox",
+    "shop.outbox.order",
     "shop.transaction",
     "inventory.public.reservations",
-    "inventory.public.outbox",
+    "inventory.outbox.inventory",
     "inventory.transaction",
 ]
 
 
 def _events(bootstrap: str) -> None:
-    """How many events each topic holds, by op, and the events of the outboxes."""
+    """How many events each topic holds, by op, and the events the outbox router routed."""
     from cdc.consume import ChangeConsumer  # noqa: PLC0415
 
     ops: dict[str, Counter[str]] = {t: Counter() for t in TOPICS}
     events: list[str] = []
-    with ChangeConsumer(TOPICS, bootstrap, from_beginning=True) as consumer:
+    with ChangeConsumer(TOPICS, bootstrap, from_beginning=True, plain_text=True) as consumer:
         for record in consumer.records(idle_timeout=1.5):
             value = record.value
+            headers = dict(record.headers)
+            if ".outbox." in record.topic and "type" in headers:
+                ops[record.topic][headers["type"].decode()] += 1
+                events.append(f"  {record.topic:<30} {headers['type'].decode():<14} order {record.key}")
+                continue
             if record.error or not isinstance(value, dict):
                 ops[record.topic]["tombstone" if value is None else "other"] += 1
                 continue
             ops[record.topic][value.get("op") or value.get("status") or "?"] += 1
-            after = value.get("after") or {}
-            if record.topic.endswith(".outbox") and value.get("op") == "c":
-                events.append(f"  {record.topic:<30} {after['type']:<14} order {after['aggregateid']}")
     for topic, counts in ops.items():
         detail = ", ".join(f"{op} {n}" for op, n in sorted(counts.items()))
         print(f"  {topic:<30} {sum(counts.values()):>3} records ({detail})")
-    print("  the events, through the outboxes:")
+    print("  the events, as the outbox router routed them (key: the order; id and type in headers):")
     print("\n".join(events))
 
 
@@ -269,14 +269,15 @@ def _lag(env: dict[str, str], dsns: dict[str, str], connectors: list[str]) -> No
     for name in ("inventory", "shipping"):
         with psycopg.connect(dsns[name]) as conn:
             rows = conn.execute(
-                "SELECT count(*), max(extract(epoch FROM applied_at - commit_ts)), "
+                "SELECT count(*), max(extract(epoch FROM applied_at - coalesce(commit_ts, "
+                "to_timestamp(record_ts / 1000.0)))), "
                 "max(extract(epoch FROM now() - applied_at)) FROM cdc_sink_positions"
             ).fetchone()
         assert rows is not None
         partitions, delay, idle = rows
         print(
             f"  {name + ' sink':<20} {partitions} partitions applied, the last change "
-            f"{delay or 0:.2f} s after its commit, idle for {idle or 0:.1f} s"
+            f"{delay or 0:.2f} s after its commit (or its record), idle for {idle or 0:.1f} s"
         )
 
 

@@ -26,10 +26,11 @@ def test_demo_runs_and_cleans_up() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    # the order service's events went through the outbox to the inventory service, whose answers
-    # went through its own outbox; the read model has every order with the inventory's answer
-    assert "shop.public.outbox             OrderPlaced    order 3" in out
-    assert "inventory.public.outbox        OutOfStock     order 2" in out
+    # the order service's events went through its outbox table to the inventory service, whose
+    # answers went out as outbox messages, both routed by the connectors; the read model has every
+    # order with the inventory's answer
+    assert "shop.outbox.order              OrderPlaced    order 3" in out
+    assert "inventory.outbox.inventory     OutOfStock     order 2" in out
     assert "1     ada       paid    2      88.90    reserved" in out
     assert "2     grace     placed  1      378.00   out_of_stock" in out
     assert "stopped the inventory service and the shipping sink (2 processes)" in out

@@ -95,6 +95,8 @@ def sample(option: Option, which: int, tmp_path: Path) -> Any:
         return tmp_path / f"dir{which}"
     if kind == list[str]:
         return [f"m{which}.f:g", "n.o:p"] if option.name == "transforms" else [f"s.t{which}", "s.u"]
+    if kind == dict[str, str] and option.name == "outbox_fields":
+        return {"aggregateid": f"c{which}", "type": "kind"}
     if kind == dict[str, str]:
         return {"retention.ms": str(1000 + which), "b": "x"}
     if kind is config.TableColumns:
@@ -170,7 +172,7 @@ def test_names_derive_from_the_flag() -> None:
     assert OPTIONS["producer"].choices == ("auto", "kafka-python", "confluent")
     assert {o.name for o in OPTIONS.values() if o.repeatable} == {
         "topic_configs", "producer_configs", "kafka_config", "columns", "exclude_columns", "mask_columns",
-        "row_filters", "transforms",
+        "row_filters", "transforms", "outbox_fields", "outbox_headers",
     }  # fmt: skip
 
 

@@ -37,6 +37,7 @@ class Message(NamedTuple):
     key: bytes | None
     value: bytes | None
     timestamp: int = -1  # the record's timestamp, Unix ms (the producer's clock: CreateTime)
+    headers: Sequence[tuple[str, bytes]] = ()  # Kafka headers, in order (the outbox router's id, type)
 
 
 class Partition(NamedTuple):
@@ -223,7 +224,7 @@ class TopicReader:
         except self._kafka_error as exc:
             raise consumer_error(exc, self.client) from None
         return [
-            Message(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+            Message(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp, m.headers or ())
             for batch in batches.values()
             for m in batch
         ]

@@ -83,7 +83,9 @@ class Change:
     """One consumed record: a change event of a cdc topic, or any other record (``op`` empty).
 
     ``key``, ``before``, ``after`` are rendered as DESIGN.md's type table says,
-    by column name; ``value`` is the record's value as decoded, whatever it is.
+    by column name; ``value`` is the record's value as decoded, whatever it is
+    (an outbox event's payload: JSON decoded; its key the aggregate id, its
+    ``headers`` ``id`` and ``type``).
     """
 
     topic: str
@@ -105,6 +107,7 @@ class Change:
     message_content: bytes | None = None
     shape: Shape | None = None
     size: int = 0  # bytes as consumed: for the batch bounds
+    headers: dict[str, bytes] = field(default_factory=dict)  # the Kafka record's (an outbox event's id, type)
 
     @property
     def position(self) -> Position | None:
@@ -126,6 +129,8 @@ def change_from_record(record: Record, shape: Shape | None = None, size: int = 0
         return None
     change = Change(record.topic, record.partition, record.offset, record.timestamp, value, record.key)
     change.size = size
+    if record.headers:
+        change.headers = dict(record.headers)
     if not (
         isinstance(value, dict) and value.get("op") in ENVELOPE_OPS and isinstance(value.get("source"), dict)
     ):

@@ -263,8 +263,9 @@ class Target:
                         partition.topic,
                         partition.partition,
                         stored.offset,
-                        format_lsn(stored.position[0]),
-                        stored.position[1],
+                        # records that are not change events (an outbox's) have no position: 0/0
+                        format_lsn(max(stored.position[0], 0)),
+                        max(stored.position[1], 0),
                         stored.commit_ts_ms or None,
                         stored.record_ts,
                         expected,

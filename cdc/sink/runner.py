@@ -219,6 +219,7 @@ class _Session:
                 rebalance=self if group else None,
                 whole_topics=settings.transaction_metadata,
                 missing_ok=True,
+                plain_text=True,
             )
             if settings.transaction_metadata:
                 self.txn = ChangeConsumer(

@@ -1,4 +1,5 @@
--- inventory: the inventory service's database (captured by the connector "inventory")
+-- inventory: the inventory service's database (captured by the connector "inventory", which
+-- routes its outbox messages: --outbox-messages)
 CREATE TABLE stock (
     sku text PRIMARY KEY,
     on_hand int NOT NULL,
@@ -10,10 +11,4 @@ CREATE TABLE reservations (
     lines jsonb NOT NULL,
     decided_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE TABLE outbox (
-    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    aggregatetype text NOT NULL,
-    aggregateid text NOT NULL,
-    type text NOT NULL,            -- StockReserved | OutOfStock
-    payload jsonb NOT NULL
-);
+-- no outbox table: the service emits its events as logical messages (outbox.emit)

@@ -4,8 +4,9 @@ It consumes the order service's events with `cdc.sink.Sink`: each event is
 handed to `on_event` inside a transaction of the inventory database, and
 the sink commits it together with the event's position. A crash or a
 restart never reserves an order twice, and never loses one. The outcome
-goes into the inventory's own outbox (StockReserved or OutOfStock), in the
-same transaction, for whoever cares.
+is emitted as the inventory's own event (StockReserved or OutOfStock), in
+the same transaction, for whoever cares: a logical message the connector's
+outbox router sends on to ``inventory.outbox.inventory`` (no outbox table).
 
     python examples/shop/inventory_service.py inventory.toml   # [sink]: dsn, topics; bootstrap_servers
 """
@@ -59,7 +60,7 @@ def on_event(db: psycopg.Connection, change: Change) -> None:
         "INSERT INTO reservations (order_id, status, lines) VALUES (%s, %s, %s)",
         (event.payload["order_id"], status, Jsonb(lines)),
     )
-    outbox.write(db, "inventory", event.aggregateid, "StockReserved" if ok else "OutOfStock", event.payload)
+    outbox.emit(db, "inventory", event.aggregateid, "StockReserved" if ok else "OutOfStock", event.payload)
     logging.info("order %s: %s", event.aggregateid, status)
 
 

@@ -1,16 +1,19 @@
 """The shop's events, and the one place that knows how they travel.
 
-A service writes an event into its ``outbox`` table in the same transaction
-as the state it is about (`write`); the connector captures the table; a
-consumer turns what arrives back into an `Event` (`event_of`) and never
-looks at the transport itself.
+A service records an event in the same transaction as the state it is about,
+in one of two ways the connector's outbox router (``--outbox-table``,
+``--outbox-messages``) turns into the same Kafka record:
 
-SEAM: the outbox event router (issue 20, Debezium's EventRouter on the transform API) is not in
-cdc yet. Until it is, the events arrive as ordinary row changes of ``<prefix>.public.outbox``
-and `event_of` reads them from the row (`topic` names that topic). Once the router exists,
-the connector routes each outbox row to ``<prefix>.outbox.<aggregatetype>`` (key: the aggregate
-id, value: the payload, the event id and type in headers): set ``ROUTED = True``, make `event_of`
-read that record, and the services keep working unchanged.
+- `write`: a row of the ``outbox`` table, deleted again in the same
+  transaction (the router routes the insert and ignores the delete: the
+  table stays empty);
+- `emit`: a transactional logical message with the prefix ``outbox`` (no
+  table at all).
+
+Either way the event arrives on ``<prefix>.outbox.<aggregatetype>``, keyed
+by the aggregate id (one order's events stay in order), the payload as the
+value, the event's id and type in headers. A consumer turns the record back
+into an `Event` (`event_of`) and never looks at the transport itself.
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdc.sink import Change
-
-ROUTED = False  # SEAM: True once the connector routes the outbox (<prefix>.outbox.<aggregatetype>)
 
 
 @dataclass(frozen=True)
@@ -35,31 +36,37 @@ class Event:
 
 def topic(prefix: str, aggregatetype: str) -> str:
     """Where the events of ``aggregatetype`` written by the service behind ``prefix`` arrive."""
-    if ROUTED:
-        return f"{prefix}.outbox.{aggregatetype}"
-    return f"{prefix}.public.outbox"  # SEAM: the raw outbox table, every aggregate type in it
+    return f"{prefix}.outbox.{aggregatetype}"
 
 
 def event_of(change: Change) -> Event | None:
-    """The event a consumed record carries; None for anything else (a delete of an old outbox row)."""
-    if ROUTED:  # SEAM: read the routed record here (payload in the value, id and type in headers)
-        raise NotImplementedError("the outbox router is not in cdc yet")
-    if change.op not in ("c", "r") or change.after is None:
+    """The event a record of an outbox topic carries; None for anything else."""
+    if change.op or "id" not in change.headers or not isinstance(change.value, dict):
         return None
-    row = change.after
-    payload = row["payload"]  # jsonb arrives as its JSON text
     return Event(
-        str(row["id"]),
-        row["aggregatetype"],
-        row["aggregateid"],
-        row["type"],
-        json.loads(payload) if isinstance(payload, str) else payload,
+        change.headers["id"].decode(),
+        change.topic.rpartition(".")[2],
+        str(change.key),
+        change.headers["type"].decode(),
+        change.value,
     )
 
 
 def write(db: Any, aggregatetype: str, aggregateid: object, type: str, payload: dict[str, Any]) -> None:
-    """Record an event in the outbox: call it inside the transaction that changes the state."""
-    db.execute(
-        "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES (%s, %s, %s, %s)",
+    """Record an event in the outbox table: call it inside the transaction that changes the state."""
+    row = db.execute(
+        "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES (%s, %s, %s, %s) RETURNING id",
         (aggregatetype, str(aggregateid), type, json.dumps(payload)),
-    )
+    ).fetchone()
+    db.execute("DELETE FROM outbox WHERE id = %s", (row[0],))  # routed already: keep the table empty
+
+
+def emit(db: Any, aggregatetype: str, aggregateid: object, type: str, payload: dict[str, Any]) -> None:
+    """Record an event as a logical message (no outbox table): inside the transaction, too."""
+    event = {
+        "aggregatetype": aggregatetype,
+        "aggregateid": str(aggregateid),
+        "type": type,
+        "payload": payload,
+    }
+    db.execute("SELECT pg_logical_emit_message(true, 'outbox', %s)", (json.dumps(event),))

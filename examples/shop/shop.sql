@@ -13,7 +13,8 @@ CREATE TABLE order_lines (
     price numeric(10,2) NOT NULL,
     PRIMARY KEY (order_id, sku)
 );
--- the transactional outbox, in the columns of Debezium's EventRouter
+-- the transactional outbox, in the columns of Debezium's EventRouter (cdc start --outbox-table public.outbox);
+-- rows are deleted in the transaction that wrote them: the router routes the insert, the table stays empty
 CREATE TABLE outbox (
     id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     aggregatetype text NOT NULL,  -- routed to <prefix>.outbox.<aggregatetype>
