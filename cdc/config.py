@@ -210,7 +210,7 @@ class Settings:
         100,
         "exactly-once: longest a Kafka transaction waits for more Postgres transactions before it commits.",
     )
-    snapshot_workers: int = setting(2, "Processes reading the initial snapshot.")
+    snapshot_workers: int = setting(2, "Processes reading the initial snapshot (threads when it is small).")
     snapshot_chunk_rows: int = setting(50_000, "Rows per snapshot chunk (key order).")
     reconnect_max_seconds: float = setting(
         30.0, "Longest wait between reconnects (the wait doubles from 0.5 s)."
