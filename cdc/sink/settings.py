@@ -111,6 +111,12 @@ class SinkSettings:
     log_format: config.LogFormat = same_as("log_format")
     log_level: config.LogLevel = same_as("log_level")
 
+    def __post_init__(self) -> None:
+        # the shared declaration leaves it empty (the connector's depends on --compat): the sink reads
+        # cdc's native records
+        if not self.unavailable_placeholder:
+            self.unavailable_placeholder = config.PLACEHOLDERS["native"]
+
     @property
     def positions_key(self) -> str:
         """The name the positions are stored under: the group, or cdc-sink."""
