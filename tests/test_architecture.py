@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         {
             "cdc.pgoutput",
             "cdc.pgtypes",
+            "cdc.pgtypes.*",
             "cdc.events",
             "cdc.avro",
             "cdc.avro.*",

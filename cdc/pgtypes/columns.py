@@ -1,95 +1,40 @@
-"""Postgres types: text-format value -> wire value -> Avro type and JSON rendering.
-
-A registry of small pure functions looked up by type OID, as psycopg does.
-`column_type` is called once per column of each relation version; the
-per-row work is then one ``parse`` call per value (`row_parser` bundles them).
-
-Wire values (what `parse` returns, what Avro encodes, what `render` takes):
-
-    int2 int4 int8 oid      int
-    float4 float8           float (nan, infinities and -0.0 included)
-    numeric(p,s)            decimal.Decimal; str "NaN" (Avro: the string branch)
-    numeric                 str, the exact digits ("NaN", "Infinity", "-Infinity")
-    bool                    bool
-    text varchar bpchar ... str (bpchar keeps its padding)
-    bytea                   bytes
-    date                    int, days since 1970-01-01 (+-infinity: int32 max/min)
-    time                    int, microseconds since midnight (24:00:00 is 86_400_000_000)
-    timetz                  str "HH:MM:SS.ffffff+HH:MM" (":SS" added to the offset if it has seconds)
-    timestamp               int, microseconds since 1970-01-01 (+-infinity: int64 max/min);
-                            str (rendered as below) when the instant is beyond the int64
-                            range, i.e. after 294247-01-10T04:00:54.775806 (Avro: string branch)
-    timestamptz             the same, in UTC
-    interval                str, the server's ISO 8601 duration ("P1Y2M-3DT4H5M6.7S", "PT0S")
-    uuid                    str
-    json jsonb              str, the JSON text as the server prints it
-    arrays                  list of element wire values (None for NULL); str, the server's
-                            text output, for arrays that a list cannot represent exactly
-                            (several dimensions, or lower bounds other than 1)
-    enum                    str; a domain: its base type's wire value
-    anything else           str, Postgres text output
-
-JSON renderings (`ColumnType.render`) follow DESIGN.md's type table. Dates and
-timestamps use ISO 8601 with astronomical year numbering: years 1..9999 as
-four digits, others with a sign and at least four digits (1 BC is
-``+0000``, 44 BC is ``-0043``, ``+294276-12-31``); infinities are
-``"infinity"`` / ``"-infinity"``. Times always have six fractional digits.
-
-Avro types (`ColumnType.avro`) are those of a non-null value. Where a wire
-value can also be a str that the main type cannot hold (numeric(p,s) NaN,
-arrays, out-of-range timestamps, the placeholder of an unavailable TOAST
-value), ``avro`` is a union ``[<the type>, "string"]``; the Avro module
-prepends ``"null"`` for nullable columns and flattens the union.
-
-The replication and snapshot connections set the session output settings of
-`cdc.replication.OUTPUT_SETTINGS` (UTC, ISO dates, iso_8601 intervals, hex
-bytea, extra_float_digits=3); the parsers rely on them and reject text that
-does not match with `PARSE_ERRORS`, which `row_parser` turns into `DecodeError`.
-
-Non-built-in types (enums, domains, arrays of them, extension types such as
-citext) are resolved by `TypeCatalog`, one catalog query per batch of OIDs,
-cached per OID: build it with `TypeCatalog.from_connection` and call
-`TypeCatalog.prefetch` with a Relation's column OIDs before `column_type`.
-"""
+"""`ColumnType` per type OID: the converters table, `column_type` and `row_parser` (see `cdc.pgtypes`)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 import logging
 import math
 import re
 import struct
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
-from cdc.errors import DecodeError, SourceError, SourceUnavailable
+from cdc.errors import DecodeError
 from cdc.pgoutput import UNCHANGED, Binary, ColumnValue
+from cdc.pgtypes.temporal import (
+    _date,
+    _render_date,
+    _render_time,
+    _render_timestamp,
+    _render_timestamptz,
+    _time_us,
+    _timestamp,
+    _timestamptz,
+    _timetz,
+)
 
 if TYPE_CHECKING:
-    import psycopg
+    from cdc.pgtypes.catalog import TypeCatalog
 
 log = logging.getLogger(__name__)
 
 Parse = Callable[[bytes], Any]
 Render = Callable[[Any], Any]
-
-INT32_MAX: Final = 2**31 - 1
-INT32_MIN: Final = -(2**31)
-INT64_MAX: Final = 2**63 - 1
-INT64_MIN: Final = -(2**63)
-#: Wire values of infinite dates and timestamps: the ends of the Avro int / long.
-DATE_INFINITY: Final = INT32_MAX
-DATE_MINUS_INFINITY: Final = INT32_MIN
-TIMESTAMP_INFINITY: Final = INT64_MAX
-TIMESTAMP_MINUS_INFINITY: Final = INT64_MIN
-
-_DAY_US: Final = 86_400_000_000
-_UNIX_ORDINAL: Final = 719_163  # date(1970, 1, 1).toordinal()
 
 # Converter families (`ColumnType.kind`).
 KINDS: Final = frozenset(
@@ -152,52 +97,6 @@ class ColumnType:
         )
 
 
-# -- calendar arithmetic (proleptic Gregorian, astronomical years: 0 = 1 BC) -----------
-
-
-def days_from_civil(year: int, month: int, day: int) -> int:
-    """Days since 1970-01-01 of a valid date of any year (H. Hinnant's algorithm)."""
-    year -= month <= 2
-    era = year // 400
-    yoe = year - era * 400
-    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146_097 + doe - 719_468
-
-
-def civil_from_days(days: int) -> tuple[int, int, int]:
-    """(year, month, day) of a day count since 1970-01-01; inverse of `days_from_civil`."""
-    days += 719_468
-    era = days // 146_097
-    doe = days - era * 146_097
-    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    day = doy - (153 * mp + 2) // 5 + 1
-    month = mp + 3 if mp < 10 else mp - 9
-    return yoe + era * 400 + (month <= 2), month, day
-
-
-_MONTH_DAYS: Final = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-
-
-def _days(year: int, month: int, day: int) -> int:
-    """Validated `days_from_civil`; the C date type does the common years."""
-    if 1 <= year <= 9999:
-        return dt.date(year, month, day).toordinal() - _UNIX_ORDINAL
-    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-    if not 1 <= month <= 12 or not 1 <= day <= _MONTH_DAYS[month] + (month == 2 and leap):
-        raise ValueError(f"no such date: {year}-{month}-{day}")
-    return days_from_civil(year, month, day)
-
-
-def format_year(year: int) -> str:
-    """ISO 8601 year: four digits for 1..9999, else signed (astronomical numbering)."""
-    if 1 <= year <= 9999:
-        return f"{year:04d}"
-    return f"+{year:04d}" if year >= 0 else f"-{-year:04d}"
-
-
 # -- parsers: server text output -> wire value -------------------------------------------
 
 
@@ -247,155 +146,6 @@ def _money(value: bytes) -> str:
         raise ValueError("money not in the C locale's format: set lc_monetary=C")
     sign, whole, fraction = match.groups()
     return (sign + whole.replace(b",", b"") + (fraction or b"")).decode()
-
-
-def _date(value: bytes) -> int:
-    if len(value) == 10 and value[4] == 0x2D:  # YYYY-MM-DD, the common case
-        return _days(int(value[:4]), int(value[5:7]), int(value[8:10]))
-    if value == b"infinity":
-        return DATE_INFINITY
-    if value == b"-infinity":
-        return DATE_MINUS_INFINITY
-    return _days(*_ymd(value))
-
-
-def _ymd(value: bytes) -> tuple[int, int, int]:
-    """``Y+-MM-DD`` with an optional `` BC`` suffix -> astronomical (year, month, day)."""
-    bc = value.endswith(b" BC")
-    if bc:
-        value = value[:-3]
-    year, month, day = value.split(b"-")
-    if not (year.isdigit() and len(month) == 2 and len(day) == 2 and len(year) >= 4):
-        raise ValueError("date not in ISO format: set DateStyle=ISO")
-    y = int(year)
-    return (1 - y if bc else y), int(month), int(day)
-
-
-def _time_us(value: bytes) -> int:
-    """``HH:MM:SS[.ffffff]`` -> microseconds since midnight (24:00:00 allowed)."""
-    if len(value) < 8 or value[2] != 0x3A or value[5] != 0x3A:
-        raise ValueError("time not in HH:MM:SS format")
-    us = (int(value[:2]) * 3600 + int(value[3:5]) * 60 + int(value[6:8])) * 1_000_000
-    if len(value) > 8:
-        if value[8] != 0x2E or len(value) > 15:
-            raise ValueError("bad fraction of a second")
-        us += int(value[9:].ljust(6, b"0"))
-    if not 0 <= us <= _DAY_US:
-        raise ValueError("time out of range")
-    return us
-
-
-def _offset_seconds(value: bytes) -> int:
-    """``+HH[:MM[:SS]]`` -> seconds east of UTC."""
-    parts = value[1:].split(b":")
-    if len(parts) > 3 or not all(len(p) == 2 for p in parts):
-        raise ValueError("bad UTC offset")
-    seconds = int(parts[0]) * 3600 + (int(parts[1]) * 60 if len(parts) > 1 else 0)
-    seconds += int(parts[2]) if len(parts) > 2 else 0
-    if value[0] == 0x2D:
-        return -seconds
-    if value[0] != 0x2B:
-        raise ValueError("bad UTC offset")
-    return seconds
-
-
-def _format_offset(seconds: int) -> str:
-    sign = "-" if seconds < 0 else "+"
-    hours, rest = divmod(abs(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{sign}{hours:02d}:{minutes:02d}:{secs:02d}" if secs else f"{sign}{hours:02d}:{minutes:02d}"
-
-
-def _timetz(value: bytes) -> str:
-    sign = max(value.rfind(b"+"), value.rfind(b"-"))
-    if sign < 8:
-        raise ValueError("timetz without a UTC offset")
-    return _format_time(_time_us(value[:sign])) + _format_offset(_offset_seconds(value[sign:]))
-
-
-_DAYS_CACHE: dict[bytes, int] = {}
-
-
-def _timestamp(value: bytes) -> int | str:
-    # fast path: "YYYY-MM-DD HH:MM:SS[.ffffff]" of a date seen before
-    days = _DAYS_CACHE.get(value[:10])
-    size = len(value)
-    if (
-        days is not None
-        and (size == 19 or 21 <= size <= 26)
-        and value[10] == 0x20
-        and value[13] == value[16] == 0x3A
-    ):
-        us = (
-            days * 86_400 + int(value[11:13]) * 3600 + int(value[14:16]) * 60 + int(value[17:19])
-        ) * 1_000_000
-        if size == 19:
-            return us
-        if value[19] == 0x2E and value[20:].isdigit():
-            return us + int(value[20:].ljust(6, b"0"))
-    return _timestamp_us(value, False)
-
-
-def _timestamptz(value: bytes) -> int | str:
-    # fast path: "YYYY-MM-DD HH:MM:SS[.ffffff]+00" (UTC) of a date seen before
-    days = _DAYS_CACHE.get(value[:10])
-    size = len(value)
-    if (
-        days is not None
-        and size >= 22
-        and value[-3:] == b"+00"
-        and value[10] == 0x20
-        and value[13] == value[16] == 0x3A
-    ):
-        us = (
-            days * 86_400 + int(value[11:13]) * 3600 + int(value[14:16]) * 60 + int(value[17:19])
-        ) * 1_000_000
-        if size == 22:
-            return us
-        if 24 <= size <= 29 and value[19] == 0x2E and value[20:-3].isdigit():
-            return us + int(value[20:-3].ljust(6, b"0"))
-    return _timestamp_us(value, True)
-
-
-def _timestamp_us(value: bytes, tz: bool) -> int | str:
-    """``YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM]][ BC]`` -> microseconds since 1970.
-
-    The day count of the date part is cached: a stream repeats dates.
-    """
-    head = value[:10]
-    days = _DAYS_CACHE.get(head)
-    if days is not None and len(value) > 19 and value[10] == 0x20 and value[-1] != 0x43:  # not " BC"
-        rest = value[11:]
-    else:
-        if value == b"infinity":
-            return TIMESTAMP_INFINITY
-        if value == b"-infinity":
-            return TIMESTAMP_MINUS_INFINITY
-        space = value.find(b" ")
-        if space < 10:
-            raise ValueError("timestamp not in ISO format: set DateStyle=ISO")
-        rest = value[space + 1 :]
-        bc = rest.endswith(b" BC")
-        if bc:
-            rest = rest[:-3]
-            days = _days(*_ymd(value[:space] + b" BC"))
-        else:
-            days = _days(*_ymd(value[:space]))
-            if space == 10:
-                if len(_DAYS_CACHE) > 4096:
-                    _DAYS_CACHE.clear()
-                _DAYS_CACHE[head] = days
-    if tz:
-        sign = max(rest.rfind(b"+"), rest.rfind(b"-"))
-        if sign < 8:
-            raise ValueError("timestamptz without a UTC offset")
-        us = days * _DAY_US + _time_us(rest[:sign]) - _offset_seconds(rest[sign:]) * 1_000_000
-    else:
-        us = days * _DAY_US + _time_us(rest)
-    if INT64_MIN < us < INT64_MAX:
-        return us
-    # beyond Avro's long: the string branch carries the instant exactly
-    return _format_timestamp(us) + ("Z" if tz else "")
 
 
 def _array_parser(element: Parse, delimiter: bytes) -> Parse:
@@ -490,68 +240,6 @@ def _render_decimal(value: Decimal | str) -> str:
 
 def _render_bytes(value: bytes) -> str:
     return base64.b64encode(value).decode()
-
-
-def _format_date(days: int) -> str:
-    year, month, day = civil_from_days(days)
-    return f"{format_year(year)}-{month:02d}-{day:02d}"
-
-
-def _render_date(value: int | dt.date) -> str:
-    if isinstance(value, dt.date):
-        return _format_date(value.toordinal() - _UNIX_ORDINAL)
-    if value >= DATE_INFINITY:
-        return "infinity"
-    if value <= DATE_MINUS_INFINITY:
-        return "-infinity"
-    return _format_date(value)
-
-
-def _format_time(us: int) -> str:
-    seconds, fraction = divmod(us, 1_000_000)
-    minutes, secs = divmod(seconds, 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}.{fraction:06d}"
-
-
-def _render_time(value: int | dt.time) -> str:
-    if isinstance(value, dt.time):
-        return value.isoformat("microseconds")
-    return _format_time(value)
-
-
-def _format_timestamp(us: int) -> str:
-    days, rest = divmod(us, _DAY_US)
-    return f"{_format_date(days)}T{_format_time(rest)}"
-
-
-_UNIX_EPOCH: Final = dt.datetime(1970, 1, 1)
-
-
-def _render_timestamp(value: int | str | dt.datetime) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dt.datetime):
-        return _format_timestamp((value.replace(tzinfo=None) - _UNIX_EPOCH) // dt.timedelta(microseconds=1))
-    if value >= TIMESTAMP_INFINITY:
-        return "infinity"
-    if value <= TIMESTAMP_MINUS_INFINITY:
-        return "-infinity"
-    return _format_timestamp(value)
-
-
-def _render_timestamptz(value: int | str | dt.datetime) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.UTC)
-        return _render_timestamp(value) + "Z"
-    if value >= TIMESTAMP_INFINITY:
-        return "infinity"
-    if value <= TIMESTAMP_MINUS_INFINITY:
-        return "-infinity"
-    return _format_timestamp(value) + "Z"
 
 
 def _render_uuid(value: str | uuid.UUID) -> str:
@@ -767,155 +455,6 @@ def _builtin_type(oid: int, typmod: int) -> ColumnType | None:
     if name is not None:
         return _string_type(oid, typmod, name, delimiter=b";" if oid == _BOX else b",")
     return None
-
-
-# -- non-built-in types ------------------------------------------------------------------
-
-
-@dataclass(slots=True, frozen=True)
-class TypeInfo:
-    """One pg_type row, as far as the converters need it."""
-
-    oid: int
-    namespace: str
-    name: str
-    typtype: str  # b base, c composite, d domain, e enum, p pseudo, r range, m multirange
-    category: str  # typcategory: A for arrays
-    base_oid: int  # domains: the type they constrain
-    typmod: int  # domains: their type modifier (-1 if none)
-    element_oid: int  # arrays: the element type
-    delimiter: str
-    labels: tuple[str, ...] = ()  # enums: the labels in their order
-
-    @property
-    def qualified_name(self) -> str:
-        return self.name if self.namespace in ("pg_catalog", "public") else f"{self.namespace}.{self.name}"
-
-
-#: One query for a list of OIDs and, recursively, the base types of domains and
-#: the element types of arrays they lead to.
-TYPE_QUERY: Final = """
-WITH RECURSIVE wanted(oid, depth) AS (
-    SELECT unnest(%s::oid[]), 0
-  UNION
-    SELECT next.oid, w.depth + 1
-      FROM wanted w
-      JOIN pg_type t ON t.oid = w.oid
-     CROSS JOIN LATERAL (VALUES (t.typbasetype), (CASE WHEN t.typcategory = 'A' THEN t.typelem END)) next(oid)
-     WHERE next.oid IS NOT NULL AND next.oid <> 0 AND w.depth < 16
-)
-SELECT DISTINCT t.oid::int8, n.nspname, t.typname, t.typtype::text, t.typcategory::text,
-       t.typbasetype::int8, t.typtypmod, t.typelem::int8, t.typdelim::text,
-       ARRAY(SELECT e.enumlabel::text FROM pg_enum e WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder)
-  FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
- WHERE t.oid IN (SELECT oid FROM wanted)
-"""
-
-Lookup = Callable[[list[int]], Iterable[Sequence[Any]]]
-
-
-def catalog_lookup(conn: psycopg.Connection[Any]) -> Lookup:
-    """A `TypeCatalog` lookup running `TYPE_QUERY` on a normal psycopg connection."""
-    import psycopg  # noqa: PLC0415 - keeps the converters importable without a driver
-
-    def lookup(oids: list[int]) -> list[tuple[Any, ...]]:
-        try:
-            return conn.execute(TYPE_QUERY, (oids,)).fetchall()
-        except psycopg.OperationalError as exc:
-            raise SourceUnavailable(f"reading pg_type failed: {str(exc).strip()}") from exc
-        except psycopg.Error as exc:
-            raise SourceError(
-                f"reading pg_type failed: {str(exc).strip()}; the role needs to read pg_catalog"
-            ) from exc
-
-    return lookup
-
-
-class TypeCatalog:
-    """Non-built-in types (enums, domains, extension types), resolved once per OID.
-
-    ``lookup`` runs `TYPE_QUERY` for a list of OIDs (on a normal connection);
-    it is None in pure contexts, where every unknown type falls back to its
-    text output. The catalog is read when a type is first needed, so a type
-    dropped in the meantime falls back to text (with a warning).
-    """
-
-    def __init__(self, lookup: Lookup | None = None) -> None:
-        self.lookup = lookup
-        self.types: dict[int, TypeInfo] = {}
-        self.missing: set[int] = set()
-        self._column_types: dict[tuple[int, int], ColumnType] = {}
-
-    @classmethod
-    def from_connection(cls, conn: psycopg.Connection[Any]) -> TypeCatalog:
-        return cls(catalog_lookup(conn))
-
-    def prefetch(self, oids: Iterable[int]) -> None:
-        """Resolve every non-built-in OID of ``oids`` with one query (a relation's columns)."""
-        wanted = sorted(
-            {
-                o
-                for o in oids
-                if o not in self.types and o not in self.missing and _builtin_type(o, -1) is None
-            }
-        )
-        if not wanted or self.lookup is None:
-            return
-        for row in self.lookup(wanted):
-            info = TypeInfo(
-                int(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4]),
-                int(row[5]), int(row[6]), int(row[7]), str(row[8]),
-                tuple(row[9] or ()) if len(row) > 9 else (),
-            )  # fmt: skip
-            self.types[info.oid] = info
-        self.missing.update(o for o in wanted if o not in self.types)
-
-    def forget(self, oid: int) -> None:
-        """Drop what is known of ``oid`` (a Type message says it may have changed)."""
-        self.types.pop(oid, None)
-        self.missing.discard(oid)
-        for key in [k for k in self._column_types if k[0] == oid]:
-            del self._column_types[key]
-
-    def info(self, oid: int) -> TypeInfo | None:
-        if oid not in self.types and oid not in self.missing:
-            self.prefetch([oid])
-        return self.types.get(oid)
-
-    def column_type(self, oid: int, typmod: int = -1) -> ColumnType:
-        """`column_type` for a non-built-in ``oid``, cached per (oid, typmod)."""
-        key = (oid, typmod)
-        cached = self._column_types.get(key)
-        if cached is None:
-            cached = self._resolve(oid, typmod, 0)
-            self._column_types[key] = cached
-        return cached
-
-    def _resolve(self, oid: int, typmod: int, depth: int) -> ColumnType:
-        builtin = _builtin_type(oid, typmod)
-        if builtin is not None:
-            return builtin
-        info = self.info(oid) if depth < _MAX_DEPTH else None
-        if info is None:
-            _warn_once(oid)
-            return _string_type(oid, typmod, f"oid {oid}")
-        name = info.qualified_name
-        if info.typtype == "d":
-            # a domain's own typmod (numeric(10,2) domain) applies when the column has none
-            base = self._resolve(info.base_oid, typmod if typmod != -1 else info.typmod, depth + 1)
-            return ColumnType(
-                oid, typmod, name, base.parse, base.avro, base.render, base.kind, base.element,
-                base.delimiter, base.labels,
-            )  # fmt: skip
-        if info.typtype == "e":
-            return ColumnType(oid, typmod, name, _text, "string", _same, "enum", labels=info.labels)
-        if info.category == "A" and info.element_oid:
-            element = self._resolve(info.element_oid, typmod, depth + 1)
-            return _array_type(oid, typmod, element.name + "[]", element)
-        if info.name == "citext":
-            return _string_type(oid, typmod, name, "text")
-        # ranges, composites, extension base types (hstore, ltree, vector, ...): their text
-        return _string_type(oid, typmod, name, delimiter=info.delimiter.encode())
 
 
 # -- rows ------------------------------------------------------------------------------------
