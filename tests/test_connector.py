@@ -67,6 +67,7 @@ def workload(db: TestDb) -> None:
 PRODUCERS = pytest.mark.parametrize("producer", ["kafka-python", "confluent"])
 
 
+@pytest.mark.tansu_subset
 @PRODUCERS
 def test_stream_rebuilds_tables(
     db: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path, producer: str
@@ -148,6 +149,7 @@ def test_truncate_and_envelope(db: TestDb, broker: BrokerHandle, prefix: str, st
     assert records[2].key == {"prefix": "outbox"}
 
 
+@pytest.mark.tansu_subset
 @PRODUCERS
 def test_restart_repeats_nothing(
     db: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path, producer: str

@@ -48,6 +48,7 @@ def keys_in(bootstrap: str, topic: str) -> list[bytes]:
         consumer.close()
 
 
+@pytest.mark.tansu_subset
 @PRODUCERS
 def test_acks_reach_their_tokens(broker: BrokerHandle, kind: str) -> None:
     producer = make_producer(kind, broker.bootstrap_servers, "test", max_buffer_mb=8)
