@@ -364,7 +364,12 @@ class ClientSecurity:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A random cluster id as Kafka makes them: URL-safe base64 of a UUID, never starting with "-"
+    (kafka-storage would read such an id as an option: one start in 64 failed to format)."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
 
 
 def _property_line(key: str, value: str) -> str:
