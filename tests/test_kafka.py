@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from cdc.checkpoint import InFlight
 from cdc.devservers import Broker
+from cdc.errors import SinkError
 from cdc.kafka import Producer, make_producer
 from tests.fix_servers import BrokerHandle
 from tests.support import wait_until
+from tests.support.brokers import BrokerProcess
 
 PRODUCERS = pytest.mark.parametrize("kind", ["kafka-python", "confluent"])
 
@@ -98,3 +101,32 @@ def test_buffer_is_bounded_while_the_broker_stalls(own_broker: Broker, kind: str
     assert sorted(set(keys_in(own_broker.bootstrap_servers, topic))) == sorted(
         str(i).encode() for i in range(20_000)
     )
+
+
+@PRODUCERS
+def test_a_transaction_ends_within_its_timeout_while_the_broker_is_down(
+    own_broker: BrokerProcess, kind: str
+) -> None:
+    """A commit (or abort) the broker cannot take returns within its timeout, as a retriable error,
+    rather than waiting for the broker (kafka-python's own calls wait forever)."""
+    topic, transactional_id = "txn-" + secrets.token_hex(4), "txn-" + secrets.token_hex(4)
+    for call in ("commit_transaction", "abort_transaction"):
+        # each round a new producer, as each session of the connector makes one
+        producer = make_producer(
+            kind, own_broker.bootstrap_servers, "txn", max_buffer_mb=8, transactional_id=transactional_id
+        )
+        try:
+            producer.ensure_topic(topic)
+            producer.begin_transaction()
+            producer.send(topic, b"k", b"v", InFlight(1))
+            assert producer.flush(30)
+            own_broker.stop()
+            began = time.monotonic()
+            with pytest.raises(SinkError) as failed:
+                getattr(producer, call)(3)
+            assert failed.value.retriable, failed.value
+            assert time.monotonic() - began < 15, f"{call} took {time.monotonic() - began:.0f} s"
+        finally:
+            if not own_broker.pid:
+                own_broker.start()
+            producer.close()

@@ -288,16 +288,36 @@ class KafkaPythonProducer:
 
     def commit_transaction(self, timeout: float) -> None:
         try:
-            self._txn("committing a transaction", self.producer.commit_transaction)
+            self._txn("committing a transaction", lambda: self._end_transaction(True, timeout))
         finally:
             self.in_transaction = False
         self.poll()
 
     def abort_transaction(self, timeout: float) -> None:
         try:
-            self._txn("aborting a transaction", self.producer.abort_transaction)
+            self._txn("aborting a transaction", lambda: self._end_transaction(False, timeout))
         finally:
             self.in_transaction = False
+
+    def _end_transaction(self, commit: bool, timeout: float) -> None:
+        """What kafka-python's commit_transaction/abort_transaction do, with a timeout.
+
+        Theirs wait without one: a broker gone while the request is due blocked
+        the connector (and `cdc stop`) until it came back. Past ``timeout`` the
+        session ends; the next one's producer settles the transaction either way.
+        """
+        manager = getattr(self.producer, "_transaction_manager", None)
+        sender = getattr(self.producer, "_sender", None)
+        if manager is None or sender is None:  # another kafka-python layout: its own call, unbounded
+            (self.producer.commit_transaction if commit else self.producer.abort_transaction)()
+            return
+        result = manager.begin_commit() if commit else manager.begin_abort()
+        sender.wakeup()
+        if not result.wait(timeout_ms=timeout * 1000):
+            raise SinkError(
+                f"kafka did not {'commit' if commit else 'abort'} a transaction within {timeout:g} s",
+                retriable=True,
+            )
 
     def _txn(self, doing: str, call: Any) -> None:
         try:
