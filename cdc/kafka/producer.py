@@ -222,11 +222,35 @@ class KafkaPythonProducer:
                 )
                 acked(token)
 
+            spoil = self._spoil_transaction if self.transactional_id else None
+
             def failed(error: BaseException) -> None:
+                if spoil is not None:
+                    spoil(error)
                 failures((token, _KafkaPythonFailure(error)))
 
             self._token, self._token_callbacks = token, (ok, failed)
         return self._token_callbacks
+
+    def _spoil_transaction(self, error: BaseException) -> None:
+        """A record of the open transaction failed: the transaction must never commit.
+
+        kafka-python (3.0.12) leaves the transaction committable when a record
+        fails with a retriable error past its retries (a delivery timeout while
+        the broker was away): the commit then goes through without it, and with
+        it the position record, so a read_committed consumer saw part of a
+        transaction and the next start sent that part again. The Java client
+        moves the transaction into an abortable error (KAFKA-5385); so does
+        this, on the sender thread, before it can send the commit.
+        """
+        manager = getattr(self.producer, "_transaction_manager", None)
+        if manager is None:
+            return
+        try:
+            if not manager.has_error():  # (it ignores an aborting transaction itself)
+                manager.transition_to_abortable_error(error)
+        except Exception as exc:  # another state, another layout: the commit's own checks remain
+            log.debug("could not mark the transaction failed: %s", exc)
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, token: InFlight) -> None:
         size = (len(key) if key else 0) + (len(value) if value else 0) + KAFKA_PYTHON_RECORD_OVERHEAD
