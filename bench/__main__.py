@@ -11,7 +11,10 @@ for the same workload (a six-column table of mixed types):
 - RSS: peak over the runs, and during a 1M-row transaction;
 - seconds from `cdc start` to the first event acknowledged;
 - the snapshot rate of a 1M-row table (bench/snapshot.py) and the decoder
-  micro-benchmark (bench/decoder.py).
+  micro-benchmark (bench/decoder.py);
+- what shaping costs: the one-transaction run with a no-op transform, a
+  masking transform (HMAC of one column, in Python) and ``--mask-columns``,
+  confluent producer, as events/s and microseconds per event over the plain run.
 
 Throughput and latency figures are medians of ``--runs`` runs (3). Results go
 to ``bench/results/latest.json`` (and a timestamped copy) for comparing runs.
@@ -32,11 +35,12 @@ from typing import Any
 
 import orjson
 
-from bench import stream
+from bench import shaping, stream
 from bench.common import median, servers
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRODUCERS = ("confluent", "kafka-python")
+DELIVERIES = ("at-least-once", "exactly-once")
 
 WORKLOADS = (("one_txn", "one {rows}-row transaction"), ("small_txns", "10-row transactions"))
 
@@ -47,6 +51,7 @@ TARGETS: list[tuple[str, str, float, str]] = [
     ("latency_p99_ms_confluent", "<", 50, "p99 < 50 ms at 1,000 txn/s"),
     ("peak_rss_mb", "<", 150, "peak RSS < 150 MB"),
     ("start_to_first_event_s", "<", 1.0, "first event < 1 s after start"),
+    ("kafka_small_txns_exactly_once_vs_at_least_once", ">=", 0.8, "exactly-once within 20% of at-least-once"),
 ]
 
 
@@ -99,6 +104,11 @@ def run(runs: int, rows: int, big_rows: int, quick: bool) -> dict[str, Any]:
                     result = stream.connector_rate(s, state, rows, small, producer, "avro")
                     add(f"stream_{workload}_{producer}_events_per_s", result["events_per_s"])
                     peak_rss.append(result["peak_rss_mb"])
+                if not small:  # shaping, next to the plain run of the same workload
+                    for kind in stream.SHAPING:
+                        flags = stream.shaping_args(kind, state)
+                        result = stream.connector_rate(s, state, rows, small, "confluent", "avro", flags)
+                        add(f"stream_one_txn_confluent_{kind}_events_per_s", result["events_per_s"])
             for producer in PRODUCERS:
                 lat = stream.latency(s, state, producer, "avro", seconds=4 if quick else 8)
                 add(f"latency_p50_ms_{producer}", lat["p50_ms"] or 0.0)
@@ -122,6 +132,12 @@ def run(runs: int, rows: int, big_rows: int, quick: bool) -> dict[str, Any]:
             rate = figures[f"stream_{workload}_{producer}_events_per_s"]
             figures[f"stream_{workload}_{producer}_ratio"] = rate / limit
             figures[f"stream_{workload}_{producer}_strict_ratio"] = rate / strict
+    plain = figures.get("stream_one_txn_confluent_events_per_s")
+    for kind in stream.SHAPING:
+        rate = figures.get(f"stream_one_txn_confluent_{kind}_events_per_s")
+        if plain and rate:
+            figures[f"{kind}_us_per_event"] = (1 / rate - 1 / plain) * 1e6
+    figures.update(delivery_on_kafka(runs, rows))
     snapshot = optional("bench.snapshot", "snapshot_rows_per_second")
     if snapshot is not None:
         figures["snapshot_table_rows"] = big_rows
@@ -129,6 +145,45 @@ def run(runs: int, rows: int, big_rows: int, quick: bool) -> dict[str, Any]:
     decoder = optional("bench.decoder", "decoder_rows_per_second")
     if decoder is not None:
         figures["decoder_rows_per_s"] = decoder()
+    for name, cost in shaping.shaping_costs(rows=20_000 if quick else 50_000).items():
+        figures[f"shaping_cpu_us_{name}"] = cost
+    return figures
+
+
+def delivery_on_kafka(runs: int, rows: int) -> dict[str, Any]:
+    """At-least-once next to exactly-once (confluent, Avro), both on Apache Kafka (Tansu's
+    transactions are not Kafka's), timed to the moment everything is confirmed."""
+    from cdc.devservers import KafkaServer, KafkaUnavailable
+    from cdc.errors import ServerError
+
+    try:
+        kafka = KafkaServer.create()
+        kafka.start()
+    except (KafkaUnavailable, ServerError) as exc:
+        print(f"  delivery on Apache Kafka: not measured ({exc})", flush=True)
+        return {}
+    samples: dict[str, list[float]] = {}
+    try:
+        with servers() as s, tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp:
+            for _ in range(runs):
+                for small in (False, True):
+                    workload = "small_txns" if small else "one_txn"
+                    for delivery in DELIVERIES:
+                        result = stream.connector_rate(
+                            s, Path(tmp), rows, small, "confluent", "avro", ("--delivery", delivery),
+                            kafka.bootstrap_servers, until_confirmed=True,
+                        )  # fmt: skip
+                        key = f"kafka_{workload}_{delivery.replace('-', '_')}_events_per_s"
+                        samples.setdefault(key, []).append(result["events_per_s"])
+                        print(f"  {key}: {result['events_per_s']:,.2f}", flush=True)
+    finally:
+        kafka.destroy()
+    figures = {key: median(values) for key, values in samples.items()}
+    for workload in ("one_txn", "small_txns"):
+        alo = figures.get(f"kafka_{workload}_at_least_once_events_per_s")
+        eos = figures.get(f"kafka_{workload}_exactly_once_events_per_s")
+        if alo and eos:
+            figures[f"kafka_{workload}_exactly_once_vs_at_least_once"] = eos / alo
     return figures
 
 
@@ -154,9 +209,32 @@ def table(figures: dict[str, Any]) -> str:
             rows.append(
                 (f"cdc ({producer}), {label} (events/s)", fig(f"{key}_events_per_s"), ratio(f"{key}_ratio"))
             )
+    shaping_labels = {
+        "noop_transform": "a no-op transform",
+        "masking_transform": "a masking transform (HMAC of a column)",
+        "mask_columns": "--mask-columns (HMAC of a column)",
+    }
+    for kind, label in shaping_labels.items():
+        key = f"stream_one_txn_confluent_{kind}"
+        if f"{key}_events_per_s" in figures:
+            cost = fig(f"{kind}_us_per_event", "+{:.1f} us/event")
+            rows.append(
+                (f"cdc (confluent), one transaction, {label} (events/s)", fig(f"{key}_events_per_s"), cost)
+            )
     for producer in PRODUCERS:
         p50, p99 = fig(f"latency_p50_ms_{producer}", "{:.1f}"), fig(f"latency_p99_ms_{producer}", "{:.1f}")
         rows.append((f"commit-to-ack p50 / p99 at 1,000 txn/s, {producer} (ms)", f"{p50} / {p99}", ""))
+    for workload, label in workloads:
+        for delivery in DELIVERIES:
+            key = f"kafka_{workload}_{delivery.replace('-', '_')}"
+            versus = (
+                f"{figures[f'kafka_{workload}_exactly_once_vs_at_least_once']:.2f} of ALO"
+                if delivery == "exactly-once" and f"kafka_{workload}_exactly_once_vs_at_least_once" in figures
+                else ""
+            )
+            rows.append(
+                (f"cdc on Apache Kafka, {delivery}, {label} (events/s)", fig(f"{key}_events_per_s"), versus)
+            )
     rows += [
         (f"snapshot of a {fig('snapshot_table_rows')}-row table (rows/s)", fig("snapshot_rows_per_s"), ""),
         ("peak RSS over all runs (MB)", fig("peak_rss_mb", "{:.0f}"), ""),
@@ -174,6 +252,15 @@ def table(figures: dict[str, Any]) -> str:
     rows += [
         ("cdc start to first event (s)", fig("start_to_first_event_s", "{:.2f}"), ""),
         ("decoder micro-benchmark, no I/O (rows/s)", fig("decoder_rows_per_s"), ""),
+        (
+            "CPU per event, no I/O (us): Avro encoding / with a no-op transform / a masking transform / "
+            "--mask-columns",
+            " / ".join(
+                fig(f"shaping_cpu_us_{name}", "{:.1f}")
+                for name in ("plain", "noop_transform", "masking_transform", "mask_columns")
+            ),
+            "",
+        ),
     ]
     width = max(len(r[0]) for r in rows)
     lines = [

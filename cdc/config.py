@@ -24,8 +24,9 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, NewType, get_args, get_origin, get_type_hints
 
+from cdc import redact
 from cdc.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,12 @@ SlotLostAction = Literal["fail", "recreate"]
 OffsetMismatchAction = Literal["trust-slot", "fail"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+TransformErrorAction = Literal["fail", "skip", "dead-letter"]
+RecordErrorAction = Literal["fail", "dead-letter"]
+#: ``schema.table`` (or a pattern) -> column names: ``--columns public.users:id,email``
+TableColumns = NewType("TableColumns", dict[str, list[str]])
+#: ``schema.table`` (or a pattern) -> a condition: ``--row-filter "public.orders:status <> 'test'"``
+TableConditions = NewType("TableConditions", dict[str, str])
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -62,6 +69,8 @@ class _Declared:
     repeatable: bool
     secret: bool
     old_names: tuple[str, ...]
+    key: str
+    metavar: str
 
 
 _DECLARED = "cdc.setting"
@@ -76,6 +85,8 @@ def setting(
     repeatable: bool = False,
     secret: bool = False,
     old_names: tuple[str, ...] = (),
+    key: str = "",
+    metavar: str = "",
 ) -> Any:
     """Declare a `Settings` field together with the option that sets it.
 
@@ -84,10 +95,13 @@ def setting(
     not the field's name with ``-`` for ``_``; ``shown`` is the default as
     ``--help`` shows it when the value itself does not say it; ``repeatable``
     marks a ``key=value`` option given once per pair; ``secret`` values
-    print as ``***``; ``old_names`` are former TOML keys / ``CDC_`` names,
-    still read with a warning.
+    print as ``***`` (of a ``key=value`` option: the values of its secret keys,
+    `cdc.redact.is_secret_key`); ``old_names`` are former TOML keys / ``CDC_``
+    names, still read with a warning; ``key`` is the TOML key when it is not
+    the flag's name (which is read too); ``metavar`` names a repeatable option's
+    value (``KEY=VALUE`` when not given).
     """
-    declared = _Declared(help, flag, shown, repeatable, secret, old_names)
+    declared = _Declared(help, flag, shown, repeatable, secret, old_names, key, metavar)
     metadata = {_DECLARED: declared}
     if callable(default):
         return field(default_factory=default, metadata=metadata)
@@ -101,9 +115,32 @@ class Settings:
     dsn: str = setting(
         "", "Postgres connection string (key=value or URI).", shown="libpq's PG* variables", secret=True
     )
+    dsn_file: Path | None = setting(
+        None, "File holding the connection string (a secret on disk); instead of --dsn.", shown="none"
+    )
     bootstrap_servers: str = setting("localhost:9092", "Kafka brokers, host:port,...")
+    kafka_config: dict[str, str] = setting(
+        dict,
+        "key=value Kafka client setting (security.protocol, sasl.*, ssl.*, ...) of every client: "
+        "producer, admin, consumers.",
+        repeatable=True,
+        secret=True,
+        key="kafka",
+    )
+    kafka_config_file: Path | None = setting(
+        None,
+        "Properties file (key=value lines, as for librdkafka or the Java client) of Kafka client "
+        "settings; --kafka-config wins over it.",
+        shown="none",
+    )
     name: str = setting("cdc", "Connector name: its state, slot and publication default to it.")
-    tables: list[str] = setting(list, "schema.table,... to capture.", shown="every published table")
+    tables: list[str] = setting(
+        list,
+        "schema.table,... to capture; * and ? match any name (public.*, sales.order_*), tables created "
+        "later included.",
+        shown="every published table",
+    )
+    exclude_tables: list[str] = setting(list, "schema.table,... (or patterns) to leave out of --tables.")
     topic_prefix: str = setting("cdc", "Topics are PREFIX.schema.table, PREFIX.schemas, PREFIX.messages, ...")
     slot: str = setting("", "Replication slot.", shown="cdc_NAME")
     publication: str = setting("", "Publication.", shown="cdc_NAME")
@@ -141,9 +178,10 @@ class Settings:
     )
     producer_configs: dict[str, str] = setting(
         dict,
-        "key=value producer setting.",
+        "key=value setting of the producer only (its client's own names); --kafka-config for all clients.",
         flag="producer-config",
         repeatable=True,
+        secret=True,
         old_names=("producer_configs",),
     )
     max_buffer_mb: int = setting(64, "Producer buffer in MB; reading pauses while it is full.")
@@ -203,6 +241,56 @@ class Settings:
         50.0, "Rotate the log file at this size (0: never; reopen when moved, for logrotate)."
     )
     log_backups: int = setting(5, "Rotated log files kept.")
+    # -- shaping what is captured (cdc.shaping)
+    columns: TableColumns = setting(
+        dict,
+        "Publish only these columns of the table (a PostgreSQL 15+ column list: the others never leave "
+        "the server).",
+        repeatable=True,
+        metavar="TABLE:COLUMN,...",
+    )
+    exclude_columns: TableColumns = setting(
+        dict,
+        "Publish every column of the table but these (PostgreSQL 15+).",
+        repeatable=True,
+        metavar="TABLE:COLUMN,...",
+    )
+    mask_columns: TableColumns = setting(
+        dict,
+        "Columns whose values reach Kafka masked: hashed with --mask-salt-file, else --mask-text.",
+        repeatable=True,
+        metavar="TABLE:COLUMN,...",
+    )
+    mask_salt_file: str = setting(
+        "", "File holding the secret salt of masked values' hashes (HMAC-SHA256).", shown="none: fixed mask"
+    )
+    mask_text: str = setting("****", "What a masked value becomes without --mask-salt-file.")
+    row_filters: TableConditions = setting(
+        dict,
+        "Publish only the rows of the table meeting the condition (a PostgreSQL 15+ row filter), the "
+        "snapshot too.",
+        flag="row-filter",
+        repeatable=True,
+        metavar="TABLE:CONDITION",
+    )
+    transforms: list[str] = setting(
+        list,
+        "Python function applied to every event, in order (a package of yours: see Shaping).",
+        flag="transform",
+        repeatable=True,
+        metavar="MODULE:FUNCTION",
+    )
+    on_transform_error: TransformErrorAction = setting(
+        "fail", "When a transform raises: stop, skip the event, or write it to PREFIX.dead-letter."
+    )
+    on_record_error: RecordErrorAction = setting(
+        "fail",
+        "When Kafka refuses a record for good (too large) or it cannot be encoded: stop, or write it to "
+        "PREFIX.dead-letter and go on.",
+    )
+    table_check_interval: float = setting(
+        10.0, "Seconds between looks for new tables matching --tables patterns (0: at start only)."
+    )
 
     @property
     def instance_dir(self) -> Path:
@@ -214,6 +302,19 @@ class Settings:
             self.slot = _identifier(f"cdc_{self.name}")
         if not self.publication:
             self.publication = _identifier(f"cdc_{self.name}")
+
+    def __repr__(self) -> str:
+        """Every field, secrets as ``***``: settings may end up in a log or a traceback."""
+        shown = []
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if spec.metadata[_DECLARED].secret:
+                if isinstance(value, dict):
+                    value = redact.redact_pairs(value)
+                elif value:
+                    value = redact.MASK
+            shown.append(f"{spec.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
 
 def _identifier(text: str) -> str:
@@ -236,6 +337,14 @@ class Option:
     repeatable: bool  # --topic-config a=1 --topic-config b=2
     secret: bool  # printed as ***
     old_names: tuple[str, ...]  # former TOML keys (and CDC_ names, upper case)
+    metavar: str = ""  # a repeatable option's value, as --help shows it
+
+    @property
+    def env_form(self) -> str:
+        """How a repeatable option's values are written in one ``CDC_`` variable."""
+        if self.type in (TableColumns, TableConditions):
+            return f"{self.metavar};..."
+        return f"{self.metavar},..."
 
 
 def _shown(value: object) -> str:
@@ -262,7 +371,7 @@ def _options() -> dict[str, Option]:
             name=spec.name,
             flag=f"--{flag}",
             env="CDC_" + flag.upper().replace("-", "_"),
-            key=flag.replace("-", "_"),
+            key=declared.key or flag.replace("-", "_"),
             type=hints[spec.name],
             help=declared.help,
             default=declared.shown or _shown(default),
@@ -271,6 +380,7 @@ def _options() -> dict[str, Option]:
             repeatable=declared.repeatable,
             secret=declared.secret,
             old_names=declared.old_names,
+            metavar=declared.metavar or ("KEY=VALUE" if declared.repeatable else ""),
         )
     return options
 
@@ -278,8 +388,12 @@ def _options() -> dict[str, Option]:
 #: Every setting, in declaration order, by `Settings` field name.
 OPTIONS: dict[str, Option] = _options()
 
-#: TOML key (dashes read as underscores) -> field name, the former keys included.
-_KEYS = {key: o.name for o in OPTIONS.values() for key in (o.key, *o.old_names)}
+#: TOML key (dashes read as underscores) -> field name: the key, the flag's name, the former keys.
+_KEYS = {
+    key: o.name
+    for o in OPTIONS.values()
+    for key in (o.key, o.flag.removeprefix("--").replace("-", "_"), *o.old_names)
+}
 
 
 def _coerce(option: Option, raw: Any, label: str, origin: str) -> Any:
@@ -322,6 +436,12 @@ def _convert_path(option: Option, raw: Any) -> Path:
     return Path(str(raw)).expanduser()
 
 
+def _convert_optional_path(option: Option, raw: Any) -> Path | None:
+    if raw in ("", None):
+        return None
+    return _convert_path(option, raw)
+
+
 def _convert_list(option: Option, raw: Any) -> list[str]:
     if isinstance(raw, list | tuple) and all(isinstance(x, str) for x in raw):
         items = [x.strip() for x in raw]
@@ -332,23 +452,103 @@ def _convert_list(option: Option, raw: Any) -> list[str]:
     return [x for x in items if x]
 
 
+#: In "key=value,key=value" text a comma starts the next pair only before "key=": a value may hold
+#: commas and "=" (``sasl.password=a,b``); ``\\,`` is a comma that never splits.
+_NEXT_PAIR = re.compile(r"(?<!\\),(?=\s*[^\s=,]+\s*=)")
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """TOML's dotted keys make nested tables (``sasl.mechanism = ...``): back to dotted names."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _pair_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as Kafka clients spell it
+    return str(value)
+
+
 def _convert_pairs(option: Option, raw: Any) -> dict[str, str]:
+    """A table, one ``key=value`` per flag (a value keeps its commas), or ``key=value,...`` text.
+
+    Never quotes a value of a secret option in its errors: a malformed pair may be half a password.
+    """
     if isinstance(raw, dict):
-        if not all(isinstance(v, str | int | float | bool) for v in raw.values()):
+        flat = _flatten(raw)
+        if not all(isinstance(v, str | int | float | bool) for v in flat.values()):
             raise ValueError("expected a table of key = value (text, number or boolean)")
-        return {str(k): str(v) for k, v in raw.items()}
+        return {k: _pair_text(v) for k, v in flat.items()}
     if isinstance(raw, list | tuple) and all(isinstance(x, str) for x in raw):
         pairs = [p.strip() for p in raw]  # one flag per pair: a value may hold commas
     elif isinstance(raw, str):
-        pairs = [p.strip() for p in raw.split(",")]
+        pairs = [p.strip().replace("\\,", ",") for p in _NEXT_PAIR.split(raw)]
     else:
         raise ValueError('expected a table of key = value or "key=value,..." text')
     result = {}
-    for pair in filter(None, pairs):
+    for number, pair in enumerate(filter(None, pairs), 1):
         key, sep, value = pair.partition("=")
-        if not sep:
+        if not sep or not key.strip():
+            if option.secret:
+                raise ValueError(f"item {number} is not key=value (its text is not shown: it may be secret)")
             raise ValueError(f"expected key=value pairs, got {pair!r}")
         result[key.strip()] = value.strip()
+    return result
+
+
+def _table_entries(raw: Any, what: str) -> list[tuple[str, Any]]:
+    """``(table, value)`` pairs of a table-keyed setting: a TOML table, ``TABLE:VALUE`` flags (one per
+    table) or ``TABLE:VALUE;TABLE:VALUE`` text."""
+    if isinstance(raw, dict):
+        return [(str(k), v) for k, v in raw.items()]
+    if isinstance(raw, list | tuple) and all(isinstance(x, str) for x in raw):
+        entries = list(raw)
+    elif isinstance(raw, str):
+        entries = raw.split(";")
+    else:
+        raise ValueError(f'expected a table of schema.table = {what}, or "schema.table:{what}" text')
+    pairs = []
+    for entry in filter(None, (e.strip() for e in entries)):
+        table, sep, value = entry.partition(":")
+        if not sep or not table.strip():
+            raise ValueError(f"expected schema.table:{what}, got {entry!r}")
+        pairs.append((table.strip(), value.strip()))
+    return pairs
+
+
+def _convert_table_columns(option: Option, raw: Any) -> dict[str, list[str]]:
+    result: dict[str, list[str]] = {}
+    for table, value in _table_entries(raw, "column,..."):
+        if isinstance(value, str):
+            columns = [c.strip() for c in value.split(",")]
+        elif isinstance(value, list) and all(isinstance(c, str) for c in value):
+            columns = [c.strip() for c in value]
+        else:
+            raise ValueError(f"expected column names for {table}")
+        columns = [c for c in columns if c]
+        if not columns:
+            raise ValueError(f"no column named for {table}")
+        result.setdefault(table, [])
+        result[table] += [c for c in columns if c not in result[table]]
+    return result
+
+
+def _convert_table_conditions(option: Option, raw: Any) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for table, value in _table_entries(raw, "condition"):
+        if not isinstance(value, str):
+            raise ValueError(f"expected a condition (text) for {table}")
+        condition = re.sub(r"(?is)^\s*where\s+", "", value).strip()
+        if not condition:
+            raise ValueError(f"no condition given for {table}")
+        if table in result:
+            raise ValueError(f"two conditions for {table}: combine them with AND")
+        result[table] = condition
     return result
 
 
@@ -367,8 +567,11 @@ _CONVERTERS: dict[object, Callable[[Option, Any], Any]] = {
     int: _convert_int,
     float: _convert_float,
     Path: _convert_path,
+    Path | None: _convert_optional_path,
     list[str]: _convert_list,
     dict[str, str]: _convert_pairs,
+    TableColumns: _convert_table_columns,
+    TableConditions: _convert_table_conditions,
 }
 
 
@@ -434,9 +637,17 @@ def resolve(
 
 
 def from_values(values: Mapping[str, Any]) -> Settings:
-    """`Settings` from what `resolve` found, the rest defaulted; checked as a whole."""
+    """`Settings` from what `resolve` found, the rest defaulted; checked as a whole.
+
+    The secrets among them are remembered (`cdc.redact`) from here on. Files named by
+    ``dsn_file`` and ``kafka_config_file`` are not read here but where they are used
+    (`require_dsn`, `kafka_pairs`): a command that needs neither never opens them.
+    """
     settings = Settings(**values)
     validate(settings)
+    redact.remember_dsn(settings.dsn)
+    redact.remember_pairs(settings.kafka_config)
+    redact.remember_pairs(settings.producer_configs)
     return settings
 
 
@@ -481,20 +692,127 @@ def validate(settings: Settings) -> None:
         raise ConfigError("ready_reconnect_seconds must be a positive number of seconds")
     if settings.log_max_mb < 0 or settings.log_backups < 0:
         raise ConfigError("log_max_mb and log_backups must be 0 or more")
-    for table in settings.tables:
+    for table in [*settings.tables, *settings.exclude_tables]:
         if not re.fullmatch(r"[^.\s]+(\.[^.\s]+)?", table):
             raise ConfigError(f"table {table!r}: expected schema.table or table")
+    if settings.table_check_interval < 0:
+        raise ConfigError("table_check_interval must be 0 (at start only) or a number of seconds")
+    for label, tables in (
+        ("columns", settings.columns),
+        ("exclude_columns", settings.exclude_columns),
+        ("mask_columns", settings.mask_columns),
+        ("row_filter", settings.row_filters),
+    ):
+        for table in tables:
+            if not re.fullmatch(r"[^.\s]+(\.[^.\s]+)?", table):
+                raise ConfigError(f"{label} {table!r}: expected schema.table:... (or a pattern)")
+    both = set(settings.columns) & set(settings.exclude_columns)
+    if both:
+        raise ConfigError(f"--columns and --exclude-columns both name {sorted(both)[0]}: keep one")
+    for spec in settings.transforms:
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", spec):
+            raise ConfigError(f"transform {spec!r}: expected package.module:function")
+    if settings.dsn and settings.dsn_file is not None:
+        raise ConfigError(
+            "both dsn and dsn_file are given (as flags, CDC_ variables or config keys): keep one"
+        )
 
 
 def require_dsn(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
-    """A database must be named: by the dsn, or by libpq's ``PG*`` variables, which fill an empty one."""
+    """A database must be named: by the dsn, the dsn file, or libpq's ``PG*`` variables, which fill
+    an empty one. The dsn file is read here, into ``settings.dsn``; `ConfigError` when it cannot be."""
     environ = os.environ if environ is None else environ
+    if settings.dsn_file is not None:
+        settings.dsn = read_secret_file(settings.dsn_file, "dsn_file")
+        redact.remember_dsn(settings.dsn)
     if settings.dsn or any(environ.get(variable) for variable in LIBPQ_VARIABLES):
         return
     raise ConfigError(
-        "no database given: pass --dsn, set CDC_DSN or libpq's PGHOST/PGDATABASE/PGUSER/PGSERVICE, "
-        "or put dsn in the config file"
+        "no database given: pass --dsn or --dsn-file, set CDC_DSN, CDC_DSN_FILE or libpq's "
+        "PGHOST/PGDATABASE/PGUSER/PGSERVICE, or put dsn in the config file"
     )
+
+
+# -- secrets on disk ------------------------------------------------------------------------------
+
+
+def _read_text(path: Path, setting: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{setting} {path} does not exist: fix --{setting.replace('_', '-')}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot read {setting} {path}: {reason}") from None
+
+
+def read_secret_file(path: Path, setting: str) -> str:
+    """The one value a secret file holds (a Docker or Kubernetes secret, a 0600 file): its text
+    without the line break at the end. `ConfigError` (naming the file, never its text) otherwise."""
+    text = _read_text(path, setting).strip()
+    if not text:
+        raise ConfigError(f"{setting} {path} is empty")
+    return text
+
+
+_PROPERTY_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+def _unescape_property(text: str) -> str:
+    def one(match: re.Match[str]) -> str:
+        if match.group(2):
+            return chr(int(match.group(2), 16))
+        return _PROPERTY_ESCAPES.get(match.group(1), match.group(1))
+
+    return re.sub(r"\\(u([0-9A-Fa-f]{4})|.)", one, text, flags=re.S)
+
+
+#: key (up to an unescaped blank, = or :), the separator, the value
+_PROPERTY = re.compile(r"((?:[^\s=:\\]|\\.)*)\s*[=:]?\s*(.*)", re.S)
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """``key=value`` lines as Java's ``.properties`` (and librdkafka's config files) write them.
+
+    ``#`` and ``!`` start comments; the key ends at the first unescaped ``=``, ``:`` or
+    blank; a line ending in an odd number of backslashes goes on on the next one; ``\\\\``,
+    ``\\t``, ``\\uXXXX`` ... are escapes. Values keep everything after the separator
+    (``=`` and spaces included), so a JAAS line or a password with ``,`` and ``=`` reads as written.
+    """
+    result: dict[str, str] = {}
+    logical = ""
+    lines = text.splitlines()
+    for number, raw_line in enumerate(lines):
+        line = raw_line.lstrip()
+        if not logical and (not line or line[0] in "#!"):
+            continue
+        backslashes = len(line) - len(line.rstrip("\\"))
+        if backslashes % 2 and number < len(lines) - 1:
+            logical += line[:-1]  # continued on the next line, whose leading blanks are dropped
+            continue
+        match = _PROPERTY.fullmatch(logical + line)
+        assert match is not None  # the pattern matches any text
+        logical = ""
+        key = _unescape_property(match.group(1))
+        if key:
+            result[key] = _unescape_property(match.group(2))
+    return result
+
+
+def kafka_pairs(settings: Settings) -> dict[str, str]:
+    """The Kafka client settings as given: the properties file's, then ``--kafka-config``'s over them.
+
+    Reads ``kafka_config_file`` (at each call: a rotated secret is picked up by the next client).
+    Raises `ConfigError` when it cannot be read; never quotes its content.
+    """
+    pairs: dict[str, str] = {}
+    if settings.kafka_config_file is not None:
+        path = settings.kafka_config_file
+        pairs = parse_properties(_read_text(path, "kafka_config_file"))
+        redact.remember_pairs(pairs)
+    pairs.update(settings.kafka_config)
+    redact.remember_pairs(settings.kafka_config)
+    return pairs
 
 
 def markdown_table() -> str:
@@ -508,7 +826,7 @@ def markdown_table() -> str:
         if option.type is bool:
             flag = f"`{option.flag}` / `--no-{option.flag[2:]}`"
         elif option.repeatable:
-            flag = f"`{option.flag} KEY=VALUE` (repeatable)"
+            flag = f"`{option.flag} {option.metavar}` (repeatable)"
         elif option.choices:
             flag = f"`{option.flag} " + "\\|".join(option.choices) + "`"  # a | would split the cell
         described = option.default != _shown(option.value) or option.value in ({}, [], "")

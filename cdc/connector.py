@@ -59,6 +59,8 @@ from cdc.pgoutput import (
     decode_copy_data,
 )
 from cdc.pgtypes import RowParser, TypeCatalog, row_parser
+from cdc.shaping import catalog as shaping
+from cdc.shaping.select import Selection
 from cdc.snapshot.gap import close_gap
 from cdc.status import OpCount, Status
 from cdc.writer import RecordWriter, open_writer
@@ -162,6 +164,7 @@ class Connector:
             replication.check_wal_level(conn)
             replication.check_role(conn)
             tables = self._tables(conn)
+            capture = shaping.plan(conn, s, tables)  # patterns, column lists, row filters
             slots.check_failover(conn, s)
             slots.check_heartbeat_query(conn, s)
             slot = replication.find_slot(conn, s.slot)
@@ -171,7 +174,7 @@ class Connector:
                 self.slot_lost = ""
             else:
                 replication.check_slot_capacity(conn)
-            replication.check_publication(conn, s.publication, tables)
+            replication.check_publication(conn, s.publication, tables, capture.published)
             gap = slots.pending_gap(s) is not None  # a lost slot is being replaced
             database = replication.current_database(conn)
             with pg.errors("reading the type catalog"):
@@ -188,8 +191,10 @@ class Connector:
             ):
                 self.serializer = writer.serializer
                 writer.records = self.status.records_per_topic
+                writer.shaping_counts = self.status.shaping
+                self.status.tables = capture.tables
                 system = repl.identify_system()
-                replication.ensure_publication(conn, s.publication, tables)
+                replication.ensure_publication(conn, s.publication, tables, capture.published)
                 slot_lsn = slot.confirmed_flush_lsn or 0 if slot else 0
                 exported = None
                 if slot is None:
@@ -234,7 +239,7 @@ class Connector:
                     batch = exactly_once.TransactionBatch(
                         writer, s, system.system_id, database, committed.lsn
                     )
-                session.stream(writer, catalog, offsets, batch)
+                session.stream(writer, catalog, offsets, batch, capture)
 
     def _tables(self, conn: psycopg.Connection[Any]) -> list[str]:
         """The listed tables to stream: at start all must exist; a reconnect leaves out dropped ones.
@@ -245,6 +250,8 @@ class Connector:
         ``--tables`` no longer lists it.
         """
         tables = self.settings.tables
+        if shaping.shaped(self.settings):  # patterns among them: the exact names must exist
+            tables = Selection.from_settings(self.settings).names
         if not self.status.progressed:
             replication.check_tables(conn, tables)
             return tables
@@ -314,9 +321,11 @@ class _Session:
         catalog: TypeCatalog,
         offsets: Offsets,
         batch: exactly_once.TransactionBatch | None = None,
+        capture: shaping.Capture | None = None,
     ) -> None:
         """Stream until stopped. With ``batch`` (``--delivery exactly-once``) every record goes out in a
-        Kafka transaction that commits the position it reaches, and only that is confirmed."""
+        Kafka transaction that commits the position it reaches, and only that is confirmed. With
+        ``capture`` (patterns, column rules) tables that start matching join while streaming."""
         s = self.settings
         self.writer = writer
         self.batch = batch
@@ -326,6 +335,15 @@ class _Session:
         self.tracker.latencies = self.status.latencies
         self.wal_end = self.received = offsets.lsn
         self.incremental = snapshot.IncrementalSnapshots(s, self.status, writer, self.versions, catalog)
+        # tables created later that match --tables patterns join the capture
+        # and a listed table dropped and created again (or dropped from the publication) is put back
+        self.watcher = (
+            shaping.TableWatcher(
+                self.conn, s, self.status, capture, self.incremental.joined, self.incremental.recreated
+            )
+            if capture is not None
+            else None
+        )
         try:
             self._stream()
         finally:
@@ -394,6 +412,8 @@ class _Session:
                     self._next_heartbeat = now + s.heartbeat_interval
                 incremental.tick(self.offsets.lsn)
                 self.monitor.tick()
+                if self.watcher is not None:
+                    self.watcher.tick()
             if incremental.ready:
                 incremental.step()
         self._finish()
@@ -495,7 +515,10 @@ class _Session:
         if self.transaction_metadata and self.txn is not None and self.txn.events:
             self._transaction_marker("END", self.txn)
         self.tracker.commit(self.entry, message.end_lsn)
-        events = self.txn.events if self.txn is not None else 0
+        events = 0
+        if self.txn is not None:
+            events = self.txn.events
+            self.incremental.recent.append(self.txn.xid)  # a read taken after now must see it
         self.txn = self.entry = None
         self.status.transactions += 1
         if self.batch is not None and self.batch.ended(message.end_lsn, events):

@@ -41,7 +41,7 @@ import orjson
 from cdc import avro
 from cdc.errors import SchemaError, SinkError
 from cdc.events import schemas_topic
-from cdc.kafka import Message, SchemaTopicReader, TopicReader, read_schema_records
+from cdc.kafka import ClientConfig, Message, SchemaTopicReader, TopicReader, as_client, read_schema_records
 from cdc.pgtypes import ColumnType, column_type
 
 log = logging.getLogger(__name__)
@@ -346,6 +346,8 @@ class RecordDecoder:
         entry = self.schema_of(data)
         reader = self._readers.get(entry.fingerprint)
         if reader is None or reader.entry is not entry:
+            if entry is not self._builtin:
+                avro.verify_fingerprint(entry)
             reader = _Reader(
                 entry,
                 avro.parse(_strip_logical(entry.schema)),
@@ -404,7 +406,7 @@ class _SchemaLoader:
         added = 0
         for key, value in self.reader.records():
             try:
-                if self.registry.load(key, value) is not None:
+                if self.registry.load(key, value, verify=False) is not None:  # checked on first use
                     added += 1
             except SchemaError as exc:
                 self.errors.append(str(exc))
@@ -432,17 +434,19 @@ class ChangeConsumer:
 
     Without ``group`` it assigns every partition of ``topics`` itself (no
     consumer group, nothing committed); with one it subscribes and commits.
-    ``consumer_config`` goes to kafka-python's KafkaConsumer as is. ``isolation``
-    ``read_committed`` (the default) shows only what committed transactions
-    wrote: every change exactly once from a ``--delivery exactly-once``
-    connector; ``read_uncommitted`` shows aborted records too. Raises
-    `SinkError` when the broker cannot be reached or a topic does not exist.
+    ``client`` is the brokers (``host:port,...``) or a `cdc.kafka.ClientConfig`
+    with the security settings; ``consumer_config`` goes to kafka-python's
+    KafkaConsumer on top. ``isolation`` ``read_committed`` (the default) shows
+    only what committed transactions wrote: every change exactly once from a
+    ``--delivery exactly-once`` connector; ``read_uncommitted`` shows aborted
+    records too. Raises `SinkError` when the broker cannot be reached or a
+    topic does not exist.
     """
 
     def __init__(
         self,
         topics: Sequence[str],
-        bootstrap_servers: str,
+        client: ClientConfig | str,
         *,
         topic_prefix: str | None = None,
         from_beginning: bool = False,
@@ -453,19 +457,20 @@ class ChangeConsumer:
         if not topics:
             raise SinkError("no topics to consume: name at least one")
         self.topics = list(topics)
-        self.bootstrap_servers = bootstrap_servers
+        client = as_client(client)
+        self.bootstrap_servers = client.bootstrap_servers
         self.decoder = RecordDecoder()
         config = {"isolation_level": isolation, **(consumer_config or {})}
         self._schemas: _SchemaLoader | None = None
         self._reader = TopicReader(
-            self.topics, bootstrap_servers, group=group, from_beginning=from_beginning, config=config
+            self.topics, client, group=group, from_beginning=from_beginning, config=config
         )
         try:
             self.schema_topics = schema_topics_for(self.topics, topic_prefix, self._reader.existing)
             own = ("group_id", "max_poll_interval_ms", "isolation_level")
             schema_config = {k: v for k, v in config.items() if k not in own}
             self._schemas = _SchemaLoader(
-                SchemaTopicReader(bootstrap_servers, self.schema_topics, **schema_config),
+                SchemaTopicReader(client, self.schema_topics, **schema_config),
                 self.decoder.registry,
             )
             self._schemas.refresh()
@@ -541,11 +546,12 @@ class ChangeConsumer:
             return None
 
 
-def export_schemas(bootstrap_servers: str, topic_prefix: str, out_dir: Path) -> list[Path]:
+def export_schemas(client: ClientConfig | str, topic_prefix: str, out_dir: Path) -> list[Path]:
     """Write every schema of ``<prefix>.schemas`` to ``out_dir/<subject>.v<version>.avsc``."""
+    client = as_client(client)
     registry = avro.SchemaRegistry()
     errors = 0
-    for key, value in read_schema_records(bootstrap_servers, schemas_topic(topic_prefix)):
+    for key, value in read_schema_records(client, schemas_topic(topic_prefix)):
         try:
             registry.load(key, value)
         except SchemaError as exc:
@@ -553,7 +559,7 @@ def export_schemas(bootstrap_servers: str, topic_prefix: str, out_dir: Path) -> 
             log.warning("skipping a record of the schema topic: %s", exc)
     if not len(registry):
         raise SchemaError(
-            f"no schemas in {schemas_topic(topic_prefix)} on {bootstrap_servers}"
+            f"no schemas in {schemas_topic(topic_prefix)} on {client.bootstrap_servers}"
             f"{f' ({errors} unreadable records)' if errors else ''}: check --topic-prefix"
         )
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from typing import IO, Any, Self
 
 import orjson
 
+from cdc import redact
 from cdc.checkpoint import write_atomic
 from cdc.errors import AlreadyRunning, CheckpointError, ConfigError, ControlError, NotRunning
 from cdc.status import LIVE_STATES, Status
@@ -111,7 +112,7 @@ def status_writer(directory: Path, name: str) -> Callable[[Status], None]:
     def write(status: Status) -> None:
         payload = {"name": name, "pid": os.getpid(), "updated_at": time.time(), **status.as_dict()}
         with contextlib.suppress(CheckpointError):
-            write_atomic(path, orjson.dumps(payload, option=orjson.OPT_INDENT_2))
+            write_atomic(path, orjson.dumps(redact.redact_tree(payload), option=orjson.OPT_INDENT_2))
 
     return write
 

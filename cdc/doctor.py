@@ -22,9 +22,12 @@ import psycopg
 
 from cdc import pg, replication, slots
 from cdc.config import Settings
-from cdc.errors import SourceError
+from cdc.errors import ConfigError, SourceError
 from cdc.events import schemas_topic
+from cdc.kafka import client_config
 from cdc.kafka.admin import inspect_broker
+from cdc.shaping import catalog as shaping
+from cdc.shaping.select import Selection
 
 Result = Literal["pass", "warn", "fail"]
 
@@ -196,6 +199,8 @@ def _role(conn: psycopg.Connection[Any], s: Settings) -> list[Check]:
 
 def _captured(conn: psycopg.Connection[Any], s: Settings) -> tuple[list[str], list[Check]]:
     """The tables the connector would capture, and what is wrong with the list or the publication."""
+    if shaping.shaped(s):
+        return _captured_shaped(conn, s)
     checks: list[Check] = []
     listed = [".".join(replication.split_table(t)) for t in s.tables]
     missing = replication.missing_tables(conn, listed)
@@ -270,6 +275,32 @@ def _captured(conn: psycopg.Connection[Any], s: Settings) -> tuple[list[str], li
             )
         )
     return captured, checks
+
+
+def _captured_shaped(conn: psycopg.Connection[Any], s: Settings) -> tuple[list[str], list[Check]]:
+    """With patterns, column lists or row filters: the set they give, and the publication as the
+    connector would make it (made in a transaction that is rolled back: the server and cdc check
+    the column lists and row filters, and nothing stays)."""
+    selection = Selection.from_settings(s)
+    missing = replication.missing_tables(conn, selection.names)
+    checks = [Check(f"table {t}", "fail", "does not exist", "create it, or fix --tables") for t in missing]
+    name = f"publication {s.publication}"
+    try:
+        capture = shaping.plan(conn, s, [t for t in selection.names if t not in missing])
+        replication.check_publication(conn, s.publication, capture.tables, capture.published)
+    except (ConfigError, SourceError) as exc:
+        return [], [*checks, Check(name, "fail", str(exc))]
+    if not capture.tables:
+        checks.append(Check(name, "warn", f"no table matches {selection.describe()} yet", "fix --tables"))
+    elif capture.published is None:
+        checks.append(Check(name, "pass", f"made by someone else; {len(capture.tables)} of its tables match"))
+    else:
+        shaped = [t.name for t in capture.published if t.columns is not None or t.row_filter is not None]
+        extra = f", column lists or row filters on {', '.join(shaped)}" if shaped else ""
+        checks.append(
+            Check(name, "pass", f"the connector keeps it to {len(capture.tables)} matching tables{extra}")
+        )
+    return capture.tables, checks
 
 
 def _all_user_tables(conn: psycopg.Connection[Any]) -> list[str]:
@@ -520,14 +551,18 @@ def _heartbeat(conn: psycopg.Connection[Any], s: Settings) -> list[Check]:
 
 def _kafka(s: Settings) -> list[Check]:
     topic = schemas_topic(s.topic_prefix)
-    report = inspect_broker(s.producer, s.bootstrap_servers, s.producer_configs, topic)
+    try:
+        client = client_config(s)  # --kafka-config, --kafka-config-file: as the connector would use them
+    except ConfigError as exc:
+        return [Check("broker", "fail", f"kafka client settings: {exc}", "fix --kafka-config")]
+    report = inspect_broker(s.producer, client, s.producer_configs, topic)
     if report.reachable_error:
         return [
             Check(
                 "broker",
                 "fail",
                 f"{s.bootstrap_servers}: {report.reachable_error}",
-                "fix --bootstrap-servers, or --producer-config security settings",
+                "fix --bootstrap-servers, or the security settings (--kafka-config)",
             )
         ]
     checks = [Check("broker", "pass", f"{s.bootstrap_servers}: {report.brokers} broker(s)")]

@@ -7,6 +7,7 @@
      |    +-- SlotLost            the server invalidated the slot: the WAL it needed is gone
      +-- DecodeError              malformed pgoutput / replication bytes
      +-- SchemaError              Avro schema or record problems, unknown fingerprints
+     +-- TransformError           a --transform raised (--on-transform-error fail)
      +-- SinkError                Kafka; ``retriable`` says whether to try again
      |    +-- DeliveryFailed      Kafka did not acknowledge a record it was given
      +-- CheckpointError          the state directory cannot be read or written
@@ -57,6 +58,10 @@ class DecodeError(CdcError):
 
 class SchemaError(CdcError):
     """An Avro schema cannot be built, or a record does not match one."""
+
+
+class TransformError(CdcError):
+    """A transform raised on an event, or returned what cannot be written."""
 
 
 class SinkError(CdcError):

@@ -315,6 +315,11 @@ class Serializer(Protocol):
 
     def take_schema_records(self) -> Sequence[tuple[bytes, bytes]]: ...
 
+    def prepare(self, table: Table) -> None:
+        """Register ``table``'s schemas now, before any of its events (their records come out of
+        `take_schema_records`): many tables' schemas can then be published in one batch."""
+        ...
+
 
 class JsonSerializer:
     """``--format json``: the envelope as UTF-8 JSON, values rendered per type."""
@@ -342,3 +347,6 @@ class JsonSerializer:
 
     def take_schema_records(self) -> Sequence[tuple[bytes, bytes]]:
         return ()
+
+    def prepare(self, table: Table) -> None:
+        pass  # JSON has no schemas

@@ -26,7 +26,7 @@ import orjson
 from cdc.checkpoint import InFlight
 from cdc.config import Settings
 from cdc.events import offsets_topic
-from cdc.kafka import read_latest
+from cdc.kafka import client_config, read_latest
 from cdc.lsn import format_lsn, parse_lsn
 from cdc.writer import RecordWriter
 
@@ -62,7 +62,8 @@ def read_committed(settings: Settings, system_id: str, database: str) -> Committ
     """The committed position and snapshot chunks of this connector, read_committed."""
     found = Committed()
     prefix = f"{settings.name}:{settings.slot}"
-    for key, value in read_latest(settings.bootstrap_servers, offsets_topic(settings.topic_prefix)).items():
+    topic = offsets_topic(settings.topic_prefix)
+    for key, value in read_latest(client_config(settings), topic).items():
         text = key.decode(errors="replace")
         if text != prefix and not text.startswith(prefix + ":snapshot:"):
             continue

@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import orjson
 
+from cdc import redact
 from cdc.errors import ConfigError
 
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -52,7 +53,8 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            # cdc.redact's filter leaves the traceback, secrets removed, in exc_text
+            entry["exc"] = record.exc_text or self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
 
 
@@ -98,6 +100,7 @@ def configure(
     else:
         name = f"{prefix} %(name)s" if prefix else "%(name)s"
         handler.setFormatter(logging.Formatter(TEXT_FORMAT.replace("%(name)s", name)))
+    handler.addFilter(redact.RedactingFilter())  # no secret in any log line
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

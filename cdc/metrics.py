@@ -153,6 +153,7 @@ class StatusCollector(Collector):
             "Lost slots replaced, the gap closed by reading the tables again.",
             value=status.slot_recreations,
         )
+        yield from _shaping(status)
 
         lag = GaugeMetricFamily(
             "cdc_replication_lag_bytes",
@@ -193,6 +194,35 @@ class StatusCollector(Collector):
             "--heartbeat-query runs the server refused.",
             value=status.heartbeat_query_errors,
         )
+
+
+def _shaping(status: Status) -> Iterator[Metric]:
+    """Tables captured, events transforms dropped, transform errors, dead letters (cdc.shaping)."""
+    yield GaugeMetricFamily("cdc_captured_tables", "Tables captured.", value=len(status.tables))
+    counts = dict(status.shaping)
+    yield CounterMetricFamily(
+        "cdc_events_filtered",
+        "Events a transform dropped (confirmed as delivered).",
+        value=counts.get("filtered", 0),
+    )
+    errors = CounterMetricFamily(
+        "cdc_transform_errors",
+        "Events a transform raised on, skipped or dead-lettered.",
+        labels=["transform"],
+    )
+    letters = CounterMetricFamily(
+        "cdc_dead_letters",
+        "Records written to PREFIX.dead-letter, by stage (transform, encode, kafka).",
+        labels=["stage"],
+    )
+    for name, n in counts.items():
+        kind, _, what = name.partition(":")
+        if kind == "transform_errors":
+            errors.add_metric([what], n)
+        elif kind == "dead_letters":
+            letters.add_metric([what], n)
+    yield errors
+    yield letters
 
 
 def _latency_histogram(status: Status) -> HistogramMetricFamily:

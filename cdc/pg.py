@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from cdc import redact
 from cdc.errors import SlotLost, SourceError, SourceUnavailable
 
 #: Session settings that make the server's text output of values unambiguous
@@ -54,6 +55,7 @@ def session_conninfo(dsn: str, application_name: str, **extra: str) -> str:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
         raise SourceError(f"invalid dsn: {strip_password(str(exc), dsn)}; fix --dsn") from None
+    redact.remember(str(params.get("password") or ""))
     options = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in OUTPUT_SETTINGS.items())
     if params.get("options"):
         options = f"{params['options']} {options}"
@@ -73,11 +75,17 @@ def strip_password(text: str, dsn: str) -> str:
 
 def connect_error(exc: Exception, dsn: str) -> SourceError:
     """Why a connection could not be opened: a refusal to fix, or a server to wait for."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    # libpq tries every address of a host name (::1, then 127.0.0.1): the attempt that reached
+    # the server says why it failed; a refused one before it does not
+    answered = [line for line in lines if "failed:" in line and not _UNREACHED.search(line)]
+    text = (answered or lines or [repr(exc)])[0]
     # libpq says 'connection to server at "h", port p failed: FATAL:  <reason>': keep the reason
     text = re.sub(r'^connection to server at "[^"]*", port \d+ failed: (FATAL:\s+)?', "", text)
     text = strip_password(text, dsn)
     where = redact_dsn(dsn) or "libpq's PG* variables"
+    if tls := _tls_problem(text):
+        return SourceError(f"cannot connect to postgres ({where}): {text}; {tls}")
     if "password authentication failed" in text or "no password supplied" in text:
         return SourceError(f"cannot connect to postgres ({where}): {text}; check the user and password")
     if "not permitted to log in" in text or "not allowed to log in" in text:
@@ -98,6 +106,31 @@ def connect_error(exc: Exception, dsn: str) -> SourceError:
     if "pg_hba.conf" in text:
         return SourceError(f"cannot connect to postgres ({where}): {text}; allow it in pg_hba.conf")
     return SourceUnavailable(f"cannot connect to postgres ({where}): {text}; is the server running?")
+
+
+_UNREACHED: Final = re.compile(
+    r"Connection refused|No route to host|Network is unreachable|timeout expired|Cannot assign requested"
+)
+
+#: libpq's words for a TLS failure -> what to change (sslmode, sslrootcert: see libpq's docs).
+_TLS_FIXES: Final = (
+    ("certificate verify failed", "the server's certificate is not signed by the CA in sslrootcert: "
+     "point sslrootcert at the CA that signed it"),
+    ("does not match host name", "connect with a host name the server's certificate names, "
+     "or use sslmode=verify-ca"),
+    ("root certificate file", "fix sslrootcert (a PEM file of the CA), or use sslrootcert=system"),
+    ("server does not support SSL", "turn ssl on in the server, or lower sslmode"),
+    ("certificate", "check the sslcert, sslkey and sslrootcert files"),
+    ("private key", "check sslkey (and its password, sslpassword)"),
+)  # fmt: skip
+
+
+def _tls_problem(text: str) -> str:
+    """The fix for a TLS failure that libpq reported in ``text``; empty when it is not one."""
+    for words, fix in _TLS_FIXES:
+        if words in text:
+            return fix
+    return ""
 
 
 def connect(dsn: str, application_name: str = "cdc") -> psycopg.Connection[Any]:

@@ -10,6 +10,7 @@ message says what to change; a lost connection becomes `SourceUnavailable`.
 from __future__ import annotations
 
 import logging
+import re
 import select
 import threading
 import time
@@ -177,12 +178,32 @@ def publication_tables(conn: psycopg.Connection[Any], publication: str) -> tuple
 MANAGED_PUBLICATION = "created by cdc; tables are added to it when --tables grows"
 
 
-def check_publication(conn: psycopg.Connection[Any], publication: str, tables: list[str]) -> None:
+@dataclass(slots=True, frozen=True)
+class PublishedTable:
+    """A table as a publication lists it: with a column list and a row filter (PostgreSQL 15+)."""
+
+    name: str  # schema.table
+    columns: tuple[str, ...] | None = None  # publish only these (None: every column)
+    row_filter: str | None = None  # publish only the rows meeting this condition
+
+
+def check_publication(
+    conn: psycopg.Connection[Any],
+    publication: str,
+    tables: list[str],
+    published: list[PublishedTable] | None = None,
+) -> None:
     """Refuse now, before anything is created, what `ensure_publication` could not do.
 
     One created by someone else must already publish ``tables``; a new one needs
-    the role to own the listed tables (or all tables: superuser).
+    the role to own the listed tables (or all tables: superuser). With ``published``
+    (cdc keeps the list), the publication is made as it will be and rolled back:
+    the server checks the column lists and row filters, and `ensure_publication`'s
+    checks of the replica identity run.
     """
+    if published is not None:
+        _list_tables(conn, publication, published, commit=False)
+        return
     existing = publication_tables(conn, publication)
     wanted = {".".join(split_table(t)) for t in tables}
     if existing is not None:
@@ -214,12 +235,23 @@ def check_publication(conn: psycopg.Connection[Any], publication: str, tables: l
             )
 
 
-def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: list[str]) -> None:
+def ensure_publication(
+    conn: psycopg.Connection[Any],
+    publication: str,
+    tables: list[str],
+    published: list[PublishedTable] | None = None,
+) -> list[str]:
     """Create ``publication`` (listed tables, or all) or check that it covers ``tables``.
 
     A publication cdc created gets the tables added to ``--tables`` since;
     one created by someone else must already publish them (`check_publication`).
+    With ``published`` (patterns, column lists, row filters: cdc keeps the list),
+    the publication is made to hold exactly those tables in those forms
+    (``ALTER PUBLICATION ... SET TABLE``); returns the tables whose column list or
+    row filter changed.
     """
+    if published is not None:
+        return _list_tables(conn, publication, published, commit=True)
     check_publication(conn, publication, tables)
     existing = publication_tables(conn, publication)
     wanted = {".".join(split_table(t)) for t in tables}
@@ -245,7 +277,7 @@ def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: 
                 sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(name, sql.Literal(MANAGED_PUBLICATION))
             )
         log.info("created publication %s for %s", publication, ", ".join(sorted(wanted)) or "all tables")
-        return
+        return []
     all_tables, covered = existing
     missing = sorted(wanted - covered)
     if missing and not all_tables and _managed(conn, publication):
@@ -256,6 +288,210 @@ def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: 
         ):
             conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(name, added))
         log.info("added %s to publication %s", ", ".join(missing), publication)
+    return []
+
+
+def alter_publication(
+    conn: psycopg.Connection[Any],
+    publication: str,
+    add: list[PublishedTable] | None = None,
+    drop: list[str] | None = None,
+) -> None:
+    """Add tables to (in their forms) or drop them from a publication cdc keeps, while streaming.
+
+    An added table whose column list or row filter would break its UPDATEs is refused
+    (`SourceError`) and nothing changes.
+    """
+    name = sql.Identifier(publication)
+    with (
+        pg.errors(f"changing publication {publication!r}", "change it as the publication's owner"),
+        conn.transaction(),
+    ):
+        if add:
+            conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(name, _tables_sql(add)))
+            _check_identity(conn, publication, {t.name for t in add})
+        if drop:
+            dropped = sql.SQL(", ").join(sql.Identifier(*split_table(t)) for t in drop)
+            conn.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(name, dropped))
+    for form in add or ():
+        log.info("added %s to publication %s", form.name, publication, extra={"table": form.name})
+    for gone in drop or ():
+        log.info("dropped %s from publication %s", gone, publication, extra={"table": gone})
+
+
+def _tables_sql(tables: list[PublishedTable]) -> sql.Composable:
+    """``t1 (a, b) WHERE (...), t2``: the table list of CREATE / ALTER PUBLICATION."""
+    parts = []
+    for table in tables:
+        part: list[sql.Composable] = [sql.Identifier(*split_table(table.name))]
+        if table.columns is not None:
+            part.append(sql.SQL("({})").format(sql.SQL(", ").join(map(sql.Identifier, table.columns))))
+        if table.row_filter is not None:
+            # the operator's own SQL, as --heartbeat-query is; the server parses and checks it
+            part.append(sql.SQL("WHERE ({})").format(sql.SQL(table.row_filter)))
+        parts.append(sql.SQL(" ").join(part))
+    return sql.SQL(", ").join(parts)
+
+
+class _Unchanged(Exception):
+    """Rolls back a trial (or a change that changed nothing)."""
+
+
+def _list_tables(
+    conn: psycopg.Connection[Any], publication: str, tables: list[PublishedTable], commit: bool
+) -> list[str]:
+    """Make ``publication`` hold exactly ``tables`` in their forms, in one transaction.
+
+    The server parses the column lists and row filters; then `_check_identity` refuses a
+    form that would make the table's UPDATE or DELETE fail. ``commit`` False is the
+    check before anything is created: everything is rolled back. Returns the tables
+    whose column list or row filter changed (not those added).
+    """
+    name = sql.Identifier(publication)
+    existing = publication_tables(conn, publication)
+    if existing is not None and not _managed(conn, publication):
+        return []  # someone else's: used as it is (cdc.shaping.catalog refused the rules it cannot keep)
+    doing = ("checking" if not commit else "creating" if existing is None else "updating") + " publication"
+    changed: list[str] = []
+    before: dict[str, tuple[Any, Any]] = {}
+    try:
+        with (
+            pg.errors(f"{doing} {publication!r}", "the role must own the tables (or be a superuser)"),
+            conn.transaction(),
+        ):
+            if existing is None:
+                target = sql.SQL(" FOR TABLE {}").format(_tables_sql(tables)) if tables else sql.SQL("")
+                conn.execute(
+                    sql.SQL("CREATE PUBLICATION {}{} WITH (publish_via_partition_root = true)").format(
+                        name, target
+                    )
+                )
+                conn.execute(
+                    sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(name, sql.Literal(MANAGED_PUBLICATION))
+                )
+            else:
+                before = listed_forms(conn, publication)
+                if tables:
+                    listed = _tables_sql(tables)
+                    conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(name, listed))
+                elif before:
+                    dropped = sql.SQL(", ").join(sql.Identifier(*split_table(t)) for t in before)
+                    conn.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(name, dropped))
+            after = listed_forms(conn, publication)
+            _check_identity(conn, publication, {t.name for t in tables})
+            changed = sorted(t for t in after if t in before and after[t] != before[t])
+            if not commit or (existing is not None and after == before):
+                raise _Unchanged
+    except _Unchanged:
+        return changed
+    if existing is None:
+        listed_names = ", ".join(t.name for t in tables) or "no table yet"
+        log.info("created publication %s for %s", publication, listed_names)
+        return []
+    for table in sorted(set(after) - set(before)):
+        log.info("added %s to publication %s", table, publication, extra={"table": table})
+    for table in sorted(set(before) - set(after)):
+        log.info("dropped %s from publication %s", table, publication, extra={"table": table})
+    for table in changed:
+        log.warning(
+            "the column list or row filter of %s changed: from now on its changes follow the new one; rows "
+            "it now admits that do not change are not in kafka until `cdc snapshot %s`",
+            table, table, extra={"table": table},
+        )  # fmt: skip
+    return changed
+
+
+def listed_forms(conn: psycopg.Connection[Any], publication: str) -> dict[str, tuple[Any, Any]]:
+    """{schema.table: (column list, row filter as the server prints it)} of the tables a publication
+    lists by name (not FOR ALL TABLES nor TABLES IN SCHEMA); both None before PostgreSQL 15."""
+    if conn.info.server_version < 150000:
+        rows = pg.query(
+            conn,
+            """SELECT n.nspname, c.relname, NULL, NULL FROM pg_publication_rel pr
+                 JOIN pg_publication p ON p.oid = pr.prpubid JOIN pg_class c ON c.oid = pr.prrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = %s""",
+            (publication,),
+        )
+    else:
+        rows = pg.query(
+            conn,
+            """SELECT n.nspname, c.relname,
+                      (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+                        WHERE a.attrelid = pr.prrelid AND a.attnum = ANY(pr.prattrs::int2[])),
+                      pg_get_expr(pr.prqual, pr.prrelid)
+                 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                 JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE p.pubname = %s""",
+            (publication,),
+        )
+    return {f"{s}.{t}": (None if cols is None else tuple(cols), qual) for s, t, cols, qual in rows}
+
+
+def _check_identity(conn: psycopg.Connection[Any], publication: str, tables: set[str]) -> None:
+    """Refuse a column list or row filter that would make UPDATE and DELETE of the table fail.
+
+    A publication that publishes updates and deletes needs, from PostgreSQL 15 on, every column of
+    the replica identity in the column list, and a row filter that reads only identity columns
+    (any column with REPLICA IDENTITY FULL, whose column list must then keep them all): the server
+    checks it when the application updates a row, and refuses the UPDATE. cdc checks it first.
+    """
+    if conn.info.server_version < 150000:
+        return
+    rows = pg.query(
+        conn,
+        """SELECT n.nspname, c.relname, c.relreplident, pr.prattrs::int2[], pr.prqual::text,
+                  (SELECT array_agg(a.attnum) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+                      AND NOT a.attisdropped AND a.attgenerated = ''),
+                  (SELECT i.indkey::int2[] FROM pg_index i WHERE i.indrelid = c.oid
+                      AND CASE c.relreplident WHEN 'i' THEN i.indisreplident ELSE i.indisprimary END LIMIT 1),
+                  p.pubupdate OR p.pubdelete
+             FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+             JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE p.pubname = %s AND (pr.prattrs IS NOT NULL OR pr.prqual IS NOT NULL)""",
+        (publication,),
+    )
+    for schema, relname, replident, attrs, qual, all_columns, key, updates in rows:
+        table = f"{schema}.{relname}"
+        if table not in tables or not updates or replident == "n":
+            continue
+        identity = set(all_columns or []) if replident == "f" else set(key or [])
+        how = "REPLICA IDENTITY FULL (every column)" if replident == "f" else "replica identity"
+        if attrs is not None and not identity <= set(attrs):
+            left_out = _names(conn, schema, relname, sorted(identity - set(attrs)))
+            fix = (
+                "keep every column, or mask them with --mask-columns"
+                if replident == "f"
+                else f"keep {', '.join(left_out)} in the column list"
+            )
+            raise SourceError(
+                f"the column list of {table} leaves out {', '.join(left_out)} of its {how}: its UPDATEs and "
+                f"DELETEs would fail in the application; {fix}"
+            )
+        if qual is not None and replident != "f":
+            used = {int(n) for n in re.findall(r":varattno (\d+)", qual)}
+            outside = sorted(used - identity)
+            if outside:
+                names = _names(conn, schema, relname, outside)
+                raise SourceError(
+                    f"the row filter of {table} reads {', '.join(names)}, not part of its {how}: its "
+                    f"UPDATEs and DELETEs would fail in the application; filter on its key columns, or "
+                    f"ALTER TABLE {table} REPLICA IDENTITY FULL"
+                )
+
+
+def _names(conn: psycopg.Connection[Any], schema: str, table: str, attnums: list[int]) -> list[str]:
+    rows = pg.query(
+        conn,
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum = ANY(%s) "
+        "ORDER BY attnum",
+        (sql.Identifier(schema, table).as_string(None), attnums),
+    )
+    return [str(r[0]) for r in rows]
+
+
+def is_managed(conn: psycopg.Connection[Any], publication: str) -> bool:
+    """Was ``publication`` created by cdc (it carries cdc's comment)? Then cdc may change it."""
+    return _managed(conn, publication)
 
 
 def _managed(conn: psycopg.Connection[Any], publication: str) -> bool:

@@ -116,6 +116,11 @@ class Status:
     slot_safe_wal_size: int | None = None  # bytes of WAL before the slot is lost; None: no limit
     last_heartbeat_at: float = 0.0  # wall clock of the last heartbeat (record or query)
     heartbeat_query_errors: int = 0
+    # -- shaping (cdc.shaping)
+    tables: list[str] = field(default_factory=list)  # the captured set, kept by the TableWatcher
+    #: ``filtered`` (events transforms dropped), ``transform_errors:<transform>``,
+    #: ``dead_letters:<stage>`` (transform, encode, kafka): the writer's Shaper counts into it
+    shaping: Counter[str] = field(default_factory=Counter)
     # -- for the probes: when the process last reported, when the state last changed
     reported_at: float = field(default_factory=time.monotonic)
     state_since: float = field(default_factory=time.time)
@@ -186,6 +191,8 @@ class Status:
             "last_ack_at": self.last_ack_at,
             "latency_ms": percentiles(self.latencies),
             "snapshot": self.snapshot,
+            "tables": self.tables,
+            "shaping": dict(self.shaping),
         }
 
 

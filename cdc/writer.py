@@ -5,24 +5,38 @@ same thing with an event: encode it, make sure the schema it needs is on the
 schema topic (acknowledged) before the record that uses it, and hand the
 record to the producer with the checkpoint token that tracks its delivery.
 That is written once, here.
+
+With shaping configured (masks, transforms, dead letters: `cdc.shaping`),
+`write` is the shaped path: the `Shaper` turns the event into its records
+(none, several, a dead letter), which go out with the event's token, so a
+dropped event is confirmed like any other and a dead letter is in Kafka
+before its position is confirmed. Without, the plain path runs unchanged.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from cdc.checkpoint import InFlight
 from cdc.config import Settings
+from cdc.errors import DeliveryFailed, SinkError
 from cdc.events import ChangeEvent, JsonSerializer, Serializer, SourceInfo, Table, event_topic, schemas_topic
-from cdc.kafka import Producer, TopicSettings, make_producer, read_schema_records
+from cdc.kafka import ClientConfig, Producer, TopicSettings, client_config, make_producer, read_schema_records
+from cdc.shaping import deadletter
+from cdc.shaping.shaper import Outgoing, Shaper
+
+log = logging.getLogger(__name__)
 
 
 class RecordWriter:
     """A serializer and the producer it writes to; closing it closes the producer."""
 
-    def __init__(self, serializer: Serializer, producer: Producer, topic_prefix: str) -> None:
+    def __init__(
+        self, serializer: Serializer, producer: Producer, topic_prefix: str, shaper: Shaper | None = None
+    ) -> None:
         self.serializer = serializer
         self.producer = producer
         self.prefix = topic_prefix
@@ -36,6 +50,27 @@ class RecordWriter:
         self.poll = producer.poll
         self.flush = producer.flush
         self.ensure_topic = producer.ensure_topic
+        self.shaper = shaper
+        if shaper is not None:
+            # bound over the plain methods, so that the plain path stays as it is without shaping
+            self.write = self._write_shaped  # type: ignore[method-assign]
+            self.tombstone = self._tombstone_shaped  # type: ignore[method-assign]
+            self._limits: dict[str, int] | None = None
+            if shaper.on_record_error == "dead-letter":
+                self._limits = {}
+                if not producer.transactional_id:  # a refusal inside a Kafka transaction aborts it
+                    self._rejected = producer.keep_rejected()
+                    self.poll = self._poll_rejected
+
+    @property
+    def shaping_counts(self) -> Counter[str]:
+        """Events dropped by transforms, transform errors, dead letters (see `Shaper.counts`)."""
+        return self.shaper.counts if self.shaper is not None else Counter()
+
+    @shaping_counts.setter
+    def shaping_counts(self, counts: Counter[str]) -> None:
+        if self.shaper is not None:
+            self.shaper.counts = counts
 
     def write(self, event: ChangeEvent, token: InFlight, topic: str | None = None) -> int:
         """Encode ``event`` and queue it on ``topic`` (default: its own), its schema first.
@@ -62,6 +97,107 @@ class RecordWriter:
         self._send(topic, encoded, None, token)
         self.records[topic] += 1
 
+    # -- the shaped path (cdc.shaping) ------------------------------------------------------
+
+    def _write_shaped(self, event: ChangeEvent, token: InFlight, topic: str | None = None) -> int:
+        """`write` with shaping: the shaper's records for ``event``, all with its token."""
+        if topic is None:
+            topic = event_topic(self.prefix, event)
+            self.producer.ensure_topic(topic)
+        assert self.shaper is not None
+        outgoing = self.shaper.records(event, topic)
+        records = self._take_schemas()
+        if records:
+            self._publish_schemas(records)
+        size = 0
+        for shaped in outgoing:
+            out = shaped
+            if out.topic != topic:
+                self.producer.ensure_topic(out.topic)
+            if self._limits is not None:
+                out = self._cut(out) if out.dead else self._fit(out, event)
+            self._send(out.topic, out.key, out.value, token, out.headers)
+            self.records[out.topic] += 1
+            size += (len(out.value) if out.value else 0) + (len(out.key) if out.key else 0)
+        return size
+
+    def _tombstone_shaped(self, topic: str, table: Table, key: list[Any], token: InFlight) -> None:
+        """Nothing: with shaping, the tombstone follows each delete the shaper lets through (its topic,
+        its key), among the records of the delete itself."""
+
+    def _limit(self, topic: str) -> int:
+        """The topic's max.message.bytes (Kafka's default when the broker does not say), asked once."""
+        assert self._limits is not None
+        limit = self._limits.get(topic)
+        if limit is None:
+            self.producer.ensure_topic(topic)  # made with --topic-config first, then asked
+            limit = self.producer.max_message_bytes(topic) or deadletter.DEFAULT_MAX_MESSAGE_BYTES
+            self._limits[topic] = limit
+        return limit
+
+    @staticmethod
+    def _size(out: Outgoing) -> int:
+        """What the record weighs in a batch of its own (the broker compares it with the topic's limit)."""
+        return (
+            (len(out.key) if out.key else 0)
+            + (len(out.value) if out.value else 0)
+            + deadletter.headers_size(out.headers)
+            + deadletter.RECORD_OVERHEAD
+        )
+
+    def _fit(self, out: Outgoing, event: ChangeEvent | None) -> Outgoing:
+        """``out``, or its dead letter when it is larger than its topic takes (``--on-record-error
+        dead-letter``): found before sending, since a refused record breaks kafka-python's producer."""
+        size = self._size(out)
+        limit = self._limit(out.topic)
+        if size <= limit:
+            return out
+        assert self.shaper is not None
+        error = f"{size:,} bytes, larger than {out.topic}'s max.message.bytes ({limit:,})"
+        return self.shaper.refused(out, event, error, self._limit(self.shaper.dead_letter_topic))
+
+    def _cut(self, letter: Outgoing) -> Outgoing:
+        """A dead letter made by the shaper (a transform's failure, say), cut to fit its topic."""
+        limit = self._limit(letter.topic)
+        if self._size(letter) <= limit or letter.value is None:
+            return letter
+        found = list(letter.headers or [])
+        deadletter.set_header(found, "truncated", "true")
+        return Outgoing(
+            letter.topic, letter.key, deadletter.cut(letter.value, letter.key, found, limit), found, True
+        )
+
+    def _poll_rejected(self) -> int:
+        """`poll`, then records the broker refused for their size (librdkafka hands them back) go to
+        the dead-letter topic with their token: each counts as done once its dead letter is in Kafka.
+
+        The size check before sending normally finds them; this is for a topic whose limit could not
+        be read, or was lowered since. The broker refuses a whole batch: a record that is not too
+        large itself was refused for its neighbours, and moving it aside would misplace it, so that
+        stops the connector instead (nothing after it is confirmed).
+        """
+        acked = self.producer.poll()
+        rejected = self._rejected
+        while rejected:
+            refused = rejected.popleft()
+            assert self.shaper is not None
+            out = Outgoing(refused.topic, refused.key, refused.value, refused.headers)
+            size = self._size(out)
+            self._limits.pop(refused.topic, None)  # type: ignore[union-attr]  # ask the broker again
+            limit = self._limit(refused.topic)
+            if refused.topic == self.shaper.dead_letter_topic or size <= limit:
+                raise DeliveryFailed(
+                    f"kafka refused a record of {size:,} bytes for {refused.topic} ({refused.error}): "
+                    f"the topic's max.message.bytes ({limit:,}) is below what the producer puts in one "
+                    "batch; raise it, or lower the batch (--producer-config batch.size=...)",
+                    retriable=False,
+                )
+            letter = self.shaper.refused(out, None, refused.error, self._limit(self.shaper.dead_letter_topic))
+            self._send(letter.topic, letter.key, letter.value, refused.token, letter.headers)
+            refused.token.pending -= 1  # the refused record: its dead letter now stands for it
+            self.records[letter.topic] += 1
+        return acked
+
     def write_fixed(
         self, kind: str, topic: str, key: dict[str, Any], value: dict[str, Any], token: InFlight
     ) -> None:
@@ -73,6 +209,30 @@ class RecordWriter:
             self._publish_schemas(records)
         self._send(topic, encoded_key, encoded_value, token)
         self.records[topic] += 1
+
+    def publish_schemas(self, tables: Sequence[Table], timeout: float = 60) -> None:
+        """The schemas of ``tables``, all sent, then waited for at once: one round trip for many
+        tables instead of one per schema (an initial snapshot of many small tables)."""
+        for table in tables:
+            # with shaping, the schema its records will have (masked columns, declared ones)
+            self.serializer.prepare(table if self.shaper is None else self.shaper.output_table(table))
+        records = self._take_schemas()
+        if not records:
+            return
+        self.producer.ensure_topic(self.schema_topic, compact=True)
+        token = InFlight(0)
+        transactional = bool(self.producer.transactional_id)
+        if transactional:
+            self.producer.begin_transaction()
+        for key, value in records:
+            self._send(self.schema_topic, key, value, token)
+        if transactional:
+            self.producer.commit_transaction(timeout)
+        if not self.producer.flush(timeout) or (self.producer.poll() >= 0 and token.pending):
+            raise SinkError(
+                f"kafka did not acknowledge {len(records)} schema records within {timeout:g} s",
+                retriable=True,
+            )
 
     def _publish_schemas(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         """Schema records go to the (compacted) schema topic, acknowledged, before their record."""
@@ -95,7 +255,7 @@ class RecordWriter:
         self.close()
 
 
-def make_serializer(settings: Settings, source: SourceInfo) -> Serializer:
+def make_serializer(settings: Settings, source: SourceInfo, client: ClientConfig | None = None) -> Serializer:
     """The serializer of ``--format``; Avro starts from what the schema topic already holds.
 
     Made anew for every session: after a broker restart (or a new cluster) the
@@ -107,9 +267,8 @@ def make_serializer(settings: Settings, source: SourceInfo) -> Serializer:
     from cdc.avro import AvroSerializer  # noqa: PLC0415 - fastavro only when used
 
     serializer = AvroSerializer(settings.topic_prefix, source)
-    serializer.load_schema_records(
-        read_schema_records(settings.bootstrap_servers, schemas_topic(settings.topic_prefix))
-    )
+    client = client or client_config(settings)
+    serializer.load_schema_records(read_schema_records(client, schemas_topic(settings.topic_prefix)))
     return serializer
 
 
@@ -118,18 +277,21 @@ def open_writer(
 ) -> RecordWriter:
     """A producer and a serializer as ``settings`` say; the caller closes the writer.
 
+    Both reach Kafka with the process's one client configuration (`cdc.kafka.client_config`).
     The serializer first: reading the schema topic is also the quick check that the broker
     answers (a producer would retry for seconds before saying it does not). With
     ``transactional_id`` the producer is transactional (``--delivery exactly-once``).
     """
-    serializer = make_serializer(settings, source)
+    client = client_config(settings)
+    serializer = make_serializer(settings, source, client)
     producer = make_producer(
         settings.producer,
-        settings.bootstrap_servers,
+        client,
         client_id,
         settings.max_buffer_mb,
         TopicSettings(settings.topic_partitions, settings.topic_replication_factor, settings.topic_configs),
         settings.producer_configs,
         transactional_id,
     )
-    return RecordWriter(serializer, producer, settings.topic_prefix)
+    shaper = Shaper(settings, serializer, source) if Shaper.wanted(settings) else None
+    return RecordWriter(serializer, producer, settings.topic_prefix, shaper)

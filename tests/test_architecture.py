@@ -19,10 +19,27 @@ ROOT = Path(__file__).resolve().parent.parent / "cdc"
 
 #: Lowest first. A module may import from its own layer and the layers before it.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"cdc", "cdc.errors", "cdc.lsn", "cdc.config", "cdc.logs"}),
-    ("pure", {"cdc.pgoutput", "cdc.pgtypes", "cdc.events", "cdc.avro", "cdc.avro.*"}),
+    ("foundation", {"cdc", "cdc.errors", "cdc.lsn", "cdc.redact", "cdc.config", "cdc.logs"}),
+    (
+        "pure",
+        {
+            "cdc.pgoutput",
+            "cdc.pgtypes",
+            "cdc.events",
+            "cdc.avro",
+            "cdc.avro.*",
+            "cdc.shaping",
+            "cdc.shaping.select",
+            "cdc.shaping.transform",
+            "cdc.shaping.deadletter",
+            "cdc.shaping.shaper",
+        },
+    ),
     ("state", {"cdc.checkpoint", "cdc.status", "cdc.control", "cdc.metrics"}),
-    ("boundaries", {"cdc.pg", "cdc.replication", "cdc.kafka", "cdc.kafka.*", "cdc.slots"}),
+    (
+        "boundaries",
+        {"cdc.pg", "cdc.replication", "cdc.kafka", "cdc.kafka.*", "cdc.slots", "cdc.shaping.catalog"},
+    ),
     (
         "stages",
         {"cdc.writer", "cdc.exactly_once", "cdc.consume", "cdc.snapshot", "cdc.snapshot.*", "cdc.doctor"},

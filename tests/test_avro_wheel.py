@@ -45,7 +45,7 @@ def test_wheel_ships_the_schemas_and_they_load_from_it(tmp_path: Path) -> None:
         check=False,
     )
     assert built.returncode == 0, built.stderr
-    (wheel,) = tmp_path.glob("cdc-*.whl")
+    (wheel,) = tmp_path.glob("pgcdc-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         shipped = {n for n in archive.namelist() if n.startswith("cdc/schemas/")}
         assert shipped == {f"cdc/schemas/{name}.avsc" for name in avro.FIXED_SCHEMAS}

@@ -47,6 +47,37 @@ def test_dockerfile_installs_the_package() -> None:
     assert {"pyproject.toml", "README.md", "cdc", "schemas"} <= copied
 
 
+def test_postgres_and_kafka_are_reachable_from_the_host() -> None:
+    services = load()["services"]
+    assert "5432:5432" in services["postgres"]["ports"]
+    kafka = services["kafka"]["environment"]
+    advertised = dict(item.split("://") for item in kafka["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    host_listener = next(name for name, address in advertised.items() if address.startswith("localhost:"))
+    host_port = advertised[host_listener].split(":")[1]
+    assert f"{host_port}:{host_port}" in services["kafka"]["ports"]
+    assert f"{host_listener}://:{host_port}" in kafka["KAFKA_LISTENERS"]
+    assert f"{host_listener}:PLAINTEXT" in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    # the containers use the other listener, by service name
+    assert services["cdc"]["environment"]["CDC_BOOTSTRAP_SERVERS"] == advertised["PLAINTEXT"]
+
+
+def test_kafka_keeps_its_data_in_a_volume() -> None:
+    data = load()
+    kafka = data["services"]["kafka"]
+    log_dirs = kafka["environment"]["KAFKA_LOG_DIRS"]
+    mounts = dict(volume.split(":") for volume in kafka["volumes"])
+    assert log_dirs in mounts.values()
+    named = next(name for name, path in mounts.items() if path == log_dirs)
+    assert named in data["volumes"]
+    assert kafka["environment"]["CLUSTER_ID"]  # a restart finds its own data
+
+
+def test_the_image_installs_the_distribution_with_its_default_producer() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "pip install --no-cache-dir ." in dockerfile
+    assert "[fast]" not in dockerfile  # confluent-kafka is a default dependency now
+
+
 def test_the_connector_has_a_healthcheck_on_readyz() -> None:
     cdc = load()["services"]["cdc"]
     port = cdc["environment"]["CDC_METRICS_PORT"]

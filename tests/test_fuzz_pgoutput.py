@@ -186,10 +186,10 @@ class Timer:
 
     @staticmethod
     def _once(call: Callable[[], object]) -> float:
-        start = time.perf_counter()
+        start = time.thread_time()
         with contextlib.suppress(DecodeError):
             call()
-        return time.perf_counter() - start
+        return time.thread_time() - start
 
 
 def _decode_and_parse(sample: Sample, payload: bytes) -> Callable[[], object]:
@@ -260,14 +260,14 @@ def test_random_bytes_after_a_tag(tag: int, body: bytes, in_stream: bool) -> Non
     relation = Relation(16384, "public", "t", ord("d"), [])
     decoder = Decoder({16384: relation}, {}, in_stream)
     payload = bytes([tag]) + body
-    start = time.perf_counter()
+    start = time.thread_time()
     try:
         decoder.decode(payload)
     except DecodeError as exc:
         assert exc.kind and 0 <= exc.offset <= len(payload)
     with contextlib.suppress(DecodeError):
         decode_copy_data(payload)
-    assert time.perf_counter() - start < 0.05
+    assert time.thread_time() - start < 0.2  # CPU time: a blowup, not a busy machine
 
 
 _OUTPUTS = [
@@ -298,7 +298,7 @@ def _mutated_output(draw: st.DrawFn) -> bytes:
 def test_parsers_raise_only_parse_errors(oid: int, typmod: bool, text: bytes) -> None:
     column = column_type(oid, _NUMERIC_TYPMOD if typmod and oid in (1700, 1231) else -1)
     column_type(1184).parse(b"2024-01-01 12:34:56.789+00")  # the date is cached: fast paths engage
-    start = time.perf_counter()
+    start = time.thread_time()
     try:
         wire = column.parse(text)
     except PARSE_ERRORS:
@@ -306,4 +306,4 @@ def test_parsers_raise_only_parse_errors(oid: int, typmod: bool, text: bytes) ->
     else:
         if wire is not None:
             column.render(wire)  # what parses also renders
-    assert time.perf_counter() - start < 0.05
+    assert time.thread_time() - start < 0.2  # CPU time: a blowup, not a busy machine

@@ -409,3 +409,12 @@ def test_tls_clients_verify_the_broker(secure_kafka: KafkaServer) -> None:
     """Without the test CA the certificate is not trusted: verification is really on."""
     security = dataclasses.replace(secure_kafka.client_security("SSL"), ca_path=None)
     assert "certificate verify failed" in refusal(security)
+
+
+def test_a_cluster_id_never_reads_as_an_option() -> None:
+    """kafka-storage's parser took an id starting with "-" for a flag: a format failed 1 time in 64."""
+    from cdc.devservers import kafka as launcher
+
+    ids = [launcher._cluster_id() for _ in range(2000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(i) == 22 for i in ids)

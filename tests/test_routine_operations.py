@@ -13,7 +13,7 @@ import pytest
 from cdc.devservers import PostgresServer
 from cdc.replication import ReplicationConnection
 from tests.fix_servers import BrokerHandle, TestDb, new_db
-from tests.pipeline import read_topics, settings_for, wait_caught_up
+from tests.pipeline import read_topics, rebuild, settings_for, source_rows, wait_caught_up
 from tests.support import cdc, error_line, running, wait_until
 
 
@@ -72,3 +72,48 @@ def test_every_walsender_taken_is_one_line_then_works(
     started = cdc(*args, "--detach", env={"CDC_DSN": db.dsn})
     assert started.returncode == 0, started.stderr
     assert cdc("stop", "--name", name, "--state-dir", str(tmp_path)).returncode == 0
+
+
+@pytest.mark.parametrize("how", ["dropped and created again", "dropped from the publication by hand"])
+def test_a_listed_table_that_leaves_the_publication_comes_back_exact(
+    db_latest: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path, how: str
+) -> None:
+    """A table of --tables dropped and created again (a migration) is no longer in the publication
+    cdc made; one dropped from it by hand neither. The connector puts it back, a truncate event
+    clears what the topic held, and the table is read again: the topic rebuilds it exactly."""
+    db = db_latest
+    db.execute("CREATE TABLE items (id int PRIMARY KEY, label text); CREATE TABLE other (id int PRIMARY KEY)")
+    db.execute("INSERT INTO items SELECT g, 'old' FROM generate_series(1, 50) g")
+    settings = settings_for(
+        db, broker.bootstrap_servers, prefix, state_dir, tables=["public.items", "public.other"],
+        snapshot="initial", table_check_interval=0.5,
+    )  # fmt: skip
+    with running(settings) as run:
+        db.execute("UPDATE items SET label = 'streamed' WHERE id <= 5")
+        wait_caught_up(db, run)
+        if how == "dropped and created again":
+            db.execute(
+                "DROP TABLE items; CREATE TABLE items (id int PRIMARY KEY, label text);"
+                "INSERT INTO items SELECT g, 'new' FROM generate_series(40, 80) g"
+            )
+        else:
+            db.execute(f"ALTER PUBLICATION {settings.publication} DROP TABLE items")
+            db.execute("DELETE FROM items WHERE id > 45; UPDATE items SET label = 'unseen' WHERE id <= 3")
+        status = run.connector.status
+        wait_until(
+            lambda: any(t.get("table") == "public.items" for t in status.snapshot.get("incremental", [])),
+            timeout=30,
+            message="the table to be read again",
+        )
+        wait_until(lambda: status.snapshot.get("incremental") == [], timeout=60, message="the read to end")
+        db.execute("INSERT INTO items VALUES (1000, 'after')")
+        wait_caught_up(db, run)
+    published = db.scalar(
+        "SELECT count(*) FROM pg_publication_tables WHERE pubname = %s AND tablename = 'items'",
+        (settings.publication,),
+    )
+    assert published == 1
+    topic = f"{prefix}.public.items"
+    records = read_topics(broker.bootstrap_servers, [topic])
+    assert rebuild(records)[topic] == source_rows(db, "public.items", ["id"])
+    assert [r.value["op"] for r in records if r.value and r.value["op"] == "t"] == ["t"]

@@ -89,12 +89,16 @@ def sample(option: Option, which: int, tmp_path: Path) -> Any:
         return int(option.value) + 3 + which  # type: ignore[call-overload]
     if kind is float:
         return float(option.value) + 2.5 + which  # type: ignore[arg-type]
-    if kind is Path:
+    if kind in (Path, Path | None):
         return tmp_path / f"dir{which}"
     if kind == list[str]:
-        return [f"s.t{which}", "s.u"]
+        return [f"m{which}.f:g", "n.o:p"] if option.name == "transforms" else [f"s.t{which}", "s.u"]
     if kind == dict[str, str]:
         return {"retention.ms": str(1000 + which), "b": "x"}
+    if kind is config.TableColumns:
+        return {f"s.t{which}": ["a", "b"], "s.u": ["c"]}
+    if kind is config.TableConditions:
+        return {f"s.t{which}": "a = 1, 2", "s.u": "b IN ('x', 'y')"}
     if kind is str:
         return f"host=h{which} password=pw" if option.name == "dsn" else f"v{which}_{option.name}"
     raise AssertionError(f"no sample for {option.name}: {kind}; teach sample() the new type")
@@ -103,16 +107,22 @@ def sample(option: Option, which: int, tmp_path: Path) -> Any:
 def as_flag(option: Option, value: Any) -> list[str]:
     if option.type is bool:
         return [option.flag if value else f"--no-{option.flag[2:]}"]
-    if option.repeatable:
+    if option.type in (config.TableColumns, config.TableConditions):
+        return [arg for k, v in value.items() for arg in (option.flag, f"{k}:{as_env(v)}")]
+    if option.repeatable and isinstance(value, dict):
         return [arg for k, v in value.items() for arg in (option.flag, f"{k}={v}")]
+    if option.repeatable:
+        return [arg for v in value for arg in (option.flag, v)]
     if isinstance(value, list):
         return [option.flag, ",".join(value)]
     return [option.flag, str(value)]
 
 
-def as_env(value: Any) -> str:
+def as_env(value: Any, option: Option | None = None) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if option is not None and option.type in (config.TableColumns, config.TableConditions):
+        return ";".join(f"{k}:{as_env(v)}" for k, v in value.items())
     if isinstance(value, dict):
         return ",".join(f"{k}={v}" for k, v in value.items())
     if isinstance(value, list):
@@ -148,13 +158,18 @@ def test_names_derive_from_the_flag() -> None:
     for option in OPTIONS.values():
         bare = option.flag.removeprefix("--")
         assert option.env == "CDC_" + bare.upper().replace("-", "_")
-        assert option.key == bare.replace("-", "_")
+        if option.name != "kafka_config":  # the [kafka] table
+            assert option.key == bare.replace("-", "_")
+    assert OPTIONS["kafka_config"].key == "kafka"
     assert OPTIONS["topic_configs"].env == "CDC_TOPIC_CONFIG"
     assert OPTIONS["topic_configs"].flag == "--topic-config"
     assert OPTIONS["snapshot"].choices == ("initial", "never", "initial-only")
     assert OPTIONS["format"].choices == ("avro", "json")
     assert OPTIONS["producer"].choices == ("auto", "kafka-python", "confluent")
-    assert {o.name for o in OPTIONS.values() if o.repeatable} == {"topic_configs", "producer_configs"}
+    assert {o.name for o in OPTIONS.values() if o.repeatable} == {
+        "topic_configs", "producer_configs", "kafka_config", "columns", "exclude_columns", "mask_columns",
+        "row_filters", "transforms",
+    }  # fmt: skip
 
 
 def test_defaults_when_nothing_is_given(built: list[Settings]) -> None:
@@ -174,7 +189,7 @@ def test_option_from_flag_env_and_toml(name: str, built: list[Settings], tmp_pat
     assert value != option.value
     from_flag = settings_of(built, "start", *as_flag(option, value))
     assert getattr(from_flag, name) == value
-    from_env = settings_of(built, "start", env={option.env: as_env(value)})
+    from_env = settings_of(built, "start", env={option.env: as_env(value, option)})
     assert getattr(from_env, name) == value
     for key in (option.key, option.key.replace("_", "-")):
         path = toml_file(tmp_path, {key: value})
@@ -189,11 +204,18 @@ def test_precedence_flag_env_file_default(name: str, built: list[Settings], tmp_
     assert first != second
     path = toml_file(tmp_path, {option.key: second})
     # the environment beats the file
-    env_over_file = settings_of(built, "start", "--config", str(path), env={option.env: as_env(first)})
+    env_over_file = settings_of(
+        built, "start", "--config", str(path), env={option.env: as_env(first, option)}
+    )
     assert getattr(env_over_file, name) == first
     # the flag beats the environment
     flag_over_env = settings_of(
-        built, "start", "--config", str(path), *as_flag(option, second), env={option.env: as_env(first)}
+        built,
+        "start",
+        "--config",
+        str(path),
+        *as_flag(option, second),
+        env={option.env: as_env(first, option)},
     )
     assert getattr(flag_over_env, name) == second
     # the file beats the default
@@ -279,7 +301,10 @@ def test_pg_variables_alone_name_the_database(tmp_path: Path) -> None:
     config.require_dsn(Settings(), environ={"PGHOST": "db", "PGDATABASE": "shop"})
     config.require_dsn(Settings(), environ={"PGSERVICE": "shop"})
     config.require_dsn(Settings(dsn="host=db"), environ={})
-    with pytest.raises(ConfigError, match="no database given: pass --dsn, set CDC_DSN or libpq's PGHOST"):
+    with pytest.raises(
+        ConfigError,
+        match="no database given: pass --dsn or --dsn-file, set CDC_DSN, CDC_DSN_FILE or libpq's PGHOST",
+    ):
         config.require_dsn(Settings(), environ={"PGAPPNAME": "x"})
     # accepted: libpq tries the address the variables name (nothing listens on port 1)
     proc = cdc("start", "--state-dir", str(tmp_path), env={"PGHOST": "127.0.0.1", "PGPORT": "1"})
@@ -368,7 +393,7 @@ def test_start_help_shows_defaults_and_variables() -> None:
     for option in OPTIONS.values():
         assert option.flag in text
         if option.repeatable:
-            assert f"[env var: {option.env} (KEY=VALUE,...)]" in text
+            assert f"[env var: {option.env} ({option.env_form})]" in text
         else:
             assert f"[env var: {option.env}; default: {option.default}]" in text
     assert "--snapshot <initial|never|initial-only>" in text

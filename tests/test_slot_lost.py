@@ -92,7 +92,7 @@ def test_recreate_reads_the_tables_again_and_they_end_exact(
         db.execute("INSERT INTO items VALUES (2000, 'new')")
         status = run.connector.status
         wait_until(
-            lambda: status.slot_recreations == 1 and not status.snapshot.get("incremental"),
+            lambda: status.slot_recreations == 1 and status.snapshot.get("incremental") == [],
             timeout=60,
             message="the tables to be read again",
         )
@@ -131,7 +131,7 @@ def test_a_slot_lost_while_streaming_is_replaced(
         db.execute("UPDATE items SET label = 'later' WHERE id <= 10")
         status = run.connector.status
         wait_until(
-            lambda: status.slot_recreations == 1 and not status.snapshot.get("incremental"),
+            lambda: status.slot_recreations == 1 and status.snapshot.get("incremental") == [],
             timeout=90,
             message="the slot to be replaced and the tables read again",
         )

@@ -13,6 +13,7 @@ from cdc.avro.registry import (
     SchemaRegistry,
     decode_schema_record,
     encode_schema_record,
+    verify_fingerprint,
 )
 from cdc.avro.schemas import (
     FIXED_SCHEMAS,
@@ -69,4 +70,5 @@ __all__ = [
     "schemas_dir",
     "split_single_object",
     "value_schema",
+    "verify_fingerprint",
 ]

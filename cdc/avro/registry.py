@@ -89,14 +89,19 @@ class SchemaRegistry:
             return None
         return old.subject == subject and _without_docs(old.schema) == _without_docs(schema)
 
-    def load(self, key: bytes | None, value: bytes | None) -> RegisteredSchema | None:
-        """Add one record of the schema topic (None for a deletion marker); SchemaError if malformed."""
+    def load(self, key: bytes | None, value: bytes | None, verify: bool = True) -> RegisteredSchema | None:
+        """Add one record of the schema topic (None for a deletion marker); SchemaError if malformed.
+
+        ``verify=False`` takes the record's fingerprint and canonical form as written instead of
+        computing them (a pure-Python CRC over every schema: seconds for thousands of tables);
+        `verify_fingerprint` checks one entry when it is first used.
+        """
         if value is None:
             if key is not None and key in self.by_fingerprint:
                 old = self.by_fingerprint.pop(key)
                 self.subjects.get(old.subject, {}).pop(old.version, None)
             return None
-        entry = decode_schema_record(value)
+        entry = decode_schema_record(value, verify)
         if key is not None and key != entry.fingerprint:
             raise SchemaError(
                 f"schema record key {key.hex()} differs from its fingerprint {entry.fingerprint.hex()}: "
@@ -130,8 +135,19 @@ def encode_schema_record(entry: RegisteredSchema) -> tuple[bytes, bytes]:
     return entry.fingerprint, buf.getvalue()
 
 
-def decode_schema_record(value: bytes) -> RegisteredSchema:
-    """A schema topic value back into a `RegisteredSchema`, checking its fingerprint."""
+def verify_fingerprint(entry: RegisteredSchema) -> None:
+    """SchemaError unless ``entry``'s schema has the fingerprint it claims."""
+    canonical = canonical_form(entry.schema)
+    fp = fingerprint(canonical)
+    if fp != entry.fingerprint or canonical != entry.canonical:
+        raise SchemaError(
+            f"schema record {entry.subject} v{entry.version} claims fingerprint "
+            f"{entry.fingerprint.hex()} but its schema has {fp.hex()}"
+        )
+
+
+def decode_schema_record(value: bytes, verify: bool = True) -> RegisteredSchema:
+    """A schema topic value back into a `RegisteredSchema`, checking its fingerprint (``verify``)."""
     parsed, header = _schema_record_codec()
     if value[:HEADER_SIZE] != header:
         raise SchemaError(
@@ -143,13 +159,10 @@ def decode_schema_record(value: bytes) -> RegisteredSchema:
         schema = json.loads(record["schema"])
     except (SchemaError, ValueError) as exc:
         raise SchemaError(f"malformed schema topic record: {exc}") from None
-    canonical = canonical_form(schema)
-    fp = fingerprint(canonical)
-    if fp != record["fingerprint"]:
-        raise SchemaError(
-            f"schema record {record['subject']} v{record['version']} claims fingerprint "
-            f"{record['fingerprint'].hex()} but its schema has {fp.hex()}"
-        )
-    return RegisteredSchema(
-        fp, record["subject"], record["version"], record["topic"], record["kind"], schema, canonical
-    )
+    entry = RegisteredSchema(
+        record["fingerprint"], record["subject"], record["version"], record["topic"], record["kind"], schema,
+        record["canonical"],
+    )  # fmt: skip
+    if verify:
+        verify_fingerprint(entry)
+    return entry

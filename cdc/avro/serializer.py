@@ -165,6 +165,12 @@ class AvroSerializer:
         except _ENCODE_ERRORS as exc:
             raise SchemaError(f"cannot encode a {kind} record: {exc}") from None
 
+    def prepare(self, table: Table) -> None:
+        """Register ``table``'s key and value schemas now (see `cdc.events.Serializer.prepare`)."""
+        codec = self._codecs.get(table.relation_id)
+        if codec is None or codec.table is not table:
+            self._codec(table)
+
     def take_schema_records(self) -> Sequence[tuple[bytes, bytes]]:
         """(key, value) records for the schema topic registered since the last call."""
         if not self._pending:
@@ -180,7 +186,7 @@ class AvroSerializer:
     def load_schema_records(self, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
         """Start from what the schema topic already holds (after a restart), so versions continue."""
         for key, value in records:
-            self.registry.load(key, value)
+            self.registry.load(key, value, verify=False)  # its own records; a clash is found on use
 
     # -- internals
 

@@ -9,6 +9,7 @@ same way:
   the tests' claims rest on (durable restarts, transactions, SASL, TLS);
 - `tansu`: the Kafka-compatible Tansu broker, in memory, for the demo and a
   fast subset;
+- `tls`: a throwaway CA (openssl) for the servers' and clients' certificates;
 - `process`: ports and processes they share.
 """
 
@@ -39,6 +40,7 @@ from cdc.devservers.postgres import (
 )
 from cdc.devservers.process import alive, free_port, log_tail, wait_for_port
 from cdc.devservers.tansu import Broker, tansu_binary
+from cdc.devservers.tls import Certificate, TestCA, TlsUnavailable
 
 # the names of the module this package replaced
 _alive = alive
@@ -49,6 +51,7 @@ __all__ = [
     "SERVER_SETTINGS",
     "SERVER_TIMEZONE",
     "Broker",
+    "Certificate",
     "ClientSecurity",
     "KafkaInstall",
     "KafkaServer",
@@ -57,7 +60,9 @@ __all__ = [
     "PgInstall",
     "PostgresServer",
     "RunAs",
+    "TestCA",
     "TlsFiles",
+    "TlsUnavailable",
     "_alive",
     "_tail",
     "alive",

@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Self
 
 from cdc.devservers.process import free_ports, kill_process, pause_process, send_signal, stop_process
+from cdc.devservers.tls import TestCA, TlsUnavailable
 from cdc.errors import ServerError
 
 log = logging.getLogger(__name__)
@@ -268,11 +269,13 @@ def _fetch(version: str, home: Path) -> None:
 
 @dataclass(frozen=True, slots=True)
 class TlsFiles:
-    """A CA and a broker certificate it signed for ``localhost`` (and 127.0.0.1)."""
+    """A CA and a broker certificate it signed for ``localhost`` (only: clients that verify the
+    broker's name must call it that); ``ca`` issues client certificates too."""
 
     ca_path: Path
     keystore_path: Path
     keystore_password: str
+    ca: TestCA | None = None
 
 
 def make_tls(directory: Path, hostname: str = "localhost") -> TlsFiles:
@@ -280,38 +283,12 @@ def make_tls(directory: Path, hostname: str = "localhost") -> TlsFiles:
 
     Raises `KafkaUnavailable` without openssl, `ServerError` when it fails.
     """
-    openssl = shutil.which("openssl")
-    if not openssl:
-        raise KafkaUnavailable("no openssl on the PATH to make TLS certificates: apt-get install openssl")
-    directory.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_hex(12)
-    names = ("ca.key", "ca.pem", "broker.key", "broker.csr", "broker.pem")
-    ca_key, ca, key, csr, cert = (directory / name for name in names)
-    (directory / "broker.ext").write_text(
-        f"subjectAltName=DNS:{hostname},IP:127.0.0.1\n"
-        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
-    )
-    keystore = directory / "broker.p12"
-    steps = [
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "30",
-         "-subj", "/CN=cdc test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={hostname}"],
-        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
-         "-days", "30", "-extfile", directory / "broker.ext"],
-        ["pkcs12", "-export", "-in", cert, "-inkey", key, "-certfile", ca, "-name", "broker",
-         "-out", keystore, "-passout", f"pass:{password}"],
-    ]  # fmt: skip
-    for step in steps:
-        proc = subprocess.run(
-            [openssl, *map(str, step)], capture_output=True, text=True, timeout=60, check=False
-        )
-        if proc.returncode != 0:
-            raise ServerError(
-                f"openssl {step[0]} failed making the test certificates in {directory}: "
-                f"{proc.stderr.strip().splitlines()[-1:]}"
-            )
-    return TlsFiles(ca, keystore, password)
+    try:
+        ca = TestCA.create(directory)
+    except TlsUnavailable as exc:
+        raise KafkaUnavailable(str(exc)) from None
+    keystore, password = ca.keystore(ca.issue("broker", (hostname,)), "broker")
+    return TlsFiles(ca.cert_path, keystore, password, ca)
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +325,16 @@ def tls_settings(tls: TlsFiles) -> dict[str, str]:
     }
 
 
+def mutual_tls_settings(tls: TlsFiles) -> dict[str, str]:
+    """TLS that requires a client certificate signed by the test CA."""
+    return {
+        **tls_settings(tls),
+        "ssl.client.auth": "required",
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(tls.ca_path),
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class ClientSecurity:
     """What a client needs to reach one listener, in terms any Kafka client maps 1:1."""
@@ -364,12 +351,12 @@ class ClientSecurity:
 
 
 def _cluster_id() -> str:
-    """A random cluster id as Kafka makes them: URL-safe base64 of a UUID, never starting with "-"
-    (kafka-storage would read such an id as an option: one start in 64 failed to format)."""
+    """A random cluster id as Kafka writes them; never one starting with "-", which kafka-storage's
+    argument parser reads as an option (Kafka's own Uuid.randomUuid avoids those too)."""
     while True:
-        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        if not text.startswith("-"):
-            return text
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _property_line(key: str, value: str) -> str:
@@ -428,6 +415,7 @@ class KafkaServer:
         listeners: Sequence[Listener] = (),
         scram_users: Mapping[str, str] | None = None,
         tls: bool = False,
+        tls_client_auth: bool = False,
         heap: str = "256m",
         jvm_options: Sequence[str] = (),
     ) -> KafkaServer:
@@ -436,9 +424,11 @@ class KafkaServer:
         ``scram_users`` (name -> password) are created at format time and add a
         SASL_PLAINTEXT listener ``SASL`` with SCRAM-SHA-512; ``tls`` makes a CA
         and a certificate for ``localhost`` and adds an ``SSL`` listener (and
-        ``SASL_SSL`` when both are asked for). ``properties`` are written last,
-        so they override anything. Raises `KafkaUnavailable` when java or mvn
-        is missing.
+        ``SASL_SSL`` when both are asked for); ``tls_client_auth`` adds ``MTLS``,
+        an SSL listener that requires a client certificate of that CA
+        (``server.tls.ca.issue(..., client=True)``). ``properties`` are written
+        last, so they override anything. Raises `KafkaUnavailable` when java,
+        mvn or openssl is missing.
         """
         for name, password in (scram_users or {}).items():
             # kafka-storage parses name="..",password=".." inside [..]
@@ -462,12 +452,15 @@ class KafkaServer:
         )
         if scram_users:
             server.listeners.append(Listener("SASL", "SASL_PLAINTEXT", scram_settings()))
-        if tls:
+        if tls or tls_client_auth:
             server.tls = make_tls(base_dir / "tls")
             server.listeners.append(Listener("SSL", "SSL", tls_settings(server.tls), "localhost"))
             if scram_users:
                 both = {**tls_settings(server.tls), **scram_settings()}
                 server.listeners.append(Listener("SASL_SSL", "SASL_SSL", both, "localhost"))
+            if tls_client_auth:
+                mutual = mutual_tls_settings(server.tls)
+                server.listeners.append(Listener("MTLS", "SSL", mutual, "localhost"))
         return server
 
     # -- where it is

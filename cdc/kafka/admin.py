@@ -1,8 +1,8 @@
 """What `cdc doctor` asks the broker: is it there, may we create topics, is the schema topic compacted.
 
 With the client the connector would use (``--producer``) and the settings it
-would pass (``--producer-config``), so a broker that needs SASL or TLS is
-checked as the connector will meet it. Read-only: topic creation is asked
+would pass (its `ClientConfig`, plus ``--producer-config``), so a broker that
+needs SASL or TLS is checked as the connector will meet it. Read-only: topic creation is asked
 with ``validate_only``, which the broker checks (authorization included)
 without creating anything; a broker that ignores it (Tansu 0.6 does) has the
 probe topic deleted again at once.
@@ -15,8 +15,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from cdc.kafka.consumer import check_reachable
-from cdc.kafka.producer import _typed, resolve_producer_kind
+from cdc.errors import CdcError
+from cdc.kafka.clientconfig import ClientConfig, as_client, kafka_python_producer_settings
+from cdc.kafka.connection import LIBRDKAFKA_LOGGER, check_connection
+from cdc.kafka.producer import resolve_producer_kind
 
 log = logging.getLogger(__name__)
 
@@ -35,32 +37,39 @@ class BrokerReport:
 
 def inspect_broker(
     kind: str,
-    bootstrap_servers: str,
+    client: ClientConfig | str,
     client_configs: dict[str, str],
     schema_topic: str,
     timeout: float = 10.0,
 ) -> BrokerReport:
     """Ask the broker the doctor's questions with the ``kind`` of client (auto, confluent, kafka-python).
 
-    ``client_configs`` are the connector's producer settings (security among them).
+    ``client`` is the shared client configuration (the brokers, security); ``client_configs``
+    the connector's producer-only settings (which may carry security too, as before).
     """
-    # seam: the common client settings (--kafka-config, planned) belong in client_configs too
+    client = as_client(client)
     report = BrokerReport()
     try:
-        check_reachable(bootstrap_servers, timeout=min(timeout, 5.0))
-    except Exception as exc:  # SinkError with the reason; nothing else to ask then
+        # the address, then (secured) the TLS handshake and the login: each with its cause
+        check_connection(client, timeout=min(timeout, 15.0))
+    except CdcError as exc:  # SinkError with the reason; nothing else to ask then
         report.reachable_error = str(exc)
         return report
     probe = f"{schema_topic.rpartition('.')[0] or 'cdc'}.cdc-doctor-{secrets.token_hex(3)}"
     if resolve_producer_kind(kind) == "confluent":
-        _ask_confluent(report, bootstrap_servers, client_configs, schema_topic, probe, timeout)
+        _ask_confluent(report, client, client_configs, schema_topic, probe, timeout)
     else:
-        _ask_kafka_python(report, bootstrap_servers, client_configs, schema_topic, probe, timeout)
+        _ask_kafka_python(report, client, client_configs, schema_topic, probe, timeout)
     return report
 
 
 def _ask_confluent(
-    report: BrokerReport, servers: str, configs: dict[str, str], schema_topic: str, probe: str, timeout: float
+    report: BrokerReport,
+    client: ClientConfig,
+    configs: dict[str, str],
+    schema_topic: str,
+    probe: str,
+    timeout: float,
 ) -> None:
     import confluent_kafka  # noqa: PLC0415
     from confluent_kafka.admin import (  # type: ignore[attr-defined]  # noqa: PLC0415
@@ -69,11 +78,7 @@ def _ask_confluent(
         NewTopic,
     )
 
-    config: dict[str, Any] = {
-        **configs,
-        "bootstrap.servers": servers,
-        "logger": logging.getLogger("cdc.kafka.librdkafka"),
-    }
+    config: dict[str, Any] = {**client.confluent(), **configs, "logger": LIBRDKAFKA_LOGGER}
     try:
         admin = AdminClient(config)
         metadata = admin.list_topics(timeout=timeout)
@@ -102,18 +107,24 @@ def _ask_confluent(
 
 
 def _ask_kafka_python(
-    report: BrokerReport, servers: str, configs: dict[str, str], schema_topic: str, probe: str, timeout: float
+    report: BrokerReport,
+    client: ClientConfig,
+    configs: dict[str, str],
+    schema_topic: str,
+    probe: str,
+    timeout: float,
 ) -> None:
     from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic  # noqa: PLC0415
     from kafka.errors import KafkaError  # noqa: PLC0415
 
-    # the admin client refuses producer-only settings: keep those it knows (security among them)
-    known = {k: v for k, v in _typed(configs).items() if k in KafkaAdminClient.DEFAULT_CONFIG}
     try:
+        # the admin client refuses producer-only settings: keep those it knows (security among them)
+        producer = kafka_python_producer_settings(configs)
+        known = {k: v for k, v in producer.items() if k in KafkaAdminClient.DEFAULT_CONFIG}
         admin = KafkaAdminClient(
-            bootstrap_servers=servers.split(","), request_timeout_ms=int(timeout * 1000), **known
+            **{**client.kafka_python(), "request_timeout_ms": int(timeout * 1000), **known}
         )
-    except (KafkaError, ValueError, TypeError, AssertionError) as exc:
+    except (CdcError, KafkaError, ValueError, TypeError, AssertionError) as exc:
         report.reachable_error = _first(exc)
         return
     try:

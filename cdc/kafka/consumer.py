@@ -7,12 +7,23 @@ leaves it are plain `Message` tuples and `cdc.errors.SinkError`.
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
-from cdc.errors import SinkError
+from cdc import redact
+from cdc.errors import ConfigError, SinkError
+from cdc.kafka.clientconfig import ClientConfig, as_client
+from cdc.kafka.connection import check_connection, check_reachable
+
+__all__ = [
+    "Message",
+    "SchemaTopicReader",
+    "TopicReader",
+    "check_reachable",
+    "consumer_error",
+    "read_schema_records",
+]
 
 
 class Message(NamedTuple):
@@ -25,42 +36,36 @@ class Message(NamedTuple):
     value: bytes | None
 
 
-def consumer_error(exc: Exception, bootstrap_servers: str) -> SinkError:
+def consumer_error(exc: Exception, client: ClientConfig | str) -> SinkError:
     """A kafka-python error as one line (its classes differ between 2.x and 3.x: go by name)."""
-    text = str(exc)
+    client = as_client(client)
+    text = redact.redact(str(exc))
+    servers = client.bootstrap_servers
     if type(exc).__name__ == "NoBrokersAvailable" or "bootstrap" in text.lower():
+        if client.secured:
+            return SinkError(
+                f"kafka at {servers} did not let the client in ({client.describe()}): {text}; check the "
+                "login and TLS settings (--kafka-config); kafka-python's log lines above say why"
+            )
         return SinkError(
-            f"cannot reach the broker at {bootstrap_servers}: check --bootstrap-servers and that Kafka runs",
+            f"cannot reach the broker at {servers}: check --bootstrap-servers, that Kafka runs, and "
+            "whether its listener needs security.protocol and a login (--kafka-config)",
             retriable=True,
         )
     return SinkError(
-        f"kafka ({bootstrap_servers}): {text}; check the broker and the topic names",
+        f"kafka ({servers}): {text}; check the broker and the topic names",
         retriable=bool(getattr(exc, "retriable", False)),
     )
 
 
-def check_reachable(bootstrap_servers: str, timeout: float = 5.0) -> None:
-    """Fail fast, with a clear message, when no bootstrap server accepts a connection.
+def _consumer(client: ClientConfig, **config: Any) -> Any:
+    """kafka-python's KafkaConsumer with the shared settings and ``config`` on top."""
+    from kafka import KafkaConsumer  # noqa: PLC0415 - kept local: this package is the only importer
 
-    kafka-python retries for 30 s before giving up (and then leaks the sockets
-    of its attempts); a plain TCP connect answers in milliseconds.
-    """
-    reasons = []
-    for server in (s.strip() for s in bootstrap_servers.split(",")):
-        host, sep, port = server.rpartition(":")
-        if not sep or not port.isdigit():
-            host, port = server, "9092"
-        try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-        except OSError as exc:
-            reasons.append(f"{server}: {exc.strerror or exc}")
-        else:
-            return
-    raise SinkError(
-        f"cannot reach the broker at {bootstrap_servers} ({'; '.join(reasons)}): "
-        "check --bootstrap-servers and that Kafka runs",
-        retriable=True,
-    )
+    try:
+        return KafkaConsumer(**{**client.kafka_python(), **config})
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise ConfigError(f"invalid kafka consumer setting: {redact.redact(str(exc))}") from None
 
 
 class TopicReader:
@@ -73,21 +78,22 @@ class TopicReader:
     def __init__(
         self,
         topics: Sequence[str],
-        bootstrap_servers: str,
+        client: ClientConfig | str,
         *,
         group: str | None = None,
         from_beginning: bool = False,
         config: dict[str, Any] | None = None,
     ) -> None:
-        from kafka import KafkaConsumer, TopicPartition  # noqa: PLC0415 - kept local: only importer
+        from kafka import TopicPartition  # noqa: PLC0415 - kept local: this package is the only importer
         from kafka.errors import KafkaError  # noqa: PLC0415
 
-        check_reachable(bootstrap_servers)
-        self.bootstrap_servers = bootstrap_servers
+        self.client = client = as_client(client)
+        check_connection(client)
+        self.bootstrap_servers = bootstrap_servers = client.bootstrap_servers
         self._kafka_error = KafkaError
         try:
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=bootstrap_servers,
+            self._consumer = _consumer(
+                client,
                 group_id=group,
                 enable_auto_commit=group is not None,
                 auto_offset_reset="earliest" if from_beginning else "latest",
@@ -97,7 +103,7 @@ class TopicReader:
                 **{"isolation_level": "read_committed", **(config or {})},
             )
         except KafkaError as exc:
-            raise consumer_error(exc, bootstrap_servers) from None
+            raise consumer_error(exc, client) from None
         try:
             #: every topic of the cluster, as seen at the start
             self.existing: set[str] = set(self._consumer.topics())
@@ -122,7 +128,7 @@ class TopicReader:
                 self._consumer.subscribe(list(topics))
         except KafkaError as exc:
             self.close()
-            raise consumer_error(exc, bootstrap_servers) from None
+            raise consumer_error(exc, client) from None
         except BaseException:
             self.close()
             raise
@@ -138,7 +144,7 @@ class TopicReader:
         try:
             batches = self._consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
         except self._kafka_error as exc:
-            raise consumer_error(exc, self.bootstrap_servers) from None
+            raise consumer_error(exc, self.client) from None
         return [
             Message(m.topic, m.partition, m.offset, m.key, m.value)
             for batch in batches.values()
@@ -155,16 +161,17 @@ class SchemaTopicReader:
     steps, to their current end; committed records only (a record of an aborted transaction never
     counts)."""
 
-    def __init__(self, bootstrap_servers: str, topics: Sequence[str], **config: Any) -> None:
-        from kafka import KafkaConsumer, TopicPartition  # noqa: PLC0415
+    def __init__(self, client: ClientConfig | str, topics: Sequence[str], **config: Any) -> None:
+        from kafka import TopicPartition  # noqa: PLC0415
         from kafka.errors import KafkaError  # noqa: PLC0415
 
-        check_reachable(bootstrap_servers)
+        self.client = client = as_client(client)
+        check_connection(client)
         self.topics = list(topics)
-        self.bootstrap_servers = bootstrap_servers
+        self.bootstrap_servers = client.bootstrap_servers
         try:
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=bootstrap_servers,
+            self._consumer = _consumer(
+                client,
                 enable_auto_commit=False,
                 allow_auto_create_topics=False,
                 fetch_max_wait_ms=100,
@@ -179,7 +186,7 @@ class SchemaTopicReader:
             if self._partitions:
                 self._consumer.seek_to_beginning(*self._partitions)
         except KafkaError as exc:
-            raise consumer_error(exc, bootstrap_servers) from None
+            raise consumer_error(exc, client) from None
 
     def close(self) -> None:
         self._consumer.close()
@@ -206,14 +213,14 @@ class SchemaTopicReader:
                     for message in batch:
                         yield message.key, message.value
         except KafkaError as exc:
-            raise consumer_error(exc, self.bootstrap_servers) from None
+            raise consumer_error(exc, self.client) from None
 
 
-def read_latest(bootstrap_servers: str, topic: str, **config: Any) -> dict[bytes, bytes]:
+def read_latest(client: ClientConfig | str, topic: str, **config: Any) -> dict[bytes, bytes]:
     """The last committed value of every key of the compacted ``topic`` (a tombstone removes the key);
     empty when the topic does not exist."""
     latest: dict[bytes, bytes] = {}
-    for key, value in read_schema_records(bootstrap_servers, topic, **config):
+    for key, value in read_schema_records(client, topic, **config):
         if key is None:
             continue
         if value is None:
@@ -224,10 +231,10 @@ def read_latest(bootstrap_servers: str, topic: str, **config: Any) -> dict[bytes
 
 
 def read_schema_records(
-    bootstrap_servers: str, topic: str, **config: Any
+    client: ClientConfig | str, topic: str, **config: Any
 ) -> list[tuple[bytes | None, bytes | None]]:
     """Every record of the schema topic ``topic`` (for `cdc.avro.AvroSerializer.load_schema_records`)."""
-    reader = SchemaTopicReader(bootstrap_servers, [topic], **config)
+    reader = SchemaTopicReader(client, [topic], **config)
     try:
         return list(reader.records())
     finally:

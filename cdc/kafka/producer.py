@@ -1,8 +1,10 @@
 """Producing to Kafka: an idempotent producer with delivery tracking, and topic creation.
 
 With `cdc.kafka.consumer`, the only code importing a Kafka client. Two producers share one small
-interface: kafka-python (pure Python, the default) and confluent-kafka
-(librdkafka, optional and several times faster; ``--producer confluent``).
+interface: confluent-kafka (librdkafka, several times faster, the default) and kafka-python
+(pure Python, the fallback). Both start from the one `ClientConfig` of the process, so the same
+security settings reach them and their admin clients; ``--producer-config`` adds settings of the
+producer alone, in its client's own names.
 
 Delivery reports carry the caller's token (the checkpoint's `InFlight`
 entry) back to the main thread through a deque: `Producer.poll` drains it and
@@ -22,14 +24,32 @@ from typing import Any, Final, Protocol
 
 import orjson
 
+from cdc import redact
 from cdc.checkpoint import InFlight
 from cdc.errors import ConfigError, DeliveryFailed, SinkError
+from cdc.kafka.clientconfig import ClientConfig, as_client, kafka_python_producer_settings
+from cdc.kafka.connection import await_metadata, check_connection, make_librdkafka
+from cdc.kafka.consumer import consumer_error
 
 log = logging.getLogger(__name__)
 
 
+Headers = list[tuple[str, bytes]]
+
+
 class Producer(Protocol):
-    def send(self, topic: str, key: bytes | None, value: bytes | None, token: InFlight) -> None:
+    #: set when made with a transactional id (``--delivery exactly-once``): every send needs an open
+    #: transaction
+    transactional_id: str
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        token: InFlight,
+        headers: Headers | None = None,
+    ) -> None:
         """Queue one record; blocks while the buffer is full (that pauses the replication read)."""
 
     def send_and_wait(self, topic: str, key: bytes | None, value: bytes | None, timeout: float) -> None:
@@ -48,6 +68,15 @@ class Producer(Protocol):
 
     def ensure_topic(self, topic: str, compact: bool = False) -> None:
         """Create ``topic`` unless it exists (once per process per topic)."""
+
+    def max_message_bytes(self, topic: str) -> int | None:
+        """The topic's ``max.message.bytes`` (the largest record batch the broker takes); None when
+        the broker does not say."""
+
+    def keep_rejected(self) -> deque[Rejected]:
+        """From now on, records the broker refuses for good on their own (too large) are handed back in
+        the returned deque instead of failing `poll`; a producer that cannot go on after such a
+        refusal (kafka-python's idempotent one) still fails."""
 
     # -- transactions (a producer made with a transactional id) ----------------------------
 
@@ -75,6 +104,22 @@ def fenced_error(transactional_id: str) -> SinkError:
         "with the same name elsewhere); stop one of them",
         retriable=False,
     )
+
+
+@dataclass(slots=True)
+class Rejected:
+    """A record the broker refused for good, with the token it was sent with."""
+
+    token: InFlight
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers | None
+    error: str
+
+
+#: librdkafka's errors that refuse one record for what it is (a new session would fail the same way)
+_RECORD_CODES = frozenset({"MSG_SIZE_TOO_LARGE", "INVALID_MSG_SIZE", "INVALID_RECORD", "INVALID_MSG"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +198,7 @@ class KafkaPythonProducer:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        client: ClientConfig | str,
         client_id: str,
         max_buffer_mb: int,
         topics: TopicSettings | None = None,
@@ -162,9 +207,10 @@ class KafkaPythonProducer:
         from kafka import KafkaProducer  # noqa: PLC0415 - kept local: this module is the only importer
         from kafka.errors import KafkaError  # noqa: PLC0415
 
+        self.client = client = as_client(client)
+        bootstrap_servers = client.bootstrap_servers
         config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap_servers.split(","),
-            "client_id": client_id,
+            "client_id": client_id,  # a shared client.id (in kafka_python() below) wins
             "acks": "all",
             "enable_idempotence": True,
             "linger_ms": 5,
@@ -174,8 +220,10 @@ class KafkaPythonProducer:
             "delivery_timeout_ms": 120_000,
             "request_timeout_ms": 30_000,
             "reconnect_backoff_max_ms": 2_000,
+            **client.kafka_python(),
         }
-        config.update(_typed(overrides or {}))
+        config.update(kafka_python_producer_settings(overrides or {}))
+        check_connection(client)
         self.transactional_id = str(config.get("transactional_id") or "")
         self.in_transaction = False
         self.bootstrap_servers = bootstrap_servers
@@ -193,13 +241,9 @@ class KafkaPythonProducer:
         try:
             self.producer = KafkaProducer(**config)
         except KafkaError as exc:
-            raise SinkError(
-                f"cannot reach the broker at {bootstrap_servers}: {exc}; "
-                "is it running? fix --bootstrap-servers",
-                retriable=True,
-            ) from None
+            raise consumer_error(exc, client) from None
         except (TypeError, ValueError, AssertionError) as exc:
-            raise ConfigError(f"invalid producer setting: {exc}") from None
+            raise ConfigError(f"invalid producer setting: {redact.redact(str(exc))}") from None
         self.admin: Any = None
 
     def _callbacks(self, token: InFlight) -> tuple[Any, Any]:
@@ -252,13 +296,20 @@ class KafkaPythonProducer:
         except Exception as exc:  # another state, another layout: the commit's own checks remain
             log.debug("could not mark the transaction failed: %s", exc)
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None, token: InFlight) -> None:
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        token: InFlight,
+        headers: Headers | None = None,
+    ) -> None:
         size = (len(key) if key else 0) + (len(value) if value else 0) + KAFKA_PYTHON_RECORD_OVERHEAD
         if self.buffered + size > self.max_buffer:
             self._wait_for_room(size)
         token.pending += 1
         try:
-            future = self.producer.send(topic, value=value, key=key)
+            future = self.producer.send(topic, value=value, key=key, headers=headers)
         except self._kafka_error as exc:
             token.pending -= 1
             raise SinkError(f"cannot produce to {topic}: {exc}", retriable=_retriable(exc)) from None
@@ -362,6 +413,26 @@ class KafkaPythonProducer:
         if self.admin is not None:
             self.admin.close()
 
+    def max_message_bytes(self, topic: str) -> int | None:
+        from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient  # noqa: PLC0415
+
+        try:
+            if self.admin is None:
+                self.admin = KafkaAdminClient(**self.client.kafka_python())
+            resource = ConfigResource(ConfigResourceType.TOPIC, topic)
+            try:  # kafka-python 3 lists only non-default values unless asked for all
+                answer = self.admin.describe_configs([resource], config_filter="all")
+            except TypeError:
+                answer = self.admin.describe_configs([resource])
+        except self._kafka_error as exc:
+            log.debug("cannot read max.message.bytes of %s: %s", topic, exc)
+            return None
+        return _config_int(answer, topic, "max.message.bytes")
+
+    def keep_rejected(self) -> deque[Rejected]:
+        # its idempotent producer fails every later batch after a refused one: nothing to hand back
+        return deque()
+
     def ensure_topic(self, topic: str, compact: bool = False) -> None:
         if topic in self.known_topics:
             return
@@ -371,7 +442,7 @@ class KafkaPythonProducer:
         partitions, replication, configs = self.topics.for_topic(compact)
         try:
             if self.admin is None:
-                self.admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers.split(","))
+                self.admin = KafkaAdminClient(**self.client.kafka_python())
             self.admin.create_topics([NewTopic(topic, partitions, replication, topic_configs=configs)])
             log.info("created topic %s (%s partitions)", topic, partitions)
         except TopicAlreadyExistsError:
@@ -388,7 +459,7 @@ class ConfluentProducer:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        client: ClientConfig | str,
         client_id: str,
         max_buffer_mb: int,
         topics: TopicSettings | None = None,
@@ -397,11 +468,14 @@ class ConfluentProducer:
         try:
             import confluent_kafka  # noqa: PLC0415
         except ImportError:
-            raise ConfigError("producer 'confluent' needs confluent-kafka: pip install 'cdc[fast]'") from None
+            raise ConfigError(
+                "producer 'confluent' needs confluent-kafka: pip install confluent-kafka"
+            ) from None
         self._ck = confluent_kafka
+        self.client = client = as_client(client)
+        bootstrap_servers = client.bootstrap_servers
         config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
-            "client.id": client_id,
+            "client.id": client.options.get("client.id", client_id),  # a shared client.id wins
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
@@ -418,10 +492,8 @@ class ConfluentProducer:
             # librdkafka's statistics: the bytes in its queue, for the metrics (every 5 s, from poll)
             "statistics.interval.ms": 5000,
             "stats_cb": self._on_stats,
-            # librdkafka's own log lines go through Python logging, not raw stderr
-            "logger": logging.getLogger("cdc.kafka.librdkafka"),
+            **(overrides or {}),
         }
-        config.update(overrides or {})
         self.transactional_id = str(config.get("transactional.id") or "")
         self.in_transaction = False
         self.bootstrap_servers = bootstrap_servers
@@ -430,27 +502,24 @@ class ConfluentProducer:
         self.deliveries = _Deliveries()
         self._token: InFlight | None = None
         self._token_callback: Any = None
+        self.rejected: deque[Rejected] | None = None  # see keep_rejected
         self.queued_bytes = 0
-        try:
-            self.producer = confluent_kafka.Producer(config)
-        except confluent_kafka.KafkaException as exc:
-            raise ConfigError(f"invalid producer setting: {exc}") from None
-        try:
-            # librdkafka connects lazily: ask for metadata so a wrong address fails now
-            self.producer.list_topics(timeout=10)
-        except confluent_kafka.KafkaException as exc:
-            raise SinkError(
-                f"cannot reach the broker at {bootstrap_servers}: {exc.args[0] if exc.args else exc}; "
-                "is it running? fix --bootstrap-servers",
-                retriable=True,
-            ) from None
+        self._connect_errors: list[Any] | None = []
+        redact.remember_pairs(overrides or {})
+        self.producer = make_librdkafka(confluent_kafka.Producer, client, config)
+        # librdkafka connects lazily: ask for metadata, so that a wrong address, login or
+        # certificate fails now, and with its cause
+        await_metadata(self.producer, self._connect_errors, client)
+        self._connect_errors = None
         self.admin: Any = None
 
     def _on_error(self, error: Any) -> None:
+        if self._connect_errors is not None:
+            self._connect_errors.append(error)
         if error.fatal():
             self.deliveries.failures.append((None, _ConfluentFailure(error)))
         else:
-            log.debug("kafka: %s", error)
+            log.debug("kafka: %s", redact.redact(str(error)))
 
     def _on_stats(self, text: str) -> None:
         with contextlib.suppress(orjson.JSONDecodeError, TypeError, ValueError):
@@ -464,32 +533,58 @@ class ConfluentProducer:
         """The delivery callback for ``token``, made once per transaction rather than per record."""
         if token is not self._token:
             acked, failures = self.deliveries.acked.append, self.deliveries.failures.append
+            rejected = self.rejected
 
-            def done(error: Any, _message: Any) -> None:
+            def done(error: Any, message: Any) -> None:
                 if error is None:
                     acked(token)
+                elif rejected is not None and error.name() in _RECORD_CODES:
+                    rejected.append(
+                        Rejected(token, message.topic(), message.key(), message.value(),
+                                 message.headers(), str(error))
+                    )  # fmt: skip
                 else:
                     failures((token, _ConfluentFailure(error)))
 
             self._token, self._token_callback = token, done
         return self._token_callback
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None, token: InFlight) -> None:
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        token: InFlight,
+        headers: Headers | None = None,
+    ) -> None:
         done = self._callback(token)
         try:
-            self.producer.produce(topic, value=value, key=key, on_delivery=done)
+            self.producer.produce(topic, value=value, key=key, on_delivery=done, headers=headers)
         except (BufferError, self._ck.KafkaException):
             # off the per-record path: wait for room, or raise the error as a SinkError
-            self._enqueue(topic, key, value, done)
+            self._enqueue(topic, key, value, done, headers)
         # counted once queued; its report is applied only by poll(), after this
         token.pending += 1
 
-    def _enqueue(self, topic: str, key: bytes | None, value: bytes | None, on_delivery: Any) -> None:
+    def _enqueue(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        on_delivery: Any,
+        headers: Headers | None = None,
+    ) -> None:
         """Hand one record to librdkafka, waiting (up to 60 s) while its queue is full."""
         deadline = 0.0
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                self.producer.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    on_delivery=on_delivery,
+                    headers=headers,
+                )
                 return
             except BufferError:
                 # the local queue is full: serve delivery reports, which frees it
@@ -580,6 +675,31 @@ class ConfluentProducer:
         except (self._ck.KafkaException, SystemError) as exc:
             log.debug("closing the producer: %s", exc)
 
+    def keep_rejected(self) -> deque[Rejected]:
+        if self.rejected is None:
+            self.rejected = deque()
+            self._token = None  # callbacks made from now on hand refused records back
+        return self.rejected
+
+    def max_message_bytes(self, topic: str) -> int | None:
+        from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]  # noqa: PLC0415
+
+        self._admin()
+        resource = ConfigResource("topic", topic)
+        try:
+            entries = self.admin.describe_configs([resource], request_timeout=30)[resource].result(30)
+            entry = entries.get("max.message.bytes")
+            return None if entry is None or entry.value is None else int(entry.value)
+        except (self._ck.KafkaException, ValueError, TypeError) as exc:
+            log.debug("cannot read max.message.bytes of %s: %s", topic, exc)
+            return None
+
+    def _admin(self) -> None:
+        from confluent_kafka.admin import AdminClient  # noqa: PLC0415
+
+        if self.admin is None:
+            self.admin = make_librdkafka(AdminClient, self.client, {})
+
     def ensure_topic(self, topic: str, compact: bool = False) -> None:
         if topic in self.known_topics:
             return
@@ -587,11 +707,7 @@ class ConfluentProducer:
 
         partitions, replication, configs = self.topics.for_topic(compact)
         if self.admin is None:
-            admin_config: dict[str, Any] = {
-                "bootstrap.servers": self.bootstrap_servers,
-                "logger": logging.getLogger("cdc.kafka.librdkafka"),
-            }
-            self.admin = AdminClient(admin_config)
+            self.admin = make_librdkafka(AdminClient, self.client, {})
         futures = self.admin.create_topics(
             [NewTopic(topic, partitions, replication, config=configs)], request_timeout=30
         )
@@ -636,17 +752,23 @@ def _confluent_retriable(exc: BaseException) -> bool:
     return error is None or not hasattr(error, "name") or error.name() not in _PERMANENT_CODES
 
 
-def _typed(overrides: dict[str, str]) -> dict[str, Any]:
-    """kafka-python wants ints for its numeric settings; config values arrive as strings."""
-    typed: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if value.isdigit():
-            typed[key] = int(value)
-        elif value.lower() in ("true", "false"):
-            typed[key] = value.lower() == "true"
-        else:
-            typed[key] = value
-    return typed
+def _config_int(answer: Any, topic: str, name: str) -> int | None:
+    """One integer config out of kafka-python's describe_configs: a dict (3.x) or responses (2.x)."""
+    value: Any = None
+    if isinstance(answer, dict):
+        entry = answer.get("topic", {}).get(topic, {}).get(name)
+        value = None if entry is None else entry.get("value")
+    else:
+        for response in answer if isinstance(answer, list) else [answer]:
+            for resource in getattr(response, "resources", None) or []:
+                entries = resource[4] if isinstance(resource, tuple) else getattr(resource, "configs", [])
+                for config in entries:
+                    if (config[0] if isinstance(config, tuple) else getattr(config, "name", None)) == name:
+                        value = config[1] if isinstance(config, tuple) else getattr(config, "value", None)
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def resolve_producer_kind(kind: str) -> str:
@@ -667,15 +789,17 @@ TRANSACTION_TIMEOUT_MS: Final = 600_000
 
 def make_producer(
     kind: str,
-    bootstrap_servers: str,
+    client: ClientConfig | str,
     client_id: str,
     max_buffer_mb: int,
     topics: TopicSettings | None = None,
     overrides: dict[str, str] | None = None,
     transactional_id: str = "",
 ) -> Producer:
-    """A producer of ``kind``; with ``transactional_id``, a transactional one, already registered
-    (`Producer.init_transactions`), so a producer of another process with the same id is fenced."""
+    """The producer of ``kind`` (``auto``, ``confluent``, ``kafka-python``) with the shared client
+    settings ``client`` (or just its brokers) and the producer-only ``overrides``; with
+    ``transactional_id``, a transactional one, already registered (`Producer.init_transactions`),
+    so a producer of another process with the same id is fenced."""
     confluent = resolve_producer_kind(kind) == "confluent"
     settings = dict(overrides or {})
     if transactional_id:
@@ -693,7 +817,7 @@ def make_producer(
             }
     cls: type[KafkaPythonProducer] | type[ConfluentProducer]
     cls = ConfluentProducer if confluent else KafkaPythonProducer
-    producer = cls(bootstrap_servers, client_id, max_buffer_mb, topics, settings)
+    producer = cls(client, client_id, max_buffer_mb, topics, settings)
     if transactional_id:
         try:
             producer.init_transactions(60)

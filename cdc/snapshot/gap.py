@@ -27,6 +27,7 @@ from cdc.errors import SinkError
 from cdc.events import ChangeEvent, table_topic
 from cdc.lsn import format_lsn
 from cdc.pgtypes import TypeCatalog
+from cdc.shaping.select import Selection
 from cdc.snapshot.state import IncrementalTask, SnapshotState, SnapshotStore
 from cdc.snapshot.tables import captured_tables, describe_table, normalize_table, table_from_spec
 from cdc.status import Status
@@ -53,7 +54,7 @@ def close_gap(
     """
     s = settings
     gap = slots.pending_gap(s)
-    tables = captured_tables(conn, s.tables, s.publication)
+    tables = captured_tables(conn, s.tables, s.publication, s.exclude_tables)
     token = InFlight(slot_lsn)
     ts_ms = int(time.time() * 1000)
     queued: list[str] = []
@@ -80,7 +81,9 @@ def close_gap(
     store = SnapshotStore(s.instance_dir)
     state = store.load()
     if not state.belongs_to(s.slot, system_id, database):
-        listed = [normalize_table(t) for t in s.tables]
+        selection = Selection.from_settings(s)
+        exact = selection.exact or selection.everything
+        listed = [normalize_table(t) for t in s.tables] if exact else tables
         state = SnapshotState(
             s.slot, system_id, database, slot_lsn, "complete", listed, started_at=time.time()
         )
@@ -91,6 +94,8 @@ def close_gap(
     state.incremental += [IncrementalTask(name) for name in queued]
     store.save(state)
     slots.gap_closed(s)
+    # the status shows the reads queued from now on, not the last session's empty queue
+    status.snapshot["incremental"] = [{"table": t.table, "rows": t.rows} for t in state.incremental]
     status.slot_recreations += 1
     lost = f"after {gap['confirmed_lsn']}" if gap else "while the slot was lost"
     log.warning(

@@ -135,6 +135,8 @@ class IncrementalSnapshots:
         self.catalog = catalog
         self.chunk: _Chunk | None = None
         self.touched: set[int] = set()  # xids of streamed changes to the watched table
+        #: xids of the transactions the stream delivered last (any table): a read must see them all
+        self.recent: deque[int] = deque(maxlen=256)
         self.settling: deque[tuple[InFlight, IncrementalTask, list[str] | None, int, bool]] = deque()
         self.ready = bool(self.state.incremental)
         self.retry_at = 0.0
@@ -175,11 +177,13 @@ class IncrementalSnapshots:
         chunk = self.chunk
         if mark.get("slot") != self.settings.slot or chunk is None or mark.get("id") != chunk.id:
             return  # another connector's, or one replayed after a restart
-        if mark.get("kind") != "high":
-            log.debug("low watermark %s", chunk.id)
-            return
         if txn is None or entry is None:
             raise DecodeError("a watermark outside a transaction", kind="MESSAGE")
+        if mark.get("kind") != "high":
+            log.debug("low watermark %s", chunk.id)
+            if chunk.task.clear_first and chunk.task.last_key is None:
+                self._clear(chunk, message, txn, entry)
+            return
         table = self.versions.resolve(chunk.table)
         topic = table_topic(self.settings.topic_prefix, table)
         self.writer.ensure_topic(topic)
@@ -199,6 +203,68 @@ class IncrementalSnapshots:
         )  # fmt: skip
         self.chunk = None
         self.ready = self.reading is not None
+        if self.reading is None:
+            self.watched = -1  # the table's last chunk is out: its changes need no watching any more
+
+    def _clear(self, chunk: _Chunk, message: LogicalMessage, txn: Transaction, entry: InFlight) -> None:
+        """A truncate event before the first rows read again: what the topic holds of the table is
+        gone (dropped, or changed while outside the publication). In the low watermark's transaction,
+        so it follows every change streamed before and precedes the rows of the read."""
+        table = self.versions.resolve(chunk.table)
+        topic = table_topic(self.settings.topic_prefix, table)
+        self.writer.ensure_topic(topic)
+        event = ChangeEvent(
+            "t", table, None, None, message.lsn, txn.commit_lsn, txn.xid, txn.commit_ts_ms,
+            snapshot="incremental",
+        )  # fmt: skip
+        self.writer.write(event, entry, topic)
+        log.info("table %s: a truncate event first, then its rows read again", table.qualified_name)
+
+    def recreated(self, tables: list[str]) -> None:
+        """Tables dropped and created again, or put back into the publication after they left it
+        (`cdc.shaping.catalog.TableWatcher`): the topic holds rows they no longer have, so a truncate
+        event goes first, then every row is read again."""
+        for name in tables:
+            self.state.incremental = [t for t in self.state.incremental if t.table != name]
+            if self.settings.snapshot == "never":
+                log.warning(
+                    "table %s was dropped and created again (or left the publication): its rows are not "
+                    "read again (--snapshot never): `cdc snapshot %s` reads them",
+                    name,
+                    name,
+                )
+                continue
+            log.warning(
+                "table %s was dropped and created again (or left the publication for a while): its topic "
+                "gets a truncate event, then every row is read again (incremental snapshot)",
+                name,
+            )
+            self.state.incremental.append(IncrementalTask(name, clear_first=True))
+            if self.reading is not None and self.reading.task.table == name:
+                self.reading = None  # the read in progress was of the old table
+        self.store.save(self.state)
+        self.ready = self.ready or self.chunk is None
+        self._publish_stats()
+
+    def joined(self, tables: list[str]) -> None:
+        """Tables that joined the capture while streaming (`cdc.shaping.catalog.TableWatcher`): their
+        rows from before the publication took them are not in the stream, so they are read now."""
+        queued = {task.table for task in self.state.incremental}
+        for name in tables:
+            if self.settings.snapshot == "never":
+                log.warning(
+                    "table %s joined the capture; its rows from before are not read (--snapshot never): "
+                    "`cdc snapshot %s` reads them",
+                    name,
+                    name,
+                )
+            elif name not in queued:
+                log.info("table %s joined the capture: queueing an incremental snapshot of it", name)
+                self.state.incremental.append(IncrementalTask(name))
+        self.state.tables = sorted({*self.state.tables, *tables})
+        self.store.save(self.state)
+        self.ready = self.ready or self.chunk is None
+        self._publish_stats()
 
     def tick(self, confirmed: int) -> None:
         """Every status interval: take requests, record the chunks whose high watermark's transaction
@@ -253,7 +319,9 @@ class IncrementalSnapshots:
             return
         # a transaction the stream already delivered but the read did not see yet (a commit
         # that is in the WAL but not yet visible): the read is older than the topic; read again
-        if any(snapshot.invisible(xid) for xid in self.touched):
+        if any(snapshot.invisible(xid) for xid in self.touched) or any(
+            snapshot.invisible(xid) for xid in self.recent
+        ):
             log.debug("chunk of %s read too early; reading it again", watched.task.table)
             self.retry_at = time.monotonic() + 0.05
             return
@@ -268,8 +336,8 @@ class IncrementalSnapshots:
         watched.next_key = last_key
         self.ready = False
         if final:
+            # still watched until the high watermark: a change streamed before it must drop its keys
             self.reading = None
-            self.watched = -1
 
     # -- internals ---------------------------------------------------------------------
 
@@ -336,7 +404,7 @@ class IncrementalSnapshots:
 
     def _accept(self, wanted: list[str]) -> tuple[list[str], dict[str, str]]:
         s = self.settings
-        captured = set(captured_tables(self._catalog_conn(), s.tables, s.publication))
+        captured = set(captured_tables(self._catalog_conn(), s.tables, s.publication, s.exclude_tables))
         accepted: list[str] = []
         rejected: dict[str, str] = {}
         queued = {task.table for task in self.state.incremental}

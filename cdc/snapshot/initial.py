@@ -32,6 +32,7 @@ from cdc.errors import CdcError, SinkError, SourceError
 from cdc.events import ChangeEvent, SourceInfo, table_topic
 from cdc.lsn import format_lsn
 from cdc.pgtypes import TypeCatalog
+from cdc.shaping.select import Selection
 from cdc.snapshot.progress import SnapshotProgress
 from cdc.snapshot.state import IncrementalTask, SnapshotState, SnapshotStore, TablePlan
 from cdc.snapshot.tables import (
@@ -51,6 +52,9 @@ if TYPE_CHECKING:
     from multiprocessing.context import SpawnProcess
 
 log = logging.getLogger(__name__)
+
+#: Seconds between writes of ``snapshot.json`` while chunks complete.
+SAVE_INTERVAL = 0.5
 
 
 class InitialSnapshot:
@@ -89,6 +93,7 @@ class InitialSnapshot:
         self.ts_ms = int(time.time() * 1000)
         self.progress: SnapshotProgress | None = None
         self.queue: deque[tuple[str, int]] = deque()  # chunks no worker took yet
+        self.unsaved = False  # chunks done that snapshot.json does not say yet
 
     def run(self, exported: str | None) -> bool:
         """Read every pending chunk; True once the whole snapshot is in Kafka, False if stopped.
@@ -102,6 +107,8 @@ class InitialSnapshot:
         total_rows = sum(p.rows for p in state.plans.values())
         for name in state.plans:
             self.writer.ensure_topic(table_topic(s.topic_prefix, self.tables[name]))
+        # every table's schemas now, in one batch: the workers find them on the schema topic
+        self.writer.publish_schemas(list(self.tables.values()))
         self.progress = SnapshotProgress(
             {name: (plan.rows, plan.estimate) for name, plan in state.plans.items() if not plan.complete()}
         )
@@ -193,7 +200,7 @@ class InitialSnapshot:
         self.queue = deque(tasks)
         error: CdcError | None = None
         aborted = False
-        next_report = 0.0
+        next_report = next_save = 0.0
         try:
             while pipes:
                 if time.monotonic() >= next_report:
@@ -221,6 +228,9 @@ class InitialSnapshot:
                         error = error or self._on_message(message)
                 self._dispatch(pipes, aborted)
                 self._settle()
+                if self.unsaved and time.monotonic() >= next_save:
+                    self._save()
+                    next_save = time.monotonic() + SAVE_INTERVAL
                 if not aborted and (error is not None or self.stop.is_set()):
                     aborted = True  # what Kafka holds stays recorded; the rest is read next time
                     if error is None:
@@ -228,6 +238,7 @@ class InitialSnapshot:
                     for pipe in pipes.values():
                         send(pipe, ("abort",))
         finally:
+            self._save()
             for pipe in pipes.values():
                 send(pipe, ("abort",))
             for process in processes.values():
@@ -260,6 +271,13 @@ class InitialSnapshot:
             last = self.exactly_once and not self.queue
             self.busy.add(n)
             send(pipes[n], ("task", name, index, last))
+
+    def _save(self) -> None:
+        """``snapshot.json`` with the chunks Kafka holds. Written late, a chunk is only read again
+        after a crash (its rows are in Kafka either way); never written early."""
+        if self.unsaved:
+            self.store.save(self.state)
+            self.unsaved = False
 
     def _report(self) -> None:
         """Progress into the connector's status (``cdc status``)."""
@@ -354,6 +372,7 @@ class InitialSnapshot:
             self._emit_held(snapshot)
         self.writer.flush(30)
         self._settle()
+        self._save()
 
     def _settle(self) -> None:
         self.writer.poll()
@@ -370,7 +389,7 @@ class InitialSnapshot:
         status = self.status
         status.events_total += rows
         status.events_per_table[name] += rows
-        self.store.save(self.state)
+        self.unsaved = True  # written at most every SAVE_INTERVAL: an fsync per chunk would cost more
         if plan.complete() and not plan.gave_up:
             assert self.progress is not None
             self.progress.table_done(name, plan.rows)
@@ -382,6 +401,7 @@ class InitialSnapshot:
         if not self.writer.flush(60):
             raise SinkError("kafka did not acknowledge the last snapshot rows within 60 s", retriable=True)
         self._settle()
+        self._save()
         if self.unacked or not all(plan.complete() for plan in self.state.plans.values()):
             raise SinkError("kafka did not acknowledge every snapshot row", retriable=True)
         self.state.phase = "complete"
@@ -427,8 +447,11 @@ def before_streaming(
     s = settings
     store = SnapshotStore(s.instance_dir)
     state = store.load()
-    tables = captured_tables(conn, s.tables, s.publication)
-    listed = [normalize_table(t) for t in s.tables]
+    tables = captured_tables(conn, s.tables, s.publication, s.exclude_tables)
+    selection = Selection.from_settings(s)
+    patterns = not (selection.exact or selection.everything)
+    # what the next start compares with: --tables names, or the set patterns matched
+    listed = tables if patterns else [normalize_table(t) for t in s.tables]
     if start.new_slot or not state.belongs_to(s.slot, start.system_id, start.database):
         if not start.new_slot and s.snapshot == "initial-only":
             raise SourceError(
@@ -468,7 +491,7 @@ def before_streaming(
                 plan.done.add(index)
                 plan.rows += rows
     elif s.snapshot != "never":
-        _queue_added_tables(state, listed)
+        _queue_added_tables(state, listed, patterns)
     state.tables = listed
     store.save(state)
     status.snapshot = {"phase": state.phase}
@@ -513,13 +536,16 @@ def _plan(
     return specs
 
 
-def _queue_added_tables(state: SnapshotState, listed: list[str]) -> None:
-    """Tables added to an explicit ``--tables`` since the last start get an incremental snapshot."""
-    if not state.tables or not listed:
+def _queue_added_tables(state: SnapshotState, listed: list[str], patterns: bool = False) -> None:
+    """Tables added to an explicit ``--tables`` since the last start get an incremental snapshot, and
+    so do tables that match ``--tables`` patterns and were not captured before (created while the
+    connector was stopped: the publication took them only now)."""
+    if not patterns and (not state.tables or not listed):
         return  # all tables: new ones are streamed from their creation
     queued = {task.table for task in state.incremental}
     for name in listed:
         if name not in state.tables and name not in queued:
-            log.info("table %s was added to --tables: queueing an incremental snapshot of it", name)
+            why = "matches --tables" if patterns else "was added to --tables"
+            log.info("table %s %s: queueing an incremental snapshot of it", name, why)
             state.incremental.append(IncrementalTask(name))
     state.incremental = [task for task in state.incremental if task.table in listed]

@@ -53,6 +53,9 @@ class IncrementalTask:
     last_key: list[str] | None = None
     rows: int = 0
     requested_at: float = field(default_factory=time.time)
+    #: the topic holds rows the table no longer has (it was dropped and created again, or left the
+    #: publication for a while): a truncate event goes first, in the first chunk's low watermark
+    clear_first: bool = False
 
 
 @dataclass(slots=True)
@@ -108,6 +111,7 @@ class SnapshotStore:
                         None if task.get("last_key") is None else [str(v) for v in task["last_key"]],
                         int(task.get("rows", 0)),
                         float(task.get("requested_at", 0.0)),
+                        bool(task.get("clear_first", False)),
                     )
                     for task in data.get("incremental", [])
                 ],
@@ -142,6 +146,7 @@ class SnapshotStore:
                     "last_key": task.last_key,
                     "rows": task.rows,
                     "requested_at": task.requested_at,
+                    "clear_first": task.clear_first,
                 }
                 for task in state.incremental
             ],

@@ -22,6 +22,7 @@ from cdc.errors import DecodeError, SourceError
 from cdc.events import Table, TableColumn
 from cdc.pgoutput import ReplicaIdentity
 from cdc.pgtypes import TypeCatalog, column_type, row_parser
+from cdc.shaping.select import Selection, TablePattern
 
 
 @dataclass(slots=True, frozen=True)
@@ -45,6 +46,9 @@ class TableSpec:
     columns: tuple[ColumnSpec, ...]
     primary_key: tuple[str, ...]
     estimate: int  # reltuples (summed over partitions), 0 when unknown
+    #: the publication's row filter of the table (PostgreSQL 15+), as the server prints it: the
+    #: snapshot reads only the rows the stream would send
+    row_filter: str | None = None
 
     @property
     def qualified_name(self) -> str:
@@ -55,12 +59,18 @@ def normalize_table(table: str) -> str:
     return ".".join(replication.split_table(table))
 
 
-def captured_tables(conn: psycopg.Connection[Any], tables: list[str], publication: str) -> list[str]:
-    """The tables this connector captures: ``--tables``, or every table of its publication."""
-    if tables:
+def captured_tables(
+    conn: psycopg.Connection[Any], tables: list[str], publication: str, exclude: list[str] | None = None
+) -> list[str]:
+    """The tables this connector captures: ``--tables`` names, or the tables of its publication that
+    ``--tables`` patterns (every table without any) and ``--exclude-tables`` select."""
+    selection = Selection(
+        tuple(TablePattern.parse(t) for t in tables), tuple(TablePattern.parse(t) for t in exclude or ())
+    )
+    if selection.exact:
         return [normalize_table(t) for t in tables]
     published = replication.publication_tables(conn, publication)
-    return sorted(published[1]) if published else []
+    return sorted({*selection.pick(published[1] if published else ()), *selection.names})
 
 
 _CHECK_TABLE: Final = "check the table and the role's privileges"
@@ -77,6 +87,8 @@ def describe_table(conn: psycopg.Connection[Any], table: str, publication: str) 
     stored generated columns when the publication says so), restricted to the
     publication's column list if it has one. Key flags follow the replica
     identity: DEFAULT -> primary key, INDEX -> that index, FULL -> every column.
+    The publication's row filter (PostgreSQL 15+) is kept for `copy_statement`:
+    a hand-made publication's as well as the one cdc makes from ``--row-filter``.
     """
     rows = _query(
         conn,
@@ -94,16 +106,19 @@ def describe_table(conn: psycopg.Connection[Any], table: str, publication: str) 
         gen = _query(conn, "SELECT pubgencols::text FROM pg_publication WHERE pubname = %s", (publication,))
         generated = bool(gen) and gen[0][0] == "s"
     attrs: list[int] | None = None
+    row_filter: str | None = None
     if version >= 150000:
         listed = _query(
             conn,
-            """SELECT pr.prattrs::int2[] FROM pg_publication_rel pr
+            """SELECT pr.prattrs::int2[], pg_get_expr(pr.prqual, pr.prrelid) FROM pg_publication_rel pr
                  JOIN pg_publication p ON p.oid = pr.prpubid
                 WHERE p.pubname = %s AND pr.prrelid = %s""",
             (publication, oid),
         )
         if listed and listed[0][0] is not None:
             attrs = [int(a) for a in listed[0][0]]
+        if listed and listed[0][1] is not None:
+            row_filter = str(listed[0][1])
     columns = _query(
         conn,
         """SELECT a.attnum, a.attname, a.atttypid::int8, a.atttypmod, format_type(a.atttypid, a.atttypmod)
@@ -143,6 +158,7 @@ def describe_table(conn: psycopg.Connection[Any], table: str, publication: str) 
         ),
         primary_key=tuple(primary),
         estimate=estimate,
+        row_filter=row_filter,
     )
 
 
@@ -219,7 +235,8 @@ def copy_statement(
     """``COPY (SELECT <published columns> ... key range ...) TO STDOUT``.
 
     ``after`` < key <= ``upto`` (either may be None: unbounded); with ``limit``,
-    the first ``limit`` keys after ``after`` in key order.
+    the first ``limit`` keys after ``after`` in key order. Only the rows the
+    publication's row filter admits, as the stream sends only those.
     """
     keys = key_specs(spec, table)
     key_row = sql.SQL("({})").format(sql.SQL(", ").join(sql.Identifier(k.name) for k in keys))
@@ -237,6 +254,9 @@ def copy_statement(
         conditions.append(sql.SQL("{} > {}").format(key_row, literal_row(after)))
     if upto is not None:
         conditions.append(sql.SQL("{} <= {}").format(key_row, literal_row(upto)))
+    if spec.row_filter is not None:
+        # as the server printed it from the publication (pg_get_expr): SQL it parses again
+        conditions.append(sql.SQL("({})").format(sql.SQL(spec.row_filter)))
     where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
     tail: sql.Composable = sql.SQL("")
     if limit is not None:

@@ -34,6 +34,7 @@ from cdc.errors import (
     SinkError,
     SourceError,
     SourceUnavailable,
+    TransformError,
 )
 from cdc.events import ChangeEvent, SourceInfo, table_topic
 from cdc.pgtypes import TypeCatalog
@@ -81,6 +82,7 @@ ERRORS: dict[str, type[CdcError]] = {
         SinkError,
         CheckpointError,
         ConfigError,
+        TransformError,
     )
 }
 

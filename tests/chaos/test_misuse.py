@@ -33,7 +33,8 @@ from tests.support import ConnectorProcess, cdc, error_line, slot_active_pid, sl
         ("tables = 5", "tables = 5"),
         ('tables = ["public.a", 7]', "tables"),
         ("state_dir = 7", "state_dir = 7"),
-        ('topic_configs = { "retention.ms" = { nested = 1 } }', "topic_configs"),
+        # a nested table is a dotted name (retention.ms.x); a list is no value
+        ('topic_configs = { "retention.ms" = [1, 2] }', "topic_configs"),
         ("topic_partitions = 1.5", "expected an integer"),
         ('format = "xml"', "expected one of avro, json"),
         ("max_buffer_mb = 0", "max_buffer_mb must be at least 1"),
