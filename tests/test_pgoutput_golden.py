@@ -445,7 +445,8 @@ def test_two_phase_protocol_3(db: TestDb) -> None:
         assert kinds(final) == ["CommitPrepared"]
         big_commit = final[0].message
         assert isinstance(big_commit, CommitPrepared)
-        # other WAL (a running-xacts record of the background writer) may come between PREPARE and COMMIT PREPARED
+        # other WAL (a running-xacts record of the background writer) may come between PREPARE
+        # and COMMIT PREPARED
         assert final[0].frame.wal_start > big_commit.commit_lsn >= stream_prepare.end_lsn
         assert big_commit == CommitPrepared(
             0, big_commit.commit_lsn, final[0].frame.wal_start, big_commit.commit_ts, big_xid, "g-big"
