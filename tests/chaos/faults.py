@@ -76,6 +76,9 @@ class Chaos:
     checkpoint_checks: list[Report] = field(default_factory=list)
     #: after a kill -9 and before a broker restart, check that everything confirmed is in Kafka
     verify_checkpoints: bool = False
+    #: check at every N-th of those moments only (each check reads every topic from the start)
+    checkpoint_every: int = 1
+    _checkpoint_moments: int = 0
     large_rows: int = 30_000  # rows of the transaction kill9_large_transaction interrupts
     snapshot_lsn: int | None = None  # the initial snapshot's consistent point, when there was one
     _lag_stop: threading.Event = field(default_factory=threading.Event)
@@ -139,6 +142,9 @@ class Chaos:
     def check_checkpoint(self, when: str) -> None:
         """The checkpoint invariant, now: every transaction the slot has confirmed is in Kafka."""
         if not self.verify_checkpoints:
+            return
+        self._checkpoint_moments += 1
+        if (self._checkpoint_moments - 1) % self.checkpoint_every:
             return
         confirmed = slot_confirmed(self.dsn, self.connector.slot)
         report = self.verify(confirmed=confirmed)

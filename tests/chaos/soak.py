@@ -33,6 +33,7 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
 import sys
 import tempfile
 import time
@@ -169,6 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="small transactions per second")
     parser.add_argument("--faults", default="", help="comma-separated names (default: every one available)")
     parser.add_argument("--every", default="8-25", help="seconds between faults, MIN-MAX")
+    parser.add_argument(
+        "--check-every", type=int, default=1, metavar="N",
+        help="check the checkpoint invariant at every N-th kill -9 / broker restart (a check reads every "
+        "topic from the start, so it slows a long run down)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--large-rows", type=int, default=200_000, help="rows of the large transaction a kill -9 interrupts"
+    )
     parser.add_argument("--no-shaped-link", action="store_true", help="do not build a network namespace")
     parser.add_argument(
         "--broker", choices=BROKER_KINDS, default=os.environ.get("CDC_TEST_BROKER") or KAFKA,
@@ -178,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--producer", choices=["auto", "kafka-python", "confluent"], default="auto")
     parser.add_argument("--format", choices=["avro", "json"], default="avro")
     args = parser.parse_args(argv)
+    # a kill (or Ctrl-C of a backgrounded run, which ignores SIGINT) still stops the servers it started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     for noisy in ("kafka", "cdc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -212,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             producer=args.producer, format=args.format, delivery=args.delivery,
         )  # fmt: skip
         scene.verify_checkpoints = True
-        scene.large_rows = 200_000  # a few seconds of streaming even for librdkafka: the kill lands inside
+        scene.checkpoint_every = max(1, args.check_every)
+        scene.large_rows = args.large_rows  # 200,000: seconds of streaming even for librdkafka
         scene.connector.extra += ["--snapshot-workers", "1", "--snapshot-chunk-rows", "500"]
         try:
             # rows that exist before the connector: an initial snapshot reads them, killed part-way
