@@ -102,7 +102,8 @@ def read_all(
     the true end, but a fetch returns whole batches, so a position past it
     means the whole last batch was read (as `cdc.consume` does). A stream
     still being written (``live``) is read to that point; otherwise an empty
-    poll also ends the reading. ``isolation="read_committed"`` reads what
+    poll that moved no position also ends the reading (one that moved a
+    position skipped aborted records). ``isolation="read_committed"`` reads what
     Kafka committed (up to the last stable offset), as exactly-once consumers do.
     """
     consumer = KafkaConsumer(
@@ -126,11 +127,15 @@ def read_all(
         ends: dict[TopicPartition, int] = consumer.end_offsets(partitions)
         records: list[RawRecord] = []
         deadline = time.monotonic() + timeout
-        while not all(consumer.position(tp) >= end for tp, end in ends.items()):
+        positions = {tp: consumer.position(tp) for tp in ends}
+        while not all(positions[tp] >= end for tp, end in ends.items()):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"reading the topics of {prefix} took more than {timeout:g} s")
             batch = consumer.poll(timeout_ms=idle_ms, max_records=50_000)
-            if not batch and not live:
+            before, positions = positions, {tp: consumer.position(tp) for tp in ends}
+            # an empty poll that moved a position skipped aborted records (read_committed): a long
+            # aborted run takes more than one poll to skip, and what follows it must still be read
+            if not batch and positions == before and not live:
                 break
             for tp, items in batch.items():
                 records.extend(
