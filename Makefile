@@ -47,8 +47,8 @@ test-floors: $(STAMP)
 	$(FLOORS)/bin/python -m pytest -p no:cacheprovider $(FLOOR_SERVER_TESTS)
 
 lint: setup
-	$(BIN)/ruff check cdc tests bench
-	$(BIN)/ruff format --check cdc tests bench
+	$(BIN)/ruff check cdc tests bench examples
+	$(BIN)/ruff format --check cdc tests bench examples
 	$(BIN)/mypy
 
 demo: setup

@@ -233,9 +233,11 @@ def big_transaction_rss(
         idle_rss = proc.rss.peak_kb
         with s.connect() as conn:
             end = parse_lsn(load_one_transaction(conn, _next_range(rows), rows))
+            committed = time.time()
         done = proc.wait("the transaction to be confirmed", _confirmed(end), 600)
     return {
         "rows": rows,
+        "commit_to_last_ack_s": done["last_ack_at"] - committed,
         "idle_rss_mb": idle_rss / 1024,
         "max_rss_mb": proc.rss.peak_kb / 1024,
         "peak_rss_mb": proc.rss.hwm_kb / 1024,

@@ -25,6 +25,7 @@ import typer
 from cdc import config, logs, redact
 from cdc.config import Option, Settings
 from cdc.errors import AlreadyRunning, CdcError, ConfigError
+from cdc.sink.settings import SINK_OPTIONS
 
 _HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}  # inherited by every subcommand
 
@@ -125,16 +126,18 @@ def _parameter(option: Option) -> inspect.Parameter:
     )
 
 
-def with_settings(*names: str) -> Callable[[Command], Command]:
+def with_settings(*names: str, options: Mapping[str, Option] | None = None) -> Callable[[Command], Command]:
     """Give a command ``--config`` and the options of the settings ``names`` (every one when none).
 
     The command takes them as ``**flags``, by field name, None when not given;
     `_settings` turns them into `Settings`. Its own parameters come after them.
+    ``options``: another command's declarations (`cdc.sink.settings.SINK_OPTIONS`).
     """
+    options = config.OPTIONS if options is None else options
 
     def add(command: Command) -> Command:
         own = inspect.signature(command, eval_str=True).parameters.values()
-        declared = [config.OPTIONS[name] for name in names] if names else list(config.OPTIONS.values())
+        declared = [options[name] for name in names] if names else list(options.values())
         parameters = [
             _CONFIG,
             *map(_parameter, declared),
@@ -496,6 +499,37 @@ def schemas_export(
     _quiet_kafka()
     for path in export_schemas(client_config(settings), settings.topic_prefix, out):
         typer.echo(str(path))
+
+
+# -- sink (issue 20) ---------------------------------------------------------------------------
+
+sink_app = typer.Typer(
+    help="Apply change topics to a database, exactly once in effect.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(sink_app, name="sink")
+
+
+@sink_app.command("postgres")
+@with_settings(options=SINK_OPTIONS)
+def sink_postgres(**flags: object) -> None:
+    """Keep tables of a target Postgres equal to the source's: every change of --topics applied once,
+    with its position, in the target's transactions. Runs until stopped (SIGTERM, Ctrl-C) or --until.
+
+    Sink settings read CDC_SINK_<FLAG> and the [sink] table of --config; the Kafka settings are the
+    connector's (CDC_BOOTSTRAP_SERVERS, [kafka], ...).
+    """
+    from cdc.sink import runner  # noqa: PLC0415
+    from cdc.sink import settings as sink_settings  # noqa: PLC0415
+
+    settings = sink_settings.build(flags, _config_file(flags))
+    sink_settings.require_dsn(settings)
+    logs.configure(settings.log_format, settings.log_level, debug=_debug)
+    _quiet_kafka()
+    stats = runner.run(settings)
+    if stats.reached_until:
+        typer.echo(f"applied every change before --until {settings.until}: {stats.applied} changes")
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NewType, get_args, get_origin, get_type_hints
+from typing import Any, Literal, NewType, Protocol, get_args, get_origin, get_type_hints
 
 from cdc import redact
 from cdc.errors import ConfigError
@@ -71,6 +71,7 @@ class _Declared:
     old_names: tuple[str, ...]
     key: str
     metavar: str
+    shared: bool = False  # a connector setting another command declares with `same_as`
 
 
 _DECLARED = "cdc.setting"
@@ -106,6 +107,18 @@ def setting(
     if callable(default):
         return field(default_factory=default, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def same_as(name: str) -> Any:
+    """A field of another settings class (`cdc.sink.settings.SinkSettings`) that *is* the connector's
+    setting ``name``: the same declaration (flag, ``CDC_`` variable, top-level TOML key, default, help),
+    so the Kafka client settings are written once for every command that reads them."""
+    spec = Settings.__dataclass_fields__[name]
+    declared = dataclasses.replace(spec.metadata[_DECLARED], shared=True)
+    metadata = {_DECLARED: declared}
+    if spec.default_factory is not dataclasses.MISSING:
+        return field(default_factory=spec.default_factory, metadata=metadata)
+    return field(default=spec.default, metadata=metadata)
 
 
 @dataclass(slots=True)
@@ -197,7 +210,7 @@ class Settings:
         100,
         "exactly-once: longest a Kafka transaction waits for more Postgres transactions before it commits.",
     )
-    snapshot_workers: int = setting(2, "Processes reading the initial snapshot.")
+    snapshot_workers: int = setting(2, "Processes reading the initial snapshot (threads when it is small).")
     snapshot_chunk_rows: int = setting(50_000, "Rows per snapshot chunk (key order).")
     reconnect_max_seconds: float = setting(
         30.0, "Longest wait between reconnects (the wait doubles from 0.5 s)."
@@ -291,6 +304,37 @@ class Settings:
     table_check_interval: float = setting(
         10.0, "Seconds between looks for new tables matching --tables patterns (0: at start only)."
     )
+    # -- the outbox event router (cdc.shaping.outbox)
+    outbox_table: str = setting(
+        "",
+        "Outbox table (schema.table): each row inserted becomes one record on --outbox-topic, keyed by "
+        "aggregateid, the payload as value, id and type as headers; its updates and deletes are ignored.",
+        shown="none",
+    )
+    outbox_messages: bool = setting(
+        False,
+        "Route pg_logical_emit_message(true, 'outbox', JSON) like outbox rows (an outbox without a "
+        "table; always on with --outbox-table).",
+    )
+    outbox_topic: str = setting(
+        "{prefix}.outbox.{aggregatetype}",
+        "Where routed events go: {prefix}, {aggregatetype} and {type} are replaced.",
+    )
+    outbox_fields: dict[str, str] = setting(
+        dict,
+        "Another name for an outbox column (id, aggregatetype, aggregateid, type, payload, timestamp), "
+        "or JSON field of a message.",
+        flag="outbox-field",
+        repeatable=True,
+        metavar="FIELD=COLUMN",
+    )
+    outbox_headers: dict[str, str] = setting(
+        dict,
+        "Another outbox column (or message field) sent as a Kafka header of each routed event.",
+        flag="outbox-header",
+        repeatable=True,
+        metavar="COLUMN=HEADER",
+    )
 
     @property
     def instance_dir(self) -> Path:
@@ -337,6 +381,7 @@ class Option:
     repeatable: bool  # --topic-config a=1 --topic-config b=2
     secret: bool  # printed as ***
     old_names: tuple[str, ...]  # former TOML keys (and CDC_ names, upper case)
+    shared: bool = False  # another command's copy of a connector setting (`same_as`)
     metavar: str = ""  # a repeatable option's value, as --help shows it
 
     @property
@@ -355,13 +400,18 @@ def _shown(value: object) -> str:
     return str(value)
 
 
-def _options() -> dict[str, Option]:
-    hints = get_type_hints(Settings)
+def options_of(cls: type, env_prefix: str = "CDC_") -> dict[str, Option]:
+    """The options of a settings dataclass whose fields are declared with `setting` (or `same_as`).
+
+    A field's environment variable is ``env_prefix`` and its flag's name in upper case
+    (``CDC_SINK_DSN`` for the sink's ``--dsn``); one copied with `same_as` keeps the connector's.
+    """
+    hints = get_type_hints(cls)
     options: dict[str, Option] = {}
-    for spec in dataclasses.fields(Settings):
+    for spec in dataclasses.fields(cls):
         declared = spec.metadata.get(_DECLARED)
         if not isinstance(declared, _Declared):
-            raise TypeError(f"Settings.{spec.name} is not declared with setting()")
+            raise TypeError(f"{cls.__name__}.{spec.name} is not declared with setting()")
         flag = declared.flag or spec.name.replace("_", "-")
         if spec.default_factory is not dataclasses.MISSING:
             default: object = spec.default_factory()
@@ -370,7 +420,7 @@ def _options() -> dict[str, Option]:
         options[spec.name] = Option(
             name=spec.name,
             flag=f"--{flag}",
-            env="CDC_" + flag.upper().replace("-", "_"),
+            env=("CDC_" if declared.shared else env_prefix) + flag.upper().replace("-", "_"),
             key=declared.key or flag.replace("-", "_"),
             type=hints[spec.name],
             help=declared.help,
@@ -380,20 +430,29 @@ def _options() -> dict[str, Option]:
             repeatable=declared.repeatable,
             secret=declared.secret,
             old_names=declared.old_names,
+            shared=declared.shared,
             metavar=declared.metavar or ("KEY=VALUE" if declared.repeatable else ""),
         )
     return options
 
 
 #: Every setting, in declaration order, by `Settings` field name.
-OPTIONS: dict[str, Option] = _options()
+OPTIONS: dict[str, Option] = options_of(Settings)
 
-#: TOML key (dashes read as underscores) -> field name: the key, the flag's name, the former keys.
-_KEYS = {
-    key: o.name
-    for o in OPTIONS.values()
-    for key in (o.key, o.flag.removeprefix("--").replace("-", "_"), *o.old_names)
-}
+#: Tables of the config file that belong to other commands (``[sink]``: `cdc sink postgres`).
+SECTIONS: tuple[str, ...] = ("sink",)
+
+
+def _keys(options: Mapping[str, Option]) -> dict[str, str]:
+    """TOML key (dashes read as underscores) -> field name: the key, the flag's name, the former keys."""
+    return {
+        key: o.name
+        for o in options.values()
+        for key in (o.key, o.flag.removeprefix("--").replace("-", "_"), *o.old_names)
+    }
+
+
+_KEYS = _keys(OPTIONS)
 
 
 def _coerce(option: Option, raw: Any, label: str, origin: str) -> Any:
@@ -575,8 +634,16 @@ _CONVERTERS: dict[object, Callable[[Option, Any], Any]] = {
 }
 
 
-def load_file(path: Path) -> dict[str, tuple[str, Any]]:
-    """Read a TOML config: field name -> (the key as written, its value). Keys may use - or _."""
+def load_file(
+    path: Path, options: Mapping[str, Option] | None = None, section: str | None = None
+) -> dict[str, tuple[str, Any]]:
+    """Read a TOML config: field name -> (the key as written, its value). Keys may use - or _.
+
+    The connector's settings are the top-level keys (the tables of `SECTIONS` are other
+    commands'). With ``section`` (``"sink"``), the settings ``options`` are read from that table,
+    and from the top level only those it shares with the connector (`same_as`): one file
+    serves the connector and the sink.
+    """
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -585,18 +652,30 @@ def load_file(path: Path) -> dict[str, tuple[str, Any]]:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    options = OPTIONS if options is None else options
+    keys = _KEYS if options is OPTIONS else _keys(options)
     values: dict[str, tuple[str, Any]] = {}
-    for key, value in data.items():
-        name = _KEYS.get(key.replace("-", "_"))
+    if section is None:
+        items = [(k, v, k) for k, v in data.items() if not (k in SECTIONS and isinstance(v, dict))]
+    else:
+        own = data.get(section, {})
+        if not isinstance(own, dict):
+            raise ConfigError(f"{section!r} in config file {path} must be a table ([{section}])")
+        shared = {key for key, name in keys.items() if options[name].shared}
+        items = [(k, v, k) for k, v in data.items() if k.replace("-", "_") in shared]
+        items += [(k, v, f"{section}.{k}") for k, v in own.items()]
+    for key, value, label in items:
+        name = keys.get(key.replace("-", "_"))
         if name is None:
-            raise ConfigError(f"unknown key {key!r} in config file {path}: see `cdc start --help`")
+            where = f"[{section}] of " if section else ""
+            raise ConfigError(f"unknown key {key!r} in {where}config file {path}: see the command's --help")
         if name in values:
             raise ConfigError(
-                f"{values[name][0]!r} and {key!r} in config file {path} are one setting: keep one"
+                f"{values[name][0]!r} and {label!r} in config file {path} are one setting: keep one"
             )
-        if key.replace("-", "_") in OPTIONS[name].old_names:
-            log.warning("config file %s: %r is now %r; rename it", path, key, OPTIONS[name].key)
-        values[name] = (key, value)
+        if key.replace("-", "_") in options[name].old_names:
+            log.warning("config file %s: %r is now %r; rename it", path, key, options[name].key)
+        values[name] = (label, value)
     return values
 
 
@@ -615,16 +694,21 @@ def resolve(
     flags: Mapping[str, object],
     config_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    options: Mapping[str, Option] | None = None,
+    section: str | None = None,
 ) -> dict[str, Any]:
     """The settings given by flag, ``CDC_<FLAG>`` variable or file, converted; defaults left out.
 
     ``flags`` maps field names to parsed flag values, None (or an empty list)
-    meaning not given. Raises `ConfigError` for a bad value or file.
+    meaning not given. ``options`` and ``section`` are another command's settings and its
+    table in the file (see `load_file`); the connector's by default. Raises `ConfigError`
+    for a bad value or file.
     """
     environ = os.environ if environ is None else environ
-    in_file = load_file(config_file) if config_file else {}
+    options = OPTIONS if options is None else options
+    in_file = load_file(config_file, options, section) if config_file else {}
     chosen: dict[str, Any] = {}
-    for option in OPTIONS.values():
+    for option in options.values():
         flag = flags.get(option.name)
         if flag is not None and flag not in ([], ()):
             chosen[option.name] = _coerce(option, flag, option.flag, "the command line")
@@ -712,6 +796,19 @@ def validate(settings: Settings) -> None:
     for spec in settings.transforms:
         if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", spec):
             raise ConfigError(f"transform {spec!r}: expected package.module:function")
+    if settings.outbox_table and not re.fullmatch(r"[^.\s]+(\.[^.\s]+)?", settings.outbox_table):
+        raise ConfigError(f"outbox_table {settings.outbox_table!r}: expected schema.table or table")
+    outbox_fields = ("id", "aggregatetype", "aggregateid", "type", "payload", "timestamp")
+    for name in settings.outbox_fields:
+        if name not in outbox_fields:
+            raise ConfigError(f"outbox_field {name!r}: expected one of {', '.join(outbox_fields)}")
+    try:
+        settings.outbox_topic.format(prefix="p", aggregatetype="a", type="t")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"outbox_topic {settings.outbox_topic!r}: use {{prefix}}, {{aggregatetype}} and {{type}} "
+            f"only ({type(exc).__name__}: {exc})"
+        ) from None
     if settings.dsn and settings.dsn_file is not None:
         raise ConfigError(
             "both dsn and dsn_file are given (as flags, CDC_ variables or config keys): keep one"
@@ -799,7 +896,15 @@ def parse_properties(text: str) -> dict[str, str]:
     return result
 
 
-def kafka_pairs(settings: Settings) -> dict[str, str]:
+class KafkaSettings(Protocol):
+    """What a Kafka client is made from: the connector's `Settings`, or the sink's."""
+
+    bootstrap_servers: str
+    kafka_config: dict[str, str]
+    kafka_config_file: Path | None
+
+
+def kafka_pairs(settings: KafkaSettings) -> dict[str, str]:
     """The Kafka client settings as given: the properties file's, then ``--kafka-config``'s over them.
 
     Reads ``kafka_config_file`` (at each call: a rotated secret is picked up by the next client).
@@ -815,13 +920,16 @@ def kafka_pairs(settings: Settings) -> dict[str, str]:
     return pairs
 
 
-def markdown_table() -> str:
-    """The README's table of settings, made from the declarations (a test keeps the README current)."""
+def markdown_table(options: Mapping[str, Option] | None = None, section: str | None = None) -> str:
+    """The README's table of settings, made from the declarations (a test keeps the README current).
+
+    ``options`` and ``section``: another command's settings, whose own TOML keys are in ``[section]``.
+    """
     rows = [
         "| flag | environment | TOML key | default | |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for option in OPTIONS.values():
+    for option in (OPTIONS if options is None else options).values():
         flag = f"`{option.flag}`"
         if option.type is bool:
             flag = f"`{option.flag}` / `--no-{option.flag[2:]}`"
@@ -831,5 +939,6 @@ def markdown_table() -> str:
             flag = f"`{option.flag} " + "\\|".join(option.choices) + "`"  # a | would split the cell
         described = option.default != _shown(option.value) or option.value in ({}, [], "")
         default = option.default if described else f"`{option.default}`"
-        rows.append(f"| {flag} | `{option.env}` | `{option.key}` | {default} | {option.help} |")
+        key = option.key if section is None or option.shared else f"{section}.{option.key}"
+        rows.append(f"| {flag} | `{option.env}` | `{key}` | {default} | {option.help} |")
     return "\n".join(rows) + "\n"

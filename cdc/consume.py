@@ -41,7 +41,15 @@ import orjson
 from cdc import avro
 from cdc.errors import SchemaError, SinkError
 from cdc.events import schemas_topic
-from cdc.kafka import ClientConfig, Message, SchemaTopicReader, TopicReader, as_client, read_schema_records
+from cdc.kafka import (
+    ClientConfig,
+    Message,
+    Rebalance,
+    SchemaTopicReader,
+    TopicReader,
+    as_client,
+    read_schema_records,
+)
 from cdc.pgtypes import ColumnType, column_type
 
 log = logging.getLogger(__name__)
@@ -342,6 +350,14 @@ class RecordDecoder:
         reader = self._reader(data)
         return reader.render(avro.read_body(avro.split_single_object(data)[1], reader.parsed))
 
+    def writer_schema(self, data: bytes) -> dict[str, Any] | None:
+        """The full writer schema of an Avro record (with its ``pg.*`` column attributes), None for
+        other formats; SchemaError if its schema is unknown."""
+        if data[:2] != avro.MAGIC:
+            return None
+        schema: dict[str, Any] = self.schema_of(data).schema
+        return schema
+
     def _reader(self, data: bytes) -> _Reader:
         entry = self.schema_of(data)
         reader = self._readers.get(entry.fingerprint)
@@ -350,7 +366,7 @@ class RecordDecoder:
                 avro.verify_fingerprint(entry)
             reader = _Reader(
                 entry,
-                avro.parse(_strip_logical(entry.schema)),
+                avro.parse_reader(_strip_logical(entry.schema)),
                 _Compiler(entry.schema).render(entry.schema, ""),
             )
             self._readers[entry.fingerprint] = reader
@@ -370,6 +386,8 @@ class Record:
     key: Any
     value: Any
     error: str | None = None
+    timestamp: int = -1  # the Kafka record's timestamp, Unix ms
+    headers: Sequence[tuple[str, bytes]] = ()  # the Kafka record's headers
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -414,13 +432,23 @@ class _SchemaLoader:
         return added
 
 
-def schema_topics_for(topics: Sequence[str], topic_prefix: str | None, existing: set[str]) -> list[str]:
-    """The schema topics of ``topics``: ``<prefix>.schemas``, the prefix given or guessed from the names."""
+def schema_topics_for(
+    topics: Sequence[str], topic_prefix: str | None, existing: set[str], missing_ok: bool = False
+) -> list[str]:
+    """The schema topics of ``topics``: ``<prefix>.schemas``, the prefix given or guessed from the names.
+
+    With ``missing_ok``, a topic that does not exist yet counts as ``<prefix>.<schema>.<table>``.
+    """
     if topic_prefix is not None:
         return [schemas_topic(topic_prefix)]
     found: list[str] = []
     for topic in topics:
         parts = topic.split(".")
+        if missing_ok and topic not in existing and len(parts) > 2:
+            guess = schemas_topic(".".join(parts[:-2]))
+            if guess not in found:
+                found.append(guess)
+            continue
         # <prefix>.<schema>.<table>, <prefix>.messages, <prefix>.schemas
         for cut in (2, 1):  # both when both exist: reading a schema topic too many is harmless
             candidate = schemas_topic(".".join(parts[:-cut]))
@@ -439,8 +467,10 @@ class ChangeConsumer:
     KafkaConsumer on top. ``isolation`` ``read_committed`` (the default) shows
     only what committed transactions wrote: every change exactly once from a
     ``--delivery exactly-once`` connector; ``read_uncommitted`` shows aborted
-    records too. Raises `SinkError` when the broker cannot be reached or a
-    topic does not exist.
+    records too. ``plain_text``: a key or value that is neither JSON nor Avro
+    is its text (the outbox router's keys: aggregate ids), not an error.
+    Raises `SinkError` when the broker cannot be reached or a topic does not
+    exist.
     """
 
     def __init__(
@@ -453,6 +483,10 @@ class ChangeConsumer:
         group: str | None = None,
         consumer_config: dict[str, Any] | None = None,
         isolation: str = "read_committed",
+        rebalance: Rebalance | None = None,
+        whole_topics: bool = False,
+        missing_ok: bool = False,
+        plain_text: bool = False,
     ) -> None:
         if not topics:
             raise SinkError("no topics to consume: name at least one")
@@ -460,13 +494,23 @@ class ChangeConsumer:
         client = as_client(client)
         self.bootstrap_servers = client.bootstrap_servers
         self.decoder = RecordDecoder()
+        self.plain_text = plain_text
         config = {"isolation_level": isolation, **(consumer_config or {})}
         self._schemas: _SchemaLoader | None = None
         self._reader = TopicReader(
-            self.topics, client, group=group, from_beginning=from_beginning, config=config
+            self.topics,
+            client,
+            group=group,
+            from_beginning=from_beginning,
+            config=config,
+            rebalance=rebalance,
+            whole_topics=whole_topics,
+            missing_ok=missing_ok,
         )
         try:
-            self.schema_topics = schema_topics_for(self.topics, topic_prefix, self._reader.existing)
+            self.schema_topics = schema_topics_for(
+                self.topics, topic_prefix, self._reader.existing, missing_ok
+            )
             own = ("group_id", "max_poll_interval_ms", "isolation_level")
             schema_config = {k: v for k, v in config.items() if k not in own}
             self._schemas = _SchemaLoader(
@@ -491,6 +535,14 @@ class ChangeConsumer:
             self._schemas.reader.close()
             self._schemas = None
         self._reader.close()
+
+    @property
+    def reader(self) -> TopicReader:
+        return self._reader
+
+    def decode(self, message: Message) -> Record:
+        """One raw record of `reader`'s, decoded (a consumer that polls `reader` itself)."""
+        return self._record(message)
 
     def records(self, max_messages: int | None = None, idle_timeout: float | None = None) -> Iterator[Record]:
         """Decoded records, until ``max_messages`` were read or none came for ``idle_timeout`` seconds."""
@@ -523,7 +575,7 @@ class ChangeConsumer:
             key = self._decode(message.key, "key", errors)
         value = self._decode(message.value, "value", errors)
         error = f"{topic}[{partition}]@{offset}: " + "; ".join(errors) if errors else None
-        return Record(topic, partition, offset, key, value, error)
+        return Record(topic, partition, offset, key, value, error, message.timestamp, message.headers)
 
     def _decode(self, data: bytes | None, part: str, errors: list[str]) -> Any:
         if data is None:
@@ -532,6 +584,9 @@ class ChangeConsumer:
             # --format json writes the rendered envelope already: print it as it is
             with contextlib.suppress(orjson.JSONDecodeError):
                 return orjson.loads(data)
+        if self.plain_text and data[:2] != avro.MAGIC:
+            with contextlib.suppress(UnicodeDecodeError):
+                return bytes(data).decode()  # another producer's text: the outbox router's keys
         try:
             is_avro = data[:2] == avro.MAGIC
             if is_avro and not self.decoder.knows(data) and self._schemas is not None:

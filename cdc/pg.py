@@ -133,10 +133,11 @@ def _tls_problem(text: str) -> str:
     return ""
 
 
-def connect(dsn: str, application_name: str = "cdc") -> psycopg.Connection[Any]:
-    """A normal autocommit connection with the output settings, for catalog work."""
+def connect(dsn: str, application_name: str = "cdc", autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A normal connection with the output settings: autocommit for catalog work, or not (a sink's
+    target, which commits what it applied with its position)."""
     try:
-        return psycopg.connect(session_conninfo(dsn, application_name), autocommit=True)
+        return psycopg.connect(session_conninfo(dsn, application_name), autocommit=autocommit)
     except psycopg.Error as exc:
         raise connect_error(exc, dsn) from None
 

@@ -19,7 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent / "cdc"
 
 #: Lowest first. A module may import from its own layer and the layers before it.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"cdc", "cdc.errors", "cdc.lsn", "cdc.redact", "cdc.config", "cdc.logs"}),
+    (
+        "foundation",
+        {"cdc", "cdc.errors", "cdc.lsn", "cdc.redact", "cdc.config", "cdc.logs", "cdc.sink.settings"},
+    ),
     (
         "pure",
         {
@@ -33,6 +36,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "cdc.shaping.transform",
             "cdc.shaping.deadletter",
             "cdc.shaping.shaper",
+            "cdc.shaping.outbox",
         },
     ),
     ("state", {"cdc.checkpoint", "cdc.status", "cdc.control", "cdc.metrics"}),
@@ -44,7 +48,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         "stages",
         {"cdc.writer", "cdc.exactly_once", "cdc.consume", "cdc.snapshot", "cdc.snapshot.*", "cdc.doctor"},
     ),
-    ("pipeline", {"cdc.connector"}),
+    ("pipeline", {"cdc.connector", "cdc.sink", "cdc.sink.*"}),
     ("front", {"cdc.cli", "cdc.__main__", "cdc.demo", "cdc.dev", "cdc.devservers", "cdc.devservers.*"}),
 ]
 

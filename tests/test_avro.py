@@ -123,6 +123,13 @@ def test_fingerprint_is_the_specifications_crc64() -> None:
     assert avro.fingerprint('"int"') == (8247732601305521295).to_bytes(8, "little", signed=True)
 
 
+@given(st.text(max_size=300))
+def test_fingerprint_is_fastavros_for_any_text(text: str) -> None:
+    from fastavro.schema import fingerprint as fastavro_fingerprint
+
+    assert avro.fingerprint(text) == bytes.fromhex(fastavro_fingerprint(text, "CRC-64-AVRO"))
+
+
 def test_fixed_schemas_load_from_the_checkout_and_parse() -> None:
     location = avro.schemas_dir()
     assert Path(str(location)) == Path(__file__).resolve().parent.parent / "schemas"

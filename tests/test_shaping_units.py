@@ -3,6 +3,7 @@ shaper's handling of what transforms return (the real-server tests cover the pip
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import types
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from cdc.config import Settings, TableColumns, TableConditions
+from cdc.config import Settings, TableColumns, TableConditions, validate
 from cdc.errors import ConfigError, SchemaError, TransformError
 from cdc.events import ChangeEvent, JsonSerializer, SourceInfo, Table, TableColumn
 from cdc.pgoutput import ReplicaIdentity
@@ -293,3 +294,62 @@ def test_a_record_that_cannot_be_encoded(module: types.ModuleType) -> None:
 def test_row_filter_settings_strip_where() -> None:
     settings = Settings(row_filters=TableConditions({"public.t": "WHERE a = 1"}))
     assert Rules.from_settings(settings).for_table("public.t").row_filter == "a = 1"
+
+
+# -- the outbox event router ----------------------------------------------------------------------
+
+OUTBOX = Table(
+    16500, "public", "outbox", ReplicaIdentity.DEFAULT,
+    [TableColumn("id", column_type(2950), True), TableColumn("aggregatetype", column_type(25), False),
+     TableColumn("aggregateid", column_type(20), False), TableColumn("type", column_type(25), False),
+     TableColumn("payload", column_type(17), False), TableColumn("ts", column_type(1184), False)],
+)  # fmt: skip
+
+
+def outbox_change(op: str, aggregatetype: str = "order", payload: Any = b"\x00avro") -> ChangeEvent:
+    row = ["0b4e-1", aggregatetype, 42, "Placed", payload, 1_700_000_000_000_000]
+    before, after = (row, None) if op == "d" else (None, row)
+    return ChangeEvent(op, OUTBOX, before, after, 100, 100, 7, 1_700_000_000_000, 1, 1, "7:100")
+
+
+def test_the_outbox_router(module: types.ModuleType) -> None:
+    """Only with an outbox configured is the shaper on; other events pass the router untouched (the
+    plain encoding); an insert becomes one record, updates and deletes nothing; a bytea payload is
+    written untouched, the key is the aggregate id as text; what cannot be routed is an error."""
+    assert not Shaper.wanted(Settings()) and Shaper.wanted(Settings(outbox_messages=True))
+    router = shaper(
+        module,
+        outbox_table="outbox",
+        outbox_fields={"timestamp": "ts"},
+        outbox_topic="{prefix}.{type}.events",
+    )
+    plain = Shaper(
+        Settings(topic_prefix="p", on_record_error="dead-letter"), router.serializer, router.source
+    )
+    assert router.records(change(), "p.public.orders") == plain.records(change(), "p.public.orders")
+    assert router.outbox is not None and not router.outbox.takes(change())
+    [out] = router.records(outbox_change("c"), "p.public.outbox")
+    assert (out.topic, out.key, out.value) == ("p.Placed.events", b"42", b"\x00avro")
+    assert out.headers == [
+        ("id", b"0b4e-1"),
+        ("type", b"Placed"),
+        ("timestamp", b"2023-11-14T22:13:20.000000Z"),
+    ]
+    assert router.records(outbox_change("u"), "t") == router.records(outbox_change("d"), "t") == []
+    with pytest.raises(TransformError, match=r"transform outbox failed .* makes 'bad topic!'"):
+        shaper(module, outbox_table="outbox", outbox_topic="{aggregatetype}").records(
+            outbox_change("c", "bad topic!"), "t"
+        )
+    message = ChangeEvent(
+        "m", None, None, None, 100, 100, 7, 0, 1, 0, "7:100", None, "outbox",
+        b'{"aggregatetype": "a", "aggregateid": 5, "type": "T", "payload": {"x": [1]}}',
+    )  # fmt: skip
+    [routed] = router.records(message, "p.messages")
+    assert (routed.topic, routed.key, routed.value) == ("p.T.events", b"5", b'{"x":[1]}')
+    assert dict(routed.headers or [])["id"] == b"64:1"  # the position stands in for a missing id
+    with pytest.raises(TransformError, match="outbox field type is missing"):
+        router.records(
+            dataclasses.replace(message, message_content=b'{"aggregatetype": "a", "aggregateid": 1}'), ""
+        )
+    with pytest.raises(ConfigError, match="outbox_field 'kind'"):
+        validate(Settings(outbox_table="outbox", outbox_fields={"kind": "k"}))

@@ -11,6 +11,8 @@ from cdc.kafka.clientconfig import ClientConfig, as_client, client_config
 from cdc.kafka.connection import check_connection
 from cdc.kafka.consumer import (
     Message,
+    Partition,
+    Rebalance,
     SchemaTopicReader,
     TopicReader,
     check_reachable,
@@ -32,7 +34,9 @@ __all__ = [
     "ConfluentProducer",
     "KafkaPythonProducer",
     "Message",
+    "Partition",
     "Producer",
+    "Rebalance",
     "Rejected",
     "SchemaTopicReader",
     "TopicReader",

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cdc import redact
-from cdc.config import Settings, kafka_pairs
+from cdc.config import KafkaSettings, kafka_pairs
 from cdc.errors import ConfigError, SinkError
 
 PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -376,7 +376,7 @@ class ClientConfig:
         return f"ClientConfig({self.bootstrap_servers!r}, {redact.redact_pairs(self.options)!r})"
 
 
-def client_config(settings: Settings) -> ClientConfig:
+def client_config(settings: KafkaSettings) -> ClientConfig:
     """The configuration every Kafka client of a connector (or of `cdc consume`) starts from."""
     return ClientConfig(settings.bootstrap_servers, kafka_pairs(settings))
 
@@ -397,7 +397,21 @@ def kafka_python_producer_settings(overrides: Mapping[str, str]) -> dict[str, An
     """
     from kafka import KafkaProducer  # noqa: PLC0415 - the only importers are in this package
 
-    known = set(KafkaProducer.DEFAULT_CONFIG)
+    hint = "see kafka.KafkaProducer's settings, or use --producer confluent for librdkafka's"
+    return _kafka_python_settings(overrides, set(KafkaProducer.DEFAULT_CONFIG), "producer", hint)
+
+
+def kafka_python_consumer_settings(overrides: Mapping[str, str]) -> dict[str, Any]:
+    """``--consumer-config`` (the sink's) for kafka-python's consumer, as for the producer."""
+    from kafka import KafkaConsumer  # noqa: PLC0415 - the only importers are in this package
+
+    hint = "see kafka.KafkaConsumer's settings"
+    return _kafka_python_settings(overrides, set(KafkaConsumer.DEFAULT_CONFIG), "consumer", hint)
+
+
+def _kafka_python_settings(
+    overrides: Mapping[str, str], known: set[str], role: str, hint: str
+) -> dict[str, Any]:
     typed: dict[str, Any] = {}
     for key, value in overrides.items():
         if key in known:
@@ -408,10 +422,7 @@ def kafka_python_producer_settings(overrides: Mapping[str, str]) -> dict[str, An
         elif key.replace(".", "_") in known:
             name = key.replace(".", "_")
         else:
-            raise ConfigError(
-                f"unknown kafka-python producer setting {key!r} (--producer-config): see "
-                "kafka.KafkaProducer's settings, or use --producer confluent for librdkafka's"
-            )
+            raise ConfigError(f"unknown kafka-python {role} setting {key!r} (--{role}-config): {hint}")
         if value.isdigit():
             typed[name] = int(value)
         elif value.lower() in ("true", "false"):

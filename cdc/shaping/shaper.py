@@ -1,11 +1,12 @@
 """The shaping stage of the writer: masks, then transforms, then encoding, and the dead letters.
 
 `cdc.writer.RecordWriter` hands every event to `Shaper.records` when shaping
-is configured (``--mask-columns``, ``--transform``, or ``--on-record-error
-dead-letter``): what comes back are the Kafka records to write for it (none
-when a transform dropped it, several when it split it, a dead letter when it
-could not be written). Without shaping the writer's plain path runs, as
-before: nothing here is on it.
+is configured (``--mask-columns``, ``--transform``, ``--outbox-table``,
+``--outbox-messages`` or ``--on-record-error dead-letter``): what comes back
+are the Kafka records to write for it (none when a transform dropped it,
+several when it split it, a dead letter when it could not be written).
+Without shaping the writer's plain path runs, as before: nothing here is on
+it.
 
 Masks and transforms that change columns give the event another `Table`
 (see `derive`): the same topic and subject, a schema of its own, so the
@@ -44,6 +45,7 @@ from cdc.events import (
 from cdc.lsn import format_lsn
 from cdc.pgtypes import column_type
 from cdc.shaping import deadletter
+from cdc.shaping.outbox import OutboxRouter
 from cdc.shaping.select import Rules
 from cdc.shaping.transform import ColumnChanges, Event, Loaded, Record, load, resolve_type
 
@@ -189,7 +191,12 @@ class Shaper:
         self.source = source
         self.rules = Rules.from_settings(settings)
         self.masker = Masker(settings) if self.rules.masks else None
+        self.outbox = OutboxRouter.from_settings(settings)
         self.transforms: list[Loaded] = [load(spec) for spec in settings.transforms]
+        #: with the router alone, the events it does not take skip the transform path
+        self.outbox_takes = self.outbox.takes if self.outbox is not None and not self.transforms else None
+        if self.outbox is not None:  # the built-in transform runs first: records pass the others
+            self.transforms.insert(0, Loaded("outbox", self.outbox, None))
         self.columns = _combined([t.columns for t in self.transforms])
         self.on_transform_error = settings.on_transform_error
         self.on_record_error = settings.on_record_error
@@ -202,7 +209,13 @@ class Shaper:
     @staticmethod
     def wanted(settings: Settings) -> bool:
         """Is there anything to shape? (Otherwise the writer's plain path runs.)"""
-        return bool(settings.mask_columns or settings.transforms or settings.on_record_error == "dead-letter")
+        return bool(
+            settings.mask_columns
+            or settings.transforms
+            or settings.on_record_error == "dead-letter"
+            or settings.outbox_table
+            or settings.outbox_messages
+        )
 
     # -- the one entry point ------------------------------------------------------------
 
@@ -220,7 +233,7 @@ class Shaper:
                 shape = self._shape(table)
             if shape.mask is not None:
                 change = self._masked(change, shape)
-        if not self.transforms:
+        if not self.transforms or (self.outbox_takes is not None and not self.outbox_takes(change)):
             return self._encoded(change, topic, change)
         key = None
         if shape is not None and shape.key_names and change.op != "t":

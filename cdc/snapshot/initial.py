@@ -43,7 +43,7 @@ from cdc.snapshot.tables import (
     normalize_table,
     table_from_spec,
 )
-from cdc.snapshot.workers import DROPPED, ERRORS, WorkerJob, send, worker_main
+from cdc.snapshot.workers import DROPPED, ERRORS, WorkerJob, send, serve, worker_main
 from cdc.status import Status
 from cdc.writer import RecordWriter
 
@@ -55,6 +55,11 @@ log = logging.getLogger(__name__)
 
 #: Seconds between writes of ``snapshot.json`` while chunks complete.
 SAVE_INTERVAL = 0.5
+
+#: Below this many rows (the planner's estimate) the workers are threads of the connector: a
+#: spawned process takes a second or more to start and import, the time one core needs to read
+#: ~100,000 rows; above it two cores pay.
+THREADS_BELOW_ROWS = 100_000
 
 
 class InitialSnapshot:
@@ -187,16 +192,26 @@ class InitialSnapshot:
             self.system_id,
         )
         pipes: dict[int, Connection] = {}
-        processes: dict[int, SpawnProcess] = {}
+        processes: dict[int, SpawnProcess | threading.Thread] = {}
+        rows = sum(max(plan.estimate - plan.rows, 0) for plan in self.state.plans.values())
+        threads = rows < THREADS_BELOW_ROWS
         for n in range(workers):
             ours, theirs = context.Pipe()
-            processes[n] = context.Process(
-                target=worker_main, args=(job, n, os.getpid(), theirs), name=f"cdc-snapshot-{n}", daemon=True
-            )
+            if threads:
+                processes[n] = threading.Thread(
+                    target=serve, args=(job, n, theirs), name=f"cdc-snapshot-{n}", daemon=True
+                )
+            else:
+                processes[n] = context.Process(
+                    target=worker_main, args=(job, n, os.getpid(), theirs), name=f"cdc-snapshot-{n}"
+                )
+                processes[n].daemon = True
             pipes[n] = ours
             processes[n].start()
-            theirs.close()
-        log.info("snapshot: %d chunks of %d tables, %d workers", len(tasks), len(self.state.plans), workers)
+            if not threads:
+                theirs.close()  # a thread's end closes with the worker (`serve`)
+        kind = "threads (a small snapshot)" if threads else "workers"
+        log.info("snapshot: %d chunks of %d tables, %d %s", len(tasks), len(self.state.plans), workers, kind)
         self.queue = deque(tasks)
         error: CdcError | None = None
         aborted = False
@@ -215,8 +230,8 @@ class InitialSnapshot:
                         processes[n].join(5)
                         message = ("exit", n)
                         error = error or SourceError(
-                            f"snapshot worker {n} died (exit code {processes[n].exitcode}); see the log; "
-                            "the next start resumes the snapshot"
+                            f"snapshot worker {n} died (exit code {getattr(processes[n], 'exitcode', '-')}); "
+                            "see the log; the next start resumes the snapshot"
                         )
                     if message[0] in ("ready", "want"):
                         self.busy.discard(n)
@@ -243,8 +258,8 @@ class InitialSnapshot:
                 send(pipe, ("abort",))
             for process in processes.values():
                 process.join(10)
-                if process.is_alive():
-                    process.kill()
+                if process.is_alive() and not isinstance(process, threading.Thread):
+                    process.kill()  # a thread stops at its next pipe check (daemon: never holds the exit)
                     process.join(5)
         if error is not None:
             raise error
@@ -512,7 +527,7 @@ def _plan(
     conn: psycopg.Connection[Any], s: Settings, state: SnapshotState, tables: list[str], catalog: TypeCatalog
 ) -> dict[str, TableSpec]:
     """Describe the tables; chunk the ones not planned yet; log where each resumes."""
-    specs = {name: describe_table(conn, name, s.publication) for name in tables}
+    specs = {name: describe_table(conn, name, s.publication, size=True) for name in tables}
     for name in [n for n in state.plans if n not in specs]:
         log.info("table %s is no longer captured: dropped from the snapshot", name)
         del state.plans[name]
@@ -520,7 +535,11 @@ def _plan(
     for name, spec in specs.items():
         plan = state.plans.get(name)
         if plan is None:
-            bounds = chunk_bounds(conn, spec, table_from_spec(spec, catalog), s.snapshot_chunk_rows)
+            bounds = (
+                []  # too small for two chunks: its keys are not read
+                if spec.max_rows is not None and spec.max_rows <= s.snapshot_chunk_rows
+                else chunk_bounds(conn, spec, table_from_spec(spec, catalog), s.snapshot_chunk_rows)
+            )
             estimate = max(spec.estimate, len(bounds) * s.snapshot_chunk_rows)
             state.plans[name] = TablePlan(bounds, estimate=estimate)
             if resuming:

@@ -49,6 +49,8 @@ class TableSpec:
     #: the publication's row filter of the table (PostgreSQL 15+), as the server prints it: the
     #: snapshot reads only the rows the stream would send
     row_filter: str | None = None
+    #: at most this many rows when described (from the heap's size); None: unknown
+    max_rows: int | None = None
 
     @property
     def qualified_name(self) -> str:
@@ -80,7 +82,52 @@ def _query(conn: psycopg.Connection[Any], query: pg.Query, params: Any = None) -
     return pg.query(conn, query, params, doing="snapshot planning", fix=_CHECK_TABLE)
 
 
-def describe_table(conn: psycopg.Connection[Any], table: str, publication: str) -> TableSpec:
+_GENERATED: Final = sql.SQL(
+    "coalesce((SELECT p.pubgencols = 's' FROM pg_publication p WHERE p.pubname = %(pub)s), false)"
+)
+_LISTED: Final = sql.SQL(
+    """(SELECT json_build_array(pr.prattrs::int2[], pg_get_expr(pr.prqual, pr.prrelid))
+          FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+         WHERE p.pubname = %(pub)s AND pr.prrelid = c.oid)"""
+)
+_INDEX: Final = sql.SQL(
+    """(SELECT coalesce(json_agg(a.attname ORDER BY k.n), '[]') FROM pg_index i
+          CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE i.indrelid = c.oid AND i.{})"""
+)
+#: the heap's size; pg_relation_size waits for a lock the table's ACCESS EXCLUSIVE holder blocks
+_SIZE: Final = sql.SQL(
+    """CASE WHEN c.relkind = 'p'
+            THEN (SELECT coalesce(sum(pg_relation_size(t.relid)), 0) FROM pg_partition_tree(c.oid) t)
+            ELSE pg_relation_size(c.oid) END::bigint"""
+)
+#: everything `describe_table` needs in one round trip: a database of thousands of small tables
+#: is planned in seconds
+_DESCRIBE: Final = sql.SQL(
+    """SELECT c.oid, n.nspname, c.relname, c.relkind, c.relreplident,
+              CASE WHEN c.relkind = 'p'
+                   THEN (SELECT coalesce(sum(greatest(l.reltuples, 0)), 0) FROM pg_partition_tree(c.oid) t
+                           JOIN pg_class l ON l.oid = t.relid WHERE t.isleaf)
+                   ELSE greatest(c.reltuples, 0) END::bigint,
+              {size},
+              {listed},
+              (SELECT coalesce(json_agg(json_build_array(a.attnum, a.attname, a.atttypid::int8, a.atttypmod,
+                                                         format_type(a.atttypid, a.atttypmod))
+                                        ORDER BY a.attnum), '[]')
+                 FROM pg_attribute a
+                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                  AND (a.attgenerated = '' OR (a.attgenerated = 's' AND {generated}))),
+              {primary},
+              {replident}
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.oid = to_regclass(%(table)s)"""
+)
+
+
+def describe_table(
+    conn: psycopg.Connection[Any], table: str, publication: str, size: bool = False
+) -> TableSpec:
     """Build the spec of ``table`` so that it matches the Relation message pgoutput sends.
 
     Published columns: not dropped, not generated (PostgreSQL 18 publishes
@@ -89,64 +136,42 @@ def describe_table(conn: psycopg.Connection[Any], table: str, publication: str) 
     identity: DEFAULT -> primary key, INDEX -> that index, FULL -> every column.
     The publication's row filter (PostgreSQL 15+) is kept for `copy_statement`:
     a hand-made publication's as well as the one cdc makes from ``--row-filter``.
+    With ``size``, `TableSpec.max_rows` bounds the rows by the heap's size (which
+    waits for a lock that an ACCESS EXCLUSIVE holder keeps).
     """
+    version = conn.info.server_version
+    generated = _GENERATED if version >= 180000 else sql.SQL("false")
+    listed = _LISTED if version >= 150000 else sql.SQL("NULL::json")
     rows = _query(
         conn,
-        """SELECT c.oid, n.nspname, c.relname, c.relkind, c.relreplident, c.reltuples::bigint
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.oid = to_regclass(%s)""",
-        (replication.quote_table(table),),
+        _DESCRIBE.format(
+            generated=generated,
+            listed=listed,
+            size=_SIZE if size else sql.SQL("NULL::bigint"),
+            primary=_INDEX.format(sql.Identifier("indisprimary")),
+            replident=_INDEX.format(sql.Identifier("indisreplident")),
+        ),
+        {"table": replication.quote_table(table), "pub": publication},
     )
     if not rows:
         raise SourceError(f"table {table} does not exist: create it or fix --tables")
-    oid, schema, name, kind, replident, reltuples = rows[0]
-    version = conn.info.server_version
-    generated = False
-    if version >= 180000:
-        gen = _query(conn, "SELECT pubgencols::text FROM pg_publication WHERE pubname = %s", (publication,))
-        generated = bool(gen) and gen[0][0] == "s"
+    oid, schema, name, kind, replident, estimate, heap, listed_row, columns, primary, by_index = rows[0]
     attrs: list[int] | None = None
     row_filter: str | None = None
-    if version >= 150000:
-        listed = _query(
-            conn,
-            """SELECT pr.prattrs::int2[], pg_get_expr(pr.prqual, pr.prrelid) FROM pg_publication_rel pr
-                 JOIN pg_publication p ON p.oid = pr.prpubid
-                WHERE p.pubname = %s AND pr.prrelid = %s""",
-            (publication, oid),
-        )
-        if listed and listed[0][0] is not None:
-            attrs = [int(a) for a in listed[0][0]]
-        if listed and listed[0][1] is not None:
-            row_filter = str(listed[0][1])
-    columns = _query(
-        conn,
-        """SELECT a.attnum, a.attname, a.atttypid::int8, a.atttypmod, format_type(a.atttypid, a.atttypmod)
-             FROM pg_attribute a
-            WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
-              AND (a.attgenerated = '' OR (a.attgenerated = 's' AND %s))
-            ORDER BY a.attnum""",
-        (oid, generated),
-    )
+    if listed_row is not None:
+        if listed_row[0] is not None:
+            attrs = [int(a) for a in listed_row[0]]
+        if listed_row[1] is not None:
+            row_filter = str(listed_row[1])
     if attrs is not None:
         columns = [c for c in columns if c[0] in attrs]
-    primary = _index_columns(conn, oid, "indisprimary")
     identity: set[str] = set()
     if replident == "d":
         identity = set(primary)
     elif replident == "i":
-        identity = set(_index_columns(conn, oid, "indisreplident"))
+        identity = set(by_index)
     elif replident == "f":
         identity = {str(c[1]) for c in columns}
-    estimate = max(int(reltuples), 0)
-    if kind == "p":
-        leaves = _query(
-            conn,
-            """SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint
-                 FROM pg_partition_tree(%s) t JOIN pg_class c ON c.oid = t.relid WHERE t.isleaf""",
-            (oid,),
-        )
-        estimate = int(leaves[0][0]) if leaves else 0
     return TableSpec(
         relation_id=int(oid),
         schema=str(schema),
@@ -156,24 +181,16 @@ def describe_table(conn: psycopg.Connection[Any], table: str, publication: str) 
         columns=tuple(
             ColumnSpec(str(n), int(t), int(m), str(f), str(n) in identity) for _, n, t, m, f in columns
         ),
-        primary_key=tuple(primary),
-        estimate=estimate,
+        primary_key=tuple(str(c) for c in primary),
+        estimate=int(estimate),
         row_filter=row_filter,
+        max_rows=None if heap is None else int(heap) // _MIN_ROW_BYTES,
     )
 
 
-def _index_columns(conn: psycopg.Connection[Any], oid: int, flag: str) -> list[str]:
-    rows = _query(
-        conn,
-        sql.SQL(
-            """SELECT a.attname FROM pg_index i
-                 CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                WHERE i.indrelid = %s AND i.{} ORDER BY k.n"""
-        ).format(sql.Identifier(flag)),
-        (oid,),
-    )
-    return [str(r[0]) for r in rows]
+#: a heap row takes at least its 24-byte header and a 4-byte line pointer: a table's size over
+#: this bounds its row count, so a small table is planned as one chunk without reading its keys
+_MIN_ROW_BYTES: Final = 28
 
 
 def table_from_spec(spec: TableSpec, catalog: TypeCatalog | None = None) -> Table:

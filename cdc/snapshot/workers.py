@@ -1,8 +1,10 @@
-"""The worker processes of the initial snapshot: COPY chunks in the exported snapshot, into Kafka.
+"""The workers of the initial snapshot: COPY chunks in the exported snapshot, into Kafka.
 
 Processes, not threads: parsing and encoding rows is CPU-bound Python, and
 the GIL would hold threads to one core. Spawned, not forked: fork is unsafe
-with the producer's threads. Each worker joins the slot's exported snapshot
+with the producer's threads. A small snapshot (many small tables) runs the
+same workers as threads of the connector (`serve`): a process costs a second
+or more to start and import, more than reading the rows. Each worker joins the slot's exported snapshot
 on its own connection, opens its own `RecordWriter`, and asks the
 coordinator (`cdc.snapshot.initial`) for chunks over a pipe.
 """
@@ -108,6 +110,12 @@ def worker_main(job: WorkerJob, number: int, parent: int, pipe: Connection) -> N
     logs.configure(s.log_format, level, s.log_file, prefix=f"worker-{number}")  # the connector's log
     # these lines bypass the connector's console (and its progress bars): only what matters
     logging.getLogger("kafka").setLevel(max(job.log_level, logging.WARNING))
+    serve(job, number, pipe)
+
+
+def serve(job: WorkerJob, number: int, pipe: Connection) -> None:
+    """A worker's life, in its process or in a thread of the connector: read the chunks handed
+    out until told "done" or "abort"; errors go to the coordinator as one line."""
     try:
         with _Worker(job, number, pipe) as worker:
             worker.run()
@@ -156,15 +164,19 @@ class _Worker:
         self.pending: deque[tuple[str, int, InFlight, int, list[Any] | None]] = deque()
 
     @contextlib.contextmanager
-    def _in_snapshot(self) -> Iterator[None]:
-        """One transaction in the exported snapshot; ended (its locks released) on the way out."""
-        with pg.errors("joining the snapshot", retriable=_GONE_SNAPSHOT):
-            # the first statement of the transaction: every worker reads the same snapshot
-            self.conn.execute(
-                sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.job.snapshot_name))
-            )
+    def _in_snapshot(self, spec: TableSpec | None = None) -> Iterator[str | None]:
+        """One transaction in the exported snapshot; ended (its locks released) on the way out.
+        With ``spec``, its table is locked and checked at once: yields `table_changed`'s verdict."""
+        # the first statement of the transaction: every worker reads the same snapshot
+        join = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.job.snapshot_name))
+        changed = None
         try:
-            yield
+            if spec is None:
+                with pg.errors("joining the snapshot", retriable=_GONE_SNAPSHOT):
+                    self.conn.execute(join)
+            else:
+                changed = table_changed(self.conn, spec, join)
+            yield changed
         finally:
             with pg.errors("ending a snapshot transaction"):
                 self.conn.rollback()
@@ -224,8 +236,7 @@ class _Worker:
         token = InFlight(lsn)
         held: list[Any] | None = None
         rows = reported = 0
-        with self._in_snapshot():
-            changed = table_changed(self.conn, spec)
+        with self._in_snapshot(spec) as changed:
             if changed is not None:
                 pipe.send(("changed", name, index, changed))
                 return
@@ -265,30 +276,44 @@ REWRITTEN: Final = "rewritten"
 DROPPED: Final = "dropped"
 
 
-def table_changed(conn: psycopg.Connection[Any], spec: TableSpec) -> str | None:
+def table_changed(
+    conn: psycopg.Connection[Any], spec: TableSpec, first: sql.Composed | None = None
+) -> str | None:
     """Lock ``spec``'s table for this transaction (ACCESS SHARE) and tell whether the snapshot can
     still read it: None, or `DROPPED` (gone, or its name now another table's) or `REWRITTEN`.
 
     TRUNCATE and table-rewriting ALTER TABLE are not MVCC-safe: an older
     snapshot sees a rewritten table as empty. A rewrite shows as a file node
     that differs from the one the snapshot's catalog has; the lock keeps a new
-    one out while the chunk is read.
+    one out while the chunk is read. ``first`` (the transaction's SET
+    TRANSACTION SNAPSHOT) goes in the same round trip: a snapshot of many small
+    tables is made of these.
     """
     name = sql.Identifier(spec.schema, spec.name)
-    current = pg.query_one(conn, "SELECT to_regclass(%s)::oid", (name.as_string(None),))
-    if current is None or current[0] != spec.relation_id:
-        return DROPPED
-    with pg.errors(f"locking {spec.qualified_name} for the snapshot", "check the role's privileges"):
-        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(name))
-    rewritten = pg.query_one(
-        conn,
-        # the table, or each leaf of a partitioned one (pg_partition_tree has no rows for a plain table)
-        """SELECT count(*) FROM pg_class c
-            WHERE (c.oid = %(oid)s OR c.oid IN (SELECT relid FROM pg_partition_tree(%(oid)s::oid::regclass)))
-              AND c.relkind = 'r' AND c.relfilenode IS DISTINCT FROM pg_relation_filenode(c.oid)""",
-        {"oid": spec.relation_id},
-    )
-    return REWRITTEN if rewritten is not None and rewritten[0] else None
+    params = {"name": name.as_string(None), "oid": spec.relation_id}
+    with pg.errors(f"locking {spec.qualified_name} for the snapshot", retriable=_GONE_SNAPSHOT):
+        try:
+            with conn.pipeline():
+                if first is not None:
+                    conn.execute(first)
+                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(name))
+                cursor = conn.execute(_CHANGED, params)
+            row = cursor.fetchone()
+        except psycopg.errors.UndefinedTable:
+            return DROPPED  # the caller ends the (failed) transaction
+    if row is None or not row[0]:
+        return DROPPED  # the lock went to a table created since under the same name: never read
+    return REWRITTEN if row[1] else None
+
+
+_CHANGED: Final = sql.SQL(
+    # the table, or each leaf of a partitioned one (pg_partition_tree has no rows for a plain table)
+    """SELECT coalesce(to_regclass(%(name)s)::oid = %(oid)s::oid, false),
+              (SELECT count(*) FROM pg_class c
+                WHERE (c.oid = %(oid)s
+                       OR c.oid IN (SELECT relid FROM pg_partition_tree(%(oid)s::oid::regclass)))
+                  AND c.relkind = 'r' AND c.relfilenode IS DISTINCT FROM pg_relation_filenode(c.oid))"""
+)
 
 
 def send(pipe: Connection, order: tuple[Any, ...]) -> None:
