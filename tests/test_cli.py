@@ -39,6 +39,7 @@ def confirmed_past(info: dict[str, Any], lsn: int) -> dict[str, Any] | None:
     return info if parse_lsn(info.get("confirmed_lsn") or "0/0") >= lsn else None
 
 
+@pytest.mark.tansu_subset
 def test_detached_start_status_stop(db: TestDb, broker: BrokerHandle, prefix: str, tmp_path: Path) -> None:
     db.execute("CREATE TABLE items (id int PRIMARY KEY, label text)")
     name = "n" + secrets.token_hex(3)

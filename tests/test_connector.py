@@ -67,6 +67,7 @@ def workload(db: TestDb) -> None:
 PRODUCERS = pytest.mark.parametrize("producer", ["kafka-python", "confluent"])
 
 
+@pytest.mark.tansu_subset
 @PRODUCERS
 def test_stream_rebuilds_tables(
     db: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path, producer: str
@@ -171,6 +172,7 @@ def test_skip_ops_leaves_truncates_and_updates_out(
     assert [r.value["transaction"]["total_order"] for r in records] == [1, 2, 1]
 
 
+@pytest.mark.tansu_subset
 @PRODUCERS
 def test_restart_repeats_nothing(
     db: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path, producer: str

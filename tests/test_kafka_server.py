@@ -199,6 +199,13 @@ def test_the_two_clients_read_each_other(kafka_server: KafkaServer) -> None:
     assert consume("confluent", security, topic) == consume("kafka-python", security, topic) == [b"a", b"b"]
 
 
+def test_cluster_ids_never_look_like_an_option() -> None:
+    """kafka-storage format reads an id starting with "-" as an option: one start in 64 failed."""
+    from cdc.devservers.kafka import _cluster_id
+
+    assert not [cid for cid in (_cluster_id() for _ in range(5000)) if cid.startswith("-")]
+
+
 def test_stop_and_start_keep_the_data_and_the_address(own_kafka: KafkaServer) -> None:
     security = own_kafka.client_security()
     topic = topic_name("durable")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 
+import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from cdc.pgoutput import Begin, Commit, Decoder, Insert, Message, Relation, XLogData, decode_copy_data
@@ -35,6 +36,7 @@ def test_slot_streams_a_change(db: TestDb) -> None:
     assert insert.new == [b"1", "héllo 🐘".encode()]
 
 
+@pytest.mark.tansu_subset
 def test_broker_round_trip(broker: BrokerHandle) -> None:
     topic = "smoke-" + secrets.token_hex(4)
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all")

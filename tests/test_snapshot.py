@@ -49,6 +49,7 @@ def reads_in_done_chunks(plan: dict[str, Any], reads: list[Record]) -> list[Reco
     return [r for r in reads if any(lo < r.key["id"] <= hi for lo, hi in ranges)]
 
 
+@pytest.mark.tansu_subset
 def test_initial_snapshot_with_concurrent_writers(
     db_latest: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -266,11 +266,35 @@ class KafkaPythonProducer:
                 )
                 acked(token)
 
+            spoil = self._spoil_transaction if self.transactional_id else None
+
             def failed(error: BaseException) -> None:
+                if spoil is not None:
+                    spoil(error)
                 failures((token, _KafkaPythonFailure(error)))
 
             self._token, self._token_callbacks = token, (ok, failed)
         return self._token_callbacks
+
+    def _spoil_transaction(self, error: BaseException) -> None:
+        """A record of the open transaction failed: the transaction must never commit.
+
+        kafka-python (3.0.12) leaves the transaction committable when a record
+        fails with a retriable error past its retries (a delivery timeout while
+        the broker was away): the commit then goes through without it, and with
+        it the position record, so a read_committed consumer saw part of a
+        transaction and the next start sent that part again. The Java client
+        moves the transaction into an abortable error (KAFKA-5385); so does
+        this, on the sender thread, before it can send the commit.
+        """
+        manager = getattr(self.producer, "_transaction_manager", None)
+        if manager is None:
+            return
+        try:
+            if not manager.has_error():  # (it ignores an aborting transaction itself)
+                manager.transition_to_abortable_error(error)
+        except Exception as exc:  # another state, another layout: the commit's own checks remain
+            log.debug("could not mark the transaction failed: %s", exc)
 
     def send(
         self,
@@ -339,16 +363,36 @@ class KafkaPythonProducer:
 
     def commit_transaction(self, timeout: float) -> None:
         try:
-            self._txn("committing a transaction", self.producer.commit_transaction)
+            self._txn("committing a transaction", lambda: self._end_transaction(True, timeout))
         finally:
             self.in_transaction = False
         self.poll()
 
     def abort_transaction(self, timeout: float) -> None:
         try:
-            self._txn("aborting a transaction", self.producer.abort_transaction)
+            self._txn("aborting a transaction", lambda: self._end_transaction(False, timeout))
         finally:
             self.in_transaction = False
+
+    def _end_transaction(self, commit: bool, timeout: float) -> None:
+        """What kafka-python's commit_transaction/abort_transaction do, with a timeout.
+
+        Theirs wait without one: a broker gone while the request is due blocked
+        the connector (and `cdc stop`) until it came back. Past ``timeout`` the
+        session ends; the next one's producer settles the transaction either way.
+        """
+        manager = getattr(self.producer, "_transaction_manager", None)
+        sender = getattr(self.producer, "_sender", None)
+        if manager is None or sender is None:  # another kafka-python layout: its own call, unbounded
+            (self.producer.commit_transaction if commit else self.producer.abort_transaction)()
+            return
+        result = manager.begin_commit() if commit else manager.begin_abort()
+        sender.wakeup()
+        if not result.wait(timeout_ms=timeout * 1000):
+            raise SinkError(
+                f"kafka did not {'commit' if commit else 'abort'} a transaction within {timeout:g} s",
+                retriable=True,
+            )
 
     def _txn(self, doing: str, call: Any) -> None:
         try:

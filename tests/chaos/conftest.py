@@ -1,5 +1,8 @@
 """Fixtures of the chaos cases: the seed, a private cluster to restart, brokers to break.
 
+The brokers are those of `tests.fix_servers` (Apache Kafka; Tansu for the
+``tansu_subset`` cases or with ``CDC_TEST_BROKER=tansu``).
+
 Randomness is seeded: ``CDC_CHAOS_SEED`` replays a run (the header of
 ``pytest tests/chaos`` and every failing case print it); each case derives
 its own seed from it and its name, so one case replays alone with ``-k``.
@@ -17,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from cdc.devservers import PostgresServer
-from tests.chaos.harness import LinkUnavailable, ShapedBroker
+from cdc.devservers import KafkaUnavailable, PostgresServer
+from tests.chaos.harness import LinkUnavailable, Shaped, create_shaped
 from tests.chaos.workload import random_seed
+from tests.fix_servers import EXTERNAL
 
 SESSION_SEED = int(os.environ.get("CDC_CHAOS_SEED") or random_seed())
 ROUNDS = int(os.environ.get("CDC_CHAOS_ROUNDS") or 2)
@@ -46,14 +50,16 @@ def chaos_pg(make_server: Callable[[dict[str, str]], PostgresServer]) -> Postgre
 
 
 @pytest.fixture
-def shaped_broker(tmp_path: Path) -> Iterator[ShapedBroker]:
-    """Tansu behind a veth pair whose traffic a case may slow down and drop."""
-    if os.environ.get("CDC_TEST_BOOTSTRAP_SERVERS"):
+def shaped_broker(broker_kind: str, tmp_path: Path) -> Iterator[Shaped]:
+    """A broker of this kind behind a veth pair whose traffic a case may slow down and drop."""
+    if broker_kind == EXTERNAL:
         pytest.skip("needs a broker process behind a link of its own; CDC_TEST_BOOTSTRAP_SERVERS is external")
     try:
-        broker = ShapedBroker.create_shaped(tmp_path / "broker")
+        broker = create_shaped(broker_kind, tmp_path / "broker")
     except LinkUnavailable as exc:
         pytest.skip(f"no shaped link on this machine ({exc}); the paused-broker case covers a hung broker")
+    except KafkaUnavailable as exc:
+        pytest.skip(f"no Apache Kafka on this machine: {exc}")
     try:
         broker.start()
     except BaseException:

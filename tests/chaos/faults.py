@@ -1,11 +1,15 @@
 """The faults, each a function of a running `Chaos` scene, shared by the test cases and the soak.
 
 A scene is a database with the workload's tables, a broker, a `cdc start`
-process and the workload writing in the background. A fault does its harm,
-waits until the connector is streaming again (by itself, or restarted as an
-operator or supervisor would), and returns a `FaultRecord` saying what it did.
-The scene keeps the *loss horizon* (see `tests.chaos.verify`) when a fault
-makes the broker lose data.
+process (``--delivery at-least-once`` or ``exactly-once``) and the workload
+writing in the background. A fault does its harm, waits until the connector
+is streaming again (by itself, or restarted as an operator or supervisor
+would), and returns a `FaultRecord` saying what it did.
+
+On Apache Kafka a broker restart (stop, or kill -9) keeps everything it
+acknowledged: the loss horizon stays 0 and the verifier excuses nothing.
+Tansu keeps nothing: there the scene keeps the *loss horizon* (see
+`tests.chaos.verify`) of each restart.
 """
 
 from __future__ import annotations
@@ -20,17 +24,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from cdc.devservers import Broker, PostgresServer
+from cdc.devservers import PostgresServer
 from cdc.kafka import resolve_producer_kind
 from cdc.lsn import parse_lsn
 from tests.chaos import harness
-from tests.chaos.harness import ShapedBroker
 from tests.chaos.verify import Report, decoder, read_all, verify
 from tests.chaos.workload import Workload, create_schema, published_tables
 from tests.support import (
     FAST_FAILING_PRODUCER,
     OUTLIVING_PRODUCER,
     ConnectorProcess,
+    WaitTimeout,
     current_wal,
     producer_config_args,
     scalar,
@@ -38,6 +42,11 @@ from tests.support import (
     slot_confirmed,
     wait_until,
 )
+from tests.support.brokers import BrokerProcess, durable
+
+AT_LEAST_ONCE = "at-least-once"
+EXACTLY_ONCE = "exactly-once"
+DELIVERIES = (AT_LEAST_ONCE, EXACTLY_ONCE)
 
 
 @dataclass(slots=True)
@@ -55,10 +64,11 @@ class Chaos:
 
     server: PostgresServer
     dsn: str
-    broker: Broker
+    broker: BrokerProcess
     connector: ConnectorProcess
     workload: Workload
     rng: random.Random
+    delivery: str = AT_LEAST_ONCE
     horizon: int = 0
     faults: list[FaultRecord] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
@@ -66,6 +76,9 @@ class Chaos:
     checkpoint_checks: list[Report] = field(default_factory=list)
     #: after a kill -9 and before a broker restart, check that everything confirmed is in Kafka
     verify_checkpoints: bool = False
+    #: check at every N-th of those moments only (each check reads every topic from the start)
+    checkpoint_every: int = 1
+    _checkpoint_moments: int = 0
     large_rows: int = 30_000  # rows of the transaction kill9_large_transaction interrupts
     snapshot_lsn: int | None = None  # the initial snapshot's consistent point, when there was one
     _lag_stop: threading.Event = field(default_factory=threading.Event)
@@ -106,15 +119,32 @@ class Chaos:
         self.stop_sampling()
         return self.verify()
 
+    @property
+    def exactly_once(self) -> bool:
+        return self.delivery == EXACTLY_ONCE
+
+    @property
+    def durable(self) -> bool:
+        """Does the broker keep what it acknowledged across restarts (Apache Kafka)?"""
+        return durable(self.broker)
+
     def verify(self, confirmed: int | None = None) -> Report:
+        """Every topic against the ledger; with exactly-once, read committed and no duplicate at all."""
         bootstrap, prefix = self.broker.bootstrap_servers, self.connector.prefix
-        records = read_all(bootstrap, prefix, live=confirmed is not None)
+        isolation = "read_committed" if self.exactly_once else "read_uncommitted"
+        records = read_all(bootstrap, prefix, live=confirmed is not None, isolation=isolation)
         decode = decoder(self.connector.format, bootstrap, prefix)
-        return verify(records, self.workload.ledger, decode, self.horizon, confirmed, self.snapshot_lsn)
+        return verify(
+            records, self.workload.ledger, decode, self.horizon, confirmed, self.snapshot_lsn,
+            exactly_once=self.exactly_once,
+        )  # fmt: skip
 
     def check_checkpoint(self, when: str) -> None:
         """The checkpoint invariant, now: every transaction the slot has confirmed is in Kafka."""
         if not self.verify_checkpoints:
+            return
+        self._checkpoint_moments += 1
+        if (self._checkpoint_moments - 1) % self.checkpoint_every:
             return
         confirmed = slot_confirmed(self.dsn, self.connector.slot)
         report = self.verify(confirmed=confirmed)
@@ -255,26 +285,50 @@ def walsender_terminated(scene: Chaos) -> FaultRecord:
     return scene.record("walsender terminated", began)
 
 
-def broker_restart(scene: Chaos) -> FaultRecord:
-    """Stop the broker for a few seconds and start it again, empty (Tansu keeps nothing).
+def broker_restart(kill: bool) -> Callable[[Chaos], FaultRecord]:
+    def fault(scene: Chaos) -> FaultRecord:
+        """Stop the broker (``kill``: kill -9) for a few seconds and start it again.
 
-    Waits until the connector's session has failed (state "reconnecting"), so
-    that its confirmed position is final for the old broker: that position is
-    the loss horizon, and the connector must send everything after it again.
-    """
-    scene.check_checkpoint("before the broker restart")  # before the evidence goes
-    began = time.monotonic()
-    scene.broker.stop()
-    scene.connector.wait_state("reconnecting", timeout=60)
-    horizon = max(
-        slot_confirmed(scene.dsn, scene.connector.slot), harness.offsets_lsn(scene.connector.instance_dir)
-    )
-    scene.horizon = max(scene.horizon, horizon)
-    time.sleep(scene.rng.uniform(0.5, 2))  # more of the outage, with the workload writing
-    scene.broker.start()
-    scene.connector.wait_state("running", timeout=90)
-    scene.progress()
-    return scene.record("broker down (restarted empty)", began, f"loss horizon {horizon:X}")
+        Apache Kafka comes back with every record it acknowledged, so nothing
+        may be missing afterwards; the outage lasts until the session fails
+        (15 s at most). Tansu comes back empty: the fault waits until the
+        session has failed (state "reconnecting"), so that the connector's
+        confirmed position is final for the old broker: that is the loss
+        horizon, and the connector must send everything after it again.
+        """
+        scene.check_checkpoint("before the broker restart")  # before the evidence goes
+        began = time.monotonic()
+        if kill:
+            scene.broker.kill()
+        else:
+            scene.broker.stop()
+        how = "kill -9" if kill else "down"
+        detail = ""
+        if scene.durable:
+            # nothing to account for: the session fails (at-least-once: within the producer's
+            # timeouts) or outlives the outage (an exactly-once commit waits for its coordinator)
+            try:
+                scene.connector.wait_state("reconnecting", timeout=15)
+                detail = "the session failed"
+            except WaitTimeout:
+                detail = "the session outlived the outage"
+        else:
+            scene.connector.wait_state("reconnecting", timeout=60)
+            horizon = max(
+                slot_confirmed(scene.dsn, scene.connector.slot),
+                harness.offsets_lsn(scene.connector.instance_dir),
+            )
+            scene.horizon = max(scene.horizon, horizon)
+            detail = f"loss horizon {horizon:X}"
+        time.sleep(scene.rng.uniform(0.5, 2))  # more of the outage, with the workload writing
+        scene.broker.start()
+        scene.connector.wait_state("running", timeout=90)
+        scene.progress()
+        kept = "restarted, durable" if scene.durable else "restarted empty"
+        return scene.record(f"broker {how} ({kept})", began, detail)
+
+    fault.__name__ = "broker_kill9" if kill else "broker_restart"
+    return fault
 
 
 def status_after(connector: ConnectorProcess, moment: float) -> dict[str, Any] | None:
@@ -284,29 +338,35 @@ def status_after(connector: ConnectorProcess, moment: float) -> dict[str, Any] |
 
 
 def broker_blip(scene: Chaos) -> FaultRecord:
-    """Stop the broker for less than the producer's timeouts and start it again, empty.
+    """Stop the broker for less than the producer's timeouts and start it again.
 
-    With timeouts longer than the outage the session outlives it: the
-    records the old broker acknowledged are gone with it, and the producer
-    finds a broker that does not know it. The connector must carry on (a
-    new session, a new producer), not exit. The loss horizon is what the
-    connector had *received* when the old broker died (it cannot have
-    acknowledged more), read from status.json after a status interval.
+    With timeouts longer than the outage the session outlives it. The
+    connector must carry on (the same session, or a new one with a new
+    producer), not exit. Apache Kafka comes back with its data, so nothing
+    may be missing. Tansu comes back empty: the records it acknowledged are
+    gone, and the producer finds a broker that does not know it; the loss
+    horizon is what the connector had *received* when the old broker died
+    (it cannot have acknowledged more), read from status.json after a
+    status interval.
     """
     pid = scene.connector.pid
     began = time.monotonic()
     scene.broker.stop()
     died = time.time()
-    status = wait_until(
-        partial(status_after, scene.connector, died + 0.2), 30, "a status after the broker stopped"
-    )
-    horizon = parse_lsn(str(status.get("received_lsn") or "0/0"))
-    scene.horizon = max(scene.horizon, horizon)
+    detail = ""
+    if not scene.durable:
+        status = wait_until(
+            partial(status_after, scene.connector, died + 0.2), 30, "a status after the broker stopped"
+        )
+        horizon = parse_lsn(str(status.get("received_lsn") or "0/0"))
+        scene.horizon = max(scene.horizon, horizon)
+        detail = f"loss horizon {horizon:X}"
     time.sleep(scene.rng.uniform(0.5, 2))  # more of the outage, with the workload writing
     scene.broker.start()
     scene.progress(timeout=60)
     assert scene.connector.pid == pid and scene.connector.alive(), "the connector exited"
-    return scene.record("broker blip (restarted empty)", began, f"loss horizon {horizon:X}")
+    kept = "durable" if scene.durable else "restarted empty"
+    return scene.record(f"broker blip ({kept})", began, detail)
 
 
 def broker_paused(scene: Chaos) -> FaultRecord:
@@ -325,16 +385,16 @@ def broker_paused(scene: Chaos) -> FaultRecord:
 
 def slow_link(scene: Chaos) -> FaultRecord:
     """A slow, lossy link to the broker for a few seconds (tbf on a veth pair), then a clean one."""
-    broker = scene.broker
-    if not isinstance(broker, ShapedBroker):
+    link = harness.link_of(scene.broker)
+    if link is None:
         raise harness.LinkUnavailable("the scene's broker is not behind a shaped link")
     seconds = scene.rng.uniform(2, 6)
     began = time.monotonic()
-    broker.shape()
+    link.shape()
     try:
         time.sleep(seconds)  # the slow period is the fault
     finally:
-        broker.unshape()
+        link.unshape()
     scene.connector.wait_state("running", timeout=90)
     scene.progress()
     return scene.record("slow, lossy link", began, f"{seconds:.1f} s at 200 kbit/s")
@@ -389,7 +449,8 @@ FAULTS: dict[str, Callable[[Chaos], FaultRecord]] = {
     "pg_restart_fast": postgres_restart("fast"),
     "pg_restart_immediate": postgres_restart("immediate"),
     "walsender_kill": walsender_terminated,
-    "broker_restart": broker_restart,
+    "broker_restart": broker_restart(kill=False),
+    "broker_kill9": broker_restart(kill=True),
     "broker_blip": broker_blip,
     "broker_pause": broker_paused,
     "slow_link": slow_link,
@@ -401,7 +462,7 @@ FAULTS: dict[str, Callable[[Chaos], FaultRecord]] = {
 def new_scene(
     server: PostgresServer,
     dsn: str,
-    broker: Broker,
+    broker: BrokerProcess,
     state_dir: Path,
     prefix: str,
     name: str,
@@ -411,20 +472,27 @@ def new_scene(
     fast_failing: bool = True,
     producer: str = "auto",
     format: str = "avro",
+    delivery: str = AT_LEAST_ONCE,
 ) -> Chaos:
     """A scene with the workload's tables; the connector is not started yet.
 
     ``fast_failing``: producer timeouts of a few seconds, so that a lost
     broker ends the session quickly (the loss horizon is then exact);
     otherwise timeouts a short outage stays within (`tests.support.OUTLIVING_PRODUCER`).
+    ``delivery``: ``--delivery`` of the connector; with exactly-once the
+    verifier reads committed records only and allows no duplicate.
     """
+    if delivery not in DELIVERIES:
+        raise ValueError(f"delivery {delivery!r}: {' or '.join(DELIVERIES)}")
     create_schema(dsn)
     kind = resolve_producer_kind(producer)
     settings = (FAST_FAILING_PRODUCER if fast_failing else OUTLIVING_PRODUCER)[kind]
+    extra = producer_config_args(settings)
+    if delivery == EXACTLY_ONCE:
+        extra += ["--delivery", EXACTLY_ONCE]
     connector = ConnectorProcess(
-        dsn, broker.bootstrap_servers, name, prefix, state_dir, tables=published_tables(),
-        extra=producer_config_args(settings),
+        dsn, broker.bootstrap_servers, name, prefix, state_dir, tables=published_tables(), extra=extra,
         env={"CDC_RECONNECT_MAX_SECONDS": str(reconnect_max_seconds)}, format=format, producer=kind,
     )  # fmt: skip
     rng = random.Random(seed)
-    return Chaos(server, dsn, broker, connector, Workload(dsn, seed, rate), rng)
+    return Chaos(server, dsn, broker, connector, Workload(dsn, seed, rate), rng, delivery)

@@ -2,12 +2,14 @@
 
     .venv/bin/python -m tests.chaos.soak [--minutes 10] [--seed N] [--rate 100]
                                          [--faults kill9,broker_restart,...] [--every 8-25]
+                                         [--broker kafka|tansu] [--delivery at-least-once|exactly-once]
                                          [--producer auto|kafka-python|confluent] [--format avro|json]
 
-``CDC_SOAK_MINUTES`` and ``CDC_CHAOS_SEED`` set the defaults of ``--minutes``
-and ``--seed``. It starts its own Postgres (the newest found) and Tansu (in a
-network namespace behind a shapeable link when the machine allows it, with a
-small tmpfs as the state directory), writes rows for an initial snapshot,
+``CDC_SOAK_MINUTES``, ``CDC_CHAOS_SEED`` and ``CDC_TEST_BROKER`` set the
+defaults of ``--minutes``, ``--seed`` and ``--broker``. It starts its own
+Postgres (the newest found) and broker, Apache Kafka by default (in a network
+namespace behind a shapeable link when the machine allows it, with a small
+tmpfs as the state directory), writes rows for an initial snapshot,
 runs a real `cdc start` process (killed -9 part-way through that snapshot,
 then started again), writes the workload of `tests.chaos.workload` at
 ``--rate`` transactions a second, and strikes the faults of
@@ -17,6 +19,11 @@ checks the checkpoint invariant (everything the slot confirmed is in Kafka);
 at the end it stops the workload, lets the connector catch up, stops it,
 verifies every topic and prints a table. The exit status is 0 only without
 any violation.
+
+On Apache Kafka nothing may be missing: a broker restart keeps what it
+acknowledged, so there is no loss horizon. With ``--delivery exactly-once``
+the verifier reads committed records only and a duplicate is a violation;
+the same run at at-least-once shows how many duplicates the faults made.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
 import sys
 import tempfile
 import time
@@ -34,32 +42,34 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-from cdc.devservers import Broker, PostgresServer, find_pg_installs
+from cdc.devservers import PostgresServer, find_pg_installs
 from tests.chaos import harness
-from tests.chaos.faults import FAULTS, Chaos, new_scene, start_with_snapshot
-from tests.chaos.harness import LinkUnavailable, ShapedBroker, StateDirUnavailable
+from tests.chaos.faults import DELIVERIES, FAULTS, Chaos, new_scene, start_with_snapshot
+from tests.chaos.harness import LinkUnavailable, StateDirUnavailable
 from tests.chaos.verify import Report
 from tests.chaos.workload import random_seed
 from tests.fix_servers import new_db
+from tests.support.brokers import BROKER_KINDS, KAFKA, BrokerProcess, create_broker
 
 log = logging.getLogger("soak")
 
 
 @contextlib.contextmanager
-def servers(work: Path, shaped: bool) -> Iterator[tuple[PostgresServer, Broker, str]]:
-    """A cluster and a broker; the broker behind a shapeable link when possible. Yields a note."""
+def servers(work: Path, kind: str, shaped: bool) -> Iterator[tuple[PostgresServer, BrokerProcess, str]]:
+    """A cluster and a broker of ``kind``; the broker behind a shapeable link when possible.
+    Yields a note."""
     server = PostgresServer.create(find_pg_installs()[0])
     server.start()
-    broker: Broker
+    broker: BrokerProcess
     note = ""
     try:
         try:
             if not shaped:
                 raise LinkUnavailable("not asked for")
-            broker = ShapedBroker.create_shaped(work / "broker")
+            broker = harness.create_shaped(kind, work / "broker")
         except LinkUnavailable as exc:
             note = f"no shaped link ({exc}): slow_link left out"
-            broker = Broker.create(work / "broker")
+            broker = create_broker(kind, work / "broker")
         try:
             broker.start()
             yield server, broker, note
@@ -85,8 +95,9 @@ def recover(scene: Chaos) -> None:
     """After a fault that failed half-way: undo what it may have left, so the soak goes on."""
     broker = scene.broker
     broker.resume()
-    if isinstance(broker, ShapedBroker) and broker.shaped:
-        broker.unshape()
+    link = harness.link_of(broker)
+    if link is not None and link.shaped:
+        link.unshape()
     if not broker.pid:
         broker.start()
     with contextlib.suppress(StateDirUnavailable):
@@ -103,10 +114,11 @@ def table(scene: Chaos, report: Report, minutes: float, seed: int, failures: lis
     large = sum(1 for t in scene.workload.ledger.committed if t.kind == "large")
     passed = sum(c.ok for c in scene.checkpoint_checks)
     connector = scene.connector
+    broker = "Apache Kafka" if scene.durable else "Tansu"
     lines = [
-        f"soak: {minutes:g} minutes, seed {seed} (replay: CDC_CHAOS_SEED={seed}), --producer "
-        f"{connector.producer} --format {connector.format}, {scene.workload.transactions} small + {large} "
-        "large transactions",
+        f"soak: {minutes:g} minutes, seed {seed} (replay: CDC_CHAOS_SEED={seed}), {broker}, --delivery "
+        f"{scene.delivery} --producer {connector.producer} --format {connector.format}, "
+        f"{scene.workload.transactions} small + {large} large transactions",
         "",
         "| fault | injected | mean s (fault + recovery) | max s |",
         "|---|---:|---:|---:|",
@@ -125,9 +137,20 @@ def table(scene: Chaos, report: Report, minutes: float, seed: int, failures: lis
         "|---|---:|",
         f"| changes written (committed) | {report.changes_expected} |",
         f"| changes verified in Kafka | {report.changes_verified} |",
-        f"| changes lost by the broker itself (before the loss horizon at its restart) "
-        f"| {report.lost_by_broker} |",
-        f"| duplicates (each an exact repeat of its position) | {report.duplicates} |",
+        f"| changes lost (missing in Kafka) | {report.changes_expected - report.changes_verified} |",
+    ]
+    if not scene.durable:
+        lines.append(
+            f"| of which lost by the broker itself (before the loss horizon at its restart) "
+            f"| {report.lost_by_broker} |"
+        )
+    duplicates = (
+        "duplicates (read_committed; exactly-once allows none)"
+        if scene.exactly_once
+        else "duplicates (each an exact repeat of its position)"
+    )
+    lines += [
+        f"| {duplicates} | {report.duplicates} |",
         f"| rolled-back transactions, none in Kafka | {report.aborted_checked} |",
         f"| in-doubt commits resolved by the writer | {scene.workload.ledger.in_doubt_resolved} |",
         f"| checkpoint checks (all confirmed is in Kafka) | {passed}/{len(scene.checkpoint_checks)} passed |",
@@ -147,10 +170,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="small transactions per second")
     parser.add_argument("--faults", default="", help="comma-separated names (default: every one available)")
     parser.add_argument("--every", default="8-25", help="seconds between faults, MIN-MAX")
+    parser.add_argument(
+        "--check-every", type=int, default=1, metavar="N",
+        help="check the checkpoint invariant at every N-th kill -9 / broker restart (a check reads every "
+        "topic from the start, so it slows a long run down)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--large-rows", type=int, default=200_000, help="rows of the large transaction a kill -9 interrupts"
+    )
     parser.add_argument("--no-shaped-link", action="store_true", help="do not build a network namespace")
+    parser.add_argument(
+        "--broker", choices=BROKER_KINDS, default=os.environ.get("CDC_TEST_BROKER") or KAFKA,
+        help="Apache Kafka (durable: nothing may be lost) or Tansu (in memory: a loss horizon per restart)",
+    )  # fmt: skip
+    parser.add_argument("--delivery", choices=DELIVERIES, default=DELIVERIES[0])
     parser.add_argument("--producer", choices=["auto", "kafka-python", "confluent"], default="auto")
     parser.add_argument("--format", choices=["avro", "json"], default="avro")
     args = parser.parse_args(argv)
+    # a kill (or Ctrl-C of a backgrounded run, which ignores SIGINT) still stops the servers it started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     for noisy in ("kafka", "cdc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -162,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="cdc-soak-"))
     failures: list[str] = []
     with (
-        servers(work, not args.no_shaped_link) as (server, broker, broker_note),
+        servers(work, args.broker, not args.no_shaped_link) as (server, broker, broker_note),
         state_directory(work) as (
             state,
             state_note,
@@ -181,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown faults {unknown}; choose from {sorted(FAULTS)}")
         db = new_db(server)
         scene = new_scene(
-            server, db.dsn, broker, state, "soak" + secrets.token_hex(3), "soak", args.seed, args.rate
-        )
+            server, db.dsn, broker, state, "soak" + secrets.token_hex(3), "soak", args.seed, args.rate,
+            producer=args.producer, format=args.format, delivery=args.delivery,
+        )  # fmt: skip
         scene.verify_checkpoints = True
-        scene.large_rows = 200_000  # a few seconds of streaming even for librdkafka: the kill lands inside
+        scene.checkpoint_every = max(1, args.check_every)
+        scene.large_rows = args.large_rows  # 200,000: seconds of streaming even for librdkafka
         scene.connector.extra += ["--snapshot-workers", "1", "--snapshot-chunk-rows", "500"]
         try:
             # rows that exist before the connector: an initial snapshot reads them, killed part-way

@@ -231,9 +231,10 @@ def test_row_too_large_for_kafka_stops_without_confirming(
     """A change Kafka can never take (over the 16 MB limit): an error, not a retry loop; not confirmed."""
     db = db_latest
     db.execute("CREATE TABLE blobs (id int PRIMARY KEY, body text)")
+    # the topic takes 40 MB records (Apache Kafka's default is 1 MB): the producer's limit is the one hit
     connector = ConnectorProcess(
         db.dsn, broker.bootstrap_servers, "huge", prefix, tmp_path / "state", ["public.blobs"], format="json",
-        producer=producer,
+        producer=producer, extra=["--topic-config", "max.message.bytes=40000000"],
     )  # fmt: skip
     connector.start()
     try:
@@ -253,7 +254,7 @@ def test_row_too_large_for_kafka_stops_without_confirming(
     # the fix the message points at: a larger limit; the refused row was not confirmed, so the next
     # start sends it (keepalives may confirm WAL inside the open transaction, never its commit)
     limit = "max_request_size=40000000" if producer == "kafka-python" else "message.max.bytes=40000000"
-    connector.extra = ["--producer-config", limit]
+    connector.extra += ["--producer-config", limit]
     connector.start()
     try:
         target = int(db.scalar("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))

@@ -2,7 +2,8 @@
 
 A clean stream passes; each kind of damage a broken connector could do
 (a lost change, a leaked rollback, a reordered key, a duplicate that is not a
-repeat, a snapshot read from the wrong time) is reported.
+repeat, a snapshot read from the wrong time, any duplicate at all at exactly-once)
+is reported.
 """
 
 from __future__ import annotations
@@ -165,3 +166,32 @@ def test_snapshot_reads_must_be_real_states_not_older_than_the_consistent_point(
     assert "never committed" in violations(check(invented, snapshot_lsn=0x350))
     missing = [txlog_read(1), read(2, 2), *streamed]  # txlog row 2 neither read nor streamed
     assert "do not rebuild the tables" in violations(check(missing, snapshot_lsn=0x350))
+
+
+def test_exactly_once_allows_no_duplicate_at_all() -> None:
+    """At-least-once accepts an exact repeat (counted); exactly-once reports it, even byte for byte."""
+    items = stream()
+    items.insert(4, items[2])  # txlog of tag 2 delivered twice, identical
+    assert check(items).ok
+    report = check(items, exactly_once=True)
+    assert not report.ok and report.duplicates == 1, report.summary()
+    assert "delivered again: exactly-once delivers it once" in violations(report)
+    assert check(stream(), exactly_once=True).ok  # a clean stream still passes
+
+
+def test_exactly_once_reads_each_snapshot_row_once() -> None:
+    source = {"schema": "chaos", "table": "txlog", "snapshot": "true"}
+    reads = [
+        ("p.chaos.txlog", {"txn": tag}, {"before": None, "after": {"txn": tag, "kind": "small"},
+                                         "source": source, "op": "r", "ts_ms": 1, "transaction": None})
+        for tag in (1, 2)
+    ]  # fmt: skip
+    accounts = {"schema": "chaos", "table": "accounts", "snapshot": "true"}
+    row = {"id": 10, "version": 2, "txn": 2, "body": "b"}
+    read = ("p.chaos.accounts", {"id": 10}, {"before": None, "after": row, "source": accounts, "op": "r",
+                                             "ts_ms": 1, "transaction": None})  # fmt: skip
+    clean = [*reads, read, *stream()[4:]]
+    assert check(clean, snapshot_lsn=0x350, exactly_once=True).ok
+    twice = [*reads, read, read, *stream()[4:]]  # a resumed snapshot read the row again
+    assert check(twice, snapshot_lsn=0x350).ok
+    assert "read again" in violations(check(twice, snapshot_lsn=0x350, exactly_once=True))
