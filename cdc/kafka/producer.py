@@ -448,9 +448,11 @@ class KafkaPythonProducer:
         except TopicAlreadyExistsError:
             pass
         except self._kafka_error as exc:
-            raise SinkError(
-                f"cannot create topic {topic}: {exc}", retriable=bool(getattr(exc, "retriable", True))
-            ) from None
+            # "All brokers are currently fenced" (INVALID_REPLICATION_FACTOR): a KRaft broker just
+            # restarted and not registered yet, which the next session gets past
+            restarting = "currently fenced" in str(exc)
+            retriable = restarting or bool(getattr(exc, "retriable", True))
+            raise SinkError(f"cannot create topic {topic}: {exc}", retriable=retriable) from None
         self.known_topics.add(topic)
 
 
