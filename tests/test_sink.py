@@ -123,8 +123,9 @@ def test_two_sinks_share_a_group(
         topic_partitions=2,
     )
     topics = [f"{prefix}.{t}" for t in GROUP_TABLES]
-    group = ["--group", "shipping", "--consumer-config", "max_poll_interval_ms=4000", "--consumer-config",
-             "session_timeout_ms=4000", "--consumer-config", "heartbeat_interval_ms=500"]  # fmt: skip
+    group = ["--group", "shipping", "--consumer-config", "max_poll_interval_ms=6000", "--consumer-config",
+             "session_timeout_ms=6000", "--consumer-config", "heartbeat_interval_ms=500"]  # fmt: skip
+    # 6 s: Apache Kafka's group.min.session.timeout.ms refuses less (InvalidSessionTimeoutError)
     sinks = [
         SinkProcess(target.dsn, broker.bootstrap_servers, topics, tmp_path / f"sink{i}", group)
         for i in (1, 2)

@@ -389,6 +389,8 @@ class KafkaPythonProducer:
         result = manager.begin_commit() if commit else manager.begin_abort()
         sender.wakeup()
         if not result.wait(timeout_ms=timeout * 1000):
+            if type(getattr(manager, "_last_error", None)).__name__ in FENCED_ERRORS:
+                raise fenced_error(self.transactional_id)  # a record sent after the fence found out
             raise SinkError(
                 f"kafka did not {'commit' if commit else 'abort'} a transaction within {timeout:g} s",
                 retriable=True,
