@@ -72,6 +72,26 @@ def test_acks_reach_their_tokens(broker: BrokerHandle, kind: str) -> None:
         producer.close()
 
 
+@pytest.mark.tansu_subset
+def test_a_side_topic_is_read_to_its_end_past_one_poll(broker: BrokerHandle) -> None:
+    """More records in one batch than a poll hands out (500): every one is read (Tansu's short end
+    offset once stopped the read after the first poll, and a restart re-registered the rest)."""
+    from cdc.kafka.consumer import read_schema_records
+
+    producer = make_producer("confluent", broker.bootstrap_servers, "test", max_buffer_mb=8)
+    topic = "side-" + secrets.token_hex(4)
+    try:
+        producer.ensure_topic(topic, compact=True)
+        token = InFlight(1)
+        for i in range(1_200):
+            producer.send(topic, str(i).encode(), b"v" * 50, token)
+        assert producer.flush(30)
+    finally:
+        producer.close()
+    keys = [key for key, _ in read_schema_records(broker.bootstrap_servers, topic)]
+    assert keys == [str(i).encode() for i in range(1_200)]
+
+
 @PRODUCERS
 def test_buffer_is_bounded_while_the_broker_stalls(own_broker: Broker, kind: str) -> None:
     overrides = {"queue.buffering.max.kbytes": "1024"} if kind == "confluent" else {}

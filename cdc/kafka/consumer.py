@@ -389,6 +389,12 @@ class SchemaTopicReader:
                 for batch in self._consumer.poll(timeout_ms=200).values():
                     for message in batch:
                         yield message.key, message.value
+            # what is left of the last batch fetched: a poll hands out max_poll_records (500) at a
+            # time, and a position past Tansu's short end stopped the loop after the first 500
+            while fetched := self._consumer.poll(timeout_ms=0):
+                for batch in fetched.values():
+                    for message in batch:
+                        yield message.key, message.value
         except KafkaError as exc:
             raise consumer_error(exc, self.client) from None
 
