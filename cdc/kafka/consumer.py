@@ -386,17 +386,20 @@ class SchemaTopicReader:
                         "is the broker overloaded?",
                         retriable=True,
                     )
-                for batch in self._consumer.poll(timeout_ms=200).values():
-                    for message in batch:
-                        yield message.key, message.value
+                yield from _key_values(self._consumer.poll(timeout_ms=200))
             # what is left of the last batch fetched: a poll hands out max_poll_records (500) at a
             # time, and a position past Tansu's short end stopped the loop after the first 500
             while fetched := self._consumer.poll(timeout_ms=0):
-                for batch in fetched.values():
-                    for message in batch:
-                        yield message.key, message.value
+                yield from _key_values(fetched)
         except KafkaError as exc:
             raise consumer_error(exc, self.client) from None
+
+
+def _key_values(fetched: dict[Any, list[Any]]) -> Iterator[tuple[bytes | None, bytes | None]]:
+    """The (key, value) of every record of one poll, partition by partition."""
+    for batch in fetched.values():
+        for message in batch:
+            yield message.key, message.value
 
 
 def read_latest(client: ClientConfig | str, topic: str, **config: Any) -> dict[bytes, bytes]:
