@@ -49,7 +49,7 @@ def seconds_to_streaming(s: Servers, state_dir: Path, tables: int, rows: int = 2
     schema = load_tables(s, tables, rows)
     process = ConnectorProcess(
         s.pg.dsn(), s.broker.bootstrap_servers, schema, schema, state_dir, tables=[f"{schema}.*"],
-        status_interval=0.05, extra=["--snapshot", "initial"], log_dir=state_dir / f"{schema}-logs",
+        status_interval=1.0, extra=["--snapshot", "initial"], log_dir=state_dir / f"{schema}-logs",
     )  # fmt: skip
     started = time.monotonic()
     process.start(wait=False)

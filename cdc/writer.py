@@ -268,13 +268,16 @@ class RecordWriter:
         self.close()
 
 
-def make_serializer(settings: Settings, source: SourceInfo, client: ClientConfig | None = None) -> Serializer:
+def make_serializer(
+    settings: Settings, source: SourceInfo, client: ClientConfig | None = None, like: Serializer | None = None
+) -> Serializer:
     """The serializer of ``--format`` (and ``--schema-registry-url``): the one place a format plugs in.
 
     Avro starts from what the schema topic already holds; with a Schema Registry it registers its
     schemas there instead. Made anew for every session: after a broker restart (or a new cluster)
     the schema topic may have lost schemas this process published, and a fresh registry publishes
-    them again before the first record that needs them.
+    them again before the first record that needs them. ``like``: a serializer of this process
+    (a snapshot worker thread's coordinator) whose native Avro schemas are taken over instead.
     """
     client = client or client_config(settings)
     if settings.compat == "debezium":
@@ -285,6 +288,8 @@ def make_serializer(settings: Settings, source: SourceInfo, client: ClientConfig
 
     if settings.schema_registry_url:
         return AvroSerializer(settings.topic_prefix, source, _registry(settings, client))
+    if isinstance(like, AvroSerializer) and like.framing is None:
+        return like.fork()
     serializer = AvroSerializer(settings.topic_prefix, source)
     serializer.load_schema_records(read_schema_records(client, schemas_topic(settings.topic_prefix)))
     return serializer
@@ -333,7 +338,11 @@ def _debezium_serializer(settings: Settings, source: SourceInfo, client: ClientC
 
 
 def open_writer(
-    settings: Settings, source: SourceInfo, client_id: str, transactional_id: str = ""
+    settings: Settings,
+    source: SourceInfo,
+    client_id: str,
+    transactional_id: str = "",
+    like: Serializer | None = None,
 ) -> RecordWriter:
     """A producer and a serializer as ``settings`` say; the caller closes the writer.
 
@@ -343,7 +352,7 @@ def open_writer(
     ``transactional_id`` the producer is transactional (``--delivery exactly-once``).
     """
     client = client_config(settings)
-    serializer = make_serializer(settings, source, client)
+    serializer = make_serializer(settings, source, client, like)
     producer = make_producer(
         settings.producer,
         client,

@@ -638,3 +638,35 @@ def test_every_builtin_type_is_valid_for_the_reference_avro_implementation() -> 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", errors.IgnoredLogicalType)  # local-timestamp-micros: newer than it
         reference.parse(json.dumps(schema))
+
+
+def test_a_forked_serializer_writes_the_same_records_and_publishes_no_schema_again() -> None:
+    """A snapshot worker thread forks its coordinator's serializer: no schema topic read, no schema
+    built again, the same bytes; a table the coordinator never saw is still registered."""
+    orders = table([("id", "int4"), ("note", "text")])
+    serializer = avro.AvroSerializer("shop", SOURCE)
+    serializer.prepare(orders)
+    assert len(serializer.take_schema_records()) == 2
+    fork = serializer.fork()
+    row = event(orders, "r", None, [7, "seven"])
+    assert fork.encode(row, now_ms=NOW_MS) == serializer.encode(row, now_ms=NOW_MS)
+    assert fork.take_schema_records() == ()
+    lines = table([("id", "int4"), ("qty", "int8")], relation_id=101, name="lines")
+    fork.encode(event(lines, "r", None, [1, 2]), now_ms=NOW_MS)
+    subjects = [fork.registry.by_fingerprint[key].subject for key, _ in fork.take_schema_records()]
+    assert subjects == ["shop.public.lines-value", "shop.public.lines-key"]
+    assert serializer.registry.latest("shop.public.lines-value") is None  # the fork's own registry
+
+
+def test_tables_of_one_shape_share_their_generated_row_encoder() -> None:
+    """A database of many similar tables compiles one row encoder, not one per table."""
+    serializer = avro.AvroSerializer("shop", SOURCE)
+    first = table([("id", "int4"), ("note", "text")], relation_id=201, name="t1")
+    second = table([("id", "int4"), ("note", "text")], relation_id=202, name="t2")
+    other = table([("id", "int4"), ("amount", "numeric(10,2)")], relation_id=203, name="t3")
+    codecs = [serializer._codec(t) for t in (first, second, other)]
+    assert codecs[0].row is codecs[1].row
+    assert codecs[0].row is not codecs[2].row
+    decoder = RecordDecoder(serializer.registry)
+    value = serializer.encode(event(second, "c", None, [3, "x"]))[1]
+    assert decoder.decode(value)["after"] == {"id": 3, "note": "x"}

@@ -324,12 +324,27 @@ def _column_expression(index: int, avro_type: Any, env: dict[str, Any]) -> str:
     return expr
 
 
+#: generated row encoders by the repr of their column types: tables of the same shape (a database
+#: of many similar tables, a table's versions) share one, compiled once
+_ROW_ENCODERS: dict[str, Callable[[list[Any]], bytes]] = {}
+
+
 def _row_encoder(types: list[Any]) -> Callable[[list[Any]], bytes]:
-    """One function per table version encoding a row of wire values, generated from its column types.
+    """One function per column-type list encoding a row of wire values, generated from the types.
 
     Calling one small encoder per column costs a Python call each; a generated
     function with the common cases inlined costs one call per row.
     """
+    key = repr(types)
+    encode = _ROW_ENCODERS.get(key)
+    if encode is None:
+        if len(_ROW_ENCODERS) >= 4096:
+            _ROW_ENCODERS.clear()  # a bound, not a policy: thousands of shapes are rare
+        encode = _ROW_ENCODERS[key] = _new_row_encoder(types)
+    return encode
+
+
+def _new_row_encoder(types: list[Any]) -> Callable[[list[Any]], bytes]:
     env: dict[str, Any] = {"L": _long, "S": _string, "BOOL": _boolean, "join": b"".join}
     if not types:
         return lambda row: b""

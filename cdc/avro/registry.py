@@ -65,6 +65,13 @@ class SchemaRegistry:
     def __len__(self) -> int:
         return len(self.by_fingerprint)
 
+    def copy(self) -> SchemaRegistry:
+        """Another registry holding the same (immutable) entries."""
+        other = SchemaRegistry()
+        other.by_fingerprint = dict(self.by_fingerprint)
+        other.subjects = {subject: dict(versions) for subject, versions in self.subjects.items()}
+        return other
+
     def get(self, fp: bytes) -> RegisteredSchema | None:
         return self.by_fingerprint.get(fp)
 

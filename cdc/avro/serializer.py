@@ -182,6 +182,17 @@ class AvroSerializer:
 
     # -- also useful
 
+    def fork(self) -> AvroSerializer:
+        """A serializer for another thread that starts from this one's schemas and table codecs
+        (immutable): a snapshot worker thread neither reads the schema topic nor builds a schema
+        again. Only without a Schema Registry, whose client is not shared."""
+        if self.framing is not None:
+            raise ValueError("a serializer writing through a Schema Registry cannot be forked")
+        other = AvroSerializer(self.topic_prefix, self.source)
+        other.registry = self.registry.copy()
+        other._codecs = dict(self._codecs)  # one C-level copy: atomic under the GIL
+        return other
+
     def topic_for(self, event: ChangeEvent) -> str:
         return event_topic(self.topic_prefix, event)
 

@@ -43,7 +43,7 @@ from cdc.snapshot.tables import (
     normalize_table,
     table_from_spec,
 )
-from cdc.snapshot.workers import DROPPED, ERRORS, WorkerJob, send, serve, worker_main
+from cdc.snapshot.workers import DROPPED, ERRORS, Shared, WorkerJob, send, serve, worker_main
 from cdc.status import Status
 from cdc.writer import RecordWriter
 
@@ -199,7 +199,10 @@ class InitialSnapshot:
             ours, theirs = context.Pipe()
             if threads:
                 processes[n] = threading.Thread(
-                    target=serve, args=(job, n, theirs), name=f"cdc-snapshot-{n}", daemon=True
+                    target=serve,
+                    args=(job, n, theirs, Shared(self.tables, self.writer.serializer)),
+                    name=f"cdc-snapshot-{n}",
+                    daemon=True,
                 )
             else:
                 processes[n] = context.Process(

@@ -38,7 +38,7 @@ from cdc.errors import (
     SourceUnavailable,
     TransformError,
 )
-from cdc.events import ChangeEvent, SourceInfo, table_topic
+from cdc.events import ChangeEvent, Serializer, SourceInfo, Table, table_topic
 from cdc.pgtypes import TypeCatalog
 from cdc.snapshot.tables import TableSpec, copy_rows, copy_statement, row_reader, table_from_spec
 from cdc.writer import open_writer
@@ -72,6 +72,15 @@ class WorkerJob:
     ts_ms: int
     log_level: int
     system_id: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class Shared:
+    """What a worker thread takes from its coordinator instead of building it again: the tables
+    and their Avro schemas and encoders (per table, a few milliseconds of the GIL each)."""
+
+    tables: dict[str, Table]
+    serializer: Serializer
 
 
 ERRORS: dict[str, type[CdcError]] = {
@@ -113,11 +122,11 @@ def worker_main(job: WorkerJob, number: int, parent: int, pipe: Connection) -> N
     serve(job, number, pipe)
 
 
-def serve(job: WorkerJob, number: int, pipe: Connection) -> None:
-    """A worker's life, in its process or in a thread of the connector: read the chunks handed
-    out until told "done" or "abort"; errors go to the coordinator as one line."""
+def serve(job: WorkerJob, number: int, pipe: Connection, shared: Shared | None = None) -> None:
+    """A worker's life, in its process or in a thread of the connector (``shared`` given): read the
+    chunks handed out until told "done" or "abort"; errors go to the coordinator as one line."""
     try:
-        with _Worker(job, number, pipe) as worker:
+        with _Worker(job, number, pipe, shared) as worker:
             worker.run()
     except CdcError as exc:
         pipe.send(("error", type(exc).__name__, str(exc), bool(getattr(exc, "retriable", False))))
@@ -138,7 +147,7 @@ class _Worker:
     the queries queued behind it too), never for the whole snapshot.
     """
 
-    def __init__(self, job: WorkerJob, number: int, pipe: Connection) -> None:
+    def __init__(self, job: WorkerJob, number: int, pipe: Connection, shared: Shared | None = None) -> None:
         s = job.settings
         self.job = job
         self.number = number
@@ -153,9 +162,15 @@ class _Worker:
                 # types and tables as the session resolves them, as of the snapshot
                 catalog = TypeCatalog.from_connection(self.conn)
                 self.tables = {name: table_from_spec(spec, catalog) for name, spec in job.specs.items()}
+            if shared is not None:  # the coordinator's, when equal: its codecs are keyed by the object
+                theirs = shared.tables
+                self.tables = {n: theirs[n] if theirs.get(n) == t else t for n, t in self.tables.items()}
             self.exactly_once = s.delivery == "exactly-once"
             transactional = exactly_once.transactional_id(s, number) if self.exactly_once else ""
-            self.writer = open_writer(s, job.source, f"cdc-{s.name}-snapshot-{number}", transactional)
+            self.writer = open_writer(
+                s, job.source, f"cdc-{s.name}-snapshot-{number}", transactional,
+                like=None if shared is None else shared.serializer,
+            )  # fmt: skip
         except BaseException:
             self.conn.close()
             raise
