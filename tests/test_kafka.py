@@ -12,8 +12,9 @@ from kafka import KafkaConsumer, TopicPartition
 
 from cdc.checkpoint import InFlight
 from cdc.devservers import Broker, KafkaUnavailable
-from cdc.errors import SinkError
+from cdc.errors import DeliveryFailed, SinkError
 from cdc.kafka import Producer, make_producer
+from cdc.kafka.producer import _Deliveries
 from tests.chaos.harness import LinkUnavailable, create_shaped
 from tests.fix_servers import BrokerHandle
 from tests.pipeline import read_topics
@@ -52,6 +53,17 @@ def keys_in(bootstrap: str, topic: str) -> list[bytes]:
         return keys
     finally:
         consumer.close()
+
+
+def test_only_the_first_failure_is_kept() -> None:
+    """After a fatal error every queued record fails: one kept exception each grew the process by 75 MB."""
+    deliveries, built = _Deliveries(), []
+    for i in range(1000):
+        deliveries.fail(None, lambda i=i: built.append(i) or SinkError(f"failure {i}", retriable=False))
+    assert built == [0] and len(deliveries.failures) == 1  # later ones are not even built
+    with pytest.raises(DeliveryFailed, match="failure 0") as raised:
+        deliveries.apply()
+    assert not raised.value.retriable
 
 
 @pytest.mark.tansu_subset

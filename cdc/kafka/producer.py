@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -141,7 +142,15 @@ class _Deliveries:
 
     def __init__(self) -> None:
         self.acked: deque[InFlight] = deque()
+        # only the first failure is raised, so only the first is kept (`fail`)
         self.failures: deque[tuple[InFlight | None, BaseException | str]] = deque()
+
+    def fail(self, token: InFlight | None, error: Callable[[], BaseException]) -> None:
+        """Keep the first failure (``error()`` builds it): it ends the session. After a fatal error or a
+        long outage every queued record fails, one callback each: keeping them all (150,000 exceptions
+        after a 30 s outage) grew the process by 75 MB while the next session caught up."""
+        if not self.failures:
+            self.failures.append((token, error()))
 
     def apply(self) -> int:
         acked = self.acked
@@ -252,11 +261,7 @@ class KafkaPythonProducer:
         They run on kafka-python's sender thread: deque appends only.
         """
         if token is not self._token:
-            acked, sizes, failures = (
-                self.deliveries.acked.append,
-                self.sizes.append,
-                self.deliveries.failures.append,
-            )
+            acked, sizes, fail = self.deliveries.acked.append, self.sizes.append, self.deliveries.fail
 
             def ok(metadata: Any) -> None:
                 sizes(
@@ -271,7 +276,7 @@ class KafkaPythonProducer:
             def failed(error: BaseException) -> None:
                 if spoil is not None:
                     spoil(error)
-                failures((token, _KafkaPythonFailure(error)))
+                fail(token, lambda: _KafkaPythonFailure(error))
 
             self._token, self._token_callbacks = token, (ok, failed)
         return self._token_callbacks
@@ -521,7 +526,7 @@ class ConfluentProducer:
         if self._connect_errors is not None:
             self._connect_errors.append(error)
         if error.fatal():
-            self.deliveries.failures.append((None, _ConfluentFailure(error)))
+            self.deliveries.fail(None, lambda: _ConfluentFailure(error))
         else:
             log.debug("kafka: %s", redact.redact(str(error)))
 
@@ -536,7 +541,7 @@ class ConfluentProducer:
     def _callback(self, token: InFlight) -> Any:
         """The delivery callback for ``token``, made once per transaction rather than per record."""
         if token is not self._token:
-            acked, failures = self.deliveries.acked.append, self.deliveries.failures.append
+            acked, fail = self.deliveries.acked.append, self.deliveries.fail
             rejected = self.rejected
 
             def done(error: Any, message: Any) -> None:
@@ -548,7 +553,7 @@ class ConfluentProducer:
                                  message.headers(), str(error))
                     )  # fmt: skip
                 else:
-                    failures((token, _ConfluentFailure(error)))
+                    fail(token, lambda: _ConfluentFailure(error))
 
             self._token, self._token_callback = token, done
         return self._token_callback
