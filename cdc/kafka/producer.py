@@ -489,11 +489,13 @@ class ConfluentProducer:
             "acks": "all",
             "linger.ms": 5,
             "batch.size": 1024 * 1024,
-            "queue.buffering.max.kbytes": max_buffer_mb * 1024,
-            # librdkafka counts payload bytes only: also cap the records, each of which costs about
-            # CONFLUENT_RECORD_OVERHEAD bytes more
+            # librdkafka caps payload bytes and records apart, and each record costs about
+            # CONFLUENT_RECORD_OVERHEAD bytes more than its payload: half the buffer for each keeps
+            # payload + overhead within --max-buffer-mb, as kafka-python's count does (with the
+            # whole buffer for each, a full queue of small records held ~1.4x the buffer)
+            "queue.buffering.max.kbytes": max(1, max_buffer_mb * 1024 // 2),
             "queue.buffering.max.messages": max(
-                1000, max_buffer_mb * 1024 * 1024 // CONFLUENT_RECORD_OVERHEAD
+                1000, max_buffer_mb * 1024 * 1024 // 2 // CONFLUENT_RECORD_OVERHEAD
             ),
             "message.timeout.ms": 120_000,
             "message.max.bytes": 16 * 1024 * 1024,
