@@ -90,7 +90,7 @@ def _connector(
         python += ["-m", "cProfile", "-o", f"{profile}/{name}.prof"]
     process = ConnectorProcess(
         s.pg.dsn(), bootstrap or s.broker.bootstrap_servers, name, name, state_dir, format=fmt,
-        producer=producer, status_interval=0.05, extra=["--slot", name, "--publication", name, *extra],
+        producer=producer, status_interval=1.0, extra=["--slot", name, "--publication", name, *extra],
         log_dir=state_dir / f"{name}-logs", python=python,
     )  # fmt: skip
     process.start(wait=False)
