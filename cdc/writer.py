@@ -60,6 +60,7 @@ class RecordWriter:
         self.poll = producer.poll
         self.flush = producer.flush
         self.ensure_topic = producer.ensure_topic
+        self.ensure_topics = producer.ensure_topics
         self.shaper = shaper
         if shaper is not None:
             # bound over the plain methods, so that the plain path stays as it is without shaping

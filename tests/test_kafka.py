@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 import threading
 import time
@@ -57,9 +58,14 @@ def keys_in(bootstrap: str, topic: str) -> list[bytes]:
 
 def test_only_the_first_failure_is_kept() -> None:
     """After a fatal error every queued record fails: one kept exception each grew the process by 75 MB."""
-    deliveries, built = _Deliveries(), []
+    deliveries, built = _Deliveries(), list[int]()
+
+    def failure(i: int) -> SinkError:
+        built.append(i)
+        return SinkError(f"failure {i}", retriable=False)
+
     for i in range(1000):
-        deliveries.fail(None, lambda i=i: built.append(i) or SinkError(f"failure {i}", retriable=False))
+        deliveries.fail(None, functools.partial(failure, i))
     assert built == [0] and len(deliveries.failures) == 1  # later ones are not even built
     with pytest.raises(DeliveryFailed, match="failure 0") as raised:
         deliveries.apply()
@@ -82,6 +88,39 @@ def test_acks_reach_their_tokens(broker: BrokerHandle, kind: str) -> None:
         assert drain(producer, first, second, timeout=30) == 500  # one acknowledgement per record
     finally:
         producer.close()
+
+
+@pytest.mark.tansu_subset
+@PRODUCERS
+def test_many_topics_are_made_in_one_call_and_existing_ones_are_skipped(
+    broker: BrokerHandle, kind: str
+) -> None:
+    """An initial snapshot of thousands of tables asks for its topics at once (one CreateTopics call
+    each grew slower as the broker held more); a restart finds some made and makes the rest."""
+    from kafka.admin import KafkaAdminClient
+
+    prefix = "many-" + secrets.token_hex(4)
+    topics = [f"{prefix}.t{i}" for i in range(30)]
+
+    def listed(wanted: list[str]) -> bool:  # a new topic reaches the metadata a moment later (KRaft)
+        return set(wanted) <= set(admin.list_topics())
+
+    first = make_producer(kind, broker.bootstrap_servers, "test", max_buffer_mb=8)
+    again = make_producer(kind, broker.bootstrap_servers, "test", max_buffer_mb=8)
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    try:
+        first.ensure_topics(topics[:10])
+        wait_until(lambda: listed(topics[:10]), 10, "the first 10 topics")
+        again.ensure_topics(topics)  # a new process: 10 exist, 20 are new
+        wait_until(lambda: listed(topics), 10, "all 30 topics")
+        for i, topic in enumerate(topics):
+            again.send(topic, b"k", b"v", InFlight(i))
+        assert again.flush(30)
+        again.poll()  # raises on a failed delivery
+    finally:
+        admin.close()
+        first.close()
+        again.close()
 
 
 @pytest.mark.tansu_subset

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -69,6 +69,10 @@ class Producer(Protocol):
 
     def ensure_topic(self, topic: str, compact: bool = False) -> None:
         """Create ``topic`` unless it exists (once per process per topic)."""
+
+    def ensure_topics(self, topics: Sequence[str], compact: bool = False) -> None:
+        """`ensure_topic` for many at once: the missing ones in one CreateTopics request (an initial
+        snapshot of thousands of tables; one call each grows slower as the broker holds more)."""
 
     def max_message_bytes(self, topic: str) -> int | None:
         """The topic's ``max.message.bytes`` (the largest record batch the broker takes); None when
@@ -441,7 +445,12 @@ class KafkaPythonProducer:
         return deque()
 
     def ensure_topic(self, topic: str, compact: bool = False) -> None:
-        if topic in self.known_topics:
+        if topic not in self.known_topics:
+            self.ensure_topics([topic], compact)
+
+    def ensure_topics(self, topics: Sequence[str], compact: bool = False) -> None:
+        wanted = [topic for topic in dict.fromkeys(topics) if topic not in self.known_topics]
+        if not wanted:
             return
         from kafka.admin import KafkaAdminClient, NewTopic  # noqa: PLC0415
         from kafka.errors import TopicAlreadyExistsError  # noqa: PLC0415
@@ -450,17 +459,29 @@ class KafkaPythonProducer:
         try:
             if self.admin is None:
                 self.admin = KafkaAdminClient(**self.client.kafka_python())
-            self.admin.create_topics([NewTopic(topic, partitions, replication, topic_configs=configs)])
-            log.info("created topic %s (%s partitions)", topic, partitions)
+            missing = wanted
+            if len(wanted) > 1:  # a batch: the ones that exist are not asked for (one metadata request)
+                existing = set(self.admin.list_topics())
+                missing = [topic for topic in wanted if topic not in existing]
+            for start in range(0, len(missing), TOPICS_PER_REQUEST):
+                chunk = missing[start : start + TOPICS_PER_REQUEST]
+                self.admin.create_topics(
+                    [NewTopic(t, partitions, replication, topic_configs=configs) for t in chunk]
+                )
+            _log_created(missing, partitions)
         except TopicAlreadyExistsError:
-            pass
+            if len(wanted) > 1:  # made meanwhile by someone else: the batch's error hides the others'
+                for topic in wanted:
+                    self.ensure_topics([topic], compact)
         except self._kafka_error as exc:
             # "All brokers are currently fenced" (INVALID_REPLICATION_FACTOR): a KRaft broker just
             # restarted and not registered yet, which the next session gets past
             restarting = "currently fenced" in str(exc)
             retriable = restarting or bool(getattr(exc, "retriable", True))
-            raise SinkError(f"cannot create topic {topic}: {exc}", retriable=retriable) from None
-        self.known_topics.add(topic)
+            raise SinkError(
+                f"cannot create topic {', '.join(wanted[:3])}: {exc}", retriable=retriable
+            ) from None
+        self.known_topics.update(wanted)
 
 
 class ConfluentProducer:
@@ -712,24 +733,46 @@ class ConfluentProducer:
             self.admin = make_librdkafka(AdminClient, self.client, {})
 
     def ensure_topic(self, topic: str, compact: bool = False) -> None:
-        if topic in self.known_topics:
+        if topic not in self.known_topics:
+            self.ensure_topics([topic], compact)
+
+    def ensure_topics(self, topics: Sequence[str], compact: bool = False) -> None:
+        wanted = [topic for topic in dict.fromkeys(topics) if topic not in self.known_topics]
+        if not wanted:
             return
         from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # noqa: PLC0415
 
         partitions, replication, configs = self.topics.for_topic(compact)
         if self.admin is None:
             self.admin = make_librdkafka(AdminClient, self.client, {})
-        futures = self.admin.create_topics(
-            [NewTopic(topic, partitions, replication, config=configs)], request_timeout=30
-        )
-        try:
-            futures[topic].result(timeout=30)
-            log.info("created topic %s (%s partitions)", topic, partitions)
-        except self._ck.KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            if error is None or error.code() != self._ck.KafkaError.TOPIC_ALREADY_EXISTS:
-                raise SinkError(f"cannot create topic {topic}: {exc}", retriable=True) from None
-        self.known_topics.add(topic)
+        created = []
+        for start in range(0, len(wanted), TOPICS_PER_REQUEST):
+            chunk = wanted[start : start + TOPICS_PER_REQUEST]
+            futures = self.admin.create_topics(
+                [NewTopic(topic, partitions, replication, config=configs) for topic in chunk],
+                request_timeout=30,
+            )
+            for topic in chunk:
+                try:
+                    futures[topic].result(timeout=30)
+                    created.append(topic)
+                except self._ck.KafkaException as exc:
+                    error = exc.args[0] if exc.args else None
+                    if error is None or error.code() != self._ck.KafkaError.TOPIC_ALREADY_EXISTS:
+                        raise SinkError(f"cannot create topic {topic}: {exc}", retriable=True) from None
+        _log_created(created, partitions)
+        self.known_topics.update(wanted)
+
+
+#: topics per CreateTopics request: one request for a snapshot of thousands of tables would be large
+TOPICS_PER_REQUEST = 1000
+
+
+def _log_created(topics: Sequence[str], partitions: int) -> None:
+    if len(topics) == 1:
+        log.info("created topic %s (%s partitions)", topics[0], partitions)
+    elif topics:
+        log.info("created %d topics (%s partitions each): %s, ...", len(topics), partitions, topics[0])
 
 
 #: librdkafka errors that a new session cannot cure (as `_PERMANENT_ERRORS` for kafka-python):

@@ -110,8 +110,7 @@ class InitialSnapshot:
         tasks = self._tasks()
         started = time.monotonic()
         total_rows = sum(p.rows for p in state.plans.values())
-        for name in state.plans:
-            self.writer.ensure_topic(table_topic(s.topic_prefix, self.tables[name]))
+        self.writer.ensure_topics([table_topic(s.topic_prefix, self.tables[name]) for name in state.plans])
         # every table's schemas now, in one batch: the workers find them on the schema topic
         self.writer.publish_schemas(list(self.tables.values()))
         self.progress = SnapshotProgress(
