@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 
 import cdc
+from cdc.config import OPTIONS
 from cdc.devservers import Broker, PostgresServer, find_pg_installs
 from cdc.errors import ServerError
 
@@ -71,6 +72,11 @@ def servers() -> Iterator[Servers]:
     finally:
         broker.destroy()
         pg.destroy()
+
+
+#: the connector's --status-interval as a user runs it (the benchmark's timings are taken inside
+#: the process; a shorter interval only adds offsets writes)
+STATUS_INTERVAL = float(OPTIONS["status_interval"].value)  # type: ignore[arg-type]
 
 
 def compile_bytecode() -> None:

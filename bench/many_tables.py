@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Servers, servers
+from bench.common import STATUS_INTERVAL, Servers, servers
 from tests.support import ConnectorProcess
 
 _schemas = iter(range(1, 1_000_000))
@@ -49,7 +49,8 @@ def seconds_to_streaming(s: Servers, state_dir: Path, tables: int, rows: int = 2
     schema = load_tables(s, tables, rows)
     process = ConnectorProcess(
         s.pg.dsn(), s.broker.bootstrap_servers, schema, schema, state_dir, tables=[f"{schema}.*"],
-        status_interval=1.0, extra=["--snapshot", "initial"], log_dir=state_dir / f"{schema}-logs",
+        status_interval=STATUS_INTERVAL, extra=["--snapshot", "initial"],
+        log_dir=state_dir / f"{schema}-logs",
     )  # fmt: skip
     started = time.monotonic()
     process.start(wait=False)

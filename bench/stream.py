@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    STATUS_INTERVAL,
     Servers,
     current_lsn,
     drop_slot,
@@ -90,7 +91,8 @@ def _connector(
         python += ["-m", "cProfile", "-o", f"{profile}/{name}.prof"]
     process = ConnectorProcess(
         s.pg.dsn(), bootstrap or s.broker.bootstrap_servers, name, name, state_dir, format=fmt,
-        producer=producer, status_interval=1.0, extra=["--slot", name, "--publication", name, *extra],
+        producer=producer, status_interval=STATUS_INTERVAL,
+        extra=["--slot", name, "--publication", name, *extra],
         log_dir=state_dir / f"{name}-logs", python=python,
     )  # fmt: skip
     process.start(wait=False)
