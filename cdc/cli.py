@@ -22,6 +22,7 @@ from typing import Annotated, Any, TypeVar, cast
 
 import typer
 
+import cdc
 from cdc import config, logs, redact
 from cdc.config import Option, Settings
 from cdc.errors import AlreadyRunning, CdcError, ConfigError
@@ -60,7 +61,7 @@ def version() -> str:
 
 def _print_version(wanted: bool) -> None:
     if wanted:
-        typer.echo(f"cdc {version()}")
+        typer.echo(f"cdc {version()} ({cdc.build()})")
         raise typer.Exit
 
 

@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Final
+from typing import ClassVar, Final
 
 from cdc.errors import DecodeError
 
@@ -41,7 +41,7 @@ class _Unchanged:
     """The server did not send this TOASTed value because it did not change."""
 
     __slots__ = ()
-    _instance: _Unchanged | None = None
+    _instance: ClassVar[_Unchanged | None] = None
 
     def __new__(cls) -> _Unchanged:
         if cls._instance is None:
@@ -340,12 +340,11 @@ KEEPALIVE: Final = 0x6B
 _XLOG_HEADER = struct.Struct(">QQ")  # wal start, wal end (the send time is not needed)
 
 
-def decode_copy_data(frame: bytes) -> XLogData | Keepalive:
+def decode_copy_data(data: bytes | bytearray | memoryview) -> XLogData | Keepalive:
     """One CopyData frame of START_REPLICATION: XLogData ('w') or a keepalive ('k')."""
-    if not frame:
+    if not data:
         raise DecodeError("empty CopyData frame", kind="CopyData", offset=0)
-    if frame.__class__ is not bytes:
-        frame = bytes(frame)
+    frame = data if isinstance(data, bytes) else bytes(data)
     tag = frame[0]
     if tag == XLOGDATA:
         if len(frame) < 25:

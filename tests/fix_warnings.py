@@ -30,4 +30,4 @@ def _socket(
     return KafkaPythonSocket(family, sock_type, proto)
 
 
-KafkaNetSocket.socket = _socket  # type: ignore[method-assign]
+KafkaNetSocket.socket = _socket

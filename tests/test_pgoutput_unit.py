@@ -42,7 +42,7 @@ def test_lsn_text() -> None:
 def test_copy_data_frames_and_status_update() -> None:
     frame = b"w" + struct.pack(">QQq", 10, 20, 30) + b"B..."
     assert decode_copy_data(frame) == XLogData(10, 20, 30, b"B...")
-    assert decode_copy_data(memoryview(b"k" + struct.pack(">Qq", 5, 6) + b"\x01")) == Keepalive(5, 6, True)  # type: ignore[arg-type]
+    assert decode_copy_data(memoryview(b"k" + struct.pack(">Qq", 5, 6) + b"\x01")) == Keepalive(5, 6, True)
     for bad, kind in (
         (b"", "CopyData"),
         (b"w" + b"\x00" * 23, "XLogData"),

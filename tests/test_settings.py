@@ -21,7 +21,7 @@ import typer
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from cdc import config
+from cdc import build, config
 from cdc.cli import app, version
 from cdc.config import OPTIONS, Option, Settings
 from cdc.errors import ConfigError
@@ -419,9 +419,9 @@ def test_version() -> None:
         installed = importlib.metadata.version("pgcdc")
     assert version() == installed
     result = runner.invoke(app, ["--version"])
-    assert result.exit_code == 0 and result.output == f"cdc {installed}\n"
+    assert result.exit_code == 0 and result.output == f"cdc {installed} ({build()})\n"
     proc = cdc("--version")
-    assert proc.returncode == 0 and proc.stdout == f"cdc {installed}\n"
+    assert proc.returncode == 0 and proc.stdout == f"cdc {installed} ({build()})\n"
 
 
 def test_readme_table_is_current() -> None:

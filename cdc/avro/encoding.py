@@ -295,7 +295,8 @@ def _column_expression(index: int, avro_type: Any, env: dict[str, Any]) -> str:
 
     def plain(branch: Any) -> str | None:
         kind, logical = kind_of(branch), logical_type(branch)
-        if logical not in (None, "uuid", *_MEANINGFUL_LOGICAL) or logical == "decimal":
+        meaningful = logical is None or logical == "uuid" or logical in _MEANINGFUL_LOGICAL
+        if not meaningful or logical == "decimal":  # (no *-unpacking here: mypyc cannot compile it)
             return None
         if kind == "long":
             return f"L({value})"
