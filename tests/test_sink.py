@@ -277,3 +277,61 @@ def test_a_service_applies_its_events_with_its_own_handler(
         assert all(c.table == "public.order_lines" for c in seen if c.op != "m")
     finally:
         service.drop()
+
+
+def test_a_transaction_over_a_topic_made_meanwhile_is_applied_whole(
+    db_latest: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path
+) -> None:
+    """--transaction-metadata: a source transaction touching a table whose topic its own first change
+    makes, while the sink runs, is still one target transaction. Its END can arrive before the sink
+    holds the new topic; counted without it, the transaction was applied in two parts (the sink
+    chaos test saw 30 such splits)."""
+    db = db_latest
+    new = ["shipments", "invoices", "returns"]
+    db.execute("; ".join(f"CREATE TABLE public.{t} (id int PRIMARY KEY)" for t in ["orders", *new]))
+    service = new_db(db.server)
+    service.execute("CREATE TABLE applied (tab text, id int, xid bigint)")
+
+    def record(conn: psycopg.Connection[Any], change: Change) -> None:
+        row = change.after or {}
+        conn.execute("INSERT INTO applied VALUES (%s, %s, txid_current())", (change.table, row.get("id")))
+
+    tables = [f"public.{t}" for t in ["orders", *new]]
+    settings = settings_for(
+        db,
+        broker.bootstrap_servers,
+        prefix,
+        state_dir,
+        format="avro",
+        tables=tables,
+        transaction_metadata=True,
+    )
+    sink = SinkSettings(
+        dsn=service.dsn,
+        bootstrap_servers=broker.bootstrap_servers,
+        topics=[f"{prefix}.{t}" for t in tables],
+        transaction_metadata=True,
+    )
+    try:
+        with running(settings):
+            db.execute("INSERT INTO orders VALUES (0)")  # the orders and transaction topics exist
+            with sinking(sink, record) as thread:
+                wait_until(lambda: thread.check() or service.scalar("SELECT count(*) FROM applied") == 1, 30)
+                for i, table in enumerate(new, 1):  # each table's first change makes its topic
+                    db.execute(
+                        f"BEGIN; INSERT INTO orders VALUES ({i}); INSERT INTO {table} VALUES ({i}); COMMIT"
+                    )
+                    wait_until(
+                        lambda n=1 + 2 * i: (
+                            thread.check() or service.scalar("SELECT count(*) FROM applied") == n
+                        ),  # type: ignore[misc]
+                        30,
+                    )
+        split = service.execute(
+            "SELECT id, count(DISTINCT xid) FROM applied WHERE id > 0 GROUP BY id"
+            " HAVING count(DISTINCT xid) > 1"
+        )
+        assert split == [], f"source transactions (by id) applied over several target transactions: {split}"
+        assert service.scalar("SELECT count(*) FROM applied") == 1 + 2 * len(new)
+    finally:
+        service.drop()

@@ -523,11 +523,24 @@ class _Session:
         prefix = message.topic.removesuffix(".transaction")
         held = {p.topic for p in self.parts}
         expected: dict[str, int] = {}
+        unheld = False
         for collection in value.get("data_collections") or ():
             topic = topic_of(prefix, str(collection["data_collection"]))
-            if topic in held and self._done_position(topic) < (commit_lsn, 0):
-                expected[topic] = expected.get(topic, 0) + int(collection["event_count"])
+            if topic in held:
+                if self._done_position(topic) < (commit_lsn, 0):
+                    expected[topic] = expected.get(topic, 0) + int(collection["event_count"])
+            elif not self.settings.group and topic in self.prefix_of:
+                unheld = True
         item = self.items.get(transaction_id)
+        if unheld:
+            # a topic this process reads but does not hold yet (made by its table's first change a
+            # moment ago): counted without it, the transaction would be applied in two parts. It
+            # waits, with everything after it; the topic is looked for now, and once it is held
+            # everything is read again from the stored positions, this END included.
+            self.looked_for_topics = 0.0
+            if item is None:
+                self._new_transaction(prefix, transaction_id)
+            return
         if item is None:
             if not expected:
                 return  # nothing of it for this process, or applied already
