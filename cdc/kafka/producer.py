@@ -519,6 +519,10 @@ class ConfluentProducer:
                 1000, max_buffer_mb * 1024 * 1024 // 2 // CONFLUENT_RECORD_OVERHEAD
             ),
             "message.timeout.ms": 120_000,
+            # a topic made a moment ago may be unknown to the broker for a while (Apache Kafka opened
+            # 10,000 new partitions in 83 s here): librdkafka's 30 s default then failed the records
+            # queued for it ("Unknown topic"). Records time out after message.timeout.ms anyway.
+            "topic.metadata.propagation.max.ms": 120_000,
             "message.max.bytes": 16 * 1024 * 1024,
             "error_cb": self._on_error,
             # librdkafka's statistics: the bytes in its queue, for the metrics (every 5 s, from poll)
@@ -528,6 +532,8 @@ class ConfluentProducer:
         }
         self.transactional_id = str(config.get("transactional.id") or "")
         self.in_transaction = False
+        # a full queue frees itself within the message timeout: acknowledged or failed
+        self.room_wait = int(config["message.timeout.ms"]) / 1000 + 10
         self.bootstrap_servers = bootstrap_servers
         self.topics = topics or TopicSettings()
         self.known_topics: set[str] = set()
@@ -606,7 +612,7 @@ class ConfluentProducer:
         on_delivery: Any,
         headers: Headers | None = None,
     ) -> None:
-        """Hand one record to librdkafka, waiting (up to 60 s) while its queue is full."""
+        """Hand one record to librdkafka, waiting while its queue is full (up to the message timeout)."""
         deadline = 0.0
         while True:
             try:
@@ -621,10 +627,10 @@ class ConfluentProducer:
             except BufferError:
                 # the local queue is full: serve delivery reports, which frees it
                 if not deadline:
-                    deadline = time.monotonic() + 60
+                    deadline = time.monotonic() + self.room_wait
                 elif time.monotonic() > deadline:
                     raise SinkError(
-                        "kafka queue full for 60 s: is the broker reachable?", retriable=True
+                        f"kafka queue full for {self.room_wait:g} s: is the broker reachable?", retriable=True
                     ) from None
                 self._serve(0.05)
             except self._ck.KafkaException as exc:
