@@ -29,3 +29,29 @@ def test_one_table_logs_its_own_line_only(caplog: pytest.LogCaptureFixture) -> N
     progress.advance("s.big", 100)
     assert [r.getMessage()[:32] for r in caplog.records] == ["snapshot s.big: 100 of ~1,000 ro"]
     progress.close()
+
+
+def test_a_terminal_shows_one_bar_for_many_tables_and_one_per_table_being_read() -> None:
+    """A bar per table of 10,000 filled no terminal: one bar for all, plus the tables being read."""
+    progress = SnapshotProgress({f"s.t{i}": (0, 20) for i in range(1000)}, interactive=True)
+    try:
+        assert progress.bars is not None
+        (summary,) = progress.bars.tasks
+        assert summary.description == "0 of 1,000 tables" and summary.total == 20_000
+        progress.advance("s.t1", 5)
+        progress.advance("s.t2", 20)
+        assert [t.description for t in progress.bars.tasks] == ["0 of 1,000 tables", "s.t1", "s.t2"]
+        progress.table_done("s.t2", 20)
+        assert [t.description for t in progress.bars.tasks] == ["1 of 1,000 tables", "s.t1"]
+        assert progress.bars.tasks[0].completed == 25
+    finally:
+        progress.close()
+
+
+def test_a_terminal_shows_a_bar_per_table_for_a_few() -> None:
+    progress = SnapshotProgress({"s.a": (0, 10), "s.b": (5, 10)}, interactive=True)
+    try:
+        assert progress.bars is not None
+        assert [(t.description, t.completed) for t in progress.bars.tasks] == [("s.a", 0), ("s.b", 5)]
+    finally:
+        progress.close()

@@ -1,4 +1,4 @@
-"""Progress of the initial snapshot: a bar per table on a terminal, a log line per table otherwise."""
+"""Progress of the initial snapshot: bars on a terminal, log lines otherwise."""
 
 from __future__ import annotations
 
@@ -12,9 +12,14 @@ log = logging.getLogger(__name__)
 #: Seconds between progress log lines when stderr is not a terminal.
 LOG_INTERVAL: Final = 10.0
 
+#: Up to this many tables, a bar each; with more, one bar for all of them and a bar per table
+#: while it is read (a bar per table of 10,000 fills no terminal).
+BAR_PER_TABLE_UP_TO: Final = 10
+
 
 class SnapshotProgress:
-    """A progress bar per table on a terminal (rich), a log line per table every 10 s otherwise."""
+    """Bars on a terminal (rich): a bar per table, or with many tables one bar for all and one per
+    table being read; without a terminal a summary line and a line per table being read every 10 s."""
 
     def __init__(self, tables: dict[str, tuple[int, int]], interactive: bool | None = None) -> None:
         """``tables``: name -> (rows already done, estimated total rows; 0 if unknown)."""
@@ -27,6 +32,7 @@ class SnapshotProgress:
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
         self.bars: Any = None
         self.ids: dict[str, Any] = {}
+        self.summary: Any = None  # the bar of all tables, with many
         self._handlers: list[tuple[logging.StreamHandler[Any], Any]] = []
         if self.interactive and tables:
             self._start_bars()
@@ -43,23 +49,52 @@ class SnapshotProgress:
             TimeRemainingColumn(),
             console=Console(stderr=True),
         )
-        for name, done in self.rows.items():
-            total = max(self.totals[name], done) or None
-            self.ids[name] = self.bars.add_task(name, total=total, completed=done, rate="-")
+        if len(self.rows) > BAR_PER_TABLE_UP_TO:
+            done, total = self._sums()
+            self.summary = self.bars.add_task(
+                self._summary_text(), total=total or None, completed=done, rate="-"
+            )
+        else:
+            for name in self.rows:
+                self._add_bar(name)
         self.bars.start()
         # log lines go through rich's stderr proxy, above the bars
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream is sys.__stderr__:
                 self._handlers.append((handler, handler.setStream(sys.stderr)))
 
+    def _add_bar(self, name: str) -> None:
+        done = self.rows[name]
+        total = max(self.totals[name], done) or None
+        self.ids[name] = self.bars.add_task(name, total=total, completed=done, rate="-")
+
+    def _sums(self) -> tuple[int, int]:
+        """Rows read and estimated, over every table."""
+        return sum(self.rows.values()), sum(max(self.totals[n], done) for n, done in self.rows.items())
+
+    def _summary_text(self) -> str:
+        return f"{len(self.finished):,} of {len(self.rows):,} tables"
+
+    def _update_summary(self) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-3)
+        done, total = self._sums()
+        rate = (done - sum(self.base.values())) / elapsed
+        self.bars.update(
+            self.summary, description=self._summary_text(), completed=done, total=total, rate=f"{rate:,.0f}"
+        )
+
     def advance(self, name: str, rows: int) -> None:
         self.rows[name] = self.rows.get(name, 0) + rows
         if self.bars is not None:
+            if name not in self.ids:  # many tables: a bar from its first rows to its end
+                self._add_bar(name)
             task = self.ids[name]
             self.bars.update(task, advance=rows, rate=f"{self._rate(name):,.0f}")
             total = self.bars.tasks[task].total
             if total is not None and self.rows[name] > total:
                 self.bars.update(task, total=self.rows[name])
+            if self.summary is not None:
+                self._update_summary()
         elif time.monotonic() >= self.next_log:
             self.next_log = time.monotonic() + LOG_INTERVAL
             self._log_reading()
@@ -97,7 +132,13 @@ class SnapshotProgress:
         self.finished.add(name)
         self.rows[name] = rows
         if self.bars is not None:
-            self.bars.update(self.ids[name], completed=rows, total=rows)
+            if self.summary is None:
+                self.bars.update(self.ids[name], completed=rows, total=rows)
+            else:
+                task = self.ids.pop(name, None)
+                if task is not None:
+                    self.bars.remove_task(task)
+                self._update_summary()
         log.info("snapshot of %s done: %s rows", name, f"{rows:,}")
 
     def close(self) -> None:
