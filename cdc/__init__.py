@@ -4,8 +4,6 @@ from importlib.util import find_spec
 
 __version__ = "0.1.0"
 
-_debug = False
-
 #: The per-row modules the compiled build turns into C extensions with mypyc (`make compiled`,
 #: pyproject.toml's mypyc hook, which lists the same files: a test keeps the two equal). Every
 #: other module, and every module of the pure build, is plain Python: the same source either way.

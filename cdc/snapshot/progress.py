@@ -103,8 +103,7 @@ class SnapshotProgress:
         """With many tables, one summary line, then a line per table being read (rows came, not done):
         a line for every unfinished table was 10,000 lines every 10 s for a database of 10,000."""
         if len(self.rows) > 1:
-            rows = sum(self.rows.values())
-            total = sum(max(self.totals[name], done) for name, done in self.rows.items())
+            rows, total = self._sums()
             log.info(
                 "snapshot: %s of %s tables done, %s of ~%s rows",
                 f"{len(self.finished):,}", f"{len(self.rows):,}", f"{rows:,}", f"{total:,}",
