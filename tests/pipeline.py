@@ -6,6 +6,7 @@ Running the connector itself: `tests.support.connector`.
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,14 @@ class Record:
 def read_topics(
     bootstrap: str, topics: list[str], idle_ms: int = 1500, isolation: str = "read_uncommitted"
 ) -> list[Record]:
-    """Every record of ``topics``, in partition order, reading until a poll comes back empty."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation)
+    """Every record of ``topics``, in partition order: up to each partition's end offset as the
+    broker gave it when the read began, then until a poll comes back empty (records still arriving).
+
+    A partition whose first record read lies past the broker's beginning offset is read again with a
+    new consumer (a consumer that skipped a record would otherwise look like a connector that lost
+    one); what the second read finds is what counts, so a record missing from Kafka still fails.
+    """
+    consumer = _consumer(bootstrap, isolation)
     try:
         partitions = []
         for topic in topics:
@@ -71,28 +78,53 @@ def read_topics(
 
             ids = wait_until(found, timeout=30, message=f"topic {topic}")
             partitions += [TopicPartition(topic, p) for p in sorted(ids)]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning()
-        records: list[Record] = []
-        while True:
-            batch = consumer.poll(timeout_ms=idle_ms, max_records=10_000)
-            if not batch:
-                break
-            for tp, items in batch.items():
-                for r in items:
-                    records.append(
-                        Record(
-                            tp.topic,
-                            tp.partition,
-                            r.offset,
-                            None if r.key is None else orjson.loads(r.key),
-                            None if r.value is None else orjson.loads(r.value),
-                        )
-                    )
-        records.sort(key=lambda r: (r.topic, r.partition, r.offset))
-        return records
+        records, beginning = _read(consumer, partitions, idle_ms)
     finally:
         consumer.close()
+    first: dict[TopicPartition, int] = {}
+    for r in reversed(records):  # read in offset order within a partition
+        first[TopicPartition(r.topic, r.partition)] = r.offset
+    late = {tp for tp, offset in first.items() if offset > beginning[tp]}
+    if late:
+        again = _consumer(bootstrap, isolation)
+        try:
+            reread, _ = _read(again, sorted(late), idle_ms)
+        finally:
+            again.close()
+        records = [r for r in records if TopicPartition(r.topic, r.partition) not in late] + reread
+    records.sort(key=lambda r: (r.topic, r.partition, r.offset))
+    return records
+
+
+def _read(
+    consumer: KafkaConsumer, partitions: list[TopicPartition], idle_ms: int, timeout: float = 120
+) -> tuple[list[Record], dict[TopicPartition, int]]:
+    consumer.assign(partitions)
+    beginning: dict[TopicPartition, int] = consumer.beginning_offsets(partitions)
+    end: dict[TopicPartition, int] = consumer.end_offsets(partitions)
+    consumer.seek_to_beginning()
+    records: list[Record] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = consumer.poll(timeout_ms=idle_ms, max_records=10_000)
+        for tp, items in batch.items():
+            for r in items:
+                key = None if r.key is None else orjson.loads(r.key)
+                value = None if r.value is None else orjson.loads(r.value)
+                records.append(Record(tp.topic, tp.partition, r.offset, key, value))
+        if batch:
+            continue
+        behind = [tp for tp in partitions if consumer.position(tp) < end[tp]]
+        if not behind:
+            return records, beginning
+        if time.monotonic() > deadline:
+            tp = behind[0]
+            at = consumer.position(tp)
+            raise AssertionError(f"reading {tp}: at offset {at} of {end[tp]} after {timeout:g} s")
+
+
+def _consumer(bootstrap: str, isolation: str) -> KafkaConsumer:
+    return KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation)
 
 
 def rebuild(records: list[Record], placeholder: str = "__cdc_unavailable_value") -> dict[str, dict[Any, Any]]:

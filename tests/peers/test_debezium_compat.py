@@ -279,7 +279,7 @@ def test_json_with_schemas_is_debeziums(compat_run: CompatRun) -> None:
         ours = [r for r in run.json.get(topic, []) if _not_sync(r.value)]
         dbz = theirs.get(topic, [])
         if len(ours) != len(dbz):
-            problems.append(f"{topic}: cdc has {len(ours)} records, Debezium {len(dbz)}")
+            problems.append(f"{topic}: cdc has {len(ours)} records{_offsets(ours)}, Debezium {len(dbz)}")
         for n, (a, b) in enumerate(zip(ours, dbz, strict=False)):
             where = f"{topic}[{n}]"
             key = _reconcile_side_record(a.key, b.key, seen)
@@ -316,7 +316,10 @@ def test_json_without_schemas_skips_truncates_by_default(compat_run: CompatRun) 
         dbz = [r for r in dbz if str((r.key_plain or {}).get("id", "")).split(":", 1)[0] not in truncated]
         assert len(dbz) < len(theirs[topic]) or not topic.endswith(".alltypes")  # there is a truncate
         if len(ours) != len(dbz):
-            problems.append(f"{topic}: cdc has {len(ours)} records, Debezium {len(dbz)} (truncates left out)")
+            problems.append(
+                f"{topic}: cdc has {len(ours)} records{_offsets(ours)}, Debezium {len(dbz)} "
+                "(truncates left out)"
+            )
         for n, (a, b) in enumerate(zip(ours, dbz, strict=False)):
             where = f"{topic}[{n}]"
             key = _reconcile_side_record(_renamed(a.key, run.prefix + "p", run.prefix), b.key_plain, seen)
@@ -386,6 +389,12 @@ def _avro_body(schema: Any, data: bytes | None) -> Any:
         return None
     parsed = fastavro.parse_schema(strip_logical(schema))
     return as_json(fastavro.schemaless_reader(io.BytesIO(data), parsed, None))
+
+
+def _offsets(records: list[Any]) -> str:
+    """Where cdc's records lie in the topic: a gap says Kafka lost one, none that cdc never sent it."""
+    offsets = [r.offset for r in records]
+    return f" (offsets {offsets[0]}..{offsets[-1]})" if offsets else ""
 
 
 def _not_sync(value: Any) -> bool:
