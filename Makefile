@@ -45,10 +45,12 @@ compiled: $(STAMP)
 pure:
 	rm -f cdc/*.so cdc/*/*.so *__mypyc.*.so
 
-# The compiled build against the tests that need no server and the chaos suite's faults (both
-# producers); `make pure` after, whatever the result. Without a C compiler it says why and passes.
+# The compiled build against the tests that need no server, the chaos suite's faults (both
+# producers) and the shaping paths of the writer (transforms, dead letters, row filters); `make pure`
+# after, whatever the result. Without a C compiler it says why and passes.
 # (not the at-least-once reference run of test_exactly_once: it checks the duplicates a fault makes)
-COMPILED_TESTS := tests/chaos/test_faults.py --deselect "tests/chaos/test_faults.py::test_exactly_once[kafka-at-least-once]"
+COMPILED_TESTS := tests/chaos/test_faults.py --deselect "tests/chaos/test_faults.py::test_exactly_once[kafka-at-least-once]" \
+	tests/test_dead_letters.py tests/test_shaping_transforms.py tests/test_shaping_tables.py
 test-compiled: setup
 	@if ! $(BIN)/python -m tests.build_check; then echo "make test-compiled: skipped, the compiled build cannot be made here (above)"; exit 0; fi; \
 	$(MAKE) --no-print-directory compiled || exit 1; \

@@ -62,16 +62,12 @@ class RecordWriter:
         self.ensure_topic = producer.ensure_topic
         self.ensure_topics = producer.ensure_topics
         self.shaper = shaper
-        if shaper is not None:
-            # bound over the plain methods, so that the plain path stays as it is without shaping
-            self.write = self._write_shaped  # type: ignore[method-assign]
-            self.tombstone = self._tombstone_shaped  # type: ignore[method-assign]
-            self._limits: dict[str, int] | None = None
-            if shaper.on_record_error == "dead-letter":
-                self._limits = {}
-                if not producer.transactional_id:  # a refusal inside a Kafka transaction aborts it
-                    self._rejected = producer.keep_rejected()
-                    self.poll = self._poll_rejected
+        self._limits: dict[str, int] | None = None
+        if shaper is not None and shaper.on_record_error == "dead-letter":
+            self._limits = {}
+            if not producer.transactional_id:  # a refusal inside a Kafka transaction aborts it
+                self._rejected = producer.keep_rejected()
+                self.poll = self._poll_rejected
 
     @property
     def shaping_counts(self) -> Counter[str]:
@@ -88,6 +84,9 @@ class RecordWriter:
 
         Returns the bytes of its key and value.
         """
+        # a branch, not a method bound over this one: a compiled (mypyc) class refuses that
+        if self.shaper is not None:
+            return self._write_shaped(event, token, topic)
         key, value = self._encode(event)
         if topic is None:
             topic = self.topics.of(event)
@@ -101,6 +100,9 @@ class RecordWriter:
 
     def tombstone(self, topic: str, table: Table, key: list[Any], token: InFlight) -> None:
         """A null value under ``key``, so that compacted topics forget it."""
+        if self.shaper is not None:
+            self._tombstone_shaped(topic, table, key, token)
+            return
         encoded = self.serializer.encode_key(table, key)
         records = self._take_schemas()
         if records:
