@@ -6,18 +6,17 @@ Running the connector itself: `tests.support.connector`.
 from __future__ import annotations
 
 import secrets
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, TopicPartition
 
 from cdc.config import Settings
 from cdc.lsn import parse_lsn
 from tests.fix_servers import TestDb
 from tests.support.connector import Running
+from tests.support.topics import read_raw
 from tests.support.wait import wait_until
 
 
@@ -58,73 +57,19 @@ class Record:
 
 
 def read_topics(
-    bootstrap: str, topics: list[str], idle_ms: int = 1500, isolation: str = "read_uncommitted"
+    bootstrap: str, topics: list[str], idle_ms: int = 1000, isolation: str = "read_uncommitted"
 ) -> list[Record]:
-    """Every record of ``topics``, in partition order: up to each partition's end offset as the
-    broker gave it when the read began, then until a poll comes back empty (records still arriving).
-
-    A partition whose first record read lies past the broker's beginning offset is read again with a
-    new consumer (a consumer that skipped a record would otherwise look like a connector that lost
-    one); what the second read finds is what counts, so a record missing from Kafka still fails.
-    """
-    consumer = _consumer(bootstrap, isolation)
-    try:
-        partitions = []
-        for topic in topics:
-
-            def found(topic: str = topic) -> set[int] | None:
-                result: set[int] | None = consumer.partitions_for_topic(topic)
-                return result
-
-            ids = wait_until(found, timeout=30, message=f"topic {topic}")
-            partitions += [TopicPartition(topic, p) for p in sorted(ids)]
-        records, beginning = _read(consumer, partitions, idle_ms)
-    finally:
-        consumer.close()
-    first: dict[TopicPartition, int] = {}
-    for r in reversed(records):  # read in offset order within a partition
-        first[TopicPartition(r.topic, r.partition)] = r.offset
-    late = {tp for tp, offset in first.items() if offset > beginning[tp]}
-    if late:
-        again = _consumer(bootstrap, isolation)
-        try:
-            reread, _ = _read(again, sorted(late), idle_ms)
-        finally:
-            again.close()
-        records = [r for r in records if TopicPartition(r.topic, r.partition) not in late] + reread
-    records.sort(key=lambda r: (r.topic, r.partition, r.offset))
-    return records
-
-
-def _read(
-    consumer: KafkaConsumer, partitions: list[TopicPartition], idle_ms: int, timeout: float = 120
-) -> tuple[list[Record], dict[TopicPartition, int]]:
-    consumer.assign(partitions)
-    beginning: dict[TopicPartition, int] = consumer.beginning_offsets(partitions)
-    end: dict[TopicPartition, int] = consumer.end_offsets(partitions)
-    consumer.seek_to_beginning()
-    records: list[Record] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        batch = consumer.poll(timeout_ms=idle_ms, max_records=10_000)
-        for tp, items in batch.items():
-            for r in items:
-                key = None if r.key is None else orjson.loads(r.key)
-                value = None if r.value is None else orjson.loads(r.value)
-                records.append(Record(tp.topic, tp.partition, r.offset, key, value))
-        if batch:
-            continue
-        behind = [tp for tp in partitions if consumer.position(tp) < end[tp]]
-        if not behind:
-            return records, beginning
-        if time.monotonic() > deadline:
-            tp = behind[0]
-            at = consumer.position(tp)
-            raise AssertionError(f"reading {tp}: at offset {at} of {end[tp]} after {timeout:g} s")
-
-
-def _consumer(bootstrap: str, isolation: str) -> KafkaConsumer:
-    return KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation)
+    """Every record of ``topics`` with its JSON key and value, in partition order (`read_raw`)."""
+    return [
+        Record(
+            r.topic,
+            r.partition,
+            r.offset,
+            None if r.key is None else orjson.loads(r.key),
+            None if r.value is None else orjson.loads(r.value),
+        )
+        for r in read_raw(bootstrap, topics, isolation, idle_ms)
+    ]
 
 
 def rebuild(records: list[Record], placeholder: str = "__cdc_unavailable_value") -> dict[str, dict[Any, Any]]:

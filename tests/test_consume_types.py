@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 from fastavro import parse_schema, schemaless_reader
 from fastavro.schema import fingerprint, to_parsing_canonical_form
-from kafka import KafkaConsumer, TopicPartition
 
 from cdc.avro import schemas_dir
 from cdc.devservers import PostgresServer
@@ -29,6 +28,7 @@ from cdc.events import UNAVAILABLE_PLACEHOLDER
 from tests.changefeed import Captured, capture
 from tests.consuming import consume
 from tests.fix_servers import BrokerHandle, new_db
+from tests.peers.records import raw_records
 from tests.pipeline import read_topics
 
 SAME = object()  # DESIGN.md does not spell the text out: only "as the JSON format renders it" is checked
@@ -289,29 +289,6 @@ def test_unchanged_toast_values_carry_the_placeholder(types_run: TypesRun) -> No
     }
 
 
-def _raw_records(bootstrap_servers: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-    """The bytes in a one-partition topic, read with plain kafka-python.
-
-    Read until the position passes the end offset: Tansu's end offset may be the
-    last batch's base offset + 1, short of the true end, but passing it means the
-    last batch was read.
-    """
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
-    try:
-        partition = TopicPartition(topic, 0)
-        consumer.assign([partition])
-        consumer.seek_to_beginning(partition)
-        end = consumer.end_offsets([partition])[partition]
-        records: list[tuple[bytes | None, bytes | None]] = []
-        while consumer.position(partition) < end:
-            batch = consumer.poll(timeout_ms=10_000)
-            assert batch, f"no records from {topic} within 10 s"
-            records += [(r.key, r.value) for messages in batch.values() for r in messages]
-        return records
-    finally:
-        consumer.close()
-
-
 def _plain_fastavro_first_row(types_run: TypesRun) -> tuple[dict[str, Any], dict[str, Any]]:
     """(key, value) of the first record, decoded by fastavro with only what the schema topic holds.
 
@@ -322,7 +299,7 @@ def _plain_fastavro_first_row(types_run: TypesRun) -> tuple[dict[str, Any], dict
     schema_record = json.loads(schemas_dir().joinpath("schema_record.avsc").read_text())
     record_schema = parse_schema(schema_record)
     writers: dict[bytes, Any] = {}
-    for key, value in _raw_records(types_run.bootstrap_servers, types_run.schema_topic):
+    for key, value in raw_records(types_run.bootstrap_servers, types_run.schema_topic):
         assert key is not None
         assert value is not None
         assert value[:2] == b"\xc3\x01"
@@ -334,7 +311,7 @@ def _plain_fastavro_first_row(types_run: TypesRun) -> tuple[dict[str, Any], dict
         assert canonical == entry["canonical"]
         assert key == entry["fingerprint"] == bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
         writers[key] = parse_schema(writer)
-    key, value = _raw_records(types_run.bootstrap_servers, types_run.topic)[0]
+    key, value = raw_records(types_run.bootstrap_servers, types_run.topic)[0]
     assert key is not None
     assert value is not None
     decoded: list[dict[str, Any]] = []

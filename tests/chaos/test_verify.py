@@ -12,8 +12,9 @@ from typing import Any
 
 import orjson
 
-from tests.chaos.verify import RawRecord, Report, verify
+from tests.chaos.verify import Report, verify
 from tests.chaos.workload import Change, Ledger, Txn
+from tests.support.topics import RawRecord
 
 ACCOUNTS = "chaos.accounts"
 TXLOG = "chaos.txlog"

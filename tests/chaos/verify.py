@@ -45,6 +45,7 @@ from cdc.errors import CdcError
 from cdc.events import schemas_topic
 from cdc.kafka import read_schema_records
 from tests.chaos.workload import BULK, SCHEMA, TABLES, TXLOG, Change, Ledger, Txn
+from tests.support.topics import RawRecord
 
 Decode = Callable[[str, bytes | None, bytes | None], tuple[Any, Any]]
 
@@ -74,16 +75,6 @@ def avro_decoder(bootstrap: str, prefix: str) -> Decode:
 
 def decoder(format: str, bootstrap: str, prefix: str) -> Decode:
     return avro_decoder(bootstrap, prefix) if format == "avro" else json_decode
-
-
-@dataclass(slots=True)
-class RawRecord:
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
 
 
 def read_all(

@@ -10,30 +10,16 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from tests.support.topics import read_raw
 
 _F32 = struct.Struct("<f")
 
 
 def raw_records(
-    bootstrap_servers: str, topic: str, idle_ms: int = 1500, isolation: str = "read_uncommitted"
+    bootstrap_servers: str, topic: str, idle_ms: int = 1000, isolation: str = "read_uncommitted"
 ) -> list[tuple[bytes | None, bytes | None]]:
-    """Every (key, value) of a one-partition topic, as bytes, reading until a poll comes back empty."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, isolation_level=isolation
-    )
-    try:
-        partition = TopicPartition(topic, 0)
-        consumer.assign([partition])
-        consumer.seek_to_beginning(partition)
-        records: list[tuple[bytes | None, bytes | None]] = []
-        while True:
-            batch = consumer.poll(timeout_ms=idle_ms, max_records=10_000)
-            if not batch:
-                return records
-            records += [(r.key, r.value) for messages in batch.values() for r in messages]
-    finally:
-        consumer.close()
+    """Every (key, value) of ``topic``, as bytes, in offset order (`read_raw`)."""
+    return [(r.key, r.value) for r in read_raw(bootstrap_servers, [topic], isolation, idle_ms)]
 
 
 def _shortest_float32(value: float) -> float:

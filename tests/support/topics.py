@@ -1,0 +1,108 @@
+"""Reading back what a test's topics hold: every record, as bytes, with one rule for when it is all.
+
+One reader for the tests (JSON records, the interop tests' raw bytes): reading until a poll
+comes back empty alone lost records under load (a first fetch slower than the idle wait, a
+consumer that began past a record), which looked like a connector that lost them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from kafka import KafkaConsumer, TopicPartition
+
+from tests.support.wait import wait_until
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+
+
+def read_raw(
+    bootstrap: str,
+    topics: list[str],
+    isolation: str = "read_uncommitted",
+    poll_ms: int = 1000,
+    timeout: float = 120,
+) -> list[RawRecord]:
+    """Every record of ``topics`` (waiting up to 30 s for each to exist), sorted by topic, partition
+    and offset: each partition up to the end offset the broker gave when reading began, then until a
+    poll comes back empty (records still arriving).
+
+    A partition whose first record read lies past the broker's beginning offset is read again with a
+    new consumer (a consumer that skipped a record would otherwise look like a connector that lost
+    one); what the second read finds is what counts, so a record missing from Kafka still fails.
+    ``isolation="read_committed"`` reads what Kafka committed, as exactly-once consumers do.
+    """
+    consumer = _consumer(bootstrap, isolation)
+    try:
+        partitions = []
+        for topic in topics:
+
+            def found(topic: str = topic) -> set[int] | None:
+                result: set[int] | None = consumer.partitions_for_topic(topic)
+                return result
+
+            ids = wait_until(found, timeout=30, message=f"topic {topic}")
+            partitions += [TopicPartition(topic, p) for p in sorted(ids)]
+        records, beginning = _read(consumer, partitions, poll_ms, timeout)
+    finally:
+        consumer.close()
+    first: dict[TopicPartition, int] = {}
+    for r in reversed(records):  # read in offset order within a partition
+        first[TopicPartition(r.topic, r.partition)] = r.offset
+    late = {tp for tp, offset in first.items() if offset > beginning[tp]}
+    if late:
+        again = _consumer(bootstrap, isolation)
+        try:
+            reread, _ = _read(again, sorted(late), poll_ms, timeout)
+        finally:
+            again.close()
+        records = [r for r in records if TopicPartition(r.topic, r.partition) not in late] + reread
+    records.sort(key=lambda r: (r.topic, r.partition, r.offset))
+    return records
+
+
+def _read(
+    consumer: KafkaConsumer, partitions: list[TopicPartition], poll_ms: int, timeout: float
+) -> tuple[list[RawRecord], dict[TopicPartition, int]]:
+    consumer.assign(partitions)
+    beginning: dict[TopicPartition, int] = consumer.beginning_offsets(partitions)
+    end: dict[TopicPartition, int] = consumer.end_offsets(partitions)
+    consumer.seek_to_beginning()
+    records: list[RawRecord] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = consumer.poll(timeout_ms=poll_ms, max_records=10_000)
+        for tp, items in batch.items():
+            topic, partition = tp.topic, tp.partition
+            records += (RawRecord(topic, partition, r.offset, r.timestamp, r.key, r.value) for r in items)
+        if batch:
+            continue
+        # Tansu's end offset can be the last batch's base offset + 1, short of the true end; a
+        # fetch returns whole batches, so a position past it means the last batch was read
+        behind = [tp for tp in partitions if consumer.position(tp) < end[tp]]
+        if not behind:
+            return records, beginning
+        if time.monotonic() > deadline:
+            tp = behind[0]
+            at = consumer.position(tp)
+            raise TimeoutError(f"reading {tp}: at offset {at} of {end[tp]} after {timeout:g} s")
+
+
+def _consumer(bootstrap: str, isolation: str) -> KafkaConsumer:
+    return KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level=isolation,
+        fetch_max_bytes=16 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_wait_ms=100,
+    )
