@@ -20,6 +20,7 @@ more sets.
 from __future__ import annotations
 
 import io
+import itertools
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -394,7 +395,11 @@ def _avro_body(schema: Any, data: bytes | None) -> Any:
 def _offsets(records: list[Any]) -> str:
     """Where cdc's records lie in the topic: a gap says Kafka lost one, none that cdc never sent it."""
     offsets = [r.offset for r in records]
-    return f" (offsets {offsets[0]}..{offsets[-1]})" if offsets else ""
+    if not offsets:
+        return ""
+    gaps = [f"{a + 1}..{b - 1}" for a, b in itertools.pairwise(offsets) if b > a + 1]
+    missing = f", missing {', '.join(gaps)}" if gaps else ", no gap"
+    return f" (offsets {offsets[0]}..{offsets[-1]}{missing})"
 
 
 def _not_sync(value: Any) -> bool:
