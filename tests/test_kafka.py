@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from cdc.checkpoint import InFlight
 from cdc.devservers import Broker, KafkaUnavailable
@@ -21,6 +20,7 @@ from tests.fix_servers import BrokerHandle
 from tests.pipeline import read_topics
 from tests.support import wait_until
 from tests.support.brokers import KAFKA, BrokerProcess
+from tests.support.topics import read_raw
 
 PRODUCERS = pytest.mark.parametrize("kind", ["kafka-python", "confluent"])
 
@@ -42,18 +42,10 @@ def drain(producer: Producer, *tokens: InFlight, timeout: float) -> int:
 
 
 def keys_in(bootstrap: str, topic: str) -> list[bytes]:
-    """The key of every record of ``topic``, read until a poll comes back empty."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        ids = wait_until(lambda: consumer.partitions_for_topic(topic), 30, f"topic {topic}")
-        consumer.assign([TopicPartition(topic, p) for p in sorted(ids)])
-        consumer.seek_to_beginning()
-        keys: list[bytes] = []
-        while batch := consumer.poll(timeout_ms=1500, max_records=10_000):
-            keys += [record.key for records in batch.values() for record in records]
-        return keys
-    finally:
-        consumer.close()
+    """The key of every record of ``topic``, in offset order (each has one)."""
+    keys = [record.key for record in read_raw(bootstrap, [topic])]
+    assert None not in keys, f"a record of {topic} without a key"
+    return [key for key in keys if key is not None]
 
 
 def test_only_the_first_failure_is_kept() -> None:
@@ -174,6 +166,34 @@ def test_buffer_is_bounded_while_the_broker_stalls(own_broker: Broker, kind: str
     assert sorted(set(keys_in(own_broker.bootstrap_servers, topic))) == sorted(
         str(i).encode() for i in range(20_000)
     )
+
+
+def test_a_record_not_acknowledged_in_time_names_its_setting(own_broker: BrokerProcess) -> None:
+    """librdkafka's "Message timed out" alone did not say which setting bounds the wait, nor that a
+    slow broker (10,000 new topics on 2 cores) rather than the record is the cause."""
+    producer = make_producer(
+        "confluent", own_broker.bootstrap_servers, "test", 8, overrides={"message.timeout.ms": "1000"}
+    )
+    topic = "slow-" + secrets.token_hex(4)
+
+    def failed() -> SinkError | None:
+        try:
+            producer.poll()
+        except SinkError as exc:
+            return exc
+        return None
+
+    try:
+        producer.ensure_topic(topic)
+        own_broker.pause()  # SIGSTOP: nothing is acknowledged
+        producer.send(topic, b"k", b"v", InFlight(1))
+        error = wait_until(failed, 30, "the record to time out")
+    finally:
+        own_broker.resume()
+        producer.close()
+    assert "Message timed out" in str(error)
+    assert "--producer-config message.timeout.ms=" in str(error)
+    assert error.retriable
 
 
 @PRODUCERS

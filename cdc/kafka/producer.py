@@ -796,14 +796,22 @@ _PERMANENT_CODES = frozenset({
 
 class _ConfluentFailure(Exception):
     def __init__(self, error: Any) -> None:
-        fenced = error.name() in FENCED_CODES
-        super().__init__(
-            "fenced: another process took over this connector's transactional id (a connector started "
-            "with the same name elsewhere); stop one of them"
-            if fenced
-            else str(error)
-        )
-        self.retriable = error.name() not in _PERMANENT_CODES
+        name = error.name()
+        if name in FENCED_CODES:
+            text = (
+                "fenced: another process took over this connector's transactional id (a connector "
+                "started with the same name elsewhere); stop one of them"
+            )
+        elif name == "_MSG_TIMED_OUT":
+            # a slow broker, not a broken record (a broker making 10,000 new topics took minutes)
+            text = (
+                f"{error}: the broker did not acknowledge it within message.timeout.ms; check the "
+                "broker, or give it longer with --producer-config message.timeout.ms=<ms>"
+            )
+        else:
+            text = str(error)
+        super().__init__(text)
+        self.retriable = name not in _PERMANENT_CODES
 
 
 def _confluent_retriable(exc: BaseException) -> bool:
