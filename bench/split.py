@@ -76,6 +76,21 @@ def producer(bootstrap: str) -> ConfluentProducer:
     return ConfluentProducer(bootstrap, "bench-split", 64)
 
 
+def produce_packed(out: ConfluentProducer, topics: list[str], got: bytes, token: InFlight) -> None:
+    """Stage B over one batch of records packed by stage A."""
+    unpack, size = _HEADER.unpack_from, _HEADER.size
+    at = 0
+    while at < len(got):
+        index, key_len, value_len = unpack(got, at)
+        at += size
+        key = None
+        if key_len >= 0:
+            key, at = got[at : at + key_len], at + key_len
+        out.send(topics[index], key, got[at : at + value_len], token)
+        at += value_len
+    out.poll()
+
+
 def finish(out: ConfluentProducer, token: InFlight) -> None:
     """Wait for every record's acknowledgement, as the connector does before it confirms."""
     while token.pending:
@@ -131,7 +146,6 @@ def two_processes(payloads: list[bytes], bootstrap: str, prefix: str) -> float:
     started = time.perf_counter()
     child.start()
     theirs.close()
-    unpack, size = _HEADER.unpack_from, _HEADER.size
     while True:
         if not ours.poll(None):
             break
@@ -142,16 +156,7 @@ def two_processes(payloads: list[bytes], bootstrap: str, prefix: str) -> float:
             continue
         if not got:
             break
-        at = 0
-        while at < len(got):
-            index, key_len, value_len = unpack(got, at)
-            at += size
-            key = None
-            if key_len >= 0:
-                key, at = got[at : at + key_len], at + key_len
-            out.send(topics[index], key, got[at : at + value_len], token)
-            at += value_len
-        out.poll()
+        produce_packed(out, topics, got, token)
     finish(out, token)
     seconds = time.perf_counter() - started
     child.join()
@@ -202,20 +207,9 @@ def parallel(payloads: list[bytes], bootstrap: str, prefix: str, workers: int = 
     batch: list[bytes] = []
     sent: list[int] = []  # the child of each batch in flight, oldest first
     turn = 0
-    unpack, size = _HEADER.unpack_from, _HEADER.size
 
     def produce_oldest() -> None:
-        got = pipes[sent.pop(0)].recv_bytes()
-        at = 0
-        while at < len(got):
-            _, key_len, value_len = unpack(got, at)
-            at += size
-            key = None
-            if key_len >= 0:
-                key, at = got[at : at + key_len], at + key_len
-            out.send(topic, key, got[at : at + value_len], token)
-            at += value_len
-        out.poll()
+        produce_packed(out, [topic], pipes[sent.pop(0)].recv_bytes(), token)
 
     def hand_over() -> None:
         nonlocal turn

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from cdc.avro import SchemaRegistry
 from cdc.consume import RecordDecoder
@@ -45,7 +45,7 @@ from cdc.errors import CdcError
 from cdc.events import schemas_topic
 from cdc.kafka import read_schema_records
 from tests.chaos.workload import BULK, SCHEMA, TABLES, TXLOG, Change, Ledger, Txn
-from tests.support.topics import RawRecord
+from tests.support.topics import RawRecord, new_consumer
 
 Decode = Callable[[str, bytes | None, bytes | None], tuple[Any, Any]]
 
@@ -97,14 +97,7 @@ def read_all(
     position skipped aborted records). ``isolation="read_committed"`` reads what
     Kafka committed (up to the last stable offset), as exactly-once consumers do.
     """
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        isolation_level=isolation,
-        fetch_max_bytes=16 * 1024 * 1024,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        fetch_max_wait_ms=100,
-    )
+    consumer = new_consumer(bootstrap, isolation)
     try:
         not_changes = {f"{prefix}.{name}" for name in ("schemas", "transaction", "heartbeat", "offsets")}
         topics = sorted(t for t in consumer.topics() if t.startswith(prefix + ".") and t not in not_changes)

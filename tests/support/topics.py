@@ -41,7 +41,7 @@ def read_raw(
     one); what the second read finds is what counts, so a record missing from Kafka still fails.
     ``isolation="read_committed"`` reads what Kafka committed, as exactly-once consumers do.
     """
-    consumer = _consumer(bootstrap, isolation)
+    consumer = new_consumer(bootstrap, isolation)
     try:
         partitions = []
         for topic in topics:
@@ -60,7 +60,7 @@ def read_raw(
         first[TopicPartition(r.topic, r.partition)] = r.offset
     late = {tp for tp, offset in first.items() if offset > beginning[tp]}
     if late:
-        again = _consumer(bootstrap, isolation)
+        again = new_consumer(bootstrap, isolation)
         try:
             reread, _ = _read(again, sorted(late), poll_ms, timeout)
         finally:
@@ -97,7 +97,8 @@ def _read(
             raise TimeoutError(f"reading {tp}: at offset {at} of {end[tp]} after {timeout:g} s")
 
 
-def _consumer(bootstrap: str, isolation: str) -> KafkaConsumer:
+def new_consumer(bootstrap: str, isolation: str) -> KafkaConsumer:
+    """A consumer without a group that fetches in large batches (a test reads whole topics)."""
     return KafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
