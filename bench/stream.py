@@ -208,10 +208,16 @@ def connector_rate(
 
 
 def latency(
-    s: Servers, state_dir: Path, producer: str, fmt: str, rate: int = 1000, seconds: float = 8
+    s: Servers,
+    state_dir: Path,
+    producer: str,
+    fmt: str,
+    rate: int = 1000,
+    seconds: float = 8,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Commit-to-ack p50/p99 with the connector following a steady load of ``rate`` txn/s."""
-    with _fresh_slot(s, "lat") as name, _connector(s, state_dir, name, producer, fmt) as proc:
+    with _fresh_slot(s, "lat") as name, _connector(s, state_dir, name, producer, fmt, extra) as proc:
         proc.wait("streaming", lambda st: st.get("state") == "running")
         first = _next_range(0)
         interval = 1.0 / rate

@@ -67,6 +67,10 @@ from cdc.writer import RecordWriter, open_writer
 
 log = logging.getLogger(__name__)
 
+#: the longest the stream loop waits for WAL while records are in flight: their acknowledgements
+#: count (commit-to-ack, last ack) within this, the next tick only confirms them
+ACK_WAIT = 0.002
+
 
 @dataclass(slots=True)
 class _TableState:
@@ -373,6 +377,7 @@ class _Session:
         stop, stop_now = self.stop, self.stop_now
         incremental = self.incremental
         batch = self.batch
+        backlog = self.writer.backlog
         while True:
             if stop.is_set() and (self.txn is None or stop_now.is_set()):
                 break
@@ -380,6 +385,10 @@ class _Session:
             wait = min(next_status - time.monotonic(), interval)
             if batch is not None and batch.active and self.txn is None:
                 wait = min(wait, batch.deadline - time.monotonic())
+            if wait > ACK_WAIT and backlog()[0]:
+                # records in flight: take their acknowledgements as they come, not at the next tick
+                # (the commit-to-ack figures and the last-ack time were late by up to an interval)
+                wait = ACK_WAIT
             frame = repl.read(max(0.0, wait))
             # drain what is already buffered without touching the clock for each frame
             for _ in range(4096):
