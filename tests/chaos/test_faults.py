@@ -20,6 +20,7 @@ they could make any.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -129,6 +130,8 @@ def test_fault(
     scene.large_rows = 15_000
     report = play(scene, FAULTS[fault], rounds)
     why = explain(scene, report, chaos_seed)
+    if not report.ok and scene.durable and timeout_gap_only(scene, report):
+        pytest.xfail(f"{TIMEOUT_GAP_REASON}: {why}")
     assert report.ok, why
     assert len(scene.faults) == rounds, why
     assert report.changes_verified + report.lost_by_broker == report.changes_expected > 0, why
@@ -264,11 +267,25 @@ def test_state_dir_fails(
 #: leaves a gap that later records of the same session pass, and the next session fills it from
 #: the confirmed position: a key's older change then follows a newer one (or a delete its
 #: tombstone's neighbour). README Limits has it; exactly-once is not affected.
-TIMEOUT_GAP = pytest.mark.xfail(
-    reason="known limit: a producer-side message timeout can leave a gap filled out of order by the "
-    "next session (at-least-once on Apache Kafka; README Limits)",
-    strict=False,
+TIMEOUT_GAP_REASON = (
+    "known limit: a producer-side message timeout can leave a gap filled out of order by the "
+    "next session (at-least-once on Apache Kafka; README Limits)"
 )
+TIMEOUT_GAP = pytest.mark.xfail(reason=TIMEOUT_GAP_REASON, strict=False)
+
+#: what that gap leaves in a report: a delete whose tombstone the session lost (the next session sent
+#: both again), or a key's older change after a newer one
+_GAP_MARKS = re.compile(r"delete of .+ without its tombstone|: not in commit order")
+
+
+def timeout_gap_only(scene: Chaos, report: Report) -> bool:
+    """Whether every violation is one the TIMEOUT_GAP limit leaves and a session did end on a
+    producer-side message timeout (the other faults' cases must not fail this way: they are not
+    marked, a broker kill -9 on Apache Kafka hit it once in CI)."""
+    log = scene.connector.log_text()
+    timed_out = "Message timed out" in log or "Expiring" in log
+    listed = report.violation_count == len(report.violations)
+    return timed_out and listed and all(_GAP_MARKS.search(v) for v in report.violations)
 
 
 #: The faults of `test_exactly_once`, after a kill -9 inside the initial snapshot: the crashes
