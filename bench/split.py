@@ -76,10 +76,16 @@ def producer(bootstrap: str) -> ConfluentProducer:
     return ConfluentProducer(bootstrap, "bench-split", 64)
 
 
-def produce_packed(out: ConfluentProducer, topics: list[str], got: bytes, token: InFlight) -> None:
-    """Stage B over one batch of records packed by stage A."""
+def _packed(index: int, key: bytes | None, value: bytes) -> tuple[bytes, bytes, bytes]:
+    """One record as stage A hands it over: header (topic index, key and value lengths), key, value."""
+    return _HEADER.pack(index, -1 if key is None else len(key), len(value)), key or b"", value
+
+
+def produce_packed(
+    out: ConfluentProducer, topics: list[str], got: bytes, token: InFlight, at: int = 0
+) -> None:
+    """Stage B over one batch of records packed by stage A (from offset ``at``)."""
     unpack, size = _HEADER.unpack_from, _HEADER.size
-    at = 0
     while at < len(got):
         index, key_len, value_len = unpack(got, at)
         at += size
@@ -116,21 +122,20 @@ def one_process(payloads: list[bytes], bootstrap: str, prefix: str) -> float:
 
 
 def _encoder(payloads: list[bytes], prefix: str, pipe: Connection) -> None:
-    """Stage A in the child: batches of packed records, then b"" to end."""
+    """Stage A in the child: a new topic as b"T" + its name, batches of packed records as b"R" + the
+    records, then b"" to end."""
     topics: dict[str, int] = {}
-    parts: list[bytes] = []
-    count = 0
+    parts: list[bytes] = [b"R"]
     for topic, key, value in encoder(prefix)(payloads):
         index = topics.get(topic)
         if index is None:
             index = topics[topic] = len(topics)
-            pipe.send(topic)
-        parts += (_HEADER.pack(index, -1 if key is None else len(key), len(value)), key or b"", value)
-        count += 1
-        if count == BATCH:
+            pipe.send_bytes(b"T" + topic.encode())
+        parts += _packed(index, key, value)
+        if len(parts) == 1 + 3 * BATCH:
             pipe.send_bytes(b"".join(parts))
-            parts, count = [], 0
-    if parts:
+            parts = [b"R"]
+    if len(parts) > 1:
         pipe.send_bytes(b"".join(parts))
     pipe.send_bytes(b"")
 
@@ -146,17 +151,12 @@ def two_processes(payloads: list[bytes], bootstrap: str, prefix: str) -> float:
     started = time.perf_counter()
     child.start()
     theirs.close()
-    while True:
-        if not ours.poll(None):
-            break
-        got = ours.recv_bytes() if topics else None
-        if got is None:  # the first message names the topic
-            topics.append(ours.recv())
-            out.ensure_topic(topics[0])
-            continue
-        if not got:
-            break
-        produce_packed(out, topics, got, token)
+    while got := ours.recv_bytes():
+        if got[:1] == b"T":
+            topics.append(got[1:].decode())
+            out.ensure_topic(topics[-1])
+        else:
+            produce_packed(out, topics, got, token, at=1)
     finish(out, token)
     seconds = time.perf_counter() - started
     child.join()
@@ -179,8 +179,7 @@ def _batch_encoder(prefix: str, pipe: Connection) -> None:
             at += 4 + length
         parts: list[bytes] = []
         for topic, key, value in encode(payloads):
-            index = topics.setdefault(topic, len(topics))
-            parts += (_HEADER.pack(index, -1 if key is None else len(key), len(value)), key or b"", value)
+            parts += _packed(topics.setdefault(topic, len(topics)), key, value)
         pipe.send_bytes(b"".join(parts))
 
 
