@@ -41,6 +41,15 @@ def drain(producer: Producer, *tokens: InFlight, timeout: float) -> int:
     return applied
 
 
+def delivery_failure(producer: Producer) -> SinkError | None:
+    """The failed delivery `Producer.poll` raises, if one came; None while none has."""
+    try:
+        producer.poll()
+    except SinkError as exc:
+        return exc
+    return None
+
+
 def keys_in(bootstrap: str, topic: str) -> list[bytes]:
     """The key of every record of ``topic``, in offset order (each has one)."""
     keys = [record.key for record in read_raw(bootstrap, [topic])]
@@ -175,19 +184,11 @@ def test_a_record_not_acknowledged_in_time_names_its_setting(own_broker: BrokerP
         "confluent", own_broker.bootstrap_servers, "test", 8, overrides={"message.timeout.ms": "1000"}
     )
     topic = "slow-" + secrets.token_hex(4)
-
-    def failed() -> SinkError | None:
-        try:
-            producer.poll()
-        except SinkError as exc:
-            return exc
-        return None
-
     try:
         producer.ensure_topic(topic)
         own_broker.pause()  # SIGSTOP: nothing is acknowledged
         producer.send(topic, b"k", b"v", InFlight(1))
-        error = wait_until(failed, 30, "the record to time out")
+        error = wait_until(lambda: delivery_failure(producer), 30, "the record to time out")
     finally:
         own_broker.resume()
         producer.close()
@@ -250,14 +251,6 @@ def test_a_transaction_with_a_failed_record_never_commits(tmp_path: Path, kind: 
         else {"message.timeout.ms": "3000", "socket.timeout.ms": "1000"}
     )
     topic = "spoiled-" + secrets.token_hex(4)
-
-    def failed(producer: Producer) -> bool:
-        try:
-            producer.poll()
-        except SinkError:
-            return True
-        return False
-
     try:
         server.start()
         producer = make_producer(
@@ -270,7 +263,7 @@ def test_a_transaction_with_a_failed_record_never_commits(tmp_path: Path, kind: 
             assert producer.flush(30)
             server.link.cut()
             producer.send(topic, b'"timed out"', b"2", InFlight(1))
-            wait_until(lambda: failed(producer), 30, "the second record to time out")
+            wait_until(lambda: delivery_failure(producer), 30, "the second record to time out")
             server.link.mend()
             with pytest.raises(SinkError):
                 producer.commit_transaction(30)
