@@ -4,16 +4,15 @@ EventRouter does (topics, keys, headers, order per aggregate; updates and delete
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, TopicPartition
 
 from tests.fix_servers import BrokerHandle, TestDb
 from tests.pipeline import settings_for, wait_caught_up
 from tests.support import running
+from tests.support.topics import RawRecord, existing, read_raw
 
 INSERT = "INSERT INTO outbox (aggregatetype, aggregateid, type, payload)"
 OUTBOX = """
@@ -24,40 +23,9 @@ CREATE TABLE orders (id int PRIMARY KEY, status text);
 """
 
 
-@dataclass
-class Raw:
-    topic: str
-    partition: int
-    key: bytes | None
-    value: bytes | None
-    headers: dict[str, bytes]
-
-    def json(self) -> Any:
-        return None if self.value is None else orjson.loads(self.value)
-
-
-def read_raw(bootstrap: str, topics: list[str]) -> list[Raw]:
-    """Every record of ``topics`` (those that exist), undecoded, in partition order."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        existing = consumer.topics()
-        partitions = [
-            TopicPartition(t, p)
-            for t in topics
-            if t in existing
-            for p in consumer.partitions_for_topic(t) or ()
-        ]
-        if not partitions:
-            return []
-        consumer.assign(partitions)
-        consumer.seek_to_beginning()
-        found: list[Raw] = []
-        while batch := consumer.poll(timeout_ms=1500, max_records=10_000):
-            for tp, items in batch.items():
-                found += [Raw(tp.topic, tp.partition, r.key, r.value, dict(r.headers or [])) for r in items]
-        return found
-    finally:
-        consumer.close()
+def read_existing(bootstrap: str, topics: list[str]) -> list[RawRecord]:
+    """Every record of those of ``topics`` that exist."""
+    return read_raw(bootstrap, existing(bootstrap, topics))
 
 
 def test_outbox_rows_become_events(db: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path) -> None:
@@ -92,21 +60,21 @@ def test_outbox_rows_become_events(db: TestDb, broker: BrokerHandle, prefix: str
         db.execute("INSERT INTO orders VALUES (1, 'open')")
         wait_caught_up(db, run)
     orders, customers = f"{prefix}.outbox.order", f"{prefix}.outbox.customer"
-    records = read_raw(broker.bootstrap_servers, [orders, customers, f"{prefix}.public.outbox"])
+    records = read_existing(broker.bootstrap_servers, [orders, customers, f"{prefix}.public.outbox"])
     assert {r.topic for r in records} == {orders, customers}  # nothing on the table's own topic
     steps = [r for r in records if r.topic == orders]
-    assert len(steps) == 50 and {r.headers["type"] for r in steps} == {b"Step"}
-    assert len({r.headers["id"] for r in steps}) == 50
-    assert all(re.fullmatch(rb"[0-9a-f-]{36}", r.headers["id"]) for r in steps)
-    assert all(re.fullmatch(rb"\d{4}-\d\d-\d\dT[\d:.]+Z", r.headers["timestamp"]) for r in steps)
-    assert [r.headers.get("tenant") for r in steps].count(b"acme") == 40
+    assert len(steps) == 50 and {r.header("type") for r in steps} == {b"Step"}
+    assert len({r.header("id") for r in steps}) == 50
+    assert all(re.fullmatch(rb"[0-9a-f-]{36}", r.header("id")) for r in steps)
+    assert all(re.fullmatch(rb"\d{4}-\d\d-\d\dT[\d:.]+Z", r.header("timestamp")) for r in steps)
+    assert [dict(r.headers).get("tenant") for r in steps].count(b"acme") == 40
     for key in (b"o0", b"o1", b"o2", b"o3", b"o4"):
         mine = [r for r in steps if r.key == key]
         assert len({r.partition for r in mine}) == 1, "an aggregate's events share a partition"
         seqs = [r.json()["seq"] for r in mine]
         assert seqs == sorted(seqs) and len(seqs) == 10
         assert all(s % 5 == int(key[1:]) for s in seqs)
-    moved = sorted(((r.key, r.headers["type"], r.json()) for r in records if r.topic == customers), key=str)
+    moved = sorted(((r.key, r.header("type"), r.json()) for r in records if r.topic == customers), key=str)
     assert moved == [(b"c1", b"Moved", {"to": "eu"}), (b"c2", b"Gone", None)]  # NULL payload: tombstone
     assert run.connector.status.shaping["filtered"] >= 50 + 2  # the deletes and the update
 
@@ -146,15 +114,15 @@ def test_outbox_messages_become_events(
         )
         wait_caught_up(db, run)
     events, messages, dead = f"{prefix}.events.order", f"{prefix}.messages", f"{prefix}.dead-letter"
-    records = read_raw(broker.bootstrap_servers, [events, messages, dead])
-    routed = [(r.key, r.headers["type"], r.json()) for r in records if r.topic == events]
+    records = read_existing(broker.bootstrap_servers, [events, messages, dead])
+    routed = [(r.key, r.header("type"), r.json()) for r in records if r.topic == events]
     assert routed == [
         (b"7", b"Placed", {"n": 1}), (b"7", b"Placed", {"n": 2}), (b"7", b"Placed", {"n": 3}),
         (b"8", b"Paid", 1),
     ]  # fmt: skip
-    ids = [r.headers["id"] for r in records if r.topic == events]
+    ids = [r.header("id") for r in records if r.topic == events]
     assert ids[3] == b"e-1" and len(set(ids)) == 4  # without an id, the message's position stands in
     others = [r.json() for r in records if r.topic == messages]
     assert [m["message"]["prefix"] for m in others] == ["other"]
-    letters = [r.headers for r in records if r.topic == dead]
+    letters = [dict(r.headers) for r in records if r.topic == dead]
     assert len(letters) == 1 and letters[0]["stage"] == b"transform" and letters[0]["transform"] == b"outbox"

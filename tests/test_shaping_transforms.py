@@ -4,13 +4,11 @@ columns, masked columns, and a transform that raises under each --on-transform-e
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from cdc.errors import SchemaError, TransformError
 from cdc.lsn import parse_lsn
@@ -18,6 +16,7 @@ from tests.consuming import consume
 from tests.fix_servers import BrokerHandle, TestDb
 from tests.pipeline import read_topics, rebuild, settings_for, source_rows, wait_caught_up
 from tests.support import running, wait_until
+from tests.support.topics import read_raw
 
 T = "tests.shaping_transforms"
 
@@ -28,41 +27,6 @@ INSERT INTO orders SELECT g, g % 7, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END,
                           CASE WHEN g % 5 = 0 THEN 'cancelled' ELSE 'open' END, g, 'n'
   FROM generate_series(1, 500) g;
 """
-
-
-@dataclass
-class Raw:
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: dict[str, bytes]
-
-    def json(self) -> Any:
-        return None if self.value is None else orjson.loads(self.value)
-
-
-def read_raw(bootstrap: str, topics: list[str], idle_ms: int = 1500) -> list[Raw]:
-    """Every record of ``topics`` with its headers, undecoded."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        partitions = []
-        for topic in topics:
-
-            def partitions_of(name: str = topic) -> set[int] | None:
-                ids: set[int] | None = consumer.partitions_for_topic(name)
-                return ids
-
-            ids = wait_until(partitions_of, timeout=30, message=topic)
-            partitions += [TopicPartition(topic, p) for p in sorted(ids)]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning()
-        found: list[Raw] = []
-        while batch := consumer.poll(timeout_ms=idle_ms, max_records=10_000):
-            for tp, items in batch.items():
-                found += [Raw(tp.topic, r.key, r.value, dict(r.headers or [])) for r in items]
-        return found
-    finally:
-        consumer.close()
 
 
 # -- transforms that filter, route, re-key, split, write records --------------------------------
@@ -120,7 +84,7 @@ def test_route_by_a_column_value(
         wait_caught_up(db, run)
     eu, us = f"{prefix}.public.orders.eu", f"{prefix}.public.orders.us"
     raw = read_raw(broker.bootstrap_servers, [eu, us])
-    assert {r.headers["region"] for r in raw if r.topic == eu} == {b"eu"}
+    assert {r.header("region") for r in raw if r.topic == eu} == {b"eu"}
     events = {r.topic: [x.json() for x in raw if x.topic == r.topic] for r in raw}
     assert all(v is None or (v["after"] or v["before"])["region"] == "eu" for v in events[eu])
     assert all(v is None or (v["after"] or v["before"])["region"] == "us" for v in events[us])
@@ -165,7 +129,7 @@ def test_rekey_split_and_outbox_records(
         ("customer", b"c3", {"to": "eu"}),
         ("order", b"10", {"total": 9}),
     ]
-    assert {r.headers["type"] for r in records} == {b"OrderPaid", b"CustomerMoved"}
+    assert {r.header("type") for r in records} == {b"OrderPaid", b"CustomerMoved"}
 
 
 # -- a transform that raises ---------------------------------------------------------------------
@@ -209,15 +173,15 @@ def test_a_raising_transform_under_each_policy(
         return
     assert counts["dead_letters:transform"] == 1
     [letter] = read_raw(broker.bootstrap_servers, [dead])
-    assert letter.headers["table"] == b"public.orders"
-    assert orjson.loads(letter.headers["key"]) == {"id": 2}
+    assert letter.header("table") == b"public.orders"
+    assert orjson.loads(letter.header("key")) == {"id": 2}
     assert (
-        letter.headers["stage"] == b"transform"
-        and letter.headers["transform"] == f"{T}:explode_on_boom".encode()
+        letter.header("stage") == b"transform"
+        and letter.header("transform") == f"{T}:explode_on_boom".encode()
     )
-    assert letter.headers["error"] == b"ValueError: cannot handle boom"
-    assert letter.headers["topic"] == topic.encode() and re.fullmatch(
-        rb"[0-9A-F/]+:1", letter.headers["position"]
+    assert letter.header("error") == b"ValueError: cannot handle boom"
+    assert letter.header("topic") == topic.encode() and re.fullmatch(
+        rb"[0-9A-F/]+:1", letter.header("position")
     )
     # the value: the event as it would have been written without the transform
     assert letter.json()["after"]["note"] == "boom" and letter.json()["op"] == "u"
@@ -246,7 +210,7 @@ def test_a_value_a_transform_cannot_encode(
     assert [x["value"]["after"]["note"] for x in letters] == ["bad"]  # the event as it was, in Avro
     assert [x["value"]["after"]["id"] for x in lines if x["topic"].endswith("orders")] == [2]
     [raw] = read_raw(broker.bootstrap_servers, [f"{prefix}.dead-letter"])
-    assert raw.headers["stage"] == b"encode" and b"qty" in raw.headers["error"]
+    assert raw.header("stage") == b"encode" and b"qty" in raw.header("error")
     # without dead letters: it stops, as before
     settings = settings_for(
         db, broker.bootstrap_servers, prefix, state_dir, tables=["public.orders"], format="avro",

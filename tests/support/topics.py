@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
+import orjson
 from kafka import KafkaConsumer, TopicPartition
 
 from tests.support.wait import wait_until
@@ -23,6 +25,15 @@ class RawRecord:
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    def json(self) -> Any:
+        """The value as JSON (None for a tombstone)."""
+        return None if self.value is None else orjson.loads(self.value)
+
+    def header(self, name: str) -> bytes:
+        """The value of the last header called ``name`` (KeyError if none is)."""
+        return dict(self.headers)[name]
 
 
 def read_raw(
@@ -83,7 +94,10 @@ def _read(
         batch = consumer.poll(timeout_ms=poll_ms, max_records=10_000)
         for tp, items in batch.items():
             topic, partition = tp.topic, tp.partition
-            records += (RawRecord(topic, partition, r.offset, r.timestamp, r.key, r.value) for r in items)
+            records += (
+                RawRecord(topic, partition, r.offset, r.timestamp, r.key, r.value, tuple(r.headers or ()))
+                for r in items
+            )
         if batch:
             continue
         # Tansu's end offset can be the last batch's base offset + 1, short of the true end; a
@@ -95,6 +109,16 @@ def _read(
             tp = behind[0]
             at = consumer.position(tp)
             raise TimeoutError(f"reading {tp}: at offset {at} of {end[tp]} after {timeout:g} s")
+
+
+def existing(bootstrap: str, topics: list[str]) -> list[str]:
+    """Those of ``topics`` the broker has now (a test that checks a topic was never made)."""
+    consumer = new_consumer(bootstrap, "read_uncommitted")
+    try:
+        have = consumer.topics()
+    finally:
+        consumer.close()
+    return [t for t in topics if t in have]
 
 
 def new_consumer(bootstrap: str, isolation: str) -> KafkaConsumer:
