@@ -190,7 +190,13 @@ class _KafkaPythonFailure(Exception):
     """A failed delivery; ``retriable`` says whether a new session (a new producer) may succeed."""
 
     def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
+        text = str(error)
+        if type(error).__name__ == "KafkaTimeoutError":  # as _MSG_TIMED_OUT for confluent
+            text = (
+                f"{text}: the broker did not acknowledge it within delivery.timeout.ms; check the "
+                "broker, or give it longer with --producer-config delivery.timeout.ms=<ms>"
+            )
+        super().__init__(text)
         self.retriable = _retriable(error)
 
 
