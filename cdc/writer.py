@@ -232,6 +232,7 @@ class RecordWriter:
         records = self._take_schemas()
         if not records:
             return
+        log.info("registering %d schemas of %d tables on %s", len(records), len(tables), self.schema_topic)
         self.producer.ensure_topic(self.schema_topic, compact=True)
         token = InFlight(0)
         transactional = bool(self.producer.transactional_id)
