@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from cdc.snapshot.progress import SnapshotProgress
+from cdc.snapshot.progress import BAR_PER_TABLE_UP_TO, SnapshotProgress
 
 
 def test_many_tables_log_a_summary_and_the_tables_being_read(caplog: pytest.LogCaptureFixture) -> None:
@@ -19,6 +19,21 @@ def test_many_tables_log_a_summary_and_the_tables_being_read(caplog: pytest.LogC
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["snapshot: 1 of 1,000 tables done, 25 of ~20,000 rows", lines[1]]
     assert lines[1].startswith("snapshot s.t1: 5 of ~20 rows (25%)")
+    progress.close()
+
+
+def test_tables_read_and_not_yet_acknowledged_log_a_few_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """A broker slow to acknowledge left 9,000 of 10,000 tables read and not done: a line each,
+    every 10 s; now the first few and a count of the others."""
+    progress = SnapshotProgress({f"s.t{i}": (0, 20) for i in range(100)}, interactive=False)
+    for i in range(40):
+        progress.advance(f"s.t{i}", 20)  # read, not yet done
+    caplog.set_level(logging.INFO, logger="cdc.snapshot.progress")
+    progress.next_log = 0.0
+    progress.advance("s.t40", 20)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 + BAR_PER_TABLE_UP_TO + 1, lines
+    assert lines[-1] == f"snapshot: {41 - BAR_PER_TABLE_UP_TO} more tables read, waiting for Kafka"
     progress.close()
 
 

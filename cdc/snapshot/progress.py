@@ -100,17 +100,22 @@ class SnapshotProgress:
             self._log_reading()
 
     def _log_reading(self) -> None:
-        """With many tables, one summary line, then a line per table being read (rows came, not done):
-        a line for every unfinished table was 10,000 lines every 10 s for a database of 10,000."""
+        """With many tables, one summary line, then a line per table being read (rows came, not done),
+        the first few only: a line for every unfinished table was 10,000 lines every 10 s."""
         if len(self.rows) > 1:
             rows, total = self._sums()
             log.info(
                 "snapshot: %s of %s tables done, %s of ~%s rows",
                 f"{len(self.finished):,}", f"{len(self.rows):,}", f"{rows:,}", f"{total:,}",
             )  # fmt: skip
-        for table, rows in self.rows.items():
-            if table not in self.finished and rows > self.base[table]:
-                self._log_line(table)
+        reading = [t for t, rows in self.rows.items() if t not in self.finished and rows > self.base[t]]
+        for table in reading[:BAR_PER_TABLE_UP_TO]:
+            self._log_line(table)
+        if len(reading) > BAR_PER_TABLE_UP_TO:
+            # a slow broker leaves thousands read and not yet acknowledged: 9,000 lines every 10 s
+            log.info(
+                "snapshot: %s more tables read, waiting for Kafka", f"{len(reading) - BAR_PER_TABLE_UP_TO:,}"
+            )
 
     def _rate(self, name: str) -> float:
         elapsed = max(time.monotonic() - self.started, 1e-3)
