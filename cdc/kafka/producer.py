@@ -192,12 +192,18 @@ class _KafkaPythonFailure(Exception):
     def __init__(self, error: BaseException) -> None:
         text = str(error)
         if type(error).__name__ == "KafkaTimeoutError":  # as _MSG_TIMED_OUT for confluent
-            text = (
-                f"{text}: the broker did not acknowledge it within delivery.timeout.ms; check the "
-                "broker, or give it longer with --producer-config delivery.timeout.ms=<ms>"
-            )
+            text = _timed_out(text, "delivery.timeout.ms")
         super().__init__(text)
         self.retriable = _retriable(error)
+
+
+def _timed_out(error: str, setting: str) -> str:
+    """A record's delivery timeout, with the setting that bounds it: a slow broker, not a broken
+    record (a broker making 10,000 new topics took minutes)."""
+    return (
+        f"{error}: the broker did not acknowledge it within {setting}; check the broker, "
+        f"or give it longer with --producer-config {setting}=<ms>"
+    )
 
 
 def _retriable(error: BaseException) -> bool:
@@ -819,11 +825,7 @@ class _ConfluentFailure(Exception):
                 "started with the same name elsewhere); stop one of them"
             )
         elif name == "_MSG_TIMED_OUT":
-            # a slow broker, not a broken record (a broker making 10,000 new topics took minutes)
-            text = (
-                f"{error}: the broker did not acknowledge it within message.timeout.ms; check the "
-                "broker, or give it longer with --producer-config message.timeout.ms=<ms>"
-            )
+            text = _timed_out(str(error), "message.timeout.ms")
         else:
             text = str(error)
         super().__init__(text)

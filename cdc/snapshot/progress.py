@@ -13,7 +13,8 @@ log = logging.getLogger(__name__)
 LOG_INTERVAL: Final = 10.0
 
 #: Up to this many tables, a bar each; with more, one bar for all of them and a bar per table
-#: while it is read (a bar per table of 10,000 fills no terminal).
+#: while it is read (a bar per table of 10,000 fills no terminal). Without a terminal, as many
+#: tables being read get a log line each, the others a count.
 BAR_PER_TABLE_UP_TO: Final = 10
 
 
