@@ -26,6 +26,7 @@ from cdc.events import offsets_topic
 from tests.fix_servers import TestDb
 from tests.pipeline import Record, read_topics, rebuild, settings_for, source_rows, wait_caught_up
 from tests.support import cdc, running, wait_until
+from tests.support.topics import records_in
 
 
 @pytest.fixture(scope="module")
@@ -125,15 +126,27 @@ def test_kill_9_repeats_nothing(db_latest: TestDb, kafka: KafkaServer, prefix: s
     name = "x" + secrets.token_hex(3)
     env = {"CDC_DSN": db.dsn}
     args = _connector_args(kafka, prefix, tmp_path, name, "--snapshot", "never")
+    topic = f"{prefix}.public.items"
     for round_ in range(3):
         assert cdc(*args, "--detach", env=env).returncode == 0
         base = round_ * 100_000
+        before = records_in(kafka.bootstrap_servers, topic)
         with psycopg.connect(db.dsn, autocommit=True) as conn:
             for n in range(30):
                 conn.execute("INSERT INTO items VALUES (%s, 0)", (base + n,))
-            # a large one, still being produced when the process dies
+            # a large one, still being produced when the process dies: the kill waits for a part
+            # of it in Kafka (a fixed sleep missed it on a loaded machine), later in later rounds
             conn.execute("INSERT INTO items SELECT %s + g, 1 FROM generate_series(100, 40100) g", (base,))
-        time.sleep(0.3 + 0.3 * round_)
+        inside = before + 30 + 1000 * (round_ + 1)
+
+        def partly_written(inside: int = inside) -> bool:
+            return records_in(kafka.bootstrap_servers, topic) > inside
+
+        wait_until(
+            partly_written,
+            timeout=60,
+            message="a part of the large transaction in Kafka",
+        )
         pid = _status(tmp_path, name)["pid"]
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: _status(tmp_path, name)["pid"] is None, timeout=30, message="the process to die")
@@ -148,7 +161,6 @@ def test_kill_9_repeats_nothing(db_latest: TestDb, kafka: KafkaServer, prefix: s
         message="the connector to confirm everything",
     )
     assert cdc("stop", "--name", name, "--state-dir", str(tmp_path)).returncode == 0
-    topic = f"{prefix}.public.items"
     committed = read_topics(kafka.bootstrap_servers, [topic], isolation="read_committed")
     counts = positions(committed)
     assert max(counts.values()) == 1, [k for k, v in counts.items() if v > 1][:5]

@@ -121,6 +121,21 @@ def existing(bootstrap: str, topics: list[str]) -> list[str]:
     return [t for t in topics if t in have]
 
 
+def records_in(bootstrap: str, topic: str) -> int:
+    """How many records the partitions of ``topic`` hold, uncommitted ones included (0 before it
+    exists): a test that must act while a transaction is half written waits on it."""
+    consumer = new_consumer(bootstrap, "read_uncommitted")
+    try:
+        ids = consumer.partitions_for_topic(topic)
+        if not ids:
+            return 0
+        partitions = [TopicPartition(topic, p) for p in ids]
+        end: dict[TopicPartition, int] = consumer.end_offsets(partitions)
+    finally:
+        consumer.close()
+    return sum(end.values())
+
+
 def new_consumer(bootstrap: str, isolation: str) -> KafkaConsumer:
     """A consumer without a group that fetches in large batches (a test reads whole topics)."""
     return KafkaConsumer(
