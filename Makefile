@@ -24,11 +24,15 @@ kafka-jars: $(STAMP)
 peers: $(STAMP)
 	$(BIN)/python -m tests.peers prepare
 
+# pytest-xdist processes for `make test` and `make test-compiled`, each with its own servers: most
+# test time waits on servers and timeouts, so 2 halve the wall time on 2 cores (32 -> 15-22 min)
+TEST_WORKERS ?= 2
+
 # Both builds of the same source: every test on the pure one (what `pip install` gives without the
 # compiled wheel), then `test-compiled`. pytest exits 5 when it collected nothing: a failure here.
 test: setup
 	$(MAKE) --no-print-directory pure
-	$(BIN)/python -m pytest; rc=$$?; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests collected" >&2; exit 1; fi; \
 	if [ $$rc -ne 0 ]; then exit $$rc; fi
 	$(MAKE) --no-print-directory test-compiled
@@ -54,8 +58,8 @@ COMPILED_TESTS := tests/chaos/test_faults.py --deselect "tests/chaos/test_faults
 test-compiled: setup
 	@if ! $(BIN)/python -m tests.build_check; then echo "make test-compiled: skipped, the compiled build cannot be made here (above)"; exit 0; fi; \
 	$(MAKE) --no-print-directory compiled || exit 1; \
-	CDC_EXPECT_BUILD=compiled $(BIN)/python -m pytest -p no:cacheprovider -m "not servers" tests; rc=$$?; \
-	if [ $$rc -eq 0 ]; then CDC_EXPECT_BUILD=compiled $(BIN)/python -m pytest -p no:cacheprovider $(COMPILED_TESTS); rc=$$?; fi; \
+	CDC_EXPECT_BUILD=compiled $(BIN)/python -m pytest -n $(TEST_WORKERS) -p no:cacheprovider -m "not servers" tests; rc=$$?; \
+	if [ $$rc -eq 0 ]; then CDC_EXPECT_BUILD=compiled $(BIN)/python -m pytest -n $(TEST_WORKERS) -p no:cacheprovider $(COMPILED_TESTS); rc=$$?; fi; \
 	$(MAKE) --no-print-directory pure; exit $$rc
 
 # the tests that need no Postgres and no broker (tests/fix_servers.py marks the others `servers`)
