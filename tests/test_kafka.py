@@ -124,6 +124,29 @@ def test_many_topics_are_made_in_one_call_and_existing_ones_are_skipped(
         again.close()
 
 
+def test_the_limit_of_a_topic_made_a_moment_ago_is_read_not_guessed(broker: BrokerHandle) -> None:
+    """A broker may not know a topic made a moment ago (UNKNOWN_TOPIC_OR_PART, 1 in 40 on a loaded
+    machine): the producer asks again rather than fall back to Kafka's default limit, which let a
+    too-large dead letter through and then stopped the connector."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic = "limit-" + secrets.token_hex(4)
+    producer = make_producer("confluent", broker.bootstrap_servers, "test", max_buffer_mb=8)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap_servers})
+
+    def create_later() -> None:
+        time.sleep(1.0)
+        admin.create_topics([NewTopic(topic, 1, 1, config={"max.message.bytes": "300000"})])[topic].result(30)
+
+    creator = threading.Thread(target=create_later)
+    creator.start()
+    try:
+        assert producer.max_message_bytes(topic) == 300_000
+    finally:
+        creator.join()
+        producer.close()
+
+
 @pytest.mark.tansu_subset
 def test_a_side_topic_is_read_to_its_end_past_one_poll(broker: BrokerHandle) -> None:
     """More records in one batch than a poll hands out (500): every one is read (Tansu's short end

@@ -746,13 +746,24 @@ class ConfluentProducer:
 
         self._admin()
         resource = ConfigResource("topic", topic)
-        try:
-            entries = self.admin.describe_configs([resource], request_timeout=30)[resource].result(30)
-            entry = entries.get("max.message.bytes")
-            return None if entry is None or entry.value is None else int(entry.value)
-        except (self._ck.KafkaException, ValueError, TypeError) as exc:
-            log.debug("cannot read max.message.bytes of %s: %s", topic, exc)
-            return None
+        deadline = time.monotonic() + NEW_TOPIC_WAIT
+        while True:
+            try:
+                entries = self.admin.describe_configs([resource], request_timeout=30)[resource].result(30)
+                entry = entries.get("max.message.bytes")
+                return None if entry is None or entry.value is None else int(entry.value)
+            except self._ck.KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                # a topic created a moment ago: the broker answering may not know it yet (1 in 40 on
+                # a loaded machine), and Kafka's default limit would be the wrong answer
+                unknown = error is not None and error.code() == self._ck.KafkaError.UNKNOWN_TOPIC_OR_PART
+                if not unknown or time.monotonic() > deadline:
+                    log.debug("cannot read max.message.bytes of %s: %s", topic, exc)
+                    return None
+                time.sleep(0.1)
+            except (ValueError, TypeError) as exc:
+                log.debug("cannot read max.message.bytes of %s: %s", topic, exc)
+                return None
 
     def _admin(self) -> None:
         from confluent_kafka.admin import AdminClient  # noqa: PLC0415
@@ -791,6 +802,9 @@ class ConfluentProducer:
         _log_created(created, partitions)
         self.known_topics.update(wanted)
 
+
+#: how long a topic's config is asked again while the broker says the topic (just created) is unknown
+NEW_TOPIC_WAIT: Final = 10.0
 
 #: topics per CreateTopics request: one request for a snapshot of thousands of tables would be large
 TOPICS_PER_REQUEST = 1000
