@@ -128,7 +128,7 @@ def test_the_limit_of_a_topic_made_a_moment_ago_is_read_not_guessed(broker: Brok
     """A broker may not know a topic made a moment ago (UNKNOWN_TOPIC_OR_PART, 1 in 40 on a loaded
     machine): the producer asks again rather than fall back to Kafka's default limit, which let a
     too-large dead letter through and then stopped the connector."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     topic = "limit-" + secrets.token_hex(4)
     producer = make_producer("confluent", broker.bootstrap_servers, "test", max_buffer_mb=8)
