@@ -24,10 +24,11 @@ kafka-jars: $(STAMP)
 peers: $(STAMP)
 	$(BIN)/python -m tests.peers prepare
 
-# pytest-xdist processes for `make test` and `make test-compiled`, each with its own servers. Most
-# test time waits on servers and timeouts, so 2 halve the pure suite on 2 cores (32 -> 15-22 min),
-# but 1 stays the default until runs in 2 pass clean: their load found timing faults (README Testing)
-TEST_WORKERS ?= 1
+# pytest-xdist processes for `make test` and `make test-compiled`, each with its own servers (0: the
+# tests run in pytest's own process). Most test time waits on servers and timeouts, so 2 halve the
+# pure suite on 2 cores (32 -> 15-22 min), but 0 stays the default until runs in 2 pass clean:
+# their load found timing faults (README Testing)
+TEST_WORKERS ?= 0
 
 # Both builds of the same source: every test on the pure one (what `pip install` gives without the
 # compiled wheel), then `test-compiled`. pytest exits 5 when it collected nothing: a failure here.
