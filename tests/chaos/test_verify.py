@@ -150,6 +150,10 @@ def test_a_delete_sent_again_with_its_tombstone_pays_the_missing_one() -> None:
     assert check(items[:-1] + items[-2:]).ok
     # a later delete of the same key still owes its own tombstone
     assert "without its tombstone" in violations(check(items + items[-2:-1]))
+    # and a key that changes again before the tombstone of its delete lost that tombstone, even if
+    # a tombstone comes later
+    found = violations(check([items[i] for i in (0, 1, 4, 5, 2, 3, 6)]))
+    assert 'delete of {"id":10} without its tombstone before' in found, found
 
 
 def test_snapshot_reads_must_be_real_states_not_older_than_the_consistent_point() -> None:

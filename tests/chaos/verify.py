@@ -367,8 +367,14 @@ def verify(
                 f"after {previous}: not in commit order"
             )
         last_position[per_key] = max(event.position, previous or event.position)
+        waiting, key_text = owed[(event.topic, event.partition)], orjson.dumps(key).decode()
+        if key_text in waiting:  # a repeat of the delete would have come first
+            report.violate(
+                f"{event.topic}: delete of {key_text} without its tombstone before {event.position}"
+            )
+            waiting.discard(key_text)
         if event.op == "d":
-            owed[(event.topic, event.partition)].add(orjson.dumps(key).decode())
+            waiting.add(key_text)
         first.append(event)
 
     if confirmed is None:
