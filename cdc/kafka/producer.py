@@ -716,9 +716,7 @@ class ConfluentProducer:
         try:
             call()
         except (self._ck.KafkaException, SystemError) as exc:
-            error = exc.args[0] if exc.args else None
-            name = error.name() if error is not None and hasattr(error, "name") else ""
-            if name in FENCED_CODES:
+            if _confluent_name(exc) in FENCED_CODES:
                 raise fenced_error(self.transactional_id) from None
             raise SinkError(f"kafka refused {doing}: {exc}", retriable=_confluent_retriable(exc)) from None
 
@@ -752,18 +750,13 @@ class ConfluentProducer:
                 entries = self.admin.describe_configs([resource], request_timeout=30)[resource].result(30)
                 entry = entries.get("max.message.bytes")
                 return None if entry is None or entry.value is None else int(entry.value)
-            except self._ck.KafkaException as exc:
-                error = exc.args[0] if exc.args else None
+            except (self._ck.KafkaException, ValueError, TypeError) as exc:
                 # a topic created a moment ago: the broker answering may not know it yet (1 in 40 on
                 # a loaded machine), and Kafka's default limit would be the wrong answer
-                unknown = error is not None and error.code() == self._ck.KafkaError.UNKNOWN_TOPIC_OR_PART
-                if not unknown or time.monotonic() > deadline:
+                if _confluent_name(exc) != "UNKNOWN_TOPIC_OR_PART" or time.monotonic() > deadline:
                     log.debug("cannot read max.message.bytes of %s: %s", topic, exc)
                     return None
                 time.sleep(0.1)
-            except (ValueError, TypeError) as exc:
-                log.debug("cannot read max.message.bytes of %s: %s", topic, exc)
-                return None
 
     def _admin(self) -> None:
         from confluent_kafka.admin import AdminClient  # noqa: PLC0415
@@ -796,8 +789,7 @@ class ConfluentProducer:
                     futures[topic].result(timeout=30)
                     created.append(topic)
                 except self._ck.KafkaException as exc:
-                    error = exc.args[0] if exc.args else None
-                    if error is None or error.code() != self._ck.KafkaError.TOPIC_ALREADY_EXISTS:
+                    if _confluent_name(exc) != "TOPIC_ALREADY_EXISTS":
                         raise SinkError(f"cannot create topic {topic}: {exc}", retriable=True) from None
         _log_created(created, partitions)
         self.known_topics.update(wanted)
@@ -846,10 +838,18 @@ class _ConfluentFailure(Exception):
         self.retriable = name not in _PERMANENT_CODES
 
 
+def _confluent_name(exc: BaseException) -> str:
+    """The name of the KafkaError a confluent_kafka.KafkaException carries as its first arg ("" when
+    it carries none, as a ValueError does)."""
+    error = exc.args[0] if exc.args else None
+    name = error.name() if error is not None and hasattr(error, "name") else ""
+    return str(name)
+
+
 def _confluent_retriable(exc: BaseException) -> bool:
     """Worth a new session? ``exc`` is a confluent_kafka.KafkaException (its first arg the KafkaError)."""
-    error = exc.args[0] if exc.args else None
-    return error is None or not hasattr(error, "name") or error.name() not in _PERMANENT_CODES
+    name = _confluent_name(exc)
+    return not name or name not in _PERMANENT_CODES
 
 
 def _config_int(answer: Any, topic: str, name: str) -> int | None:
