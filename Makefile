@@ -26,9 +26,8 @@ peers: $(STAMP)
 
 # pytest-xdist processes for `make test` and `make test-compiled`, each with its own servers (0: the
 # tests run in pytest's own process). Most test time waits on servers and timeouts, so 2 halve the
-# pure suite on 2 cores (32 -> 15-22 min), but 0 stays the default until runs in 2 pass clean:
-# their load found timing faults (README Testing)
-TEST_WORKERS ?= 0
+# pure suite on 2 cores (26-32 -> 15 min; `make test` 36-43 -> 21.5 min, README Testing)
+TEST_WORKERS ?= 2
 
 # Both builds of the same source: every test on the pure one (what `pip install` gives without the
 # compiled wheel), then `test-compiled`. pytest exits 5 when it collected nothing: a failure here.
