@@ -465,7 +465,7 @@ class _Session:
         status.behind_since = tracker.oldest_commit_ms() / 1000
         if idle:
             status.caught_up_at = time.time()
-        status.producer_queue = self.writer.backlog()
+        status.producer_queue = status.queued(*self.writer.backlog())
         # idle, ask the server for a keepalive now: its wal_end is confirmed at the next tick,
         # so WAL of unpublished tables is released within two status intervals, not ~30 s
         self.repl.send_status(

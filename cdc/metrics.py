@@ -134,7 +134,9 @@ class StatusCollector(Collector):
             "cdc_producer_queue_records", "Records the producer holds unacknowledged.", value=queued_records
         )
         yield GaugeMetricFamily(
-            "cdc_producer_queue_bytes", "Bytes the producer holds unacknowledged.", value=queued_bytes
+            "cdc_producer_queue_bytes",
+            "Bytes the producer holds unacknowledged (confluent-kafka: estimated from the mean event size).",
+            value=queued_bytes,
         )
         yield CounterMetricFamily(
             "cdc_delivery_errors", "Records Kafka did not acknowledge.", value=status.delivery_errors

@@ -136,6 +136,17 @@ class Status:
         if self.publish is not None:
             self.publish(self)
 
+    def queued(self, records: int, size: int | None) -> tuple[int, int]:
+        """``producer_queue`` from the producer's backlog: a size it does not count (librdkafka's)
+        is estimated as ``records`` times the mean encoded size of the events streamed so far."""
+        if size is None:
+            size = 0
+            if records:
+                events = sum(count.events for count in self.table_ops.values())
+                if events:
+                    size = records * sum(count.bytes for count in self.table_ops.values()) // events
+        return records, size
+
     def op_counts(self, table: str) -> dict[str, OpCount]:
         """The counters of ``table``'s events by op, made once and kept across sessions."""
         counts = {}

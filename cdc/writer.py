@@ -255,8 +255,8 @@ class RecordWriter:
             self.producer.send_and_wait(self.schema_topic, key, value, timeout=60)
         self.records[self.schema_topic] += len(records)
 
-    def backlog(self) -> tuple[int, int]:
-        """Records and bytes the producer holds that Kafka has not acknowledged yet."""
+    def backlog(self) -> tuple[int, int | None]:
+        """Records and bytes (None: not counted) the producer holds that Kafka has not acknowledged yet."""
         return self.producer.backlog()
 
     def close(self) -> None:

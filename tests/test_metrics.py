@@ -148,3 +148,18 @@ def test_cli_serves_metrics_and_status_shows_lag(
     finally:
         stopped = cdc("stop", *common)
         assert stopped.returncode == 0, stopped.stderr
+
+
+def test_queued_bytes_a_producer_does_not_count_are_estimated() -> None:
+    """librdkafka reports its queued bytes only in statistics that grow with every topic, so the
+    confluent producer says None and the status takes records x the mean streamed event size."""
+    from cdc.status import Status
+
+    status = Status()
+    assert status.queued(5, None) == (5, 0)  # nothing streamed yet: no size to go by
+    counts = status.op_counts("public.a")
+    counts["c"].events, counts["c"].bytes = 3, 300
+    status.op_counts("public.b")["u"].events, status.op_counts("public.b")["u"].bytes = 1, 500
+    assert status.queued(10, None) == (10, 10 * 800 // 4)
+    assert status.queued(0, None) == (0, 0)
+    assert status.queued(10, 1234) == (10, 1234)  # a count the producer keeps is taken as it is

@@ -23,8 +23,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-import orjson
-
 from cdc import redact
 from cdc.checkpoint import InFlight
 from cdc.errors import ConfigError, DeliveryFailed, SinkError
@@ -64,8 +62,11 @@ class Producer(Protocol):
 
     def close(self) -> None: ...
 
-    def backlog(self) -> tuple[int, int]:
-        """Records and bytes queued or in flight, not acknowledged yet (read from any thread)."""
+    def backlog(self) -> tuple[int, int | None]:
+        """Records queued or in flight, not acknowledged yet, and their bytes when the client counts
+        them (read from any thread). librdkafka tells its bytes only in its statistics, a report
+        that grows with every topic (5.6 MB at 3,000 topics, costing its producer 80 MB of
+        memory), so the confluent producer says None and `cdc.status` estimates them."""
 
     def ensure_topic(self, topic: str, compact: bool = False) -> None:
         """Create ``topic`` unless it exists (once per process per topic)."""
@@ -547,9 +548,6 @@ class ConfluentProducer:
             "topic.metadata.propagation.max.ms": 120_000,
             "message.max.bytes": 16 * 1024 * 1024,
             "error_cb": self._on_error,
-            # librdkafka's statistics: the bytes in its queue, for the metrics (every 5 s, from poll)
-            "statistics.interval.ms": 5000,
-            "stats_cb": self._on_stats,
             **(overrides or {}),
         }
         self.transactional_id = str(config.get("transactional.id") or "")
@@ -563,7 +561,6 @@ class ConfluentProducer:
         self._token: InFlight | None = None
         self._token_callback: Any = None
         self.rejected: deque[Rejected] | None = None  # see keep_rejected
-        self.queued_bytes = 0
         self._connect_errors: list[Any] | None = []
         redact.remember_pairs(overrides or {})
         self.producer = make_librdkafka(confluent_kafka.Producer, client, config)
@@ -581,13 +578,8 @@ class ConfluentProducer:
         else:
             log.debug("kafka: %s", redact.redact(str(error)))
 
-    def _on_stats(self, text: str) -> None:
-        with contextlib.suppress(orjson.JSONDecodeError, TypeError, ValueError):
-            self.queued_bytes = int(orjson.loads(text).get("msg_size", 0))
-
-    def backlog(self) -> tuple[int, int]:
-        queued = len(self.producer)
-        return queued, self.queued_bytes if queued else 0  # the statistics are up to 5 s old
+    def backlog(self) -> tuple[int, int | None]:
+        return len(self.producer), None
 
     def _callback(self, token: InFlight) -> Any:
         """The delivery callback for ``token``, made once per transaction rather than per record."""
