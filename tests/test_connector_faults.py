@@ -114,28 +114,34 @@ def test_backend_killed_during_session_start_is_retried(
     db.execute("CREATE TABLE items (id int PRIMARY KEY)")
     settings = settings_for(db, broker.bootstrap_servers, prefix, state_dir, reconnect_max_seconds=1.0)
     application = f"cdc-{settings.name}"
-    with running(settings) as run, db.connect() as locker:
+    # both connections open before the lock: a backend that starts while the relcache init file
+    # is being rebuilt (after autovacuum touched a catalog) opens every catalog with a syscache,
+    # pg_publication too, so a new connection would wait on this lock (seen once: 130 s, timed out)
+    with running(settings) as run, db.connect() as locker, db.connect() as admin:
         db.execute("INSERT INTO items SELECT generate_series(1, 50)")
         wait_caught_up(db, run)
         sessions = run.connector.status.sessions
         with locker.transaction():
             # the next session's publication check waits for this lock ...
             locker.execute("LOCK TABLE pg_catalog.pg_publication IN ACCESS EXCLUSIVE MODE")
-            db.execute(
+            admin.execute(
                 "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s",
                 (settings.slot,),
             )
-            blocked = wait_until(
-                lambda: db.scalar(
+
+            def blocked_pid() -> int | None:
+                row = admin.execute(
                     "SELECT pid FROM pg_stat_activity "
                     "WHERE application_name = %s AND wait_event_type = 'Lock'",
                     (application,),
-                ),
-                timeout=30,
-                message="the session start to wait on the publication lookup",
+                ).fetchone()
+                return None if row is None else int(row[0])
+
+            blocked = wait_until(
+                blocked_pid, timeout=30, message="the session start to wait on the publication lookup"
             )
             # ... and its connection dies there
-            db.execute("SELECT pg_terminate_backend(%s)", (blocked,))
+            admin.execute("SELECT pg_terminate_backend(%s)", (blocked,))
             wait_until(
                 lambda: run.connector.status.sessions >= sessions + 2,
                 timeout=30,
