@@ -39,3 +39,18 @@ def test_copied_install_runs_as_the_server_account(install: PgInstall | None) ->
             check=False,
         )
         assert result.returncode == 0 and str(install.major) in result.stdout, f"{tool}: {result.stderr}"
+
+
+def test_free_ports_come_from_below_the_ephemeral_range() -> None:
+    """A server's port must not be one the kernel may give an outgoing connection while the server
+    restarts: the ports picked lie below ``ip_local_port_range`` and are distinct and bindable."""
+    import socket
+
+    from cdc.devservers.process import _ephemeral_low, free_ports
+
+    low = _ephemeral_low()
+    ports = free_ports(20)
+    assert len(set(ports)) == 20
+    assert all(10_000 <= port < low for port in ports), (ports, low)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports[0]))

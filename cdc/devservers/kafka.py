@@ -49,6 +49,8 @@ JAVA_MIN = 17
 SCRAM_MECHANISM = "SCRAM-SHA-512"
 #: The line the server logs once every listener accepts requests.
 STARTED_MARKER = "Kafka Server started"
+#: starts of a restarted broker on its own ports, a second apart, while a port is still held
+RESTART_ATTEMPTS = 10
 
 #: One node that must start (and restart after kill -9) fast and stay small:
 #: internal topics with one partition and one replica (50 partitions of
@@ -609,9 +611,12 @@ class KafkaServer:
     def start(self, attempts: int = 3, timeout: float = 90) -> None:
         """Start and wait until every listener serves; `ServerError` names the cause and the log."""
         cause = ""
-        for attempt in range(attempts):
-            if not self.ports or attempt:
+        restart = bool(self.ports)  # its clients know these ports: come back on them, not elsewhere
+        for attempt in range(attempts if not restart else RESTART_ATTEMPTS):
+            if not self.ports or (attempt and not restart):
                 self._pick_ports()
+            elif attempt:
+                time.sleep(1)  # the port is still held (a closing socket): wait for it
             self._write_config()
             if not (self.data_dir / "meta.properties").exists():
                 self.format()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -13,18 +14,42 @@ from pathlib import Path
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nobody listens on right now (another process may still take it before we do)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def _ephemeral_low() -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return 32768
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct free ports: the sockets stay bound until all are picked."""
+    """``count`` distinct free ports: the sockets stay bound until all are picked.
+
+    They come from below the ephemeral range: a port the kernel hands out itself may become the
+    local port of some outgoing connection while its server is down for a restart, and the server
+    could not come back on it (seen with two test processes: a broker restarted on a new port, its
+    connector kept the old one)."""
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
     with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        ports: list[int] = []
+        for _ in range(1000 if low > 11_000 else 0):
+            port = rng.randrange(10_000, low)
+            if port in ports:
+                continue
+            sock = stack.enter_context(socket.socket())
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+        socks = [stack.enter_context(socket.socket()) for _ in range(count - len(ports))]
         for sock in socks:
             sock.bind((host, 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
+        return ports + [int(sock.getsockname()[1]) for sock in socks]
 
 
 def wait_for_port(port: int, timeout: float, host: str = "127.0.0.1") -> bool:
