@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 import pytest
 
 from cdc.devservers import PgInstall, copy_install, server_account
+from cdc.devservers.process import _ephemeral_low, free_ports
 from tests.fix_servers import INSTALL_ERROR, PG_INSTALLS
 
 # no server starts here, but the Postgres builds are what the test is about
@@ -44,10 +46,6 @@ def test_copied_install_runs_as_the_server_account(install: PgInstall | None) ->
 def test_free_ports_come_from_below_the_ephemeral_range() -> None:
     """A server's port must not be one the kernel may give an outgoing connection while the server
     restarts: the ports picked lie below ``ip_local_port_range`` and are distinct and bindable."""
-    import socket
-
-    from cdc.devservers.process import _ephemeral_low, free_ports
-
     low = _ephemeral_low()
     ports = free_ports(20)
     assert len(set(ports)) == 20

@@ -10,6 +10,7 @@ import orjson
 
 from cdc import metrics
 from cdc.devservers import PostgresServer, free_port
+from cdc.status import Status
 from tests.fix_servers import BrokerHandle, TestDb, new_db
 from tests.operations import probe, scrape, value
 from tests.pipeline import settings_for, wait_caught_up
@@ -153,8 +154,6 @@ def test_cli_serves_metrics_and_status_shows_lag(
 def test_queued_bytes_a_producer_does_not_count_are_estimated() -> None:
     """librdkafka reports its queued bytes only in statistics that grow with every topic, so the
     confluent producer says None and the status takes records x the mean streamed event size."""
-    from cdc.status import Status
-
     status = Status()
     assert status.queued(5, None) == (5, 0)  # nothing streamed yet: no size to go by
     counts = status.op_counts("public.a")

@@ -840,8 +840,7 @@ def _confluent_name(exc: BaseException) -> str:
 
 def _confluent_retriable(exc: BaseException) -> bool:
     """Worth a new session? ``exc`` is a confluent_kafka.KafkaException (its first arg the KafkaError)."""
-    name = _confluent_name(exc)
-    return not name or name not in _PERMANENT_CODES
+    return _confluent_name(exc) not in _PERMANENT_CODES  # "" (no KafkaError) is retriable too
 
 
 def _config_int(answer: Any, topic: str, name: str) -> int | None:
