@@ -458,10 +458,17 @@ def verify(
                 for (o_op, o_version), (e_op, e_version) in zip(observed, expected, strict=True)
             )
             if not same:
+                reordered = _as_multiset(observed) == _as_multiset(expected)
                 report.violate(
                     f"{key_id[0]} id {key_id[1]}: changes {observed} in Kafka, committed {expected}"
+                    + (", the same changes reordered" if reordered else "")
                 )
     return report
+
+
+def _as_multiset(changes: list[tuple[str, int | None]]) -> Counter[tuple[str, int | None]]:
+    """A key's changes regardless of order (a delete's version is not in its event)."""
+    return Counter((op, None if op == "d" else version) for op, version in changes)
 
 
 def _check_transaction(txn: Txn, events: list[Event], required: bool, lossy: bool, report: Report) -> None:
