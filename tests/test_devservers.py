@@ -1,14 +1,18 @@
-"""The server launchers' copy of a Postgres build, for an account that cannot reach the venv."""
+"""The server launchers: the copy of a Postgres build for an account that cannot reach the venv,
+and the ports servers start and restart on."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
+import threading
+from pathlib import Path
 
 import pytest
 
 from cdc.devservers import PgInstall, copy_install, server_account
-from cdc.devservers.process import _ephemeral_low, free_ports
+from cdc.devservers.process import _ephemeral_low, free_ports, wait_for_port
+from cdc.devservers.tansu import Broker
 from tests.fix_servers import INSTALL_ERROR, PG_INSTALLS
 
 # no server starts here, but the Postgres builds are what the test is about
@@ -52,3 +56,24 @@ def test_free_ports_come_from_below_the_ephemeral_range() -> None:
     assert all(10_000 <= port < low for port in ports), (ports, low)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", ports[0]))
+
+
+def test_a_restarted_server_waits_for_its_port_rather_than_moving(tmp_path: Path) -> None:
+    """Its clients know the old port: a restart that finds it held (here for 2 s by a bound socket,
+    in CI by the local port of some connection) must come back on it, not on a new one."""
+    broker = Broker.create(tmp_path / "tansu")
+    broker.start()
+    try:
+        port = broker.port
+        broker.stop()
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", port))
+        release = threading.Timer(2.0, holder.close)
+        release.start()
+        broker.start()
+        release.join()
+        assert broker.port == port
+        assert wait_for_port(port, 5), f"nothing serves port {port}; log: {broker.log_path}"
+        assert "in use" in broker.log_path.read_text().lower(), "the port was never held: nothing tested"
+    finally:
+        broker.destroy()

@@ -33,7 +33,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from cdc.devservers.process import free_ports, kill_process, pause_process, send_signal, stop_process
+from cdc.devservers.process import (
+    free_ports,
+    kill_process,
+    pause_process,
+    send_signal,
+    start_attempts,
+    stop_process,
+)
 from cdc.devservers.tls import TestCA, TlsUnavailable
 from cdc.errors import ServerError
 
@@ -50,7 +57,6 @@ SCRAM_MECHANISM = "SCRAM-SHA-512"
 #: The line the server logs once every listener accepts requests.
 STARTED_MARKER = "Kafka Server started"
 #: starts of a restarted broker on its own ports, a second apart, while a port is still held
-RESTART_ATTEMPTS = 10
 
 #: One node that must start (and restart after kill -9) fast and stay small:
 #: internal topics with one partition and one replica (50 partitions of
@@ -611,12 +617,9 @@ class KafkaServer:
     def start(self, attempts: int = 3, timeout: float = 90) -> None:
         """Start and wait until every listener serves; `ServerError` names the cause and the log."""
         cause = ""
-        restart = bool(self.ports)  # its clients know these ports: come back on them, not elsewhere
-        for attempt in range(attempts if not restart else RESTART_ATTEMPTS):
-            if not self.ports or (attempt and not restart):
+        for pick in start_attempts(attempts, held=bool(self.ports)):
+            if pick:
                 self._pick_ports()
-            elif attempt:
-                time.sleep(1)  # the port is still held (a closing socket): wait for it
             self._write_config()
             if not (self.data_dir / "meta.properties").exists():
                 self.format()

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from cdc.devservers.process import free_port, log_tail
+from cdc.devservers.process import free_port, log_tail, start_attempts
 from cdc.errors import ServerError
 
 log = logging.getLogger(__name__)
@@ -335,8 +335,8 @@ class PostgresServer:
     def start(self, attempts: int = 3) -> None:
         if not (self.data_dir / "PG_VERSION").exists():
             self.initdb()
-        for attempt in range(attempts):
-            if not self.port or attempt:
+        for pick in start_attempts(attempts, held=bool(self.port)):
+            if pick:
                 self.port = free_port()
             proc = self._run(
                 [

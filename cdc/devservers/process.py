@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -50,6 +51,23 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
         for sock in socks:
             sock.bind((host, 0))
         return ports + [int(sock.getsockname()[1]) for sock in socks]
+
+
+#: a restart waits this many times, 1 s apart, for its own port held by a closing socket
+RESTART_ATTEMPTS = 10
+
+
+def start_attempts(attempts: int, held: bool) -> Iterator[bool]:
+    """Before each try at starting a server, whether to pick new ports.
+
+    A first start moves to other ports when its pick was taken meanwhile. A
+    restart (``held``: the server has ports, its clients know them) comes back
+    on the same ones, waiting for them to be free, instead of moving where no
+    client would find it."""
+    for attempt in range(RESTART_ATTEMPTS if held else attempts):
+        if held and attempt:
+            time.sleep(1)
+        yield not held
 
 
 def wait_for_port(port: int, timeout: float, host: str = "127.0.0.1") -> bool:

@@ -27,6 +27,7 @@ from cdc.devservers.process import (
     pause_process,
     running,
     send_signal,
+    start_attempts,
     stop_process,
     wait_for_port,
 )
@@ -77,8 +78,8 @@ class Broker:
         return self.base_dir / "tansu.log"
 
     def start(self, attempts: int = 3) -> None:
-        for attempt in range(attempts):
-            if not self.port or attempt:
+        for pick in start_attempts(attempts, held=bool(self.port)):
+            if pick:
                 self.port = free_port()
             url = f"tcp://127.0.0.1:{self.port}"
             with self.log_path.open("ab") as out:
