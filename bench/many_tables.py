@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench.common import STATUS_INTERVAL, Servers, servers
-from tests.support import ConnectorProcess
+from tests.support import ConnectorProcess, WaitTimeout
 
 _schemas = iter(range(1, 1_000_000))
 
@@ -44,8 +44,11 @@ def load_tables(s: Servers, tables: int, rows: int) -> str:
     return schema
 
 
-def seconds_to_streaming(s: Servers, state_dir: Path, tables: int, rows: int = 20) -> float:
-    """From `cdc start --snapshot initial` (a process, as a user runs it) to ``state: running``."""
+def seconds_to_streaming(
+    s: Servers, state_dir: Path, tables: int, rows: int = 20, timeout: float | None = None
+) -> float:
+    """From `cdc start --snapshot initial` (a process, as a user runs it) to ``state: running``;
+    `WaitTimeout` after ``timeout`` s (by default 300 s and 0.1 s a table)."""
     schema = load_tables(s, tables, rows)
     process = ConnectorProcess(
         s.pg.dsn(), s.broker.bootstrap_servers, schema, schema, state_dir, tables=[f"{schema}.*"],
@@ -56,9 +59,14 @@ def seconds_to_streaming(s: Servers, state_dir: Path, tables: int, rows: int = 2
     process.start(wait=False)
     try:
         process.wait_status(
-            lambda st: st.get("state") == "running", 300 + tables / 10, "streaming", interval=0.02
+            lambda st: st.get("state") == "running",
+            300 + tables / 10 if timeout is None else timeout,
+            "streaming",
+            interval=0.02,
         )
         return time.monotonic() - started
+    except WaitTimeout as exc:  # what it was doing, before its log goes with the state dir
+        raise WaitTimeout(f"{exc}; its log ended: {process.last_lines(3)}") from exc
     finally:
         try:
             process.stop(60)
