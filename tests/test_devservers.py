@@ -15,7 +15,7 @@ from cdc.devservers.process import _ephemeral_low, free_ports, wait_for_port
 from cdc.devservers.tansu import Broker
 from tests.fix_servers import INSTALL_ERROR, PG_INSTALLS
 
-# no server starts here, but the Postgres builds are what the test is about
+# the Postgres builds and a Tansu broker are what these tests are about
 pytestmark = pytest.mark.servers
 
 

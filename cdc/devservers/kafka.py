@@ -56,7 +56,6 @@ JAVA_MIN = 17
 SCRAM_MECHANISM = "SCRAM-SHA-512"
 #: The line the server logs once every listener accepts requests.
 STARTED_MARKER = "Kafka Server started"
-#: starts of a restarted broker on its own ports, a second apart, while a port is still held
 
 #: One node that must start (and restart after kill -9) fast and stay small:
 #: internal topics with one partition and one replica (50 partitions of

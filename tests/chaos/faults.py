@@ -238,10 +238,10 @@ def kill9(scene: Chaos) -> FaultRecord:
 def kill9_large_transaction(scene: Chaos) -> FaultRecord:
     """Commit a large transaction, SIGKILL the connector part-way through sending it, restart.
 
-    The kill waits on the status's count for the bulk table, which only the
-    large transactions write (the total also counts the workload's small
-    transactions) once the last round's transaction is confirmed. The status
-    lags by a status interval, so whether the kill landed inside the
+    The round starts once the last round's transaction is confirmed, and the
+    kill waits on the status's count for the bulk table, which only the large
+    transactions write (the total counts the workload's small ones too). The
+    status lags by a status interval, so whether the kill landed inside the
     transaction is read from Kafka afterwards: some of its records, not all,
     were there.
     """
