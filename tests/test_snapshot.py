@@ -171,7 +171,9 @@ def test_kill_during_snapshot_resumes_from_the_last_chunk(
     in_done = reads_in_done_chunks(state["plans"]["public.big"], reads)
     assert len(in_done) >= 5 * 400
     assert len({r.key["id"] for r in in_done}) == len(in_done), "a done chunk was read again"
-    assert len(reads) > len(in_done) + 70000
+    # every row outside the done chunks was read after the resume, less a margin for the writers'
+    # deletes (a fixed 70,000 failed when the kill came after 34 chunks: only 66,400 rows were left)
+    assert len(reads) - len(in_done) > 80_000 - len(in_done) - 8_000
     assert [r.value["source"]["snapshot"] for r in reads].count("last") == 1
     assert snapshot_state(settings)["phase"] == "complete"
 
