@@ -163,6 +163,7 @@ def run(runs: int, rows: int, big_rows: int, quick: bool) -> dict[str, Any]:
             figures[f"big_txn_rows_{producer}"] = big["rows"]
             figures[f"big_txn_max_rss_mb_{producer}"] = big["max_rss_mb"]
             figures[f"big_txn_idle_rss_mb_{producer}"] = big["idle_rss_mb"]
+            figures[f"big_txn_buffered_mb_{producer}"] = big["buffered_mb"]
             figures[f"big_txn_commit_to_last_ack_s_{producer}"] = big["commit_to_last_ack_s"]
             peak_rss.append(big["peak_rss_mb"])
             print(f"  big transaction ({producer}): {big}", flush=True)
@@ -345,6 +346,11 @@ def table(figures: dict[str, Any], previous: dict[str, Any] | None = None) -> st
         row(
             f"RSS during a {big}-row transaction, {producer}: during / idle (MB)",
             (f"big_txn_max_rss_mb_{producer}", f"big_txn_idle_rss_mb_{producer}"),
+            "{:.0f}",
+        )
+        row(
+            f"most the producer held unacknowledged meanwhile, {producer} (MB; the default --max-buffer-mb)",
+            f"big_txn_buffered_mb_{producer}",
             "{:.0f}",
         )
         row(

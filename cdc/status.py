@@ -201,6 +201,7 @@ class Status:
             "first_event_at": self.first_event_at,
             "last_ack_at": self.last_ack_at,
             "latency_ms": percentiles(self.latencies),
+            "producer_queue": dict(zip(("records", "bytes"), self.producer_queue, strict=True)),
             "snapshot": self.snapshot,
             "tables": self.tables,
             "shaping": dict(self.shaping),

@@ -126,6 +126,7 @@ def test_lag_is_the_wal_not_yet_confirmed(
         confirmed = parse_lsn(held["confirmed_lsn"])
         assert confirmed == slot, "status and slot disagree on the confirmed position"
         assert inside - confirmed <= held["lag_bytes"] <= server_end - confirmed, held
+        assert held["producer_queue"]["records"] >= 10 and held["producer_queue"]["bytes"] > 0, held
         # acknowledged and idle again: nothing left
         caught = wait_until(
             lambda: confirmed_past(status(connector.state_dir, connector.name), server_end),
@@ -133,6 +134,7 @@ def test_lag_is_the_wal_not_yet_confirmed(
             message="the held transaction to be confirmed",
         )
         assert caught["lag_bytes"] == 0
+        assert caught["producer_queue"] == {"records": 0, "bytes": 0}, caught
         assert connector.stop().returncode == 0
     finally:
         connector.cleanup()
