@@ -66,7 +66,9 @@ def seconds_to_streaming(
         )
         return time.monotonic() - started
     except WaitTimeout as exc:  # what it was doing, before its log goes with the state dir
-        raise WaitTimeout(f"{exc}; its log ended: {process.last_lines(3)}") from exc
+        warning = process.last_warning()
+        said = f"; its last warning: {warning}" if warning else ""
+        raise WaitTimeout(f"{exc}; its log ended: {process.last_lines(3)}{said}") from exc
     finally:
         try:
             process.stop(60)

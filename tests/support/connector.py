@@ -292,6 +292,14 @@ class ConnectorProcess:
         lines = self.logs[-1].read_text(errors="replace").strip().splitlines()
         return " | ".join(lines[-n:])
 
+    def last_warning(self) -> str:
+        """The last WARNING or ERROR line of the latest run's log ("" without one): why a session
+        restarted, when its last lines only show the next one at work."""
+        if not self.logs or not self.logs[-1].exists():
+            return ""
+        lines = self.logs[-1].read_text(errors="replace").splitlines()
+        return next((line for line in reversed(lines) if " WARNING " in line or " ERROR " in line), "")
+
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
