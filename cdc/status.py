@@ -201,7 +201,7 @@ class Status:
             "first_event_at": self.first_event_at,
             "last_ack_at": self.last_ack_at,
             "latency_ms": percentiles(self.latencies),
-            "producer_queue": dict(zip(("records", "bytes"), self.producer_queue, strict=True)),
+            "producer_queue": {"records": self.producer_queue[0], "bytes": self.producer_queue[1]},
             "snapshot": self.snapshot,
             "tables": self.tables,
             "shaping": dict(self.shaping),

@@ -85,7 +85,8 @@ def test_lag_is_the_wal_not_yet_confirmed(
     db_latest: TestDb, own_broker: Broker, prefix: str, tmp_path: Path
 ) -> None:
     """`lag_bytes` is the server's WAL end, as the connector last heard it, minus the confirmed position:
-    positive while a transaction waits for the broker, bounded by the server's own positions."""
+    positive while a transaction waits for the broker, bounded by the server's own positions; the
+    records waiting show in `producer_queue`."""
     db = db_latest
     db.execute("CREATE TABLE items (id int PRIMARY KEY, label text)")
     connector = ConnectorProcess(
