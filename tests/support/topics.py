@@ -47,9 +47,12 @@ def read_raw(
     and offset: each partition up to the end offset the broker gave when reading began, then until a
     poll comes back empty (records still arriving).
 
-    A partition whose first record read lies past the broker's beginning offset is read again with a
-    new consumer (a consumer that skipped a record would otherwise look like a connector that lost
-    one); what the second read finds is what counts, so a record missing from Kafka still fails.
+    A partition whose offsets read are not one run from the broker's beginning offset to its end
+    (the first read past the beginning, a hole, nothing read of a partition that holds records) is
+    read again with a new consumer: a consumer that skipped records would otherwise look like a
+    connector that lost them. What the second read finds is what counts, so a record missing from
+    Kafka still fails. (A transaction's commit marker also leaves a hole: such partitions are read
+    twice, and the second read gives the same records.)
     ``isolation="read_committed"`` reads what Kafka committed, as exactly-once consumers do.
     """
     consumer = new_consumer(bootstrap, isolation)
@@ -63,27 +66,36 @@ def read_raw(
 
             ids = wait_until(found, timeout=30, message=f"topic {topic}")
             partitions += [TopicPartition(topic, p) for p in sorted(ids)]
-        records, beginning = _read(consumer, partitions, poll_ms, timeout)
+        records, beginning, end = _read(consumer, partitions, poll_ms, timeout)
     finally:
         consumer.close()
-    first: dict[TopicPartition, int] = {}
-    for r in reversed(records):  # read in offset order within a partition
-        first[TopicPartition(r.topic, r.partition)] = r.offset
-    late = {tp for tp, offset in first.items() if offset > beginning[tp]}
-    if late:
+    offsets: dict[TopicPartition, list[int]] = {tp: [] for tp in partitions}
+    for r in records:  # read in offset order within a partition
+        offsets[TopicPartition(r.topic, r.partition)].append(r.offset)
+    holed = {tp for tp, read in offsets.items() if not _whole(read, beginning[tp], end[tp])}
+    if holed:
         again = new_consumer(bootstrap, isolation)
         try:
-            reread, _ = _read(again, sorted(late), poll_ms, timeout)
+            reread, _, _ = _read(again, sorted(holed), poll_ms, timeout)
         finally:
             again.close()
-        records = [r for r in records if TopicPartition(r.topic, r.partition) not in late] + reread
+        records = [r for r in records if TopicPartition(r.topic, r.partition) not in holed] + reread
     records.sort(key=lambda r: (r.topic, r.partition, r.offset))
     return records
 
 
+def _whole(offsets: list[int], beginning: int, end: int) -> bool:
+    """``offsets`` (as read) run from ``beginning`` without a hole to at least ``end`` - 1 (Tansu's
+    end can be short of the true end; a read past it is whole too)."""
+    if not offsets:
+        return end <= beginning
+    return offsets[0] == beginning and offsets[-1] >= end - 1 and offsets[-1] - offsets[0] == len(offsets) - 1
+
+
 def _read(
     consumer: KafkaConsumer, partitions: list[TopicPartition], poll_ms: int, timeout: float
-) -> tuple[list[RawRecord], dict[TopicPartition, int]]:
+) -> tuple[list[RawRecord], dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """The records of ``partitions`` and the broker's beginning and end offsets when reading began."""
     consumer.assign(partitions)
     beginning: dict[TopicPartition, int] = consumer.beginning_offsets(partitions)
     end: dict[TopicPartition, int] = consumer.end_offsets(partitions)
@@ -104,7 +116,7 @@ def _read(
         # fetch returns whole batches, so a position past it means the last batch was read
         behind = [tp for tp in partitions if consumer.position(tp) < end[tp]]
         if not behind:
-            return records, beginning
+            return records, beginning, end
         if time.monotonic() > deadline:
             tp = behind[0]
             at = consumer.position(tp)
