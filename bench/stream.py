@@ -251,11 +251,7 @@ def big_transaction_rss(
 ) -> dict[str, Any]:
     """RSS of the connector while it streams one transaction of ``rows`` rows, and the most its
     producer held unacknowledged meanwhile (what --max-buffer-mb bounds: the RSS above idle)."""
-    buffered = [0]
-
-    def confirmed(status: dict[str, Any]) -> bool:
-        buffered[0] = max(buffered[0], status.get("producer_queue", {}).get("bytes", 0))
-        return _confirmed(end)(status)
+    buffered = 0
 
     with _fresh_slot(s, "rss") as name, _connector(s, state_dir, name, producer, fmt) as proc:
         proc.wait("streaming", lambda st: st.get("state") == "running")
@@ -264,6 +260,13 @@ def big_transaction_rss(
         with s.connect() as conn:
             end = parse_lsn(load_one_transaction(conn, _next_range(rows), rows))
             committed = time.time()
+        reached = _confirmed(end)
+
+        def confirmed(status: dict[str, Any]) -> bool:
+            nonlocal buffered
+            buffered = max(buffered, status.get("producer_queue", {}).get("bytes", 0))
+            return reached(status)
+
         done = proc.wait("the transaction to be confirmed", confirmed, 600)
     return {
         "rows": rows,
@@ -271,7 +274,7 @@ def big_transaction_rss(
         "idle_rss_mb": idle_rss / 1024,
         "max_rss_mb": proc.rss.peak_kb / 1024,
         "peak_rss_mb": proc.rss.hwm_kb / 1024,
-        "buffered_mb": buffered[0] / 1024 / 1024,
+        "buffered_mb": buffered / 1024 / 1024,
         "events": done["events_total"],
     }
 

@@ -285,19 +285,20 @@ class ConnectorProcess:
         """Every run's log, in order."""
         return "".join(p.read_text(errors="replace") for p in self.logs if p.exists())
 
+    def _log_lines(self) -> list[str]:
+        """The lines of the latest run's log (none before it wrote one)."""
+        if not self.logs or not self.logs[-1].exists():
+            return []
+        return self.logs[-1].read_text(errors="replace").strip().splitlines()
+
     def last_lines(self, n: int = 5) -> str:
         """The last ``n`` lines of the latest run's log, joined with `` | ``."""
-        if not self.logs or not self.logs[-1].exists():
-            return ""
-        lines = self.logs[-1].read_text(errors="replace").strip().splitlines()
-        return " | ".join(lines[-n:])
+        return " | ".join(self._log_lines()[-n:])
 
     def last_warning(self) -> str:
         """The last WARNING or ERROR line of the latest run's log ("" without one): why a session
         restarted, when its last lines only show the next one at work."""
-        if not self.logs or not self.logs[-1].exists():
-            return ""
-        lines = self.logs[-1].read_text(errors="replace").splitlines()
+        lines = self._log_lines()
         return next((line for line in reversed(lines) if " WARNING " in line or " ERROR " in line), "")
 
 
