@@ -98,6 +98,30 @@ class RecordWriter:
         self.records[topic] += 1
         return len(value) + len(key) if key is not None else len(value)
 
+    def write_reads(
+        self,
+        table: Table,
+        rows: Sequence[list[Any]],
+        lsn: int,
+        ts_ms: int,
+        snapshot: str,
+        token: InFlight,
+        topic: str,
+    ) -> None:
+        """Snapshot reads of ``rows`` on ``topic``: `write` of each as an "r" event, in one call (the
+        serializer's `encode_reads`) without an event per row."""
+        if self.shaper is not None:
+            for values in rows:
+                event = ChangeEvent("r", table, None, values, lsn, lsn, 0, ts_ms, snapshot=snapshot)
+                self._write_shaped(event, token, topic)
+            return
+        records = self.serializer.encode_reads(table, rows, lsn, ts_ms, snapshot)
+        schemas = self._take_schemas()
+        if schemas:
+            self._publish_schemas(schemas)
+        self.producer.send_many(topic, records, token)
+        self.records[topic] += len(records)
+
     def tombstone(self, topic: str, table: Table, key: list[Any], token: InFlight) -> None:
         """A null value under ``key``, so that compacted topics forget it."""
         if self.shaper is not None:

@@ -24,6 +24,7 @@ from cdc.errors import SchemaError
 from cdc.events import (
     UNAVAILABLE_PLACEHOLDER,
     ChangeEvent,
+    JsonSerializer,
     SourceInfo,
     Table,
     TableColumn,
@@ -365,6 +366,51 @@ def test_encoding_is_what_fastavro_writes(
                 assert Decimal(f"{int.from_bytes(got, 'big', signed=True)}e-2") == sent
             else:
                 assert got == sent, column
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    batch=st.lists(rows(), min_size=1, max_size=6),
+    lsn=st.integers(0, 2**63 - 1),
+    snapshot=st.sampled_from(["true", "last"]),
+    keyed=st.booleans(),
+)
+def test_snapshot_reads_encode_as_one_event_each(
+    batch: list[list[Any]], lsn: int, snapshot: str, keyed: bool
+) -> None:
+    """`encode_reads` (the snapshot's batches) gives the records `encode` gives each read's event."""
+    tbl = table(WIDE, keys=("id",) if keyed else ())
+    serializer = avro.AvroSerializer("shop", SOURCE)
+    got = serializer.encode_reads(tbl, batch, lsn, 1_700_000_000_000, snapshot, now_ms=NOW_MS)
+    events = [
+        ChangeEvent("r", tbl, None, row, lsn, lsn, 0, 1_700_000_000_000, snapshot=snapshot) for row in batch
+    ]
+    assert got == [serializer.encode(ev, now_ms=NOW_MS) for ev in events]
+    assert all((key is None) != keyed for key, _ in got)
+
+
+def test_a_snapshot_read_that_does_not_fit_names_its_column() -> None:
+    serializer = avro.AvroSerializer("shop", SOURCE)
+    tbl = table([("id", "int4"), ("qty", "int8")])
+    with pytest.raises(SchemaError, match=r"^cannot encode column qty \(int8\) of public.orders: str"):
+        serializer.encode_reads(tbl, [[1, 2], [2, 3], [3, "12"]], 5, 5, "true")
+    with pytest.raises(SchemaError, match=r"^cannot encode the key of public.orders"):
+        serializer.encode_reads(tbl, [[1, 2], [None, 3]], 5, 5, "true")
+
+
+def test_json_snapshot_reads_are_one_event_each() -> None:
+    tbl = table([("id", "int4"), ("note", "text")])
+    serializer = JsonSerializer("shop", SOURCE)
+    got = serializer.encode_reads(tbl, [[1, "a"], [2, None]], 9, 5, "last")
+    reads = [ChangeEvent("r", tbl, None, row, 9, 9, 0, 5, snapshot="last") for row in ([1, "a"], [2, None])]
+    want = [serializer.encode(ev) for ev in reads]
+    clock = ("ts_ms", "ts_us", "ts_ns")  # the processing time differs
+    assert [k for k, _ in got] == [k for k, _ in want] == [b'{"id":1}', b'{"id":2}']
+    for (_, value), (_, expected) in zip(got, want, strict=True):
+        decoded, reference = orjson.loads(value), orjson.loads(expected)
+        assert {k: v for k, v in decoded.items() if k not in clock} == {
+            k: v for k, v in reference.items() if k not in clock
+        }
 
 
 def test_a_key_alone_is_the_key_of_the_tombstone() -> None:

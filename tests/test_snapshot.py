@@ -276,9 +276,12 @@ def test_initial_only_then_stream(
     db_latest: TestDb, broker: BrokerHandle, prefix: str, state_dir: Path
 ) -> None:
     db = db_latest
+    # one chunk of 2,049 rows: a worker writes them in batches of 1,024 (`workers._BATCH`), the last
+    # batch ending exactly at the row it holds back for the coordinator
+    rows = 2 * workers._BATCH + 1
     db.execute(
         "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);"
-        "INSERT INTO t SELECT g, 1 FROM generate_series(1, 500) g"
+        f"INSERT INTO t SELECT g, 1 FROM generate_series(1, {rows}) g"
     )
     settings = settings_for(db, broker.bootstrap_servers, prefix, state_dir, snapshot="initial-only")
     with running(settings, wait_streaming=False) as run:
@@ -288,15 +291,18 @@ def test_initial_only_then_stream(
         "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (settings.slot,)
     )
     assert slot == snapshot_state(settings)["consistent_lsn"]  # nothing confirmed past the snapshot
+    assert snapshot_state(settings)["plans"]["public.t"]["rows"] == rows
 
-    db.execute("UPDATE t SET v = v + 1 WHERE id <= 10; DELETE FROM t WHERE id = 500")
+    db.execute(f"UPDATE t SET v = v + 1 WHERE id <= 10; DELETE FROM t WHERE id = {rows}")
     settings.snapshot = "initial"  # the slot exists and the snapshot is complete: just stream
     with running(settings) as run:
         db.execute("UPDATE t SET v = v + 1 WHERE id = 20")  # the last write is a streamed one
         wait_caught_up(db, run)
     topic = f"{prefix}.public.t"
     records = read_topics(broker.bootstrap_servers, [topic])
-    assert [r.value["op"] for r in records if r.value is not None].count("r") == 500
+    reads = [r for r in records if r.value is not None and r.value["op"] == "r"]
+    assert sorted(r.key["id"] for r in reads) == list(range(1, rows + 1))
+    assert [r.value["source"]["snapshot"] for r in reads].count("last") == 1
     assert version_problems(records) == []
     assert rebuild(records)[topic] == source_rows(db, "t", ["id"])
 

@@ -6,7 +6,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cdc import __version__
@@ -135,6 +135,40 @@ class AvroSerializer:
         if codec is None or codec.table is not table:
             codec = self._codec(table)
         return self._encode_key(codec, key)
+
+    def encode_reads(
+        self,
+        table: Table,
+        rows: Sequence[list[Any]],
+        lsn: int,
+        ts_ms: int,
+        snapshot: str,
+        now_ms: int | None = None,
+    ) -> list[tuple[bytes | None, bytes]]:
+        """Snapshot reads: all but the row is the same in their values, so it is encoded once for
+        ``rows`` (an event and its envelope per row cost a snapshot worker 3 us of its 12 a row)."""
+        codec = self._codecs.get(table.relation_id)
+        if codec is None or codec.table is not table:
+            codec = self._codec(table)
+        first = ChangeEvent("r", table, None, None, lsn, lsn, 0, ts_ms, snapshot=snapshot)
+        head = codec.value_header + b"\x00\x02"  # no before, an after
+        tail = b"".join((codec.source_head, *self._tail(first, now_ms)))
+        row, key, key_header = codec.row, codec.key, codec.key_header
+        join = b"".join
+        out: list[tuple[bytes | None, bytes]] = []
+        try:
+            if key is None or key_header is None:
+                for values in rows:
+                    out.append((None, join((head, row(values), tail))))
+            else:
+                indexes = table.key_indexes
+                for values in rows:
+                    value = join((head, row(values), tail))
+                    out.append((key_header + key([values[i] for i in indexes]), value))
+        except _ENCODE_ERRORS:
+            self.encode(replace(first, after=rows[len(out)]), now_ms)  # raises the error naming the column
+            raise
+        return out
 
     def encode_fixed(
         self, kind: str, topic: str, key: dict[str, Any], value: dict[str, Any]

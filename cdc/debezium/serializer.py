@@ -46,7 +46,7 @@ from cdc.debezium.envelope import (
 )
 from cdc.debezium.types import Options, unscaled_bytes, unscaled_of
 from cdc.errors import SchemaError
-from cdc.events import ChangeEvent, SourceInfo, Table
+from cdc.events import ChangeEvent, SourceInfo, Table, encode_each_read
 
 
 def options_of(settings: Settings) -> Options:
@@ -187,6 +187,11 @@ class DebeziumJsonSerializer:
         if codec.key_row is None:
             return None
         return self._wrap(codec.key_schema, codec.key_row(key))
+
+    def encode_reads(
+        self, table: Table, rows: Sequence[list[Any]], lsn: int, ts_ms: int, snapshot: str
+    ) -> list[tuple[bytes | None, bytes]]:
+        return encode_each_read(self.encode, table, rows, lsn, ts_ms, snapshot)
 
     def encode_fixed(
         self, kind: str, topic: str, key: dict[str, Any], value: dict[str, Any]
@@ -385,6 +390,11 @@ class DebeziumAvroSerializer:
 
     def encode_key(self, table: Table, key: list[Any]) -> bytes | None:
         return self._key(self._codec(table), key)
+
+    def encode_reads(
+        self, table: Table, rows: Sequence[list[Any]], lsn: int, ts_ms: int, snapshot: str
+    ) -> list[tuple[bytes | None, bytes]]:
+        return encode_each_read(self.encode, table, rows, lsn, ts_ms, snapshot)
 
     def _fixed(
         self, kind: str, topic: str, key_schema: Any, value_schema: Any

@@ -51,6 +51,9 @@ class Producer(Protocol):
     ) -> None:
         """Queue one record; blocks while the buffer is full (that pauses the replication read)."""
 
+    def send_many(self, topic: str, records: Sequence[tuple[bytes | None, bytes]], token: InFlight) -> None:
+        """`send` of each of ``records`` (key, value), no headers: a snapshot's batch of rows."""
+
     def send_and_wait(self, topic: str, key: bytes | None, value: bytes | None, timeout: float) -> None:
         """Produce one record and return only once the broker acknowledged it."""
 
@@ -341,6 +344,11 @@ class KafkaPythonProducer:
         future.add_callback(ok)
         future.add_errback(failed)
 
+    def send_many(self, topic: str, records: Sequence[tuple[bytes | None, bytes]], token: InFlight) -> None:
+        send = self.send
+        for key, value in records:
+            send(topic, key, value, token)
+
     def _wait_for_room(self, size: int) -> None:
         """Block (and so pause the replication read) until acknowledgements free the buffer."""
         deadline = time.monotonic() + 60
@@ -617,6 +625,16 @@ class ConfluentProducer:
             self._enqueue(topic, key, value, done, headers)
         # counted once queued; its report is applied only by poll(), after this
         token.pending += 1
+
+    def send_many(self, topic: str, records: Sequence[tuple[bytes | None, bytes]], token: InFlight) -> None:
+        done = self._callback(token)
+        produce = self.producer.produce
+        for key, value in records:
+            try:
+                produce(topic, value=value, key=key, on_delivery=done)
+            except (BufferError, self._ck.KafkaException):
+                self._enqueue(topic, key, value, done)
+            token.pending += 1
 
     def _enqueue(
         self,

@@ -38,7 +38,7 @@ from cdc.errors import (
     SourceUnavailable,
     TransformError,
 )
-from cdc.events import ChangeEvent, Serializer, SourceInfo, Table, table_topic
+from cdc.events import Serializer, SourceInfo, Table, table_topic
 from cdc.pgtypes import TypeCatalog
 from cdc.snapshot.tables import TableSpec, copy_rows, copy_statement, row_reader, table_from_spec
 from cdc.writer import open_writer
@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 #: SQLSTATE of "invalid snapshot identifier": the exported snapshot is gone (its exporting
 #: connection died); a new session exports another
 _GONE_SNAPSHOT: Final = frozenset({"22023"})
+
+#: Rows a worker encodes and hands to the producer at once (`RecordWriter.write_reads`); between
+#: batches it reports acknowledged chunks and looks for an abort.
+_BATCH: Final = 1024
 
 # # One duplex pipe per worker. Worker -> coordinator: ("ready"|"want", n) asks for a
 # chunk, ("progress", table, rows), ("chunk", table, index, rows, last row | None)
@@ -246,10 +250,11 @@ class _Worker:
         upto = bounds[index] if index < len(bounds) else None
         statement = copy_statement(spec, table, after, upto)
         read, topic = self.readers[name], self.topics[name]
-        write, pipe = self.writer.write, self.pipe
+        write_reads, pipe = self.writer.write_reads, self.pipe
         lsn, ts_ms = job.lsn, job.ts_ms
         token = InFlight(lsn)
-        held: list[Any] | None = None
+        batch: list[list[Any]] = []
+        add = batch.append
         rows = reported = 0
         with self._in_snapshot(spec) as changed:
             if changed is not None:
@@ -258,27 +263,28 @@ class _Worker:
             if self.exactly_once:
                 self.writer.producer.begin_transaction()
             for line in copy_rows(self.conn, statement):
-                values = read(line)
-                if held is not None:
-                    write(
-                        ChangeEvent("r", table, None, held, lsn, lsn, 0, ts_ms, snapshot="true"), token, topic
-                    )
-                held = values
-                rows += 1
-                if not rows & 1023:
+                add(read(line))
+                if len(batch) > _BATCH:  # written but its last row, which may be the chunk's last
+                    write_reads(table, batch[:_BATCH], lsn, ts_ms, "true", token, topic)
+                    rows += _BATCH
+                    del batch[:_BATCH]
                     self._report()  # chunks Kafka acknowledged meanwhile get recorded without waiting
                     if rows - reported >= 4096:
                         pipe.send(("progress", name, rows - reported))
                         reported = rows
                     if pipe.poll():  # only an abort arrives unasked; the chunk is read again next time
                         raise _Aborted
+            held: list[Any] | None = batch.pop() if batch else None
+            if batch:
+                write_reads(table, batch, lsn, ts_ms, "true", token, topic)
+            rows += len(batch) + (held is not None)
         pipe.send(("progress", name, rows - reported))
         if not self.exactly_once:
             self.pending.append((name, index, token, rows, held))
             return
         if held is not None:
             marker = "last" if last else "true"
-            write(ChangeEvent("r", table, None, held, lsn, lsn, 0, ts_ms, snapshot=marker), token, topic)
+            self.writer.write_reads(table, [held], lsn, ts_ms, marker, token, topic)
         exactly_once.commit_chunk(
             self.writer, job.settings, job.system_id, job.source.db, lsn, name, index, rows
         )
