@@ -372,6 +372,11 @@ class TopicNames:
         return self.messages if event.table is None else table_topic(self.prefix, event.table)
 
 
+def snapshot_read(table: Table, row: list[Any] | None, lsn: int, ts_ms: int, snapshot: str) -> ChangeEvent:
+    """The "r" event of ``row`` read by a snapshot consistent at ``lsn``."""
+    return ChangeEvent("r", table, None, row, lsn, lsn, 0, ts_ms, snapshot=snapshot)
+
+
 def encode_each_read(
     encode: Callable[[ChangeEvent], tuple[bytes | None, bytes]],
     table: Table,
@@ -381,7 +386,7 @@ def encode_each_read(
     snapshot: str,
 ) -> list[tuple[bytes | None, bytes]]:
     """`Serializer.encode_reads` through ``encode``, one event per row (formats without a faster way)."""
-    return [encode(ChangeEvent("r", table, None, row, lsn, lsn, 0, ts_ms, snapshot=snapshot)) for row in rows]
+    return [encode(snapshot_read(table, row, lsn, ts_ms, snapshot)) for row in rows]
 
 
 class Serializer(Protocol):

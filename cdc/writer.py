@@ -24,7 +24,15 @@ from cdc.avro.confluent import SchemaIds
 from cdc.checkpoint import InFlight
 from cdc.config import Settings
 from cdc.errors import ConfigError, DeliveryFailed, SinkError
-from cdc.events import ChangeEvent, JsonSerializer, Serializer, SourceInfo, Table, schemas_topic
+from cdc.events import (
+    ChangeEvent,
+    JsonSerializer,
+    Serializer,
+    SourceInfo,
+    Table,
+    schemas_topic,
+    snapshot_read,
+)
 from cdc.kafka import (
     ClientConfig,
     Producer,
@@ -112,8 +120,7 @@ class RecordWriter:
         serializer's `encode_reads`) without an event per row."""
         if self.shaper is not None:
             for values in rows:
-                event = ChangeEvent("r", table, None, values, lsn, lsn, 0, ts_ms, snapshot=snapshot)
-                self._write_shaped(event, token, topic)
+                self._write_shaped(snapshot_read(table, values, lsn, ts_ms, snapshot), token, topic)
             return
         records = self.serializer.encode_reads(table, rows, lsn, ts_ms, snapshot)
         schemas = self._take_schemas()

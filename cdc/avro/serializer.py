@@ -45,6 +45,7 @@ from cdc.events import (
     event_topic,
     messages_topic,
     schemas_topic,
+    snapshot_read,
     table_topic,
 )
 
@@ -150,7 +151,7 @@ class AvroSerializer:
         codec = self._codecs.get(table.relation_id)
         if codec is None or codec.table is not table:
             codec = self._codec(table)
-        first = ChangeEvent("r", table, None, None, lsn, lsn, 0, ts_ms, snapshot=snapshot)
+        first = snapshot_read(table, None, lsn, ts_ms, snapshot)
         head = codec.value_header + b"\x00\x02"  # no before, an after
         tail = b"".join((codec.source_head, *self._tail(first, now_ms)))
         row, key, key_header = codec.row, codec.key, codec.key_header

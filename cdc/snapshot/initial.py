@@ -29,7 +29,7 @@ from cdc import pg
 from cdc.checkpoint import InFlight
 from cdc.config import Settings
 from cdc.errors import CdcError, SinkError, SourceError
-from cdc.events import ChangeEvent, SourceInfo, table_topic
+from cdc.events import SourceInfo, table_topic
 from cdc.lsn import format_lsn
 from cdc.pgtypes import TypeCatalog
 from cdc.shaping.select import Selection
@@ -378,9 +378,9 @@ class InitialSnapshot:
         self.held = None
         table = self.tables[name]
         lsn = self.state.consistent_lsn
-        event = ChangeEvent("r", table, None, values, lsn, lsn, 0, self.ts_ms, snapshot=snapshot)
         token = InFlight(lsn)
-        self.writer.write(event, token, table_topic(self.settings.topic_prefix, table))
+        topic = table_topic(self.settings.topic_prefix, table)
+        self.writer.write_reads(table, [values], lsn, self.ts_ms, snapshot, token, topic)
         self.unacked.append((token, name, index, rows))
 
     def _flush_held(self, snapshot: str) -> None:
