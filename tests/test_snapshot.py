@@ -431,3 +431,40 @@ def test_copy_text_format() -> None:
         b"a\tb", b"c\nd", b"\\N", b"\\", b"\r\b\f\v",
     ]  # fmt: skip
     assert tables.copy_fields(b"") == [b""]
+
+
+def test_copy_rows_end_and_errors_wherever_they_fall(
+    db_latest: TestDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`copy_rows` takes buffered rows from libpq itself: every row comes once, whether the COPY's
+    end is met there or in psycopg's wait, an error half-way is the server's, and the connection
+    is ready for the next command either way."""
+    from cdc.errors import SourceError
+    from cdc.pg import connect
+
+    def copy(query: str) -> sql.Composed:
+        return sql.Composed([sql.SQL(f"COPY ({query}) TO STDOUT")])
+
+    ends: list[object] = []
+    end_copy = tables._end_copy
+
+    def counted(conn: psycopg.Connection[Any]) -> None:
+        ends.append(conn)
+        end_copy(conn)
+
+    monkeypatch.setattr(tables, "_end_copy", counted)
+    with connect(db_latest.dsn) as conn:
+        for size in (0, 1, 2, 1000, 100_000):
+            query = f"SELECT i, 'x' || i FROM generate_series(1, {size}) i"
+            rows = list(tables.copy_rows(conn, copy(query)))
+            assert rows == [b"%d\tx%d" % (i, i) for i in range(1, size + 1)]
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert 0 < len(ends) < 5  # the end met among buffered rows, and (no rows) in psycopg's read
+        for fail_at in (1, 2, 5000, 60_000):
+            seen: list[bytes] = []
+            with pytest.raises(SourceError, match="division by zero"):
+                failing = f"SELECT 1 / ({fail_at} - i) FROM generate_series(1, 100000) i"
+                seen.extend(tables.copy_rows(conn, copy(failing)))
+            assert len(seen) <= fail_at - 1  # nothing past the failing row, none twice
+            assert seen == [b"%d" % (1 // (fail_at - i)) for i in range(1, len(seen) + 1)]
+            assert conn.execute("SELECT 2").fetchone() == (2,)

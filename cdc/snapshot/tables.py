@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import psycopg
-from psycopg import sql
+from psycopg import generators, pq, sql
+from psycopg.errors import error_from_result
 
 from cdc import pg, replication
 from cdc.errors import DecodeError, SourceError
@@ -330,14 +331,39 @@ def row_reader(table: Table) -> Callable[[bytes], list[Any]]:
 
 
 def copy_rows(conn: psycopg.Connection[Any], statement: sql.Composed) -> Iterator[bytes]:
-    """The rows of a COPY TO STDOUT, each without its newline."""
+    """The rows of a COPY TO STDOUT, each without its newline.
+
+    The rows libpq already holds are taken from it straight (`PGconn.get_copy_data`): 0.36 us a
+    row, where psycopg's `Copy.read` costs 0.72 (a generator and a wait per row), a tenth of a
+    snapshot worker's CPU. `Copy.read` still waits when none is buffered, and when libpq says the
+    COPY ended, its result is collected as psycopg's own ``copy_from`` does.
+    """
     with (
         pg.errors("snapshot read", _CHECK_TABLE),
         conn.cursor() as cur,
         cur.copy(statement) as copy,
     ):
-        for data in copy:
+        read, buffered = copy.read, conn.pgconn.get_copy_data
+        while data := read():
             yield bytes(data[:-1])
+            while (got := buffered(1))[0] > 0:
+                yield bytes(got[1][:-1])
+            if got[0] < 0:  # the end (or an error) came right after the buffered rows
+                _end_copy(conn)
+                return
+
+
+def _end_copy(conn: psycopg.Connection[Any]) -> None:
+    """The final result of a COPY TO whose end `PGconn.get_copy_data` returned, checked.
+
+    psycopg's `Copy` did not see the end, so its exit does nothing more (a COPY TO's ``finish``
+    only cancels on an error); the connection is ready for the next command.
+    """
+    results = conn.wait(generators.fetch_many(conn.pgconn))
+    if not results or results[0].status != pq.ExecStatus.COMMAND_OK:
+        if results:
+            raise error_from_result(results[0], encoding=conn.info.encoding)
+        raise psycopg.OperationalError("the COPY ended without a result")
 
 
 def freeze(values: list[Any]) -> tuple[Any, ...]:
