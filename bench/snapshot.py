@@ -2,6 +2,7 @@
 
     python -m bench.snapshot [--rows N] [--workers N] [--producer auto|confluent|kafka-python]
                              [--format avro|json] [--chunk-rows N] [--profile]
+                             [--producer-config KEY=VALUE ...]
 
 Starts its own Postgres and Tansu (`bench.common.servers`, on `cdc.devservers`),
 loads the benchmark's six-column table (`bench.common.TABLE_DDL`), runs the
@@ -87,6 +88,7 @@ def snapshot_rate(
     format: str = "avro",
     chunk_rows: int = 50_000,
     profile: bool = False,
+    producer_configs: dict[str, str] | None = None,
 ) -> Result:
     """Load ``rows`` rows, snapshot them into Kafka; the rate (and the COPY limit) of one run."""
     with tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp, servers() as s:
@@ -98,6 +100,7 @@ def snapshot_rate(
         connector, wall = run_snapshot(
             dsn, bootstrap, Path(tmp) / "state",
             snapshot_workers=workers, producer=producer, format=format, snapshot_chunk_rows=chunk_rows,
+            producer_configs=producer_configs or {},
         )  # fmt: skip
         stats = connector.status.snapshot
         if profile:
@@ -164,9 +167,16 @@ def main() -> None:
     parser.add_argument("--format", default="avro", choices=["avro", "json"])
     parser.add_argument("--chunk-rows", type=int, default=50_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--producer-config", action="append", default=[], metavar="KEY=VALUE",
+        help="a producer setting, as cdc start's --producer-config (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    result = snapshot_rate(args.rows, args.workers, args.producer, args.format, args.chunk_rows, args.profile)
+    configs = dict(item.split("=", 1) for item in args.producer_config)
+    result = snapshot_rate(
+        args.rows, args.workers, args.producer, args.format, args.chunk_rows, args.profile, configs
+    )
     print(
         f"initial snapshot of {result.rows:,} rows ({args.workers} workers, {args.producer}, {args.format}): "
         f"{result.rows_per_second:,.0f} rows/s into kafka ({result.seconds:.1f} s; "

@@ -433,6 +433,20 @@ def test_copy_text_format() -> None:
     assert tables.copy_fields(b"") == [b""]
 
 
+def test_snapshot_producers_linger_for_throughput() -> None:
+    """A worker's producer waits 20 ms to fill batches unless the user chose a linger, in any spelling."""
+    from cdc.config import Settings
+    from cdc.kafka.clientconfig import kafka_python_producer_settings
+
+    chosen = workers.snapshot_settings(Settings(producer_configs={"acks": "all"}))
+    assert chosen.producer_configs == {"linger.ms": "20", "acks": "all"}
+    assert kafka_python_producer_settings(chosen.producer_configs)["linger_ms"] == 20
+    for name in ("linger.ms", "queue.buffering.max.ms", "linger_ms"):
+        own = Settings(producer_configs={name: "7"})
+        assert workers.snapshot_settings(own).producer_configs == {name: "7"}
+    assert Settings().producer_configs == {}  # the stream's own producer keeps its 2 ms
+
+
 def test_copy_rows_end_and_errors_wherever_they_fall(
     db_latest: TestDb, monkeypatch: pytest.MonkeyPatch
 ) -> None:
