@@ -373,13 +373,20 @@ def test_encoding_is_what_fastavro_writes(
     batch=st.lists(rows(), min_size=1, max_size=6),
     lsn=st.integers(0, 2**63 - 1),
     snapshot=st.sampled_from(["true", "last"]),
-    keyed=st.booleans(),
+    keys=st.sampled_from([(), ("id",), ("id", "note"), ("at", "qty", "id")]),
 )
 def test_snapshot_reads_encode_as_one_event_each(
-    batch: list[list[Any]], lsn: int, snapshot: str, keyed: bool
+    batch: list[list[Any]], lsn: int, snapshot: str, keys: tuple[str, ...]
 ) -> None:
-    """`encode_reads` (the snapshot's batches) gives the records `encode` gives each read's event."""
-    tbl = table(WIDE, keys=("id",) if keyed else ())
+    """`encode_reads` (the snapshot's batches, a generated function per table shape) gives the
+    records `encode` gives each read's event: keyless, keyed, composite keys in any column."""
+    keyed = bool(keys)
+    tbl = table(WIDE, keys=keys)
+    names = [name for name, _ in WIDE]
+    for row in batch:  # a key column is never null
+        for name, fill in (("note", "k"), ("qty", 7), ("at", 0)):
+            if name in keys and row[names.index(name)] is None:
+                row[names.index(name)] = fill
     serializer = avro.AvroSerializer("shop", SOURCE)
     got = serializer.encode_reads(tbl, batch, lsn, 1_700_000_000_000, snapshot, now_ms=NOW_MS)
     events = [

@@ -16,10 +16,12 @@ from cdc.avro.encoding import (
     _ENCODE_ERRORS,
     _OPS,
     Encoder,
+    ReadsEncoder,
     _bytes,
     _fastavro_encoder,
     _long,
     _nullable_string,
+    _reads_encoder,
     _row_encoder,
     _string,
     column_encoder,
@@ -64,6 +66,8 @@ class _TableCodec:
     value_header: bytes
     key_header: bytes | None
     source_head: bytes  # connector .. table of the source block
+    key_types: list[Any] | None
+    reads: ReadsEncoder | None = None  # a batch of snapshot rows (`encode_reads`), made when first used
 
 
 class AvroSerializer:
@@ -154,18 +158,13 @@ class AvroSerializer:
         first = snapshot_read(table, None, lsn, ts_ms, snapshot)
         head = codec.value_header + b"\x00\x02"  # no before, an after
         tail = b"".join((codec.source_head, *self._tail(first, now_ms)))
-        row, key, key_header = codec.row, codec.key, codec.key_header
-        join = b"".join
+        reads = codec.reads
+        if reads is None:
+            types = [f["type"] for f in codec.value_fields]
+            reads = codec.reads = _reads_encoder(types, codec.key_types, table.key_indexes)
         out: list[tuple[bytes | None, bytes]] = []
         try:
-            if key is None or key_header is None:
-                for values in rows:
-                    out.append((None, join((head, row(values), tail))))
-            else:
-                indexes = table.key_indexes
-                for values in rows:
-                    value = join((head, row(values), tail))
-                    out.append((key_header + key([values[i] for i in indexes]), value))
+            reads(rows, head, tail, codec.key_header or b"", out)
         except _ENCODE_ERRORS:
             self.encode(replace(first, after=rows[len(out)]), now_ms)  # raises the error naming the column
             raise
@@ -312,10 +311,11 @@ class AvroSerializer:
         topic = table_topic(self.topic_prefix, table)
         value, value_header = self._register(topic, "value", lambda v: value_schema(table, topic, v))
         value_fields: list[dict[str, Any]] = value.schema["fields"][0]["type"][1]["fields"]
-        key_header = key = None
+        key_header = key = key_types = None
         if table.has_key:
             entry, key_header = self._register(topic, "key", lambda v: key_schema(table, topic, v) or {})
-            key = _row_encoder([f["type"] for f in entry.schema["fields"]])
+            key_types = [f["type"] for f in entry.schema["fields"]]
+            key = _row_encoder(key_types)
         source = self.source
         codec = _TableCodec(
             table=table,
@@ -333,6 +333,7 @@ class AvroSerializer:
                 + _nullable_string(table.schema)
                 + _nullable_string(table.name)
             ),
+            key_types=key_types,
         )
         self._codecs[table.relation_id] = codec
         return codec
