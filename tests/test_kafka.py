@@ -92,6 +92,27 @@ def test_acks_reach_their_tokens(broker: BrokerHandle, kind: str) -> None:
         producer.close()
 
 
+@PRODUCERS
+def test_a_batch_larger_than_the_queue_arrives_whole(broker: BrokerHandle, kind: str) -> None:
+    """`send_many` (a snapshot's batch) into a queue of 50 records: librdkafka takes part of the batch
+    and refuses the rest; those wait for room. Every record arrives once, each acknowledged."""
+    small = {"queue.buffering.max.messages": "50"} if kind == "confluent" else {}
+    producer = make_producer(kind, broker.bootstrap_servers, "test", max_buffer_mb=8, overrides=small)
+    topic = "batch-" + secrets.token_hex(4)
+    try:
+        producer.ensure_topic(topic)
+        token = InFlight(1)
+        records: list[tuple[bytes | None, bytes]] = [(b"%d" % i, b"v" * 100) for i in range(1000)]
+        producer.send_many(topic, records[:600], token)
+        producer.send_many(topic, records[600:], token)
+        assert token.pending == 1000
+        assert producer.flush(30)
+        assert drain(producer, token, timeout=30) == 1000
+        assert sorted(keys_in(broker.bootstrap_servers, topic)) == sorted(k for k, _ in records if k)
+    finally:
+        producer.close()
+
+
 @pytest.mark.tansu_subset
 @PRODUCERS
 def test_many_topics_are_made_in_one_call_and_existing_ones_are_skipped(
