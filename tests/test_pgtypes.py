@@ -425,3 +425,35 @@ def test_catalog_cannot_resolve_without_a_connection() -> None:
     catalog = TypeCatalog()
     assert catalog.info(4_000_000_001) is None
     assert catalog.column_type(4_000_000_001).kind == "string"
+
+
+def _printed(moment: dt.datetime) -> bytes:
+    """A timestamp as Postgres prints it (ISO, trailing zeros of the fraction dropped)."""
+    text = moment.isoformat(sep=" ")
+    return (text.rstrip("0") if "." in text else text).encode()
+
+
+@given(
+    moment=st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31, 23, 59, 59)),
+    spoil=st.none() | st.tuples(st.integers(0, 25), st.binary(min_size=1, max_size=1)),
+)
+def test_digit_by_digit_timestamps_read_as_the_general_parser(
+    moment: dt.datetime, spoil: tuple[int, bytes] | None
+) -> None:
+    """`_plain_us` (the compiled build's timestamp path) gives what `_timestamp_us` gives, and None for
+    any text it does not read (a changed byte: the general parser then decides)."""
+    from cdc.pgtypes.temporal import _plain_us, _timestamp_us, _timestamptz
+
+    text = _printed(moment)
+    if spoil is not None and spoil[0] < len(text):
+        at, byte = spoil
+        text = text[:at] + byte + text[at + 1 :]
+    try:
+        expected: int | str | None = _timestamp_us(text, False)
+    except ValueError:
+        expected = None
+    got = _plain_us(text, len(text))
+    assert got is None or got == expected, text
+    if spoil is None:
+        assert got == expected  # what Postgres prints is always read digit by digit
+        assert _timestamptz(text + b"+00") == got

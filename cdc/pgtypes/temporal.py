@@ -139,8 +139,57 @@ def _timetz(value: bytes) -> str:
 
 _DAYS_CACHE: dict[bytes, int] = {}
 
+#: Compiled by mypyc (the compiled build): indexing bytes is then native, and reading a timestamp's
+#: digits one by one (`_plain_us`) beats slicing them and ``int()`` of each: 0.39 against 0.57 us a
+#: timestamptz, a tenth of a snapshot worker's parsing. Interpreted, the slices win (0.98 against 3.0).
+_NATIVE: Final = not __file__.endswith(".py")
+
+#: 10**(6 - n): the microseconds of one unit in the last of n fraction digits
+_FRACTION_SCALE: Final = (1_000_000, 100_000, 10_000, 1_000, 100, 10, 1)
+
+
+def _digits(value: bytes, start: int, end: int) -> int:
+    """The number the ASCII digits ``value[start:end]`` spell; -1 when one is not a digit."""
+    n = 0
+    for i in range(start, end):
+        d = value[i] - 48
+        if d < 0 or d > 9:
+            return -1
+        n = n * 10 + d
+    return n
+
+
+def _plain_us(value: bytes, end: int) -> int | None:
+    """``YYYY-MM-DD HH:MM:SS[.f]`` (years 1-9999, up to 6 fraction digits) in ``value[:end]`` ->
+    microseconds since 1970; None for any other shape, which `_timestamp_us` reads."""
+    if end < 19 or value[4] != 0x2D or value[7] != 0x2D or value[10] != 0x20:
+        return None
+    if value[13] != 0x3A or value[16] != 0x3A:
+        return None
+    year, month, day = _digits(value, 0, 4), _digits(value, 5, 7), _digits(value, 8, 10)
+    hour, minute, second = _digits(value, 11, 13), _digits(value, 14, 16), _digits(value, 17, 19)
+    if year < 1 or not 1 <= month <= 12 or day < 1 or not 0 <= hour <= 23:
+        return None
+    if not 0 <= minute <= 59 or not 0 <= second <= 59:
+        return None
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if day > _MONTH_DAYS[month] + (month == 2 and leap):
+        return None
+    us = (days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second) * 1_000_000
+    if end == 19:
+        return us
+    if value[19] != 0x2E or not 21 <= end <= 26:
+        return None
+    fraction = _digits(value, 20, end)
+    if fraction < 0:
+        return None
+    return us + fraction * _FRACTION_SCALE[end - 20]
+
 
 def _timestamp(value: bytes) -> int | str:
+    if _NATIVE:
+        us = _plain_us(value, len(value))
+        return us if us is not None else _timestamp_us(value, False)
     # fast path: "YYYY-MM-DD HH:MM:SS[.ffffff]" of a date seen before
     days = _DAYS_CACHE.get(value[:10])
     size = len(value)
@@ -161,9 +210,15 @@ def _timestamp(value: bytes) -> int | str:
 
 
 def _timestamptz(value: bytes) -> int | str:
+    size = len(value)
+    if _NATIVE:  # a UTC instant ("+00"), as our sessions (TimeZone UTC) print nearly every one
+        if size >= 22 and value[size - 3] == 0x2B and value[size - 2] == value[size - 1] == 0x30:
+            us = _plain_us(value, size - 3)
+            if us is not None:
+                return us
+        return _timestamp_us(value, True)
     # fast path: "YYYY-MM-DD HH:MM:SS[.ffffff]+00" (UTC) of a date seen before
     days = _DAYS_CACHE.get(value[:10])
-    size = len(value)
     if (
         days is not None
         and size >= 22
