@@ -6,7 +6,7 @@ import io
 import struct
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from fastavro import schemaless_writer
 
@@ -25,6 +25,7 @@ from cdc.avro.schemas import _MEANINGFUL_LOGICAL, kind_of, logical_type, parse
 # the result byte for byte against fastavro writing the whole envelope.
 
 Encoder = Callable[[Any], bytes]
+_T = TypeVar("_T")
 _DOUBLE = struct.Struct("<d")
 _FLOAT = struct.Struct("<f")
 _INT64_MIN, _INT64_END = -(1 << 63), 1 << 63
@@ -332,36 +333,52 @@ def _column_expression(index: int, avro_type: Any, env: dict[str, Any], tag: str
 _ROW_ENCODERS: dict[str, Callable[[list[Any]], bytes]] = {}
 
 
+def _generated(cache: dict[str, _T], key: str, make: Callable[[], _T]) -> _T:
+    """The generated encoder ``cache`` holds under ``key``, made (and kept) the first time."""
+    encode = cache.get(key)
+    if encode is None:
+        if len(cache) >= 4096:
+            cache.clear()  # a bound, not a policy: thousands of shapes are rare
+        encode = cache[key] = make()
+    return encode
+
+
+def _encoder_env() -> dict[str, Any]:
+    """The names a generated encoder calls; `_column_expression` adds its constants."""
+    return {"L": _long, "S": _string, "BOOL": _boolean, "join": b"".join}
+
+
+def _compiled(source: str, env: dict[str, Any], what: str) -> Any:
+    """The function ``encode`` that ``source`` defines, compiled with ``env`` as its globals."""
+    exec(compile(source, f"<cdc.avro {what}>", "exec"), env)  # noqa: S102 - our own generated code
+    return env["encode"]
+
+
 def _row_encoder(types: list[Any]) -> Callable[[list[Any]], bytes]:
     """One function per column-type list encoding a row of wire values, generated from the types.
 
     Calling one small encoder per column costs a Python call each; a generated
     function with the common cases inlined costs one call per row.
     """
-    key = repr(types)
-    encode = _ROW_ENCODERS.get(key)
-    if encode is None:
-        if len(_ROW_ENCODERS) >= 4096:
-            _ROW_ENCODERS.clear()  # a bound, not a policy: thousands of shapes are rare
-        encode = _ROW_ENCODERS[key] = _new_row_encoder(types)
-    return encode
+    return _generated(_ROW_ENCODERS, repr(types), lambda: _new_row_encoder(types))
 
 
 def _new_row_encoder(types: list[Any]) -> Callable[[list[Any]], bytes]:
-    env: dict[str, Any] = {"L": _long, "S": _string, "BOOL": _boolean, "join": b"".join}
     if not types:
         return lambda row: b""
+    env = _encoder_env()
     names = ", ".join(f"v{i}" for i in range(len(types)))
     parts = ", ".join(_column_expression(i, t, env) for i, t in enumerate(types))
-    source = f"def encode(row):\n    {names}, = row\n    return join(({parts},))\n"
-    exec(compile(source, "<cdc.avro row encoder>", "exec"), env)  # noqa: S102 - our own generated code
-    encode: Callable[[list[Any]], bytes] = env["encode"]
+    encode: Callable[[list[Any]], bytes] = _compiled(
+        f"def encode(row):\n    {names}, = row\n    return join(({parts},))\n", env, "row encoder"
+    )
     return encode
 
 
 #: (rows, head, tail, key header, out): appends each row's (key, value) record to ``out``
 ReadsEncoder = Callable[[Sequence[list[Any]], bytes, bytes, bytes, list[tuple[bytes | None, bytes]]], None]
 
+#: generated reads encoders by the repr of their column types and key, as `_ROW_ENCODERS`
 _READS_ENCODERS: dict[str, ReadsEncoder] = {}
 
 
@@ -373,18 +390,13 @@ def _reads_encoder(types: list[Any], key_types: list[Any] | None, key_indexes: S
     and the key's encoder calls and the key's list per row cost a fifth of its encoding.
     """
     cache_key = repr((types, key_types, list(key_indexes)))
-    encode = _READS_ENCODERS.get(cache_key)
-    if encode is None:
-        if len(_READS_ENCODERS) >= 4096:
-            _READS_ENCODERS.clear()  # a bound, not a policy, as for the row encoders
-        encode = _READS_ENCODERS[cache_key] = _new_reads_encoder(types, key_types, key_indexes)
-    return encode
+    return _generated(_READS_ENCODERS, cache_key, lambda: _new_reads_encoder(types, key_types, key_indexes))
 
 
 def _new_reads_encoder(
     types: list[Any], key_types: list[Any] | None, key_indexes: Sequence[int]
 ) -> ReadsEncoder:
-    env: dict[str, Any] = {"L": _long, "S": _string, "BOOL": _boolean, "join": b"".join}
+    env = _encoder_env()
     names = "".join(f"v{i}, " for i in range(len(types)))
     parts = "".join(f"{_column_expression(i, t, env)}, " for i, t in enumerate(types))
     if key_types is None:
@@ -398,8 +410,7 @@ def _new_reads_encoder(
         f"    for ({names}) in rows:\n"
         f"        append(({key}, join((head, {parts}tail))))\n"
     )
-    exec(compile(source, "<cdc.avro reads encoder>", "exec"), env)  # noqa: S102 - our own generated code
-    encode: ReadsEncoder = env["encode"]
+    encode: ReadsEncoder = _compiled(source, env, "reads encoder")
     return encode
 
 
