@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cdc.avro.confluent import SchemaIds
@@ -123,11 +123,33 @@ class RecordWriter:
                 self._write_shaped(snapshot_read(table, values, lsn, ts_ms, snapshot), token, topic)
             return
         records = self.serializer.encode_reads(table, rows, lsn, ts_ms, snapshot)
+        self._send_reads(topic, records, token)
+
+    def _send_reads(self, topic: str, records: list[tuple[bytes | None, bytes]], token: InFlight) -> None:
         schemas = self._take_schemas()
         if schemas:
             self._publish_schemas(schemas)
         self.producer.send_many(topic, records, token)
         self.records[topic] += len(records)
+
+    def write_lines(
+        self,
+        table: Table,
+        lines: Sequence[bytes],
+        read: Callable[[bytes], list[Any]],
+        lsn: int,
+        ts_ms: int,
+        snapshot: str,
+        token: InFlight,
+        topic: str,
+    ) -> None:
+        """`write_reads` of the rows of COPY text ``lines`` (``read`` makes one a row), read and
+        encoded in one loop where the format can (`Serializer.encode_lines`): no row list per row."""
+        if self.shaper is not None:
+            self.write_reads(table, [read(line) for line in lines], lsn, ts_ms, snapshot, token, topic)
+            return
+        records = self.serializer.encode_lines(table, lines, read, lsn, ts_ms, snapshot)
+        self._send_reads(topic, records, token)
 
     def tombstone(self, topic: str, table: Table, key: list[Any], token: InFlight) -> None:
         """A null value under ``key``, so that compacted topics forget it."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 
 from cdc.lsn import parse_lsn
@@ -431,6 +434,72 @@ def test_copy_text_format() -> None:
         b"a\tb", b"c\nd", b"\\N", b"\\", b"\r\b\f\v",
     ]  # fmt: skip
     assert tables.copy_fields(b"") == [b""]
+
+
+_ESCAPES = {b"\\": b"\\\\", b"\t": b"\\t", b"\n": b"\\n", b"\r": b"\\r"}
+
+
+def _copy_text(value: bytes | None) -> bytes:
+    """A text output as COPY TO writes it."""
+    if value is None:
+        return b"\\N"
+    for raw, escaped in _ESCAPES.items():
+        value = value.replace(raw, escaped)
+    return value
+
+
+_CHARS = st.characters(min_codepoint=1, max_codepoint=0x2FFF)  # no NUL, no surrogate
+_TEXT = st.text(_CHARS, max_size=12)
+_LINE_VALUES = st.tuples(
+    st.integers(-(2**63), 2**63 - 1).map(lambda n: str(n).encode()),
+    st.one_of(st.none(), _TEXT.map(str.encode)),
+    st.one_of(st.none(), st.integers(-(10**10) + 1, 10**10 - 1).map(lambda n: f"{n / 100:.2f}".encode())),
+    st.one_of(
+        st.none(),
+        st.datetimes(datetime(1000, 1, 1)).map(lambda t: t.strftime("%Y-%m-%d %H:%M:%S.%f+00").encode()),
+        st.sampled_from([b"infinity", b"-infinity", b"2026-12-04 13:38:00+05:30"]),
+    ),
+    st.one_of(st.none(), st.sampled_from([b"t", b"f"])),
+    st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1).map(lambda n: str(n).encode())),
+)
+
+
+@given(st.lists(_LINE_VALUES, max_size=40), st.sampled_from([("id",), ("qty", "id"), ()]))
+@settings(max_examples=150, deadline=None)
+def test_copy_lines_encode_as_their_rows(rows: list[tuple[bytes | None, ...]], keys: tuple[str, ...]) -> None:
+    """`encode_lines` (read and encoded in one generated loop) gives the records `encode_reads`
+    gives the rows `row_reader` reads from the same COPY lines; only lines with an escape or a NULL
+    go through the reader; a line that does not read fails as the reader fails."""
+    from cdc import avro
+    from cdc.errors import DecodeError
+    from cdc.events import SourceInfo, Table, TableColumn
+    from cdc.pgtypes import column_type
+
+    columns = [("id", 20, -1), ("note", 25, -1), ("amount", 1700, ((12 << 16) | 2) + 4),
+               ("at", 1184, -1), ("active", 16, -1), ("qty", 23, -1)]  # fmt: skip
+    if "qty" in keys:  # a key column is never null
+        rows = [(*r[:5], b"7" if r[5] is None else r[5]) for r in rows]
+    table = Table(7, "public", "lines", 1 if keys else 0,
+                  [TableColumn(n, column_type(oid, mod), n in keys) for n, oid, mod in columns])  # fmt: skip
+    lines = [b"\t".join(_copy_text(v) for v in row) for row in rows]
+    read = tables.row_reader(table)
+    slow: list[bytes] = []
+
+    def counted(line: bytes) -> list[Any]:
+        slow.append(line)
+        return read(line)
+
+    serializer = avro.AvroSerializer("shop", SourceInfo("test", "shop"))
+    got = serializer.encode_lines(table, lines, counted, 0x16B3748, 5, "true", now_ms=9)
+    assert slow == [line for line in lines if b"\\" in line]
+    want = serializer.encode_reads(table, [read(line) for line in lines], 0x16B3748, 5, "true", now_ms=9)
+    assert got == want
+    for bad in (b"x", b"1\t2"):  # not a bigint; too few columns
+        with pytest.raises(DecodeError) as expected:
+            read(bad)
+        with pytest.raises(DecodeError) as raised:
+            serializer.encode_lines(table, [*lines, bad], read, 0x16B3748, 5, "true")
+        assert str(raised.value) == str(expected.value)
 
 
 def test_snapshot_producers_linger_for_throughput() -> None:

@@ -393,17 +393,21 @@ def _reads_encoder(types: list[Any], key_types: list[Any] | None, key_indexes: S
     return _generated(_READS_ENCODERS, cache_key, lambda: _new_reads_encoder(types, key_types, key_indexes))
 
 
+def _key_expression(key_types: list[Any] | None, key_indexes: Sequence[int], env: dict[str, Any]) -> str:
+    """The key's bytes from the row's ``v<index>`` names: ``key_header`` and its columns; "None" keyless."""
+    if key_types is None:
+        return "None"
+    columns = (_column_expression(i, t, env, "k") for i, t in zip(key_indexes, key_types, strict=True))
+    return f"key_header + join(({''.join(f'{c}, ' for c in columns)}))"
+
+
 def _new_reads_encoder(
     types: list[Any], key_types: list[Any] | None, key_indexes: Sequence[int]
 ) -> ReadsEncoder:
     env = _encoder_env()
     names = "".join(f"v{i}, " for i in range(len(types)))
     parts = "".join(f"{_column_expression(i, t, env)}, " for i, t in enumerate(types))
-    if key_types is None:
-        key = "None"
-    else:
-        columns = (_column_expression(i, t, env, "k") for i, t in zip(key_indexes, key_types, strict=True))
-        key = f"key_header + join(({''.join(f'{c}, ' for c in columns)}))"
+    key = _key_expression(key_types, key_indexes, env)
     source = (
         "def encode(rows, head, tail, key_header, out):\n"
         "    append = out.append\n"
@@ -411,6 +415,62 @@ def _new_reads_encoder(
         f"        append(({key}, join((head, {parts}tail))))\n"
     )
     encode: ReadsEncoder = _compiled(source, env, "reads encoder")
+    return encode
+
+
+#: (lines, read, head, tail, key header, out): as `ReadsEncoder`, from rows still in COPY text lines
+LinesEncoder = Callable[
+    [Sequence[bytes], Callable[[bytes], list[Any]], bytes, bytes, bytes, list[tuple[bytes | None, bytes]]],
+    None,
+]
+
+#: generated lines encoders by their reads encoder's key and their columns' parse functions
+_LINES_ENCODERS: dict[str, LinesEncoder] = {}
+
+
+def _lines_encoder(
+    types: list[Any],
+    key_types: list[Any] | None,
+    key_indexes: Sequence[int],
+    parsers: Sequence[Callable[[bytes], Any]],
+) -> LinesEncoder:
+    """`_reads_encoder` fed with COPY text lines: each column's ``parse`` is called in the
+    same generated loop, with no row list and no call of a row parser between (0.6 us of a
+    compiled snapshot worker's 5.2 a row; 1 us interpreted). A line without a backslash has no
+    escape and no NULL: its values are what splitting it on tabs gives. Any other line goes
+    through ``read``, the snapshot's own row reader. The key holds the parse functions by id:
+    its entry keeps them (in its globals), so no id is reused while it exists."""
+    cache_key = repr((types, key_types, list(key_indexes), [id(p) for p in parsers]))
+    return _generated(
+        _LINES_ENCODERS, cache_key, lambda: _new_lines_encoder(types, key_types, key_indexes, parsers)
+    )
+
+
+def _new_lines_encoder(
+    types: list[Any],
+    key_types: list[Any] | None,
+    key_indexes: Sequence[int],
+    parsers: Sequence[Callable[[bytes], Any]],
+) -> LinesEncoder:
+    env = _encoder_env()
+    names = "".join(f"v{i}, " for i in range(len(types)))
+    parts = "".join(f"{_column_expression(i, t, env)}, " for i, t in enumerate(types))
+    key = _key_expression(key_types, key_indexes, env)
+    for i, column_parse in enumerate(parsers):
+        env[f"P{i}"] = column_parse
+    parse_all = "".join(f"            v{i} = P{i}(v{i})\n" for i in range(len(types)))
+    source = (
+        "def encode(lines, read, head, tail, key_header, out):\n"
+        "    append = out.append\n"
+        "    for line in lines:\n"
+        "        if b'\\\\' in line:\n"
+        f"            {names}= read(line)\n"
+        "        else:\n"
+        f"            {names}= line.split(b'\\t')\n"
+        f"{parse_all}"
+        f"        append(({key}, join((head, {parts}tail))))\n"
+    )
+    encode: LinesEncoder = _compiled(source, env, "lines encoder")
     return encode
 
 

@@ -16,9 +16,11 @@ from cdc.avro.encoding import (
     _ENCODE_ERRORS,
     _OPS,
     Encoder,
+    LinesEncoder,
     ReadsEncoder,
     _bytes,
     _fastavro_encoder,
+    _lines_encoder,
     _long,
     _nullable_string,
     _reads_encoder,
@@ -68,6 +70,7 @@ class _TableCodec:
     source_head: bytes  # connector .. table of the source block
     key_types: list[Any] | None
     reads: ReadsEncoder | None = None  # a batch of snapshot rows (`encode_reads`), made when first used
+    lines: LinesEncoder | None = None  # the same from COPY text lines (`encode_lines`)
 
 
 class AvroSerializer:
@@ -152,12 +155,7 @@ class AvroSerializer:
     ) -> list[tuple[bytes | None, bytes]]:
         """Snapshot reads: all but the row is the same in their values, so it is encoded once for
         ``rows`` (an event and its envelope per row cost a snapshot worker 3 us of its 12 a row)."""
-        codec = self._codecs.get(table.relation_id)
-        if codec is None or codec.table is not table:
-            codec = self._codec(table)
-        first = snapshot_read(table, None, lsn, ts_ms, snapshot)
-        head = codec.value_header + b"\x00\x02"  # no before, an after
-        tail = b"".join((codec.source_head, *self._tail(first, now_ms)))
+        codec, first, head, tail = self._reads_frame(table, lsn, ts_ms, snapshot, now_ms)
         reads = codec.reads
         if reads is None:
             types = [f["type"] for f in codec.value_fields]
@@ -169,6 +167,48 @@ class AvroSerializer:
             self.encode(replace(first, after=rows[len(out)]), now_ms)  # raises the error naming the column
             raise
         return out
+
+    def encode_lines(
+        self,
+        table: Table,
+        lines: Sequence[bytes],
+        read: Callable[[bytes], list[Any]],
+        lsn: int,
+        ts_ms: int,
+        snapshot: str,
+        now_ms: int | None = None,
+    ) -> list[tuple[bytes | None, bytes]]:
+        """`encode_reads` of the rows of COPY text ``lines``, read in the same generated loop that
+        encodes them (`_lines_encoder`); ``read`` is the row reader for lines with escapes or NULLs.
+        A batch where anything fails is read and encoded again the general way, which raises the
+        error naming the column."""
+        if not table.columns:
+            return self.encode_reads(table, [read(line) for line in lines], lsn, ts_ms, snapshot, now_ms)
+        codec, _, head, tail = self._reads_frame(table, lsn, ts_ms, snapshot, now_ms)
+        encode = codec.lines
+        if encode is None:
+            types = [f["type"] for f in codec.value_fields]
+            parsers = [column.type.parse for column in table.columns]
+            encode = codec.lines = _lines_encoder(types, codec.key_types, table.key_indexes, parsers)
+        out: list[tuple[bytes | None, bytes]] = []
+        try:
+            encode(lines, read, head, tail, codec.key_header or b"", out)
+        except Exception:  # the general path raises what it was, naming the column
+            return self.encode_reads(table, [read(line) for line in lines], lsn, ts_ms, snapshot, now_ms)
+        return out
+
+    def _reads_frame(
+        self, table: Table, lsn: int, ts_ms: int, snapshot: str, now_ms: int | None
+    ) -> tuple[_TableCodec, ChangeEvent, bytes, bytes]:
+        """What every read of ``table`` in a batch shares: the codec, the event without its row, and
+        the value's bytes before and after the row."""
+        codec = self._codecs.get(table.relation_id)
+        if codec is None or codec.table is not table:
+            codec = self._codec(table)
+        first = snapshot_read(table, None, lsn, ts_ms, snapshot)
+        head = codec.value_header + b"\x00\x02"  # no before, an after
+        tail = b"".join((codec.source_head, *self._tail(first, now_ms)))
+        return codec, first, head, tail
 
     def encode_fixed(
         self, kind: str, topic: str, key: dict[str, Any], value: dict[str, Any]

@@ -264,10 +264,10 @@ class _Worker:
         upto = bounds[index] if index < len(bounds) else None
         statement = copy_statement(spec, table, after, upto)
         read, topic = self.readers[name], self.topics[name]
-        write_reads, pipe = self.writer.write_reads, self.pipe
+        write_lines, pipe = self.writer.write_lines, self.pipe
         lsn, ts_ms = job.lsn, job.ts_ms
         token = InFlight(lsn)
-        batch: list[list[Any]] = []
+        batch: list[bytes] = []
         add = batch.append
         rows = reported = 0
         with self._in_snapshot(spec) as changed:
@@ -277,9 +277,9 @@ class _Worker:
             if self.exactly_once:
                 self.writer.producer.begin_transaction()
             for line in copy_rows(self.conn, statement):
-                add(read(line))
+                add(line)
                 if len(batch) > _BATCH:  # written but its last row, which may be the chunk's last
-                    write_reads(table, batch[:_BATCH], lsn, ts_ms, "true", token, topic)
+                    write_lines(table, batch[:_BATCH], read, lsn, ts_ms, "true", token, topic)
                     rows += _BATCH
                     del batch[:_BATCH]
                     self._report()  # chunks Kafka acknowledged meanwhile get recorded without waiting
@@ -288,9 +288,9 @@ class _Worker:
                         reported = rows
                     if pipe.poll():  # only an abort arrives unasked; the chunk is read again next time
                         raise _Aborted
-            held: list[Any] | None = batch.pop() if batch else None
+            held: list[Any] | None = read(batch.pop()) if batch else None
             if batch:
-                write_reads(table, batch, lsn, ts_ms, "true", token, topic)
+                write_lines(table, batch, read, lsn, ts_ms, "true", token, topic)
             rows += len(batch) + (held is not None)
         pipe.send(("progress", name, rows - reported))
         if not self.exactly_once:
