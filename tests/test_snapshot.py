@@ -453,7 +453,13 @@ _TEXT = st.text(_CHARS, max_size=12)
 _LINE_VALUES = st.tuples(
     st.integers(-(2**63), 2**63 - 1).map(lambda n: str(n).encode()),
     st.one_of(st.none(), _TEXT.map(str.encode)),
-    st.one_of(st.none(), st.integers(-(10**10) + 1, 10**10 - 1).map(lambda n: f"{n / 100:.2f}".encode())),
+    st.one_of(
+        st.none(),
+        st.integers(-(10**12) + 1, 10**12 - 1).map(
+            lambda n: b"%s%d.%02d" % (b"-" * (n < 0), abs(n) // 100, abs(n) % 100)
+        ),
+        st.sampled_from([b"NaN", b"Infinity", b"-Infinity", b"0.00", b"-0.01", b"12.5", b"1e3", b"-.50"]),
+    ),
     st.one_of(
         st.none(),
         st.datetimes(datetime(1000, 1, 1)).map(lambda t: t.strftime("%Y-%m-%d %H:%M:%S.%f+00").encode()),
@@ -471,7 +477,7 @@ def test_copy_lines_encode_as_their_rows(rows: list[tuple[bytes | None, ...]], k
     gives the rows `row_reader` reads from the same COPY lines; only lines with an escape or a NULL
     go through the reader; a line that does not read fails as the reader fails."""
     from cdc import avro
-    from cdc.errors import DecodeError
+    from cdc.errors import DecodeError, SchemaError
     from cdc.events import SourceInfo, Table, TableColumn
     from cdc.pgtypes import column_type
 
@@ -500,6 +506,14 @@ def test_copy_lines_encode_as_their_rows(rows: list[tuple[bytes | None, ...]], k
         with pytest.raises(DecodeError) as raised:
             serializer.encode_lines(table, [*lines, bad], read, 0x16B3748, 5, "true")
         assert str(raised.value) == str(expected.value)
+    too_wide = b"1\tx\t12345678901.00\t\\N\tt\t7"  # reads, but has 13 digits for numeric(12,2)
+    with pytest.raises(SchemaError) as expected_schema:
+        serializer.encode_reads(table, [read(too_wide)], 0x16B3748, 5, "true")
+    with pytest.raises(SchemaError) as raised_schema:
+        serializer.encode_lines(
+            table, [*lines, too_wide.replace(b"\\N", b"infinity")], read, 0x16B3748, 5, "true"
+        )
+    assert str(raised_schema.value) == str(expected_schema.value)
 
 
 def test_snapshot_producers_linger_for_throughput() -> None:

@@ -52,6 +52,7 @@ from cdc.events import (
     snapshot_read,
     table_topic,
 )
+from cdc.pgtypes import text_form
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,8 @@ class AvroSerializer:
         if encode is None:
             types = [f["type"] for f in codec.value_fields]
             parsers = [column.type.parse for column in table.columns]
-            encode = codec.lines = _lines_encoder(types, codec.key_types, table.key_indexes, parsers)
+            forms = [text_form(column.type) for column in table.columns]
+            encode = codec.lines = _lines_encoder(types, codec.key_types, table.key_indexes, parsers, forms)
         out: list[tuple[bytes | None, bytes]] = []
         try:
             encode(lines, read, head, tail, codec.key_header or b"", out)

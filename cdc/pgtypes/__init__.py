@@ -69,6 +69,7 @@ from cdc.pgtypes.columns import (
     column_type,
     numeric_typmod,
     row_parser,
+    text_form,
 )
 from cdc.pgtypes.temporal import (
     DATE_INFINITY,
@@ -113,4 +114,5 @@ __all__ = [
     "format_year",
     "numeric_typmod",
     "row_parser",
+    "text_form",
 ]

@@ -457,6 +457,22 @@ def _builtin_type(oid: int, typmod: int) -> ColumnType | None:
     return None
 
 
+#: `text_form`'s answers: the value is the text decoded as UTF-8; the value is the Decimal of a
+#: numeric(p,s) text, which Postgres prints with exactly s fraction digits
+TEXT_FORM: Final = "text"
+DECIMAL_FORM: Final = "decimal"
+
+
+def text_form(column: ColumnType) -> str | None:
+    """How ``column``'s text output maps to its wire value, when an encoder may skip ``parse``
+    (`cdc.avro.encoding._lines_encoder`): `TEXT_FORM`, `DECIMAL_FORM` or None (parse it)."""
+    if column.parse is _text:
+        return TEXT_FORM
+    if column.parse is _decimal:
+        return DECIMAL_FORM
+    return None
+
+
 # -- rows ------------------------------------------------------------------------------------
 
 RowParser = Callable[[Sequence[ColumnValue]], list[Any]]
