@@ -416,7 +416,7 @@ class Serializer(Protocol):
         snapshot: str,
     ) -> list[tuple[bytes | None, bytes]]:
         """`encode_reads` of rows still in COPY text ``lines``; ``read`` turns one into its row.
-        A format may read them its own faster way (Avro); the others call `read_lines`."""
+        A format may read them its own faster way (Avro); the others are `ReadsLines`."""
         ...
 
     def encode_fixed(

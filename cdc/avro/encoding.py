@@ -459,7 +459,8 @@ def _new_lines_encoder(
 ) -> LinesEncoder:
     env = _encoder_env()
     names = "".join(f"v{i}, " for i in range(len(types)))
-    parts = "".join(f"{_column_expression(i, t, env)}, " for i, t in enumerate(types))
+    expressions = [_column_expression(i, t, env) for i, t in enumerate(types)]
+    parts = "".join(f"{e}, " for e in expressions)
     key = _key_expression(key_types, key_indexes, env)
     plain_parts, parse_plain = "", ""
     for i, (avro_type, column_parse, form) in enumerate(zip(types, parsers, forms, strict=True)):
@@ -467,9 +468,7 @@ def _new_lines_encoder(
         text = None if i in key_indexes else _text_expression(i, avro_type, form, env)
         if text is None:
             parse_plain += f"            v{i} = P{i}(v{i})\n"
-            plain_parts += f"{_column_expression(i, avro_type, env)}, "
-        else:
-            plain_parts += f"{text}, "
+        plain_parts += f"{expressions[i] if text is None else text}, "
     source = (
         "def encode(lines, read, head, tail, key_header, out):\n"
         "    append = out.append\n"
@@ -494,15 +493,14 @@ def _text_expression(index: int, avro_type: Any, form: str | None, env: dict[str
     branches = avro_type if isinstance(avro_type, list) else [avro_type]
     others = [(i, b) for i, b in enumerate(branches) if b != "null"]
     value, slot = f"v{index}", f"X{index}"
-    encoder = column_encoder(avro_type)
     if form == TEXT_FORM and len(others) == 1 and others[0][1] == "string":
         env[f"R{slot}"] = _long(others[0][0]) if isinstance(avro_type, list) else b""
-        env[f"G{slot}"] = encoder
+        env[f"G{slot}"] = column_encoder(avro_type)
         return f"(R{slot} + L(len({value})) + {value} if {value}.isascii() else G{slot}(P{index}({value})))"
     decimal = [b for _, b in others if logical_type(b) == "decimal" and kind_of(b) == "bytes"]
     if form == DECIMAL_FORM and len(others) == 2 and decimal and others[1][1] == "string":
         tag = _long(next(i for i, b in others if b is decimal[0]))
-        parse_it = env[f"P{index}"]
+        parse_it, encoder = env[f"P{index}"], column_encoder(avro_type)
         env[slot] = _text_decimal(
             int(decimal[0]["precision"]), int(decimal[0].get("scale", 0)), tag, lambda t: encoder(parse_it(t))
         )

@@ -83,8 +83,6 @@ class Chaos:
     _checkpoint_moments: int = 0
     large_rows: int = 30_000  # rows of the transaction kill9_large_transaction interrupts
     snapshot_lsn: int | None = None  # the initial snapshot's consistent point, when there was one
-    #: seconds a read_committed check waited for commit markers, each time it had to (`verify`)
-    marker_waits: list[float] = field(default_factory=list)
     _lag_stop: threading.Event = field(default_factory=threading.Event)
     _lag_thread: threading.Thread | None = None
 
@@ -150,7 +148,6 @@ class Chaos:
             time.sleep(0.5)
             report = self._verify(confirmed)
         if report.ok:
-            self.marker_waits.append(time.monotonic() - began)
             print(
                 f"read_committed: {first.violation_count} violations at the first read, none after "
                 f"{time.monotonic() - began:.1f} s (commit markers written after the commit returned)"
