@@ -54,6 +54,7 @@ from cdc.pgoutput import (
     Relation,
     ReplicaIdentity,
     Truncate,
+    TupleData,
     Type,
     Update,
     decode_copy_data,
@@ -476,8 +477,8 @@ class _Session:
     # -- messages, one handler each ---------------------------------------------------
 
     def _insert(self, message: Insert, lsn: int) -> None:
-        state = self._table(message.relation)
-        self._emit("c", state, None, state.parse(message.new), lsn)
+        # the row stays text: the writer's format may encode it from there (RecordWriter.write_text)
+        self._emit("c", self._table(message.relation), None, None, lsn, message.new)
 
     def _update(self, message: Update, lsn: int) -> None:
         state = self._table(message.relation)
@@ -655,15 +656,24 @@ class _Session:
     # -- producing ---------------------------------------------------------------------
 
     def _emit(
-        self, op: str, state: _TableState, before: list[Any] | None, after: list[Any] | None, lsn: int
+        self,
+        op: str,
+        state: _TableState,
+        before: list[Any] | None,
+        after: list[Any] | None,
+        lsn: int,
+        text: TupleData | None = None,
     ) -> bool:
-        """Write one change event; False when ``--skip-ops`` leaves its op out."""
+        """Write one change event; False when ``--skip-ops`` leaves its op out. ``text``: the after
+        row still as the server's text (``after`` None), parsed only where something needs it."""
         txn = self.txn
         entry = self.entry
         if txn is None or entry is None:
             raise DecodeError(f"{op} change outside a transaction", kind="pgoutput")
         table = state.table
         if table.relation_id == self.incremental.watched:
+            if text is not None:
+                after, text = state.parse(text), None
             self.incremental.changed(txn.xid, op, table, before, after)
         if op in self.skipped_ops:
             return False
@@ -674,7 +684,10 @@ class _Session:
             op, table, before, after, lsn, txn.commit_lsn, txn.xid, txn.commit_ts_ms,
             total, per_table, txn.id, "false", None, None, txn.commit_ts_us, txn.previous_end_lsn,
         )  # fmt: skip
-        size = self.writer.write(event, entry, state.topic)
+        if text is None:
+            size = self.writer.write(event, entry, state.topic)
+        else:
+            size = self.writer.write_text(event, text, state.parse, entry, state.topic)
         count = state.counts[op]
         count.events += 1
         count.bytes += size

@@ -25,7 +25,7 @@ import orjson
 
 from cdc import __version__
 from cdc.lsn import PG_EPOCH_US
-from cdc.pgoutput import Relation, ReplicaIdentity
+from cdc.pgoutput import Relation, ReplicaIdentity, TupleData
 from cdc.pgtypes import IDENTITY, ColumnType, TypeCatalog, column_type
 
 CONNECTOR: Final = "cdc"
@@ -416,7 +416,15 @@ class Serializer(Protocol):
         snapshot: str,
     ) -> list[tuple[bytes | None, bytes]]:
         """`encode_reads` of rows still in COPY text ``lines``; ``read`` turns one into its row.
-        A format may read them its own faster way (Avro); the others are `ReadsLines`."""
+        A format may read them its own faster way (Avro); the others are `ReadsText`."""
+        ...
+
+    def encode_text(
+        self, event: ChangeEvent, text: TupleData, parse: Callable[[TupleData], list[Any]]
+    ) -> tuple[bytes | None, bytes]:
+        """`encode` of a streamed event whose after row is still the server's ``text`` (``after``
+        and ``before`` None); ``parse`` turns it into the row. A format may encode it from the
+        text (Avro); the others are `ReadsText`."""
         ...
 
     def encode_fixed(
@@ -437,9 +445,9 @@ class Serializer(Protocol):
         ...
 
 
-class ReadsLines:
-    """`Serializer.encode_lines` as ``read`` then `Serializer.encode_reads`, for the formats
-    without a faster way (JSON, Debezium's)."""
+class ReadsText:
+    """`Serializer.encode_lines` and `Serializer.encode_text` as reading the text into rows, then
+    the general way: the formats without a faster one (JSON, Debezium's)."""
 
     def encode_lines(
         self: Serializer,
@@ -452,8 +460,14 @@ class ReadsLines:
     ) -> list[tuple[bytes | None, bytes]]:
         return self.encode_reads(table, [read(line) for line in lines], lsn, ts_ms, snapshot)
 
+    def encode_text(
+        self: Serializer, event: ChangeEvent, text: TupleData, parse: Callable[[TupleData], list[Any]]
+    ) -> tuple[bytes | None, bytes]:
+        event.after = parse(text)
+        return self.encode(event)
 
-class JsonSerializer(ReadsLines):
+
+class JsonSerializer(ReadsText):
     """``--format json``: the envelope as UTF-8 JSON, values rendered per type."""
 
     def __init__(self, topic_prefix: str, source: SourceInfo) -> None:

@@ -42,6 +42,7 @@ from cdc.kafka import (
     make_producer,
     read_schema_records,
 )
+from cdc.pgoutput import TupleData
 from cdc.shaping import deadletter
 from cdc.shaping.shaper import Outgoing, Shaper
 
@@ -63,6 +64,7 @@ class RecordWriter:
         self.records: Counter[str] = Counter()
         # the per-event path calls these: bound once
         self._encode = serializer.encode
+        self._encode_text = serializer.encode_text
         self._take_schemas = serializer.take_schema_records
         self._send = producer.send
         self.poll = producer.poll
@@ -99,6 +101,27 @@ class RecordWriter:
         if topic is None:
             topic = self.topics.of(event)
             self.producer.ensure_topic(topic)
+        return self._plain(topic, key, value, token)
+
+    def write_text(
+        self,
+        event: ChangeEvent,
+        text: TupleData,
+        parse: Callable[[TupleData], list[Any]],
+        token: InFlight,
+        topic: str,
+    ) -> int:
+        """`write` of a streamed event whose after row is still the server's ``text`` (``after`` and
+        ``before`` None; ``parse`` makes it the row): the format encodes it from the text where it
+        can (`Serializer.encode_text`); shaping gets the row."""
+        if self.shaper is not None:
+            event.after = parse(text)
+            return self._write_shaped(event, token, topic)
+        key, value = self._encode_text(event, text, parse)
+        return self._plain(topic, key, value, token)
+
+    def _plain(self, topic: str, key: bytes | None, value: bytes, token: InFlight) -> int:
+        """The plain path's record out: the schemas it needs first; returns its key's and value's bytes."""
         records = self._take_schemas()
         if records:
             self._publish_schemas(records)

@@ -34,6 +34,7 @@ from cdc.events import (
 )
 from cdc.pgoutput import ReplicaIdentity
 from cdc.pgtypes import BUILTIN_NAMES, ColumnType, column_type
+from tests.rowtext import COLUMNS, ROW_TEXT
 
 SOURCE = SourceInfo("test", "shop")
 NOW_MS = 1_700_000_000_123
@@ -723,3 +724,51 @@ def test_tables_of_one_shape_share_their_generated_row_encoder() -> None:
     decoder = RecordDecoder(serializer.registry)
     value = serializer.encode(event(second, "c", None, [3, "x"]))[1]
     assert decoder.decode(value)["after"] == {"id": 3, "note": "x"}
+
+
+@given(st.lists(ROW_TEXT, max_size=30), st.sampled_from([("id",), ("qty", "id"), ()]))
+@settings(max_examples=150, deadline=None)
+def test_streamed_text_encodes_as_its_row(rows: list[tuple[bytes | None, ...]], keys: tuple[str, ...]) -> None:
+    """`encode_text` (a streamed row encoded from its pgoutput text in one generated call) gives
+    what `encode` gives for the row `row_parser` makes of the same text; what it cannot encode (an unchanged TOAST value, a binary value, text that
+    does not parse, a numeric too wide) fails or comes out exactly as the general way has it."""
+    from cdc.errors import DecodeError
+    from cdc.pgoutput import UNCHANGED, Binary
+    from cdc.pgtypes import row_parser
+
+    if "qty" in keys:  # a key column is never null
+        rows = [(*r[:5], b"7" if r[5] is None else r[5]) for r in rows]
+    table = Table(7, "public", "lines", 1 if keys else 0,
+                  [TableColumn(n, column_type(oid, mod), n in keys) for n, oid, mod in COLUMNS])  # fmt: skip
+    parse = row_parser([c.type for c in table.columns])
+    serializer = avro.AvroSerializer("shop", SourceInfo("test", "shop"))
+
+    def event(order: int, after: list[Any] | None = None) -> ChangeEvent:
+        return ChangeEvent("c", table, None, after, 0x16B3748 + order, 0x16B4000, 7, 5, order, order, "7:1")
+
+    def both(order: int, text: list[Any]) -> tuple[Any, Any]:
+        """(encode_text's result, the general way's), each a record or the error it raised."""
+        results: list[Any] = []
+        for way in ("text", "general"):
+            try:
+                if way == "text":
+                    results.append(serializer.encode_text(event(order), list(text), parse, now_ms=9))
+                else:
+                    results.append(serializer.encode(event(order, parse(list(text))), now_ms=9))
+            except (DecodeError, SchemaError) as exc:
+                results.append((type(exc), str(exc)))
+        return results[0], results[1]
+
+    for order, row in enumerate(rows):
+        got, want = both(order, list(row))
+        assert isinstance(want, tuple) and isinstance(want[1], bytes)  # these rows all encode
+        assert got == want
+    fine = [b"1", b"x", b"1.00", None, b"t", b"7"]
+    odd = [(2, b"12345678901.00"), (3, b"yesterday"), (1, UNCHANGED), (2, UNCHANGED), (3, Binary(b"\0")),
+           (5, b"seven"), (0, b""), (0, None)]  # fmt: skip
+    for index, value in odd:  # 13 digits for numeric(12,2), not a timestamp, ...
+        text = list(fine)
+        text[index] = value
+        got, want = both(len(rows), text)
+        assert got == want
+        assert isinstance(want[0], type) or value is None  # each fails the general way (but NULL)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from psycopg import sql
 from cdc.lsn import parse_lsn
 from cdc.snapshot import tables, workers
 from tests.fix_servers import BrokerHandle, TestDb
+from tests.rowtext import COLUMNS, ROW_TEXT
 from tests.pipeline import Record, read_topics, rebuild, settings_for, source_rows, wait_caught_up
 from tests.snapshotting import Writers, version_problems
 from tests.support import ConnectorProcess, running, wait_until
@@ -448,29 +448,7 @@ def _copy_text(value: bytes | None) -> bytes:
     return value
 
 
-_CHARS = st.characters(min_codepoint=1, max_codepoint=0x2FFF)  # no NUL, no surrogate
-_TEXT = st.text(_CHARS, max_size=12)
-_LINE_VALUES = st.tuples(
-    st.integers(-(2**63), 2**63 - 1).map(lambda n: str(n).encode()),
-    st.one_of(st.none(), _TEXT.map(str.encode)),
-    st.one_of(
-        st.none(),
-        st.integers(-(10**12) + 1, 10**12 - 1).map(
-            lambda n: b"%s%d.%02d" % (b"-" * (n < 0), abs(n) // 100, abs(n) % 100)
-        ),
-        st.sampled_from([b"NaN", b"Infinity", b"-Infinity", b"0.00", b"-0.01", b"12.5", b"1e3", b"-.50"]),
-    ),
-    st.one_of(
-        st.none(),
-        st.datetimes(datetime(1000, 1, 1)).map(lambda t: t.strftime("%Y-%m-%d %H:%M:%S.%f+00").encode()),
-        st.sampled_from([b"infinity", b"-infinity", b"2026-12-04 13:38:00+05:30"]),
-    ),
-    st.one_of(st.none(), st.sampled_from([b"t", b"f"])),
-    st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1).map(lambda n: str(n).encode())),
-)
-
-
-@given(st.lists(_LINE_VALUES, max_size=40), st.sampled_from([("id",), ("qty", "id"), ()]))
+@given(st.lists(ROW_TEXT, max_size=40), st.sampled_from([("id",), ("qty", "id"), ()]))
 @settings(max_examples=150, deadline=None)
 def test_copy_lines_encode_as_their_rows(rows: list[tuple[bytes | None, ...]], keys: tuple[str, ...]) -> None:
     """`encode_lines` (read and encoded in one generated loop) gives the records `encode_reads`
@@ -481,12 +459,10 @@ def test_copy_lines_encode_as_their_rows(rows: list[tuple[bytes | None, ...]], k
     from cdc.events import SourceInfo, Table, TableColumn
     from cdc.pgtypes import column_type
 
-    columns = [("id", 20, -1), ("note", 25, -1), ("amount", 1700, ((12 << 16) | 2) + 4),
-               ("at", 1184, -1), ("active", 16, -1), ("qty", 23, -1)]  # fmt: skip
     if "qty" in keys:  # a key column is never null
         rows = [(*r[:5], b"7" if r[5] is None else r[5]) for r in rows]
     table = Table(7, "public", "lines", 1 if keys else 0,
-                  [TableColumn(n, column_type(oid, mod), n in keys) for n, oid, mod in columns])  # fmt: skip
+                  [TableColumn(n, column_type(oid, mod), n in keys) for n, oid, mod in COLUMNS])  # fmt: skip
     lines = [b"\t".join(_copy_text(v) for v in row) for row in rows]
     read = tables.row_reader(table)
     slow: list[bytes] = []

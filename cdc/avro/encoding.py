@@ -462,13 +462,8 @@ def _new_lines_encoder(
     expressions = [_column_expression(i, t, env) for i, t in enumerate(types)]
     parts = "".join(f"{e}, " for e in expressions)
     key = _key_expression(key_types, key_indexes, env)
-    plain_parts, parse_plain = "", ""
-    for i, (avro_type, column_parse, form) in enumerate(zip(types, parsers, forms, strict=True)):
-        env[f"P{i}"] = column_parse
-        text = None if i in key_indexes else _text_expression(i, avro_type, form, env)
-        if text is None:
-            parse_plain += f"            v{i} = P{i}(v{i})\n"
-        plain_parts += f"{expressions[i] if text is None else text}, "
+    parse_plain, plain, _ = _from_text(types, key_indexes, parsers, forms, expressions, env, "P{i}(v{i})")
+    plain_parts = "".join(f"{part}, " for part in plain)
     source = (
         "def encode(lines, read, head, tail, key_header, out):\n"
         "    append = out.append\n"
@@ -478,10 +473,103 @@ def _new_lines_encoder(
         f"            append(({key}, join((head, {parts}tail))))\n"
         "        else:\n"
         f"            {names}= line.split(b'\\t')\n"
-        f"{parse_plain}"
+        f"{_indented(parse_plain, 12)}"
         f"            append(({key}, join((head, {plain_parts}tail))))\n"
     )
     encode: LinesEncoder = _compiled(source, env, "lines encoder")
+    return encode
+
+
+def _from_text(
+    types: list[Any],
+    key_indexes: Sequence[int],
+    parsers: Sequence[Callable[[bytes], Any]],
+    forms: Sequence[str | None],
+    expressions: list[str],
+    env: dict[str, Any],
+    parse: str,
+) -> tuple[list[str], list[str], list[int]]:
+    """How a generated encoder gets a row's parts from the text ``v<i>``: the statements parsing
+    the columns that need it (``parse``, a template of ``i``, then their ``expressions``), the
+    parts, and the columns encoded straight from their text (`_text_expression`: those with a text
+    form, outside the key). Each column's parse function is ``P<i>``."""
+    statements: list[str] = []
+    parts: list[str] = []
+    from_text: list[int] = []
+    for i, (avro_type, column_parse, form) in enumerate(zip(types, parsers, forms, strict=True)):
+        env[f"P{i}"] = column_parse
+        text = None if i in key_indexes else _text_expression(i, avro_type, form, env)
+        if text is None:
+            statements.append(f"v{i} = {parse.format(i=i)}")
+            parts.append(expressions[i])
+        else:
+            parts.append(text)
+            from_text.append(i)
+    return statements, parts, from_text
+
+
+def _indented(statements: list[str], indent: int) -> str:
+    return "".join(f"{' ' * indent}{statement}\n" for statement in statements)
+
+
+#: (the server's text of a row's columns, key header) -> (key or None, the row's Avro bytes)
+TextEncoder = Callable[[Sequence[Any], bytes], tuple[bytes | None, bytes]]
+
+#: generated text encoders, keyed as `_LINES_ENCODERS`
+_TEXT_ENCODERS: dict[str, TextEncoder] = {}
+
+
+def _text_encoder(
+    types: list[Any],
+    key_types: list[Any] | None,
+    key_indexes: Sequence[int],
+    parsers: Sequence[Callable[[bytes], Any]],
+    forms: Sequence[str | None],
+) -> TextEncoder:
+    """A generated function encoding a streamed row from its pgoutput text (a `TupleData`: bytes,
+    or None for NULL) and its key, with no row of values between: `_lines_encoder`'s columns, one
+    call per row. A value of any other kind (an unchanged TOAST value, a binary one) or text that
+    does not encode raises: the caller goes the general way then (parse, then `encode`), which gives
+    the same bytes or raises the error naming the column. Keyed and kept as `_lines_encoder`."""
+    cache_key = repr((types, key_types, list(key_indexes), [id(p) for p in parsers], list(forms)))
+    return _generated(
+        _TEXT_ENCODERS, cache_key, lambda: _new_text_encoder(types, key_types, key_indexes, parsers, forms)
+    )
+
+
+def _null_only(value: Any) -> None:
+    """A column value of a `TupleData` that is not text: None (NULL) stays; anything else (an
+    unchanged TOAST value, a binary one) is for the general path."""
+    if value is not None:
+        raise TypeError(f"a {type(value).__name__}, not text")
+
+
+def _new_text_encoder(
+    types: list[Any],
+    key_types: list[Any] | None,
+    key_indexes: Sequence[int],
+    parsers: Sequence[Callable[[bytes], Any]],
+    forms: Sequence[str | None],
+) -> TextEncoder:
+    env = _encoder_env()
+    env["C"] = _null_only
+    names = "".join(f"v{i}, " for i in range(len(types)))
+    expressions = [_column_expression(i, t, env) for i, t in enumerate(types)]
+    key = _key_expression(key_types, key_indexes, env)
+    text_or_null = "P{i}(v{i}) if v{i}.__class__ is bytes else C(v{i})"
+    parse, parts, from_text = _from_text(types, key_indexes, parsers, forms, expressions, env, text_or_null)
+    for i in from_text:  # NULL is None here (a COPY line with one goes to the row reader)
+        branches = types[i] if isinstance(types[i], list) else [types[i]]
+        if "null" in branches:
+            env[f"NX{i}"] = _long(branches.index("null"))
+            parts[i] = f"(NX{i} if v{i} is None else {parts[i]})"
+    source = (
+        "def encode(values, key_header):\n"
+        f"    {names}= values\n"
+        f"{_indented(parse, 4)}"
+        f"    return {key}, join(({''.join(f'{part}, ' for part in parts)}))\n"
+    )
+    encode: TextEncoder = _compiled(source, env, "text encoder")
     return encode
 
 

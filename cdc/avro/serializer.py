@@ -18,6 +18,7 @@ from cdc.avro.encoding import (
     Encoder,
     LinesEncoder,
     ReadsEncoder,
+    TextEncoder,
     _bytes,
     _fastavro_encoder,
     _lines_encoder,
@@ -26,6 +27,7 @@ from cdc.avro.encoding import (
     _reads_encoder,
     _row_encoder,
     _string,
+    _text_encoder,
     column_encoder,
 )
 from cdc.avro.registry import RegisteredSchema, SchemaRegistry, encode_schema_record
@@ -52,6 +54,7 @@ from cdc.events import (
     snapshot_read,
     table_topic,
 )
+from cdc.pgoutput import TupleData
 from cdc.pgtypes import text_form
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,7 @@ class _TableCodec:
     key_types: list[Any] | None
     reads: ReadsEncoder | None = None  # a batch of snapshot rows (`encode_reads`), made when first used
     lines: LinesEncoder | None = None  # the same from COPY text lines (`encode_lines`)
+    text: TextEncoder | None = None  # a streamed row from its pgoutput text (`encode_text`)
 
 
 class AvroSerializer:
@@ -137,6 +141,39 @@ class AvroSerializer:
             if values is not None:
                 key = self._encode_key(codec, values)
         return key, value
+
+    def encode_text(
+        self,
+        event: ChangeEvent,
+        text: TupleData,
+        parse: Callable[[TupleData], list[Any]],
+        now_ms: int | None = None,
+    ) -> tuple[bytes | None, bytes]:
+        """`encode` of an event whose after row is still the server's ``text`` (``event.after`` is
+        None, and so is its before row), encoded from it in one generated call (`_text_encoder`):
+        no row of values, no Decimal, no decoding of ASCII text. Anything it cannot encode goes
+        the general way, ``parse`` and then `encode`, which raises the error naming the column."""
+        table = event.table
+        assert table is not None
+        codec = self._codecs.get(table.relation_id)
+        if codec is None or codec.table is not table:
+            codec = self._codec(table)
+        encode = codec.text
+        if encode is None:
+            if not table.columns:
+                event.after = parse(text)
+                return self.encode(event, now_ms)
+            types = [f["type"] for f in codec.value_fields]
+            parsers = [column.type.parse for column in table.columns]
+            forms = [text_form(column.type) for column in table.columns]
+            encode = codec.text = _text_encoder(types, codec.key_types, table.key_indexes, parsers, forms)
+        try:
+            key, row = encode(text, codec.key_header or b"")
+        except Exception:  # the general path raises what it was, naming the column
+            event.after = parse(text)
+            return self.encode(event, now_ms)
+        tail = self._tail(event, now_ms)
+        return key, b"".join((codec.value_header, b"\x00\x02", row, codec.source_head, *tail))
 
     def encode_key(self, table: Table, key: list[Any]) -> bytes | None:
         """The key alone (for tombstones); None when ``table`` has no key."""

@@ -46,7 +46,7 @@ from cdc.debezium.envelope import (
 )
 from cdc.debezium.types import Options, unscaled_bytes, unscaled_of
 from cdc.errors import SchemaError
-from cdc.events import ChangeEvent, ReadsLines, SourceInfo, Table, encode_each_read
+from cdc.events import ChangeEvent, ReadsText, SourceInfo, Table, encode_each_read
 
 
 def options_of(settings: Settings) -> Options:
@@ -84,7 +84,7 @@ class _JsonCodec:
     key_schema: bytes
 
 
-class DebeziumJsonSerializer(ReadsLines):
+class DebeziumJsonSerializer(ReadsText):
     """Events as Debezium writes them through Kafka Connect's JsonConverter.
 
     ``schemas``: ``schemas.enable`` (each key and value ``{"schema": ..., "payload": ...}``, what
@@ -229,7 +229,7 @@ class _AvroCodec:
     names: bytes  # schema, table
 
 
-class DebeziumAvroSerializer(ReadsLines):
+class DebeziumAvroSerializer(ReadsText):
     """Events as Debezium writes them through the AvroConverter and a Schema Registry.
 
     Schemas are Debezium's Connect schemas as Avro (`cdc.debezium.avro`), registered under
