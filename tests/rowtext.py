@@ -38,5 +38,3 @@ ROW_TEXT = st.tuples(
     st.one_of(st.none(), st.sampled_from([b"t", b"f"])),
     st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1).map(lambda n: str(n).encode())),
 )
-
-

@@ -728,10 +728,13 @@ def test_tables_of_one_shape_share_their_generated_row_encoder() -> None:
 
 @given(st.lists(ROW_TEXT, max_size=30), st.sampled_from([("id",), ("qty", "id"), ()]))
 @settings(max_examples=150, deadline=None)
-def test_streamed_text_encodes_as_its_row(rows: list[tuple[bytes | None, ...]], keys: tuple[str, ...]) -> None:
+def test_streamed_text_encodes_as_its_row(
+    rows: list[tuple[bytes | None, ...]], keys: tuple[str, ...]
+) -> None:
     """`encode_text` (a streamed row encoded from its pgoutput text in one generated call) gives
-    what `encode` gives for the row `row_parser` makes of the same text; what it cannot encode (an unchanged TOAST value, a binary value, text that
-    does not parse, a numeric too wide) fails or comes out exactly as the general way has it."""
+    what `encode` gives for the row `row_parser` makes of the same text; what it cannot encode (an
+    unchanged TOAST value, a binary value, text that does not parse, a numeric too wide) fails or
+    comes out exactly as the general way has it."""
     from cdc.errors import DecodeError
     from cdc.pgoutput import UNCHANGED, Binary
     from cdc.pgtypes import row_parser
@@ -763,7 +766,7 @@ def test_streamed_text_encodes_as_its_row(rows: list[tuple[bytes | None, ...]], 
         got, want = both(order, list(row))
         assert isinstance(want, tuple) and isinstance(want[1], bytes)  # these rows all encode
         assert got == want
-    fine = [b"1", b"x", b"1.00", None, b"t", b"7"]
+    fine: list[Any] = [b"1", b"x", b"1.00", None, b"t", b"7"]
     odd = [(2, b"12345678901.00"), (3, b"yesterday"), (1, UNCHANGED), (2, UNCHANGED), (3, Binary(b"\0")),
            (5, b"seven"), (0, b""), (0, None)]  # fmt: skip
     for index, value in odd:  # 13 digits for numeric(12,2), not a timestamp, ...

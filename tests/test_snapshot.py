@@ -16,8 +16,8 @@ from psycopg import sql
 from cdc.lsn import parse_lsn
 from cdc.snapshot import tables, workers
 from tests.fix_servers import BrokerHandle, TestDb
-from tests.rowtext import COLUMNS, ROW_TEXT
 from tests.pipeline import Record, read_topics, rebuild, settings_for, source_rows, wait_caught_up
+from tests.rowtext import COLUMNS, ROW_TEXT
 from tests.snapshotting import Writers, version_problems
 from tests.support import ConnectorProcess, running, wait_until
 
