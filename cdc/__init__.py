@@ -13,6 +13,8 @@ HOT_MODULES = (
     "cdc.pgtypes.temporal",
     "cdc.avro.encoding",
     "cdc.writer",
+    "cdc.avro.serializer",
+    "cdc.connector",
 )
 
 
