@@ -482,6 +482,10 @@ class _Session:
 
     def _update(self, message: Update, lsn: int) -> None:
         state = self._table(message.relation)
+        if message.old is None and UNCHANGED not in message.new:
+            # no old row (so no key change) and nothing to fill in: the row stays text, as an insert's
+            self._emit("u", state, None, None, lsn, message.new)
+            return
         after = state.parse(message.new)
         before = None
         if message.old is not None:

@@ -731,10 +731,10 @@ def test_tables_of_one_shape_share_their_generated_row_encoder() -> None:
 def test_streamed_text_encodes_as_its_row(
     rows: list[tuple[bytes | None, ...]], keys: tuple[str, ...]
 ) -> None:
-    """`encode_text` (a streamed row encoded from its pgoutput text in one generated call) gives
-    what `encode` gives for the row `row_parser` makes of the same text; what it cannot encode (an
-    unchanged TOAST value, a binary value, text that does not parse, a numeric too wide) fails or
-    comes out exactly as the general way has it."""
+    """`encode_text` (a streamed insert's or update's row encoded from its pgoutput text in one
+    generated call) gives what `encode` gives for the row `row_parser` makes of the same text; what
+    it cannot encode (an unchanged TOAST value, a binary value, text that does not parse, a numeric
+    too wide) fails or comes out exactly as the general way has it."""
     from cdc.errors import DecodeError
     from cdc.pgoutput import UNCHANGED, Binary
     from cdc.pgtypes import row_parser
@@ -747,7 +747,8 @@ def test_streamed_text_encodes_as_its_row(
     serializer = avro.AvroSerializer("shop", SourceInfo("test", "shop"))
 
     def event(order: int, after: list[Any] | None = None) -> ChangeEvent:
-        return ChangeEvent("c", table, None, after, 0x16B3748 + order, 0x16B4000, 7, 5, order, order, "7:1")
+        op = "cu"[order % 2]  # inserts, and updates without an old row
+        return ChangeEvent(op, table, None, after, 0x16B3748 + order, 0x16B4000, 7, 5, order, order, "7:1")
 
     def both(order: int, text: list[Any]) -> tuple[Any, Any]:
         """(encode_text's result, the general way's), each a record or the error it raised."""
