@@ -174,6 +174,8 @@ class Connector:
             slots.check_heartbeat_query(conn, s)
             slot = replication.find_slot(conn, s.slot)
             if slot is not None:
+                slot = replication.await_release(conn, slot)  # a connector that just stopped
+            if slot is not None:
                 replication.validate_slot(conn, slot)
                 slot = slots.unless_lost(conn, s, slot, self.status, self.slot_lost)
                 self.slot_lost = ""

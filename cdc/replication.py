@@ -132,6 +132,36 @@ def find_slot(conn: psycopg.Connection[Any], slot: str) -> SlotInfo | None:
     )
 
 
+#: how long a start waits for a slot another walsender still holds (see `await_release`)
+SLOT_RELEASE_WAIT = 5.0
+
+
+def await_release(
+    conn: psycopg.Connection[Any], slot: SlotInfo, timeout: float = SLOT_RELEASE_WAIT
+) -> SlotInfo | None:
+    """``slot`` once no walsender holds it, or as it is after ``timeout`` seconds (None: dropped
+    meanwhile).
+
+    A connector that has just stopped closes its replication connection, but its walsender lets
+    go of the slot only when it exits, a moment later: a start right after a stop (a restart) would
+    find the slot active. A slot held longer than that belongs to a running connector, which
+    `validate_slot` then refuses."""
+    if not slot.active:
+        return slot
+    log.info(
+        "slot %s is held by process %s; waiting up to %g s for it to be released",
+        slot.name, slot.active_pid, timeout,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        found = find_slot(conn, slot.name)
+        if found is None or not found.active:
+            return found
+        slot = found
+    return slot
+
+
 def validate_slot(conn: psycopg.Connection[Any], slot: SlotInfo) -> None:
     database = current_database(conn)
     if slot.slot_type != "logical" or slot.plugin != "pgoutput":

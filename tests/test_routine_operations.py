@@ -117,3 +117,35 @@ def test_a_listed_table_that_leaves_the_publication_comes_back_exact(
     records = read_topics(broker.bootstrap_servers, [topic])
     assert rebuild(records)[topic] == source_rows(db, "public.items", ["id"])
     assert [r.value["op"] for r in records if r.value and r.value["op"] == "t"] == ["t"]
+
+
+def test_a_start_waits_for_a_slot_a_stopping_walsender_still_holds(db_latest: TestDb) -> None:
+    """A walsender lets go of its slot only when it exits, a moment after its client closed: a
+    start right after a stop waits for that (`await_release`) instead of refusing the slot as
+    another connector's; a slot still held when the wait ends comes back held, for
+    `validate_slot` to refuse. (CI saw the refusal once, in a restart loop of test_connector.)"""
+    import threading
+
+    from cdc.pg import connect
+    from cdc.replication import await_release, find_slot
+
+    name = "leaving_" + secrets.token_hex(3)
+    db_latest.execute(f"CREATE PUBLICATION {name}")
+    holder = ReplicationConnection(db_latest.dsn, "leaving")
+    try:
+        holder.create_slot(name)
+        holder.start(name, name)
+        with connect(db_latest.dsn) as conn:
+            slot = find_slot(conn, name)
+            assert slot is not None and slot.active
+            held = await_release(conn, slot, timeout=0.3)
+            assert held is not None and held.active and held.active_pid == slot.active_pid
+            closing = threading.Timer(0.5, holder.close)
+            closing.start()
+            released = await_release(conn, slot, timeout=30)
+            closing.join()
+            assert released is not None and not released.active and released.name == name
+    finally:
+        holder.close()
+        db_latest.execute(f"SELECT pg_drop_replication_slot('{name}')")
+        db_latest.execute(f"DROP PUBLICATION {name}")
