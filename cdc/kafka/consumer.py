@@ -197,9 +197,12 @@ class TopicReader:
                     for p in sorted(self._consumer.partitions_for_topic(t) or ())
                 ]
                 self._consumer.assign(partitions)
-                if from_beginning:
+                # none yet (a topic the broker has listed but not described): `new_partitions` takes
+                # them on later; kafka-python seeks every assigned partition when given none, and
+                # refuses when none is assigned
+                if partitions and from_beginning:
                     self._consumer.seek_to_beginning(*partitions)
-                else:
+                elif partitions:
                     self._consumer.seek_to_end(*partitions)
             else:
                 listener = None if rebalance is None else _listener(rebalance)
