@@ -444,10 +444,22 @@ def _lines_encoder(
     `cdc.pgtypes.text_form`) says how its text maps to its value, and not in the key, is encoded
     from its text directly (`_text_expression`). The key holds the parse functions by id: its
     entry keeps them (in its globals), so no id is reused while it exists."""
-    cache_key = repr((types, key_types, list(key_indexes), [id(p) for p in parsers], list(forms)))
+    cache_key = _text_key(types, key_types, key_indexes, parsers, forms)
     return _generated(
         _LINES_ENCODERS, cache_key, lambda: _new_lines_encoder(types, key_types, key_indexes, parsers, forms)
     )
+
+
+def _text_key(
+    types: list[Any],
+    key_types: list[Any] | None,
+    key_indexes: Sequence[int],
+    parsers: Sequence[Callable[[bytes], Any]],
+    forms: Sequence[str | None],
+) -> str:
+    """The cache key of an encoder that reads text (`_lines_encoder`, `_text_encoder`): its reads
+    encoder's key, and its columns' parse functions by id (kept alive in the entry's globals)."""
+    return repr((types, key_types, list(key_indexes), [id(p) for p in parsers], list(forms)))
 
 
 def _new_lines_encoder(
@@ -531,7 +543,7 @@ def _text_encoder(
     call per row. A value of any other kind (an unchanged TOAST value, a binary one) or text that
     does not encode raises: the caller goes the general way then (parse, then `encode`), which gives
     the same bytes or raises the error naming the column. Keyed and kept as `_lines_encoder`."""
-    cache_key = repr((types, key_types, list(key_indexes), [id(p) for p in parsers], list(forms)))
+    cache_key = _text_key(types, key_types, key_indexes, parsers, forms)
     return _generated(
         _TEXT_ENCODERS, cache_key, lambda: _new_text_encoder(types, key_types, key_indexes, parsers, forms)
     )
