@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -398,7 +399,14 @@ def _key_expression(key_types: list[Any] | None, key_indexes: Sequence[int], env
     """The key's bytes from the row's ``v<index>`` names: ``key_header`` and its columns; "None" keyless."""
     if key_types is None:
         return "None"
-    columns = (_column_expression(i, t, env, "k") for i, t in zip(key_indexes, key_types, strict=True))
+    columns = [_column_expression(i, t, env, "k") for i, t in zip(key_indexes, key_types, strict=True)]
+    return _key_join(columns)
+
+
+def _key_join(columns: list[str]) -> str:
+    """``key_header`` and the key's column expressions: one column (nearly every key) without a join."""
+    if len(columns) == 1:
+        return f"key_header + {columns[0]}"
     return f"key_header + join(({''.join(f'{c}, ' for c in columns)}))"
 
 
@@ -524,8 +532,9 @@ def _indented(statements: list[str], indent: int) -> str:
     return "".join(f"{' ' * indent}{statement}\n" for statement in statements)
 
 
-#: (the server's text of a row's columns, key header) -> (key or None, the row's Avro bytes)
-TextEncoder = Callable[[Sequence[Any], bytes], tuple[bytes | None, bytes]]
+#: (the server's text of a row's columns, key header, the value's bytes before the row, the source
+#: block's head and the parts after it) -> (key or None, the value): the whole record in one join
+TextEncoder = Callable[[Sequence[Any], bytes, bytes, bytes, tuple[bytes, ...]], tuple[bytes | None, bytes]]
 
 #: generated text encoders, keyed as `_LINES_ENCODERS`
 _TEXT_ENCODERS: dict[str, TextEncoder] = {}
@@ -567,7 +576,6 @@ def _new_text_encoder(
     env["C"] = _null_only
     names = "".join(f"v{i}, " for i in range(len(types)))
     expressions = [_column_expression(i, t, env) for i, t in enumerate(types)]
-    key = _key_expression(key_types, key_indexes, env)
     text_or_null = "P{i}(v{i}) if v{i}.__class__ is bytes else C(v{i})"
     parse, parts, from_text = _from_text(types, key_indexes, parsers, forms, expressions, env, text_or_null)
     for i in from_text:  # NULL is None here (a COPY line with one goes to the row reader)
@@ -575,11 +583,21 @@ def _new_text_encoder(
         if "null" in branches:
             env[f"NX{i}"] = _long(branches.index("null"))
             parts[i] = f"(NX{i} if v{i} is None else {parts[i]})"
+    key = "None"
+    if key_types is not None:
+        columns = [_column_expression(i, t, env, "k") for i, t in zip(key_indexes, key_types, strict=True)]
+        for i, column in zip(key_indexes, columns, strict=True):
+            if column == f"L(v{i})":  # a long key column: its varint once, for the key and the value
+                parse.append(f"k{i} = L(v{i})")
+                mine = re.compile(rf"\bL\(v{i}\)")
+                parts = [mine.sub(f"k{i}", part) for part in parts]
+                columns = [mine.sub(f"k{i}", c) for c in columns]
+        key = _key_join(columns)
     source = (
-        "def encode(values, key_header):\n"
+        "def encode(values, key_header, head, source_head, tail):\n"
         f"    {names}= values\n"
         f"{_indented(parse, 4)}"
-        f"    return {key}, join(({''.join(f'{part}, ' for part in parts)}))\n"
+        f"    return {key}, join((head, {''.join(f'{part}, ' for part in parts)}source_head, *tail))\n"
     )
     encode: TextEncoder = _compiled(source, env, "text encoder")
     return encode

@@ -76,6 +76,7 @@ class _TableCodec:
     reads: ReadsEncoder | None = None  # a batch of snapshot rows (`encode_reads`), made when first used
     lines: LinesEncoder | None = None  # the same from COPY text lines (`encode_lines`)
     text: TextEncoder | None = None  # a streamed row from its pgoutput text (`encode_text`)
+    text_head: bytes = b""  # its value's bytes before the row: the header, no before row, an after row
 
 
 class AvroSerializer:
@@ -167,13 +168,14 @@ class AvroSerializer:
             parsers = [column.type.parse for column in table.columns]
             forms = [text_form(column.type) for column in table.columns]
             encode = codec.text = _text_encoder(types, codec.key_types, table.key_indexes, parsers, forms)
+            codec.text_head = codec.value_header + b"\x00\x02"
         try:
-            key, row = encode(text, codec.key_header or b"")
+            return encode(
+                text, codec.key_header or b"", codec.text_head, codec.source_head, self._tail(event, now_ms)
+            )
         except Exception:  # the general path raises what it was, naming the column
             event.after = parse(text)
             return self.encode(event, now_ms)
-        tail = self._tail(event, now_ms)
-        return key, b"".join((codec.value_header, b"\x00\x02", row, codec.source_head, *tail))
 
     def encode_key(self, table: Table, key: list[Any]) -> bytes | None:
         """The key alone (for tombstones); None when ``table`` has no key."""
