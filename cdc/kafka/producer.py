@@ -513,6 +513,10 @@ class KafkaPythonProducer:
         self.known_topics.update(wanted)
 
 
+#: librdkafka's RD_KAFKA_PARTITION_UA, confluent-kafka's default partition: its partitioner chooses
+_ANY_PARTITION: Final = -1
+
+
 class ConfluentProducer:
     """confluent-kafka's Producer (librdkafka): idempotent, acks=all."""
 
@@ -617,9 +621,14 @@ class ConfluentProducer:
         token: InFlight,
         headers: Headers | None = None,
     ) -> None:
-        done = self._callback(token)
+        done = self._token_callback if token is self._token else self._callback(token)
         try:
-            self.producer.produce(topic, value=value, key=key, on_delivery=done, headers=headers)
+            if headers is None:
+                # positional: confluent-kafka 2.16 took 0.40 us a record so, 0.81 with the same
+                # arguments by keyword (its keyword parsing; 200,000 records, no broker)
+                self.producer.produce(topic, value, key, _ANY_PARTITION, done)
+            else:
+                self.producer.produce(topic, value=value, key=key, on_delivery=done, headers=headers)
         except (BufferError, self._ck.KafkaException):
             # off the per-record path: wait for room, or raise the error as a SinkError
             self._enqueue(topic, key, value, done, headers)
