@@ -176,11 +176,27 @@ class LogicalMessage:
         return bool(self.flags & 1)
 
 
-@dataclass(slots=True)
 class Insert:
-    relation: Relation
-    new: TupleData
-    xid: int | None = None
+    """A plain class where the other messages are dataclasses: the one message of every inserted
+    row. Compiled (mypyc), a dataclass is still built by its generated Python ``__init__``, this
+    one natively: `Decoder.decode_xlogdata` of the bench's stream (its inserts) 0.69 -> 0.50 us."""
+
+    __slots__ = ("new", "relation", "xid")
+
+    def __init__(self, relation: Relation, new: TupleData, xid: int | None = None) -> None:
+        self.relation = relation
+        self.new = new
+        self.xid = xid
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Insert):
+            return NotImplemented
+        return self.relation == other.relation and self.new == other.new and self.xid == other.xid
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclasses are
+
+    def __repr__(self) -> str:
+        return f"Insert(relation={self.relation!r}, new={self.new!r}, xid={self.xid!r})"
 
 
 @dataclass(slots=True)
