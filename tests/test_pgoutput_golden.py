@@ -199,6 +199,7 @@ def test_dml_type_messages_keepalive_and_status(db: TestDb) -> None:
         assert delete_t == Delete(rel_t, [b"2", None, None, None, None], ord("K"), None)
         assert delete_f == Delete(rel_f, [b"7", None], ord("O"), None)
 
+        assert isinstance(plain.message, LogicalMessage)
         assert plain.message == LogicalMessage(0, plain_lsn, "cdc", b"plain", None)
         assert not plain.message.transactional
         assert plain.frame.wal_start == plain_lsn
