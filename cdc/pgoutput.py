@@ -134,19 +134,30 @@ class Relation:
     xid: int | None = None
 
 
-@dataclass(slots=True)
+@dataclass(init=False, slots=True)
 class Begin:
     final_lsn: int  # the commit LSN of the transaction
     commit_ts: int  # microseconds since 2000-01-01 UTC
     xid: int
 
+    def __init__(self, final_lsn: int, commit_ts: int, xid: int) -> None:  # native: the note before Insert
+        self.final_lsn = final_lsn
+        self.commit_ts = commit_ts
+        self.xid = xid
 
-@dataclass(slots=True)
+
+@dataclass(init=False, slots=True)
 class Commit:
     flags: int
     commit_lsn: int
     end_lsn: int
     commit_ts: int
+
+    def __init__(self, flags: int, commit_lsn: int, end_lsn: int, commit_ts: int) -> None:
+        self.flags = flags
+        self.commit_lsn = commit_lsn
+        self.end_lsn = end_lsn
+        self.commit_ts = commit_ts
 
 
 @dataclass(slots=True)
@@ -176,30 +187,17 @@ class LogicalMessage:
         return bool(self.flags & 1)
 
 
-class _RowChange:
-    """The per-row messages (Insert, Update, Delete) are plain classes where the others are
-    dataclasses: compiled (mypyc), a dataclass is still built by its generated Python ``__init__``,
-    these natively (`Decoder.decode_xlogdata` of the bench's stream of inserts: 0.69 -> 0.50 us).
-    Equal and shown as their dataclasses were."""
-
-    __slots__ = ()
-    _FIELDS: ClassVar[tuple[str, ...]] = ()
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return all(getattr(self, name) == getattr(other, name) for name in self._FIELDS)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclasses are
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._FIELDS)
-        return f"{type(self).__name__}({fields})"
+# The per-row messages (Insert, Update, Delete) write their own __init__: compiled (mypyc), a
+# dataclass's generated one is Python code, run once per row, where this one is native
+# (`Decoder.decode_xlogdata` of the bench's stream of inserts: 0.69 -> 0.50 us). Begin and Commit
+# too, once per transaction. The dataclass still gives them equality and repr.
 
 
-class Insert(_RowChange):
-    __slots__ = ("new", "relation", "xid")
-    _FIELDS: ClassVar[tuple[str, ...]] = ("relation", "new", "xid")
+@dataclass(init=False, slots=True)
+class Insert:
+    relation: Relation
+    new: TupleData
+    xid: int | None
 
     def __init__(self, relation: Relation, new: TupleData, xid: int | None = None) -> None:
         self.relation = relation
@@ -207,9 +205,13 @@ class Insert(_RowChange):
         self.xid = xid
 
 
-class Update(_RowChange):
-    __slots__ = ("new", "old", "old_kind", "relation", "xid")
-    _FIELDS: ClassVar[tuple[str, ...]] = ("relation", "new", "old", "old_kind", "xid")
+@dataclass(init=False, slots=True)
+class Update:
+    relation: Relation
+    new: TupleData
+    old: TupleData | None  # the old key ('K') or the whole old row ('O'), if sent
+    old_kind: int  # ord('K'), ord('O') or 0
+    xid: int | None
 
     def __init__(
         self,
@@ -221,19 +223,22 @@ class Update(_RowChange):
     ) -> None:
         self.relation = relation
         self.new = new
-        self.old = old  # the old key ('K') or the whole old row ('O'), if sent
-        self.old_kind = old_kind  # ord('K'), ord('O') or 0
+        self.old = old
+        self.old_kind = old_kind
         self.xid = xid
 
 
-class Delete(_RowChange):
-    __slots__ = ("old", "old_kind", "relation", "xid")
-    _FIELDS: ClassVar[tuple[str, ...]] = ("relation", "old", "old_kind", "xid")
+@dataclass(init=False, slots=True)
+class Delete:
+    relation: Relation
+    old: TupleData
+    old_kind: int  # ord('K') or ord('O')
+    xid: int | None
 
     def __init__(self, relation: Relation, old: TupleData, old_kind: int, xid: int | None = None) -> None:
         self.relation = relation
         self.old = old
-        self.old_kind = old_kind  # ord('K') or ord('O')
+        self.old_kind = old_kind
         self.xid = xid
 
 
