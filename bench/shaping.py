@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from cdc.avro import AvroSerializer
+from cdc.change import ChangeEvent
 from cdc.config import Settings, TableColumns
-from cdc.events import ChangeEvent, SourceInfo, Table, TableColumn
+from cdc.events import SourceInfo, Table, TableColumn
 from cdc.pgoutput import ReplicaIdentity
 from cdc.pgtypes import column_type
 from cdc.shaping.shaper import Shaper

@@ -28,9 +28,10 @@ from typing import Any
 from bench.common import median
 from bench.decoder import capture, with_server
 from cdc.avro.serializer import AvroSerializer
+from cdc.change import ChangeEvent
 from cdc.checkpoint import InFlight
 from cdc.devservers import Broker
-from cdc.events import ChangeEvent, SourceInfo, table_from_relation, table_topic
+from cdc.events import SourceInfo, table_from_relation, table_topic
 from cdc.kafka.producer import ConfluentProducer
 from cdc.pgoutput import Begin, Decoder, Insert, Relation
 from cdc.pgtypes import RowParser, row_parser

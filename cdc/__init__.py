@@ -15,6 +15,7 @@ HOT_MODULES = (
     "cdc.writer",
     "cdc.avro.serializer",
     "cdc.connector",
+    "cdc.change",
 )
 
 

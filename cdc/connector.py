@@ -22,17 +22,15 @@ from typing import Any
 import psycopg
 
 from cdc import exactly_once, pg, replication, slots, snapshot
+from cdc.change import ChangeEvent, Transaction, changed_key
 from cdc.checkpoint import InFlight, Offsets, OffsetStore, Tracker
 from cdc.config import Settings
 from cdc.errors import DecodeError, DeliveryFailed, SinkError, SlotLost, SourceUnavailable
 from cdc.events import (
-    ChangeEvent,
     Serializer,
     SourceInfo,
     Table,
     TableVersions,
-    Transaction,
-    changed_key,
     pg_ts_to_ms,
     pg_ts_to_us,
     table_from_relation,

@@ -24,6 +24,7 @@ from typing import Any, Final, Protocol
 import orjson
 
 from cdc import __version__
+from cdc.change import ChangeEvent
 from cdc.lsn import PG_EPOCH_US
 from cdc.pgoutput import Relation, ReplicaIdentity, TupleData
 from cdc.pgtypes import IDENTITY, ColumnType, TypeCatalog, column_type
@@ -128,31 +129,6 @@ class TableVersions:
         return table
 
 
-@dataclass(slots=True)
-class Transaction:
-    """What the events of one transaction share."""
-
-    xid: int
-    commit_lsn: int
-    commit_ts_ms: int
-    id: str = ""
-    events: int = 0  # events so far: the next event's total_order is events + 1
-    per_table: dict[int, int] = field(default_factory=dict)  # relation id -> events so far
-    commit_ts_us: int = 0  # the commit time in Unix microseconds (0: only milliseconds known)
-    previous_end_lsn: int | None = None  # end LSN of the transaction received before (Debezium's sequence)
-
-    def __post_init__(self) -> None:
-        if not self.id:
-            self.id = f"{self.xid}:{self.commit_lsn}"
-
-    def next_order(self, relation_id: int) -> tuple[int, int]:
-        """(total_order, data_collection_order) of the next event, both from 1."""
-        self.events += 1
-        n = self.per_table.get(relation_id, 0) + 1
-        self.per_table[relation_id] = n
-        return self.events, n
-
-
 def pg_ts_to_ms(pg_ts: int) -> int:
     """A protocol timestamp (microseconds since 2000-01-01) as Unix milliseconds."""
     return (pg_ts + PG_EPOCH_US) // 1000
@@ -161,59 +137,6 @@ def pg_ts_to_ms(pg_ts: int) -> int:
 def pg_ts_to_us(pg_ts: int) -> int:
     """A protocol timestamp (microseconds since 2000-01-01) as Unix microseconds."""
     return pg_ts + PG_EPOCH_US
-
-
-@dataclass(slots=True)
-class ChangeEvent:
-    """One change: op is c (insert), u, d, r (snapshot read), t (truncate) or m (message)."""
-
-    op: str
-    table: Table | None
-    before: list[Any] | None
-    after: list[Any] | None
-    lsn: int
-    commit_lsn: int
-    xid: int
-    commit_ts_ms: int
-    total_order: int = 0
-    data_collection_order: int = 0
-    transaction_id: str | None = None
-    snapshot: str | None = "false"  # "true", "last", "incremental" (snapshot reads), "false" streamed
-    message_prefix: str | None = None
-    message_content: bytes | None = None
-    commit_ts_us: int = 0  # the commit time in microseconds when known (see `commit_us`)
-    last_commit_lsn: int | None = None  # end LSN of the transaction received before this one
-
-    @property
-    def commit_us(self) -> int:
-        """The commit time in Unix microseconds (from the milliseconds when that is all there is)."""
-        return self.commit_ts_us or self.commit_ts_ms * 1000
-
-    def key_values(self) -> list[Any] | None:
-        """The replica-identity key of the row as it is after the change (before, for deletes)."""
-        table = self.table
-        if table is None or not table.has_key:
-            return None
-        row = self.after if self.after is not None else self.before
-        if row is None:
-            return None
-        return [row[i] for i in table.key_indexes]
-
-    def old_key_values(self) -> list[Any] | None:
-        """For an update that changed the key: the old key; otherwise None."""
-        table = self.table
-        if self.op != "u" or table is None or self.before is None or self.after is None:
-            return None
-        return changed_key(table, self.before, self.after)
-
-
-def changed_key(table: Table, before: list[Any], after: list[Any]) -> list[Any] | None:
-    """The old key of a row whose key an update changed; None when the key stayed (or there is none)."""
-    if not table.has_key:
-        return None
-    old = [before[i] for i in table.key_indexes]
-    new = [after[i] for i in table.key_indexes]
-    return old if old != new else None
 
 
 def render_row(table: Table, row: list[Any] | None) -> dict[str, Any] | None:
@@ -374,7 +297,8 @@ class TopicNames:
 
 def snapshot_read(table: Table, row: list[Any] | None, lsn: int, ts_ms: int, snapshot: str) -> ChangeEvent:
     """The "r" event of ``row`` read by a snapshot consistent at ``lsn``."""
-    return ChangeEvent("r", table, None, row, lsn, lsn, 0, ts_ms, snapshot=snapshot)
+    # by position to its snapshot: a keyword costs the compiled __init__ (cdc.change) a parse, per row
+    return ChangeEvent("r", table, None, row, lsn, lsn, 0, ts_ms, 0, 0, None, snapshot)
 
 
 def encode_each_read(

@@ -21,18 +21,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cdc.avro.confluent import SchemaIds
+from cdc.change import ChangeEvent
 from cdc.checkpoint import InFlight
 from cdc.config import Settings
 from cdc.errors import ConfigError, DeliveryFailed, SinkError
-from cdc.events import (
-    ChangeEvent,
-    JsonSerializer,
-    Serializer,
-    SourceInfo,
-    Table,
-    schemas_topic,
-    snapshot_read,
-)
+from cdc.events import JsonSerializer, Serializer, SourceInfo, Table, schemas_topic, snapshot_read
 from cdc.kafka import (
     ClientConfig,
     Producer,

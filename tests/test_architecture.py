@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "cdc.pgoutput",
             "cdc.pgtypes",
             "cdc.pgtypes.*",
+            "cdc.change",
             "cdc.events",
             "cdc.avro",
             "cdc.avro.*",

@@ -19,11 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdc import avro
+from cdc.change import ChangeEvent
 from cdc.consume import RecordDecoder
 from cdc.errors import SchemaError
 from cdc.events import (
     UNAVAILABLE_PLACEHOLDER,
-    ChangeEvent,
     JsonSerializer,
     SourceInfo,
     Table,

@@ -15,9 +15,10 @@ from kafka.errors import TopicAlreadyExistsError
 from typer.testing import CliRunner
 
 from cdc import avro, cli
+from cdc.change import ChangeEvent
 from cdc.consume import ChangeConsumer
 from cdc.errors import SinkError
-from cdc.events import ChangeEvent, JsonSerializer, SourceInfo, Table, TableColumn, table_topic
+from cdc.events import JsonSerializer, SourceInfo, Table, TableColumn, table_topic
 from cdc.pgoutput import ReplicaIdentity
 from cdc.pgtypes import column_type
 from tests.consuming import consume

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
+from cdc.change import ChangeEvent
 from cdc.debezium import DebeziumAvroSerializer, DebeziumJsonSerializer, Options
 from cdc.debezium.envelope import table_shape
 from cdc.debezium.types import column_field, json_converter
-from cdc.events import ChangeEvent, SourceInfo, Table, TableColumn
+from cdc.events import SourceInfo, Table, TableColumn
 from cdc.pgoutput import ReplicaIdentity
 from cdc.pgtypes import column_type, numeric_typmod
 

@@ -13,9 +13,10 @@ from typing import Any
 import orjson
 import pytest
 
+from cdc.change import ChangeEvent
 from cdc.config import Settings, TableColumns, TableConditions, validate
 from cdc.errors import ConfigError, SchemaError, TransformError
-from cdc.events import ChangeEvent, JsonSerializer, SourceInfo, Table, TableColumn
+from cdc.events import JsonSerializer, SourceInfo, Table, TableColumn
 from cdc.pgoutput import ReplicaIdentity
 from cdc.pgtypes import column_type
 from cdc.shaping import Event, Record, output_columns

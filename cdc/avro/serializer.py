@@ -41,10 +41,10 @@ from cdc.avro.schemas import (
     message_schema,
     value_schema,
 )
+from cdc.change import ChangeEvent
 from cdc.errors import SchemaError
 from cdc.events import (
     CONNECTOR,
-    ChangeEvent,
     SourceInfo,
     Table,
     TopicNames,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from cdc import __version__
+from cdc.change import ChangeEvent
 from cdc.debezium.types import (
     ColumnField,
     Convert,
@@ -30,7 +31,7 @@ from cdc.debezium.types import (
     field_schema,
     json_converter,
 )
-from cdc.events import ChangeEvent, SourceInfo, Table, TopicNames, table_topic
+from cdc.events import SourceInfo, Table, TopicNames, table_topic
 
 CONNECTOR: Final = "postgresql"
 

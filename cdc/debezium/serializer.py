@@ -29,6 +29,7 @@ from cdc.avro.encoding import (
     _row_encoder,
     _string,
 )
+from cdc.change import ChangeEvent
 from cdc.config import Settings
 from cdc.debezium.avro import avro_schema
 from cdc.debezium.envelope import (
@@ -46,7 +47,7 @@ from cdc.debezium.envelope import (
 )
 from cdc.debezium.types import Options, unscaled_bytes, unscaled_of
 from cdc.errors import SchemaError
-from cdc.events import ChangeEvent, ReadsText, SourceInfo, Table, encode_each_read
+from cdc.events import ReadsText, SourceInfo, Table, encode_each_read
 
 
 def options_of(settings: Settings) -> Options:

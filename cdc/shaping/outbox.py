@@ -41,8 +41,8 @@ import orjson
 from cdc.shaping.transform import Event, Record
 
 if TYPE_CHECKING:
+    from cdc.change import ChangeEvent
     from cdc.config import Settings
-    from cdc.events import ChangeEvent
 
 #: The prefix of the logical messages routed like outbox rows.
 MESSAGE_PREFIX: Final = "outbox"

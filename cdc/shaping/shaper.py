@@ -31,17 +31,10 @@ from typing import Any, Final
 
 import orjson
 
+from cdc.change import ChangeEvent
 from cdc.config import Settings
 from cdc.errors import ConfigError, SchemaError, TransformError
-from cdc.events import (
-    ChangeEvent,
-    Serializer,
-    SourceInfo,
-    Table,
-    TableColumn,
-    envelope,
-    render_key,
-)
+from cdc.events import Serializer, SourceInfo, Table, TableColumn, envelope, render_key
 from cdc.lsn import format_lsn
 from cdc.pgtypes import column_type
 from cdc.shaping import deadletter
@@ -74,15 +67,15 @@ def _make_rebuild() -> Callable[[ChangeEvent, str, Table | None, Any, Any], Chan
     Generated from the dataclass's fields, as `dataclasses` generates ``__init__``: every field is
     copied (so one added to `ChangeEvent` later is too), at a fraction of `dataclasses.replace`'s
     cost, which looks the fields up on every call (measured: a third of a masked event's cost).
+    The arguments go by position, in the fields' order, which is `ChangeEvent.__init__`'s: compiled,
+    its native ``__init__`` takes 16 by keyword at 1.44 us, by position at 0.18.
     """
-    others = [
-        f.name for f in dataclasses.fields(ChangeEvent) if f.name not in ("op", "table", "before", "after")
-    ]
-    arguments = ", ".join(f"{name}=change.{name}" for name in others)
+    given = ("op", "table", "before", "after")
+    names = [f.name for f in dataclasses.fields(ChangeEvent)]
+    arguments = ", ".join(name if name in given else f"change.{name}" for name in names)
     namespace: dict[str, Any] = {"ChangeEvent": ChangeEvent}
     exec(  # noqa: S102 - the text is made here, from the dataclass's own field names
-        "def rebuild(change, op, table, before, after):\n"
-        f"    return ChangeEvent(op=op, table=table, before=before, after=after, {arguments})\n",
+        f"def rebuild(change, op, table, before, after):\n    return ChangeEvent({arguments})\n",
         namespace,
     )
     rebuild: Callable[[ChangeEvent, str, Table | None, Any, Any], ChangeEvent] = namespace["rebuild"]

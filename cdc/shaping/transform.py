@@ -71,7 +71,7 @@ from cdc.errors import ConfigError
 from cdc.pgtypes import BUILTIN_ARRAYS, ColumnType, column_type
 
 if TYPE_CHECKING:
-    from cdc.events import ChangeEvent
+    from cdc.change import ChangeEvent
 
 __all__ = [
     "Event",

@@ -23,10 +23,11 @@ from typing import Any
 import psycopg
 
 from cdc import slots
+from cdc.change import ChangeEvent
 from cdc.checkpoint import InFlight
 from cdc.config import Settings
 from cdc.errors import SinkError
-from cdc.events import ChangeEvent, table_topic
+from cdc.events import table_topic
 from cdc.lsn import format_lsn
 from cdc.pgtypes import TypeCatalog
 from cdc.shaping.select import Selection

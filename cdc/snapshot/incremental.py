@@ -26,11 +26,12 @@ import orjson
 import psycopg
 
 from cdc import pg
+from cdc.change import ChangeEvent, Transaction
 from cdc.checkpoint import InFlight
 from cdc.config import Settings
 from cdc.control import answer_request, pending_requests
 from cdc.errors import DecodeError, SourceError, SourceUnavailable
-from cdc.events import ChangeEvent, Table, TableVersions, Transaction, table_topic
+from cdc.events import Table, TableVersions, table_topic
 from cdc.pgoutput import LogicalMessage
 from cdc.pgtypes import TypeCatalog
 from cdc.snapshot.state import IncrementalTask, SnapshotStore
@@ -188,9 +189,9 @@ class IncrementalSnapshots:
         topic = table_topic(self.settings.topic_prefix, table)
         self.writer.ensure_topic(topic)
         for values in chunk.rows.values():
-            event = ChangeEvent(
+            event = ChangeEvent(  # by position, as `snapshot_read`
                 "r", table, None, values, message.lsn, txn.commit_lsn, txn.xid, txn.commit_ts_ms,
-                snapshot="incremental",
+                0, 0, None, "incremental",
             )  # fmt: skip
             self.writer.write(event, entry, topic)
         self.status.events_total += len(chunk.rows)
