@@ -397,14 +397,23 @@ def _reads_encoder(types: list[Any], key_types: list[Any] | None, key_indexes: S
 
 def _key_expression(key_types: list[Any] | None, key_indexes: Sequence[int], env: dict[str, Any]) -> str:
     """The key's bytes from the row's ``v<index>`` names: ``key_header`` and its columns; "None" keyless."""
+    return _key_join(_key_columns(key_types, key_indexes, env))
+
+
+def _key_columns(
+    key_types: list[Any] | None, key_indexes: Sequence[int], env: dict[str, Any]
+) -> list[str] | None:
+    """The expressions of the key's columns (`_column_expression`); None for a table without a key."""
     if key_types is None:
+        return None
+    return [_column_expression(i, t, env, "k") for i, t in zip(key_indexes, key_types, strict=True)]
+
+
+def _key_join(columns: list[str] | None) -> str:
+    """``key_header`` and the key's column expressions: one column (nearly every key) without a
+    join; "None" keyless."""
+    if columns is None:
         return "None"
-    columns = [_column_expression(i, t, env, "k") for i, t in zip(key_indexes, key_types, strict=True)]
-    return _key_join(columns)
-
-
-def _key_join(columns: list[str]) -> str:
-    """``key_header`` and the key's column expressions: one column (nearly every key) without a join."""
     if len(columns) == 1:
         return f"key_header + {columns[0]}"
     return f"key_header + join(({''.join(f'{c}, ' for c in columns)}))"
@@ -583,16 +592,15 @@ def _new_text_encoder(
         if "null" in branches:
             env[f"NX{i}"] = _long(branches.index("null"))
             parts[i] = f"(NX{i} if v{i} is None else {parts[i]})"
-    key = "None"
-    if key_types is not None:
-        columns = [_column_expression(i, t, env, "k") for i, t in zip(key_indexes, key_types, strict=True)]
-        for i, column in zip(key_indexes, columns, strict=True):
+    columns = _key_columns(key_types, key_indexes, env)
+    if columns is not None:
+        for i, column in zip(key_indexes, list(columns), strict=True):
             if column == f"L(v{i})":  # a long key column: its varint once, for the key and the value
                 parse.append(f"k{i} = L(v{i})")
                 mine = re.compile(rf"\bL\(v{i}\)")
                 parts = [mine.sub(f"k{i}", part) for part in parts]
                 columns = [mine.sub(f"k{i}", c) for c in columns]
-        key = _key_join(columns)
+    key = _key_join(columns)
     source = (
         "def encode(values, key_header, head, source_head, tail):\n"
         f"    {names}= values\n"
