@@ -170,9 +170,8 @@ class Connector:
             capture = shaping.plan(conn, s, tables)  # patterns, column lists, row filters
             slots.check_failover(conn, s)
             slots.check_heartbeat_query(conn, s)
-            slot = replication.find_slot(conn, s.slot)
-            if slot is not None:
-                slot = replication.await_release(conn, slot)  # a connector that just stopped
+            # held a moment longer by the walsender of a connector that just stopped
+            slot = replication.await_release(conn, replication.find_slot(conn, s.slot))
             if slot is not None:
                 replication.validate_slot(conn, slot)
                 slot = slots.unless_lost(conn, s, slot, self.status, self.slot_lost)

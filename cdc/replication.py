@@ -137,16 +137,16 @@ SLOT_RELEASE_WAIT = 5.0
 
 
 def await_release(
-    conn: psycopg.Connection[Any], slot: SlotInfo, timeout: float = SLOT_RELEASE_WAIT
+    conn: psycopg.Connection[Any], slot: SlotInfo | None, timeout: float = SLOT_RELEASE_WAIT
 ) -> SlotInfo | None:
-    """``slot`` once no walsender holds it, or as it is after ``timeout`` seconds (None: dropped
-    meanwhile).
+    """``slot`` once no walsender holds it, or as it is after ``timeout`` seconds (None: there is
+    none, or it was dropped meanwhile).
 
     A connector that has just stopped closes its replication connection, but its walsender lets
     go of the slot only when it exits, a moment later: a start right after a stop (a restart) would
     find the slot active. A slot held longer than that belongs to a running connector, which
     `validate_slot` then refuses."""
-    if not slot.active:
+    if slot is None or not slot.active:
         return slot
     log.info(
         "slot %s is held by process %s; waiting up to %g s for it to be released",

@@ -621,6 +621,7 @@ class ConfluentProducer:
         token: InFlight,
         headers: Headers | None = None,
     ) -> None:
+        # `_callback`'s own check, inline: a method call per record costs more than the comparison
         done = self._token_callback if token is self._token else self._callback(token)
         try:
             if headers is None:

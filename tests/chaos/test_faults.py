@@ -48,6 +48,11 @@ from tests.support.brokers import BrokerProcess
 
 TANSU_TOO = pytest.mark.tansu_subset
 
+#: one snapshot worker in 200-row chunks (~50 of them, each its own Kafka transaction), so the
+#: snapshot spans several of snapshot.json's writes (every 0.5 s) and a kill after 3-15 chunks lands
+#: inside it (with 500-row chunks a fast run once went from fewer than the drawn count to complete)
+KILLABLE_SNAPSHOT = ["--snapshot-workers", "1", "--snapshot-chunk-rows", "200"]
+
 
 @pytest.fixture
 def chaos_db(chaos_pg: PostgresServer) -> Iterator[TestDb]:
@@ -194,10 +199,7 @@ def test_kill9_during_initial_snapshot(
         chaos_db.server, chaos_db.dsn, own_broker, state_dir, chaos_prefix, "chaos", chaos_seed,
         producer="kafka-python",  # the slower producer: the kill lands inside the snapshot
     )  # fmt: skip
-    # 200-row chunks: ~50 of them, each its own Kafka transaction, so the snapshot spans several of
-    # snapshot.json's writes (every 0.5 s) and the kill after 3-15 lands inside it (with 500-row
-    # chunks a fast run once went from fewer than the drawn count straight to complete)
-    scene.connector.extra += ["--snapshot-workers", "1", "--snapshot-chunk-rows", "200"]
+    scene.connector.extra += KILLABLE_SNAPSHOT
     for _ in range(150):
         scene.workload.step()
     assert scene.workload.large_insert(30_000) is not None
@@ -327,10 +329,7 @@ def test_exactly_once(
         request.applymarker(TIMEOUT_GAP)
     scene.verify_checkpoints = True
     scene.large_rows = 15_000
-    # 200-row chunks: ~50 of them, each its own Kafka transaction, so the snapshot spans several of
-    # snapshot.json's writes (every 0.5 s) and the kill after 3-15 lands inside it (with 500-row
-    # chunks a fast run once went from fewer than the drawn count straight to complete)
-    scene.connector.extra += ["--snapshot-workers", "1", "--snapshot-chunk-rows", "200"]
+    scene.connector.extra += KILLABLE_SNAPSHOT
     for _ in range(150):
         scene.workload.step()
     assert scene.workload.large_insert(10_000) is not None
