@@ -561,7 +561,8 @@ class ConfluentProducer:
             # delivered by librdkafka ("implicitly acked by subsequent batch success": a broker
             # takes any first sequence number from a producer new to a partition), and lost; see
             # `await_writable`. The same rates with 1 as with 5 (Tansu and Apache Kafka, compiled,
-            # 3 and 2 interleaved rounds, 2026-12-05), the same p99 at 1,000 txn/s.
+            # 3 and 2 interleaved rounds, 2026-12-05), the same p99 at 1,000 txn/s; 20 records to
+            # each of 10,000 new topics on Tansu acknowledged in 93 s against 84.
             "max.in.flight.requests.per.connection": 1,
             # 2 ms, not librdkafka's 5: commit-to-ack p99 at 1,000 txn/s 8.5-8.7 -> 5.1-6.1 ms, the
             # same rates (3 interleaved rounds, compiled, 2026-12-03: README Performance)
@@ -872,7 +873,8 @@ class ConfluentProducer:
             # the admin client keeps what its metadata said ("No leaders found") until refreshed:
             # a metadata request for the topics refreshes it
             topics = {topic for topic, _ in left}
-            self.admin.list_topics(topics.pop() if len(topics) == 1 else None, timeout=5)
+            with contextlib.suppress(self._ck.KafkaException):  # a slow answer: the next ask tells
+                self.admin.list_topics(topics.pop() if len(topics) == 1 else None, timeout=5)
         return left, error
 
 
